@@ -1,0 +1,54 @@
+"""The `charter` command.
+
+charter constitution check constitutions/
+charter constitution import ../shared/data/constitutions/llm-swarm/constitution_anthropic.json
+charter serve judge --port 50051
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import typer
+
+from charter import __version__
+from charter.cli import constitution
+from charter.cli.serve import serve
+from charter.core.errors import CharterError
+
+app = typer.Typer(
+    name="charter",
+    help="Charter: constitution-driven critique/revision, AI preference labels, review and training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(constitution.app, name="constitution")
+app.command()(serve)
+
+
+@app.command()
+def version() -> None:
+    """Print Charter's version and the versions of its runtime."""
+    import google.protobuf
+    import grpc
+
+    typer.echo(
+        f"charter {__version__}\npython {platform.python_version()}\n"
+        f"grpcio {grpc.__version__}\nprotobuf {google.protobuf.__version__}"
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except CharterError as err:  # a user's mistake: one line, no traceback
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The server interceptor every Charter service runs: one log line and metrics per RPC, request ids,
+deadlines, and the single place where exceptions become gRPC status codes.
+
+Servicers stay thin: they raise `CharterError` subclasses (or let pydantic's `ValidationError`
+escape) and never call `context.abort` for ordinary errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from grpc import aio
+from pydantic import ValidationError
+
+from charter.core import metrics
+from charter.core.errors import CharterError
+
+log = structlog.get_logger("charter.rpc")
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and message for an exception. The one mapping in the code base."""
+    if isinstance(exc, CharterError):
+        return grpc.StatusCode[exc.code], exc.message
+    if isinstance(exc, ValidationError):
+        e = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in e["loc"]) or "request"
+        return grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {e['msg']}"
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    if isinstance(exc, NotImplementedError):  # the generated base servicer of a service not built yet
+        return grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented by this server version"
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class _Call:
+    """Book-keeping for one RPC: request id, timing, the summary line, metrics."""
+
+    def __init__(self, service: str, method: str, context: aio.ServicerContext) -> None:
+        self.service, self.method, self.context = service, method, context
+        metadata = dict(context.invocation_metadata() or ())
+        self.request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
+        self.sent = 0
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.error: str | None = None
+
+    def deadline(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        remaining = self.context.time_remaining()
+        return asyncio.timeout(remaining) if remaining is not None else contextlib.nullcontext()
+
+    async def fail(self, exc: BaseException) -> None:
+        """Map `exc` to a status and abort the call (raises)."""
+        if isinstance(exc, aio.AbortError):  # the servicer aborted on purpose
+            self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        code, message = status_for(exc)
+        self.code, self.error = code, message
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("rpc.failed", rpc=f"{self.service}/{self.method}")
+            message = f"internal error (request id {self.request_id})"
+        await self.context.abort(code, message)
+
+    def finish(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        code = self.code
+        if code is grpc.StatusCode.OK:
+            code = self.context.code() or grpc.StatusCode.OK  # a servicer may set_code without raising
+        metrics.RPC_TOTAL.labels(self.service, self.method, code.name).inc()
+        metrics.RPC_SECONDS.labels(self.service, self.method).observe(elapsed)
+        metrics.RPC_IN_FLIGHT.labels(self.service).dec()
+        level = log.info if code is grpc.StatusCode.OK else log.warning
+        level(
+            "rpc.completed",
+            rpc=f"{self.service}/{self.method}",
+            code=code.name,
+            duration_ms=round(elapsed * 1000, 2),
+            messages_sent=self.sent,
+            peer=self.context.peer(),
+            **({"error": self.error} if self.error else {}),
+        )
+
+    def __enter__(self) -> _Call:
+        metrics.RPC_IN_FLIGHT.labels(self.service).inc()
+        self._bound = structlog.contextvars.bound_contextvars(
+            request_id=self.request_id, rpc=f"{self.service}/{self.method}"
+        )
+        self._bound.__enter__()
+        self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            self.code = grpc.StatusCode.CANCELLED
+        try:
+            self.finish()
+        finally:
+            self._bound.__exit__(exc_type, exc, tb)
+
+
+def _wrap_unary(service: str, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        with _Call(service, method, context) as call:
+            try:
+                async with call.deadline():
+                    response = behavior(request, context)
+                    if inspect.isawaitable(response):
+                        response = await response
+                call.sent = 1
+                return response
+            except Exception as exc:
+                await call.fail(exc)
+
+    return handler
+
+
+def _wrap_stream(
+    service: str, method: str, behavior: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., Any]:
+    async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        with _Call(service, method, context) as call:
+            counter = metrics.RPC_MESSAGES_SENT.labels(service, method)
+            try:
+                async with call.deadline():
+                    responses = behavior(request, context)
+                    if not hasattr(responses, "__aiter__"):  # a plain generator (or a sync base method)
+                        responses = _aiter(responses)
+                    async for response in responses:
+                        yield response
+                        call.sent += 1
+                        counter.inc()
+            except Exception as exc:
+                await call.fail(exc)
+
+    return handler
+
+
+async def _aiter(items: Any) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+class ServerInterceptor(aio.ServerInterceptor):
+    """Applied to Charter's own services; health and reflection (`/grpc.*`) pass through untouched."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        full = handler_call_details.method
+        if handler is None or full.startswith("/grpc."):
+            return handler
+        service, _, method = full.lstrip("/").partition("/")
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, _wrap_unary),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, _wrap_unary),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, _wrap_stream),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, _wrap_stream),
+        )
+        for attr, make, wrap in kinds:
+            behavior = getattr(handler, attr)
+            if behavior is None:
+                continue
+            if wrap is _wrap_stream and inspect.iscoroutinefunction(behavior):
+                return handler  # a servicer that writes with context.write(): leave it alone
+            return make(
+                wrap(service, method, behavior),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,31 @@
+"""Prometheus metrics shared by every service, and the `/metrics` HTTP endpoint."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+RPC_TOTAL = Counter(
+    "charter_rpc_total", "Completed RPCs by method and status code.", ["service", "method", "code"]
+)
+RPC_SECONDS = Histogram(
+    "charter_rpc_duration_seconds",
+    "RPC wall time, including the whole stream for streaming RPCs.",
+    ["service", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+RPC_IN_FLIGHT = Gauge("charter_rpc_in_flight", "RPCs being handled now.", ["service"])
+RPC_MESSAGES_SENT = Counter(
+    "charter_rpc_messages_sent_total", "Response messages sent (streams count each).", ["service", "method"]
+)
+
+
+class MetricsEndpoint:
+    """`/metrics` on its own port (0 = a free port), in a daemon thread."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._server, self._thread = start_http_server(port, addr=host, registry=REGISTRY)
+        self.port: int = self._server.server_port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

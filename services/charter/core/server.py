@@ -1,0 +1,131 @@
+"""Server bootstrap shared by every service.
+
+A `CharterServer` is a `grpc.aio` server with: `grpc.health.v1` health checking (overall and per
+service), server reflection (so `grpcurl list` works), Charter's interceptor (logs, metrics, error
+mapping), a Prometheus `/metrics` endpoint, and a graceful drain on SIGTERM/SIGINT: health flips
+to NOT_SERVING, new calls are refused, and in-flight calls get `drain_seconds` to finish.
+
+Example:
+    server = CharterServer(settings.server, [Registration(name, add_fn)])
+    await server.serve()   # until SIGTERM
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from charter import __version__
+from charter.core.interceptors import ServerInterceptor
+from charter.core.metrics import MetricsEndpoint
+from charter.core.settings import ServerSettings
+
+log = structlog.get_logger("charter.server")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One gRPC service to serve: its full name (`charter.judge.v1.JudgeService`) and the generated
+    `add_<Service>Servicer_to_server` call bound to a servicer."""
+
+    name: str
+    add_to_server: Callable[[aio.Server], None]
+
+
+@dataclass
+class CharterServer:
+    settings: ServerSettings
+    services: Sequence[Registration]
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.health = health.aio.HealthServicer()
+        self.port: int | None = None
+        self.metrics: MetricsEndpoint | None = None
+        self._server: aio.Server | None = None
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Bind and start; returns the gRPC port (useful with port 0)."""
+        limit = self.settings.max_message_mb * 1024 * 1024
+        server = aio.server(
+            interceptors=[ServerInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
+        )
+        for registration in self.services:
+            registration.add_to_server(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [r.name for r in self.services]
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC port {address}")
+        await server.start()
+        self._server = server
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self.health.set("", serving)
+        for name in names:
+            await self.health.set(name, serving)
+        if self.settings.metrics_port is not None:
+            self.metrics = MetricsEndpoint(self.settings.host, self.settings.metrics_port)
+        log.info(
+            "server.started",
+            port=self.port,
+            metrics_port=self.metrics.port if self.metrics else None,
+            services=names,
+            version=__version__,
+        )
+        return self.port
+
+    async def set_serving(self, name: str, serving: bool) -> None:
+        """Flip one service's health, e.g. to NOT_SERVING when its backend (engine, database) is dead."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, give in-flight calls `grace` seconds, then close."""
+        if self._server is None or self._stopping.is_set():
+            await self._stopped.wait()
+            return
+        self._stopping.set()
+        grace = self.settings.drain_seconds if grace is None else grace
+        log.info("server.draining", grace_seconds=grace)
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        for hook in self.on_shutdown:
+            await hook()
+        if self.metrics is not None:
+            self.metrics.close()
+        log.info("server.stopped")
+        self._stopped.set()
+
+    async def serve(self) -> None:
+        """Start, then run until SIGTERM or SIGINT, then drain."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+            log.info("server.signal", signal="SIGTERM/SIGINT")
+            await self.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

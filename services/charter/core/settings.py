@@ -1,0 +1,124 @@
+"""Typed settings, loaded once at start-up and passed down. Nothing else reads `os.environ`.
+
+Sources, highest priority first: environment variables (`CHARTER_` prefix, `__` between nested
+names, e.g. `CHARTER_SERVER__PORT=50051`), then a YAML settings file (`charter serve --config`),
+then the defaults below. Unknown keys — in the file or in `CHARTER_*` variables — are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from charter.core.errors import InvalidArgument, one_line
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port; 0 picks a free port (tests)."""
+    metrics_port: int | None = Field(default=9090, ge=0, le=65535)
+    """Prometheus `/metrics` port; 0 picks a free port, null disables the endpoint."""
+    drain_seconds: float = Field(default=25.0, ge=0.0, le=3600.0)
+    """On SIGTERM: health flips to NOT_SERVING, new calls are refused, in-flight calls get this long."""
+    max_message_mb: int = Field(default=64, ge=1, le=2048)
+    max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+
+
+class LoggingSettings(_Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    """auto = console on a terminal, JSON otherwise (in pods)."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class ConstitutionSettings(_Section):
+    directory: Path = Path("constitutions")
+    poll_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
+
+
+class CharterSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHARTER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    logging: LoggingSettings = LoggingSettings()
+    constitutions: ConstitutionSettings = ConstitutionSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment overrides the file (passed as init values), as operators expect
+        return (env_settings, init_settings)
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    e = err.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in e["loc"]) or "<root>"
+    if e["type"] == "extra_forbidden":
+        return f"{origin}: {field}: unknown setting (value: {one_line(e.get('input'))})"
+    return f"{origin}: {field}: {e['msg']} (value: {one_line(e.get('input'))})"
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    **overrides: dict[str, Any],
+) -> CharterSettings:
+    """Settings from `config_file` (YAML), the environment, and `overrides` per section (highest
+    priority, e.g. `server={"port": 0}` from command-line flags)."""
+    data: dict[str, Any] = {}
+    origin = "settings (environment)"
+    if config_file is not None:
+        path = Path(config_file)
+        origin = f"{path} / environment"
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as err:
+            raise InvalidArgument(f"{path}: cannot read settings file: {err.strerror}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise InvalidArgument(f"{path}: invalid settings file: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise InvalidArgument(
+                f"{path}: <root>: expected a mapping of settings (value: {one_line(loaded)})"
+            )
+        data = loaded
+    _check_environment(os.environ)
+    try:
+        settings = CharterSettings(**data)
+        for section, values in overrides.items():  # command-line flags: the highest priority
+            current = getattr(settings, section)
+            updated = type(current).model_validate({**current.model_dump(), **values})
+            settings = settings.model_copy(update={section: updated})
+        return settings
+    except ValidationError as err:
+        raise InvalidArgument(_describe(err, origin)) from None
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """pydantic-settings ignores `CHARTER_*` variables that match no section; a typo there is an error."""
+    sections = {name.upper() for name in CharterSettings.model_fields}
+    for key, value in environ.items():
+        if key.startswith("CHARTER_") and key[len("CHARTER_") :].split("__")[0] not in sections:
+            raise InvalidArgument(
+                f"environment: {key}: unknown setting (value: {one_line(value)}); "
+                f"sections are {', '.join(sorted(s.lower() for s in sections))}"
+            )
