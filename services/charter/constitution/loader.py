@@ -58,12 +58,30 @@ def _first_error(path: str | Path, data: Any, err: ValidationError) -> Constitut
     )
 
 
+def _check_duplicate_ids(data: dict[str, Any], path: str | Path) -> None:
+    """Point at the second use of a principle id (the schema alone can only name the list)."""
+    principles = data.get("principles")
+    if not isinstance(principles, list):
+        return
+    first: dict[Any, int] = {}
+    for i, p in enumerate(principles):
+        pid = p.get("id") if isinstance(p, dict) else None
+        if pid is None or not isinstance(pid, str):
+            continue
+        if pid in first:
+            raise ConstitutionError(
+                path, f"principles.{i}.id", f"duplicate principle id {pid!r} (first used by principles.{first[pid]})"
+            )
+        first[pid] = i
+
+
 def parse_constitution(data: Any, path: str | Path = "<memory>") -> Constitution:
     """Validate an already-parsed document."""
     if not isinstance(data, dict):
         raise ConstitutionError(
             path, "<root>", "expected a mapping of constitution fields", data, has_value=True
         )
+    _check_duplicate_ids(data, path)
     try:
         return Constitution.model_validate(data)
     except ValidationError as err:
@@ -100,7 +118,9 @@ def read_document(path: Path, max_bytes: int = MAX_FILE_BYTES) -> Any:
         mark = getattr(err, "problem_mark", None)
         where = f"<line {mark.line + 1}, column {mark.column + 1}>" if mark else "<yaml>"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConstitutionError(path, where, f"invalid YAML: {problem}") from None
+        lines = text.splitlines()
+        line = lines[mark.line] if mark and mark.line < len(lines) else None
+        raise ConstitutionError(path, where, f"invalid YAML: {problem}", line) from None
 
 
 def load_constitution(path: str | Path) -> Constitution:

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from charter.core.errors import InvalidArgument
+from charter.core.settings import load_settings
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.server.port == 50051 and s.logging.format == "auto"
+
+
+def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARTER_SERVER__PORT", "6000")
+    monkeypatch.setenv("CHARTER_LOGGING__LEVEL", "DEBUG")
+    s = load_settings()
+    assert s.server.port == 6000 and s.logging.level == "DEBUG"
+
+
+def test_file_then_environment_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "settings.yaml"
+    f.write_text("server:\n  port: 7000\n  drain_seconds: 3\nconstitutions:\n  poll_seconds: 0.25\n")
+    assert load_settings(f).server.port == 7000
+    monkeypatch.setenv("CHARTER_SERVER__PORT", "7001")
+    s = load_settings(f)
+    assert s.server.port == 7001 and s.server.drain_seconds == 3 and s.constitutions.poll_seconds == 0.25
+    assert load_settings(f, server={"port": 0}).server.port == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CHARTER_SERVR__PORT": "1"}, "CHARTER_SERVR__PORT: unknown setting"),
+        ({"CHARTER_SERVER__PROT": "1"}, "server.prot: unknown setting"),
+        ({"CHARTER_SERVER__PORT": "99999"}, "server.port: Input should be less than or equal to 65535"),
+        ({"CHARTER_LOGGING__FORMAT": "xml"}, "logging.format"),
+    ],
+)
+def test_bad_environment_is_rejected(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(InvalidArgument, match=message.replace(".", r"\.")):
+        load_settings()
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("server:\n  port: 1\n  colour: blue\n")
+    with pytest.raises(InvalidArgument, match=r"server\.colour: unknown setting \(value: 'blue'\)"):
+        load_settings(f)
+
+
+def test_bad_flag_value() -> None:
+    with pytest.raises(InvalidArgument, match="port"):
+        load_settings(server={"port": -1})
