@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from charter.constitution import ConstitutionError, ConstitutionRegistry, load_constitution
 from structlog.testing import capture_logs
 
-from charter.constitution import ConstitutionError, ConstitutionRegistry, load_constitution
 from tests.support import CONSTITUTIONS
 
 GOOD = (CONSTITUTIONS / "helpful-honest.yaml").read_text(encoding="utf-8")

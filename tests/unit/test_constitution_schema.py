@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from charter.constitution import Constitution, content_digest, load_constitution, parse_constitution
 from charter.constitution.loader import dump_constitution
+from pydantic import ValidationError
 
 from tests.support import CONSTITUTIONS
 
@@ -20,7 +20,16 @@ def test_harmless_covers_the_required_areas() -> None:
     c = load_constitution(CONSTITUTIONS / "harmless.yaml")
     assert len(c.principles) >= 12
     tags = {t for p in c.principles for t in p.tags}
-    for area in ("harm", "illegality", "deception", "privacy", "bias", "manipulation", "dangerous-advice", "over-refusal"):
+    for area in (
+        "harm",
+        "illegality",
+        "deception",
+        "privacy",
+        "bias",
+        "manipulation",
+        "dangerous-advice",
+        "over-refusal",
+    ):
         assert area in tags, f"harmless.yaml has no principle tagged {area!r}"
     assert all(p.comparison_question_source == "authored" for p in c.principles)
 
@@ -76,8 +85,13 @@ def test_principles_per_label_cannot_exceed_principles() -> None:
 
 
 def test_comparison_examples_must_name_known_principles() -> None:
-    example = {"conversation": [{"role": "user", "content": "hi"}], "response_a": "a", "response_b": "b",
-               "preferred": "A", "principle_id": "nope"}
+    example = {
+        "conversation": [{"role": "user", "content": "hi"}],
+        "response_a": "a",
+        "response_b": "b",
+        "preferred": "A",
+        "principle_id": "nope",
+    }
     with pytest.raises(Exception, match="unknown principle 'nope'"):
         parse_constitution(_minimal(few_shot={"comparison": [example]}))
 
@@ -90,5 +104,5 @@ def test_critique_examples_must_alternate() -> None:
 
 def test_model_is_frozen() -> None:
     c: Constitution = parse_constitution(_minimal())
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         c.id = "other"  # type: ignore[misc]

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import yaml
-
 from charter.constitution import parse_constitution
 from charter.constitution.diff import diff_constitutions
+
 from tests.support import CONSTITUTIONS
 
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from charter.core.catalog import SERVICES
+
 from tests.support import ROOT, tool
 
 

@@ -5,10 +5,9 @@ import time
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
-
 from charter.constitution import ConstitutionRegistry
 from charter.core.errors import NotFound
+from structlog.testing import capture_logs
 
 
 def _edit(path: Path, old: str, new: str) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from charter.core.errors import InvalidArgument
 from charter.core.settings import load_settings
 
@@ -39,7 +38,9 @@ def test_file_then_environment_then_flags(tmp_path: Path, monkeypatch: pytest.Mo
         ({"CHARTER_LOGGING__FORMAT": "xml"}, "logging.format"),
     ],
 )
-def test_bad_environment_is_rejected(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
+def test_bad_environment_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(InvalidArgument, match=message.replace(".", r"\.")):

@@ -44,7 +44,9 @@ def _lookup(data: Any, loc: tuple[int | str, ...]) -> tuple[bool, Any]:
 
 
 def _first_error(path: str | Path, data: Any, err: ValidationError) -> ConstitutionError:
-    e = err.errors(include_url=False)[0]
+    errors = err.errors(include_url=False)
+    # a misspelt key also shows up as a missing one: name the typo, it is the thing to fix
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     kind = e["type"]
     if kind == "extra_forbidden":
@@ -69,9 +71,8 @@ def _check_duplicate_ids(data: dict[str, Any], path: str | Path) -> None:
         if pid is None or not isinstance(pid, str):
             continue
         if pid in first:
-            raise ConstitutionError(
-                path, f"principles.{i}.id", f"duplicate principle id {pid!r} (first used by principles.{first[pid]})"
-            )
+            problem = f"duplicate principle id {pid!r} (first used by principles.{first[pid]})"
+            raise ConstitutionError(path, f"principles.{i}.id", problem)
         first[pid] = i
 
 

@@ -1,0 +1,50 @@
+# Charter — the two commands the README starts with:
+#   make quickstart   set up and run the main job on the embedded default
+#   make test         set up and run the tests (what .ci/run calls)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SHARED := ../shared/data
+
+.PHONY: quickstart test test-unit lint protos protos-check clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Charter needs Python >= 3.11, found {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# installs are re-run only when pyproject.toml changes
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $@ $(VENV)/.installed-base
+
+quickstart: $(VENV)/.installed-base
+	$(BIN)/charter constitution check constitutions/
+	$(BIN)/charter constitution show harmless
+	$(BIN)/charter constitution import $(SHARED)/constitutions/llm-swarm/constitution_anthropic.json \
+	    --id llm-swarm-anthropic --out out/constitutions/llm-swarm-anthropic.yaml --force
+	$(BIN)/charter constitution diff harmless out/constitutions/llm-swarm-anthropic.yaml | head -n 12
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+test-unit: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check services scripts tests benchmarks
+	$(BIN)/buf lint
+
+protos: $(VENV)/.installed-dev
+	$(BIN)/python scripts/gen_protos.py
+
+protos-check: $(VENV)/.installed-dev
+	$(BIN)/python scripts/gen_protos.py --check
+
+clean:
+	rm -rf $(VENV) out build *.egg-info services/*.egg-info
