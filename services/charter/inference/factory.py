@@ -1,0 +1,68 @@
+"""Build the configured engine from settings."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from charter.core.settings import InferenceSettings
+from charter.inference import models
+from charter.inference.types import InferenceClient
+
+
+def choose_engine(settings: InferenceSettings) -> str:
+    if settings.engine != "auto":
+        return settings.engine
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+
+
+def build_engine(settings: InferenceSettings) -> InferenceClient:
+    """Load the model and start the engine (this takes seconds to minutes: do it once per process)."""
+    engine = choose_engine(settings)
+    common = {
+        "max_batch": settings.max_batch,
+        "max_pending": settings.max_pending,
+        "default_timeout": settings.timeout_seconds,
+    }
+    if engine == "openai":
+        from charter.inference.openai_engine import OpenAIEngine
+
+        tokenizer = settings.tokenizer or str(models.prepare(settings.model, cache_dir=settings.cache_dir))
+        return OpenAIEngine(
+            settings.openai,
+            model=settings.openai.served_model_name or _served_name(settings.model),
+            tokenizer=tokenizer,
+            max_model_len=settings.max_model_len,
+            max_pending=settings.max_pending,
+            default_timeout=settings.timeout_seconds,
+        )
+    path = models.prepare(settings.model, cache_dir=settings.cache_dir)
+    name = _served_name(settings.model)
+    if engine == "vllm":
+        from charter.inference.vllm_engine import VllmEngine
+
+        v = settings.vllm
+        return VllmEngine(
+            path,
+            name=name,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=v.gpu_memory_utilization,
+            enforce_eager=v.enforce_eager,
+            enable_prefix_caching=v.enable_prefix_caching,
+            tensor_parallel_size=v.tensor_parallel_size,
+            **common,
+        )
+    from charter.inference.transformers_engine import TransformersEngine
+
+    return TransformersEngine(
+        path,
+        name=name,
+        dtype=settings.dtype,
+        threads=settings.threads,
+        max_model_len=settings.max_model_len,
+        **common,
+    )
+
+
+def _served_name(model: str) -> str:
+    return models.EMBEDDED_NAME if model == models.EMBEDDED else model

