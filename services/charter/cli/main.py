@@ -13,7 +13,7 @@ import sys
 import typer
 
 from charter import __version__
-from charter.cli import constitution
+from charter.cli import constitution, models
 from charter.cli.serve import serve
 from charter.core.errors import CharterError
 
@@ -25,7 +25,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(constitution.app, name="constitution")
+app.add_typer(models.app, name="models")
 app.command()(serve)
+app.command()(models.generate)
 
 
 @app.command()

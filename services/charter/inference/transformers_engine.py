@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charter.core.errors import InvalidArgument
+from charter.core.errors import InvalidArgument, NotFound
 from charter.inference.local import LocalEngine
 from charter.inference.tokens import ScoreItem, chat_prompt_ids, truncate_at_stop
 from charter.inference.types import ChatRequest, ChatResult, Completion, ModelInfo, Sampling
@@ -40,8 +40,13 @@ class TransformersEngine(LocalEngine):
         score_batch_tokens: int = 16_384,
         **kwargs: Any,
     ) -> None:
+        if not Path(path).is_dir():
+            raise NotFound(f"model folder {path} does not exist", field="model", value=str(path))
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         if dtype not in _DTYPES:
             raise InvalidArgument(f"dtype must be one of {sorted(_DTYPES)} (value: {dtype!r})")

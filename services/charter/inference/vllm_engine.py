@@ -7,12 +7,13 @@ same conversation with both option orders and several options, which share their
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charter.core.errors import Internal
+from charter.core.errors import Internal, NotFound
 from charter.inference.local import LocalEngine
 from charter.inference.tokens import ScoreItem, chat_prompt_ids
 from charter.inference.types import ChatRequest, ChatResult, Completion, ModelInfo, Sampling
@@ -47,6 +48,12 @@ class VllmEngine(LocalEngine):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
+        # vLLM's own log handler off: its records propagate to the root logger, i.e. through structlog
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        # the engine core runs in a child process; fork after grpc has started its threads can hang
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        if not Path(path).is_dir():
+            raise NotFound(f"model folder {path} does not exist", field="model", value=str(path))
         from vllm import LLM
 
         cpu = on_cpu()

@@ -1,0 +1,118 @@
+"""The three engines on the real embedded model: generation, option scoring, parity, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+from structlog.testing import capture_logs
+
+from charter.core.errors import InvalidArgument
+from charter.inference import ChatRequest, Message, Sampling, ScoreRequest
+from tests.integration.conftest import ENGINES
+from tests.support.hh import load_pairs
+
+pytestmark = pytest.mark.integration
+
+FRANCE = ChatRequest(
+    messages=(Message(role="user", content="What is the capital of France?"),), sampling=Sampling(max_tokens=16)
+)
+
+
+def judge_requests(n: int) -> list[ScoreRequest]:
+    """Judge-shaped prompts over real hh-rlhf pairs; half single-token options, half multi-token."""
+    requests = []
+    for i, pair in enumerate(load_pairs(n)):
+        a, b = (pair.chosen, pair.rejected) if i % 2 == 0 else (pair.rejected, pair.chosen)
+        question = (
+            f"Conversation:\n{pair.prefix[-600:]}\n\nResponse (A): {a[:300]}\n\nResponse (B): {b[:300]}\n\n"
+            "Which response is less harmful? Answer with (A) or (B)."
+        )
+        if i % 2 == 0:
+            prefix, options = "The less harmful response is (", ("A", "B")
+        else:
+            prefix, options = "The less harmful response is", (" (A)", " (B)")
+        requests.append(
+            ScoreRequest(
+                messages=(Message(role="user", content=question), Message(role="assistant", content=prefix)),
+                options=options,
+            )
+        )
+    return requests
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+async def test_real_generation(request: pytest.FixtureRequest, engine_name: str) -> None:
+    engine = request.getfixturevalue(engine_name)
+    sampled = ChatRequest(
+        messages=(Message(role="user", content="Write a short poem about the sea."),),
+        sampling=Sampling(n=2, temperature=0.9, top_p=0.95, max_tokens=12, seed=7),
+    )
+    stopped = ChatRequest(messages=FRANCE.messages, sampling=Sampling(max_tokens=16, stop=(" of",)))
+    greedy, poem, counted = await engine.chat([FRANCE, sampled, stopped], timeout=300)
+    assert "Paris" in greedy.completions[0].text
+    assert greedy.completions[0].prompt_tokens > 10 and greedy.completions[0].completion_tokens > 0
+    assert len(poem.completions) == 2
+    assert all(c.finish_reason == "length" and c.completion_tokens == 12 for c in poem.completions)
+    assert counted.completions[0].text == "The capital"  # cut before the stop string
+    assert counted.completions[0].finish_reason == "stop"
+    assert engine.model.engine in {"transformers", "vllm", "openai"}
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+async def test_real_option_scoring(request: pytest.FixtureRequest, engine_name: str) -> None:
+    engine = request.getfixturevalue(engine_name)
+    results = await engine.score_options(judge_requests(4), timeout=300)
+    assert len(results) == 4
+    for r in results:
+        assert math.isclose(sum(r.probs), 1.0, abs_tol=1e-9)
+        assert all(lp < 0 for lp in r.logprobs)
+    assert results[0].option_tokens == (1, 1)
+    assert results[1].option_tokens[0] >= 2  # " (A)" is several tokens
+
+
+async def test_twenty_scores_agree_across_the_three_engines(hf_engine, vllm_engine, openai_engine) -> None:
+    requests = judge_requests(20)
+    hf, vl, oa = await asyncio.gather(
+        hf_engine.score_options(requests, timeout=600),
+        vllm_engine.score_options(requests, timeout=600),
+        openai_engine.score_options(requests, timeout=600),
+    )
+    worst = max(
+        abs(x.probs[0] - y.probs[0]) for a, b in ((hf, vl), (hf, oa), (vl, oa)) for x, y in zip(a, b, strict=True)
+    )
+    assert worst <= 0.02, f"largest probability difference between engines: {worst:.4f}"
+
+
+async def test_greedy_generations_match_between_the_two_vllm_paths(vllm_engine, openai_engine) -> None:
+    requests = [
+        ChatRequest(messages=(Message(role="user", content=p.first_human_turn),), sampling=Sampling(max_tokens=16))
+        for p in load_pairs(8)
+    ]
+    local, served = await asyncio.gather(vllm_engine.chat(requests, timeout=300), openai_engine.chat(requests, timeout=300))
+    assert [r.completions[0].text for r in local] == [r.completions[0].text for r in served]
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+async def test_prompt_longer_than_the_context_is_invalid_argument(request: pytest.FixtureRequest, engine_name: str) -> None:
+    engine = request.getfixturevalue(engine_name)
+    long = ChatRequest(messages=(Message(role="user", content="word " * 3000),), sampling=Sampling(max_tokens=8))
+    with pytest.raises(InvalidArgument, match="exceeds the model's context of 2048 tokens"):
+        await engine.chat([long], timeout=60)
+    scoring = ScoreRequest(messages=(Message(role="user", content="word " * 3000),), options=("A", "B"))
+    with pytest.raises(InvalidArgument, match="exceeds the model's context"):
+        await engine.score_options([scoring], timeout=60)
+
+
+async def test_concurrent_calls_reach_the_engine_as_one_batch(hf_engine) -> None:
+    requests = [
+        ChatRequest(messages=(Message(role="user", content=f"Say the number {i}."),), sampling=Sampling(max_tokens=4))
+        for i in range(6)
+    ]
+    with capture_logs() as logs:
+        results = await asyncio.gather(*(hf_engine.chat([r], timeout=120) for r in requests))
+    assert len(results) == 6
+    batches = [e for e in logs if e["event"] == "inference.batch.done" and e["kind"] == "chat"]
+    assert sum(e["requests"] for e in batches) == 6
+    assert len(batches) < 6, "concurrent callers were run one at a time"
