@@ -14,7 +14,12 @@ pytestmark = pytest.mark.e2e
 
 def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tool("charter"), *args], cwd=ROOT, capture_output=True, text=True, env=subprocess_env(), timeout=timeout
+        [tool("charter"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
     )
 
 

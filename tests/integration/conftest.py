@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from charter.core.settings import OpenAISettings
 from charter.inference.models import EMBEDDED_NAME, prepare
 
@@ -90,7 +89,10 @@ def openai_engine(vllm_server: str, embedded_model: Path):
     from charter.inference.openai_engine import OpenAIEngine
 
     return OpenAIEngine(
-        OpenAISettings(base_url=vllm_server), model=EMBEDDED_NAME, tokenizer=str(embedded_model), max_model_len=2048
+        OpenAISettings(base_url=vllm_server),
+        model=EMBEDDED_NAME,
+        tokenizer=str(embedded_model),
+        max_model_len=2048,
     )
 
 

@@ -6,17 +6,18 @@ import asyncio
 import math
 
 import pytest
-from structlog.testing import capture_logs
-
 from charter.core.errors import InvalidArgument
 from charter.inference import ChatRequest, Message, Sampling, ScoreRequest
+from structlog.testing import capture_logs
+
 from tests.integration.conftest import ENGINES
 from tests.support.hh import load_pairs
 
 pytestmark = pytest.mark.integration
 
 FRANCE = ChatRequest(
-    messages=(Message(role="user", content="What is the capital of France?"),), sampling=Sampling(max_tokens=16)
+    messages=(Message(role="user", content="What is the capital of France?"),),
+    sampling=Sampling(max_tokens=16),
 )
 
 
@@ -80,24 +81,34 @@ async def test_twenty_scores_agree_across_the_three_engines(hf_engine, vllm_engi
         openai_engine.score_options(requests, timeout=600),
     )
     worst = max(
-        abs(x.probs[0] - y.probs[0]) for a, b in ((hf, vl), (hf, oa), (vl, oa)) for x, y in zip(a, b, strict=True)
+        abs(x.probs[0] - y.probs[0])
+        for a, b in ((hf, vl), (hf, oa), (vl, oa))
+        for x, y in zip(a, b, strict=True)
     )
     assert worst <= 0.02, f"largest probability difference between engines: {worst:.4f}"
 
 
 async def test_greedy_generations_match_between_the_two_vllm_paths(vllm_engine, openai_engine) -> None:
     requests = [
-        ChatRequest(messages=(Message(role="user", content=p.first_human_turn),), sampling=Sampling(max_tokens=16))
+        ChatRequest(
+            messages=(Message(role="user", content=p.first_human_turn),), sampling=Sampling(max_tokens=16)
+        )
         for p in load_pairs(8)
     ]
-    local, served = await asyncio.gather(vllm_engine.chat(requests, timeout=300), openai_engine.chat(requests, timeout=300))
+    local, served = await asyncio.gather(
+        vllm_engine.chat(requests, timeout=300), openai_engine.chat(requests, timeout=300)
+    )
     assert [r.completions[0].text for r in local] == [r.completions[0].text for r in served]
 
 
 @pytest.mark.parametrize("engine_name", ENGINES)
-async def test_prompt_longer_than_the_context_is_invalid_argument(request: pytest.FixtureRequest, engine_name: str) -> None:
+async def test_prompt_longer_than_the_context_is_invalid_argument(
+    request: pytest.FixtureRequest, engine_name: str
+) -> None:
     engine = request.getfixturevalue(engine_name)
-    long = ChatRequest(messages=(Message(role="user", content="word " * 3000),), sampling=Sampling(max_tokens=8))
+    long = ChatRequest(
+        messages=(Message(role="user", content="word " * 3000),), sampling=Sampling(max_tokens=8)
+    )
     with pytest.raises(InvalidArgument, match="exceeds the model's context of 2048 tokens"):
         await engine.chat([long], timeout=60)
     scoring = ScoreRequest(messages=(Message(role="user", content="word " * 3000),), options=("A", "B"))
@@ -107,7 +118,9 @@ async def test_prompt_longer_than_the_context_is_invalid_argument(request: pytes
 
 async def test_concurrent_calls_reach_the_engine_as_one_batch(hf_engine) -> None:
     requests = [
-        ChatRequest(messages=(Message(role="user", content=f"Say the number {i}."),), sampling=Sampling(max_tokens=4))
+        ChatRequest(
+            messages=(Message(role="user", content=f"Say the number {i}."),), sampling=Sampling(max_tokens=4)
+        )
         for i in range(6)
     ]
     with capture_logs() as logs:

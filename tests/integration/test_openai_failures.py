@@ -9,10 +9,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from charter.core.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from charter.core.settings import OpenAISettings
 from charter.inference import ChatRequest, Message, Sampling, ScoreRequest
+
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,9 @@ class Scripted(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         type(self).hits += 1
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+        request = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+        if self.mode == "no-extension":  # an OpenAI-compatible server without vLLM's logprob_token_ids
+            return self._legacy_completion(request)
         if self.mode == "hang":
             time.sleep(5)
         status, body = {
@@ -39,6 +41,23 @@ class Scripted(http.server.BaseHTTPRequestHandler):
         }[self.mode]
         data = json.dumps(body).encode()
         self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _legacy_completion(self, request: dict) -> None:
+        choices = []
+        for i, prompt in enumerate(request["prompt"]):
+            if request.get("echo"):  # logprob of each prompt token: the last token's is -1 - (its id % 2)
+                logprobs = {
+                    "token_logprobs": [None] + [-0.5] * (len(prompt) - 2) + [-1.0 - prompt[-1] % 2, -0.1]
+                }
+            else:  # top-1 only: the requested ids are missing
+                logprobs = {"top_logprobs": [{"token_id:7": -0.1}]}
+            choices.append({"index": i, "text": "x", "logprobs": logprobs, "finish_reason": "length"})
+        data = json.dumps({"choices": choices}).encode()
+        self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
@@ -61,7 +80,9 @@ def scripted() -> Iterator[type[Scripted]]:
 def engine_for(port: int, embedded_model, retries: int = 2):
     from charter.inference.openai_engine import OpenAIEngine
 
-    settings = OpenAISettings(base_url=f"http://127.0.0.1:{port}/v1", max_retries=retries, backoff_seconds=0.05)
+    settings = OpenAISettings(
+        base_url=f"http://127.0.0.1:{port}/v1", max_retries=retries, backoff_seconds=0.05
+    )
     return OpenAIEngine(settings, model="x", tokenizer=str(embedded_model))
 
 
@@ -109,3 +130,17 @@ def test_unknown_model_path_is_not_found(tmp_path) -> None:
 
     with pytest.raises(NotFound, match="does not exist"):
         TransformersEngine(tmp_path / "no-such-model")
+
+
+async def test_server_without_the_logprob_extension_falls_back_to_echo(scripted, embedded_model) -> None:
+    scripted.mode = "no-extension"
+    engine = engine_for(scripted.port, embedded_model)
+    request = ScoreRequest(
+        messages=(Message(role="user", content="Pick"), Message(role="assistant", content="Answer: (")),
+        options=("A", "B"),
+    )
+    [scores] = await engine.score_options([request], timeout=30)
+    a, b = (engine.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in ("A", "B"))
+    assert scores.logprobs == (-1.0 - a % 2, -1.0 - b % 2)  # the echo path's values, not the top-1 answer
+    assert scripted.hits == 2  # one try of the extension, one echo request
+    await engine.close()

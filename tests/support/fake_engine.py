@@ -36,7 +36,11 @@ class FakeEngine(LocalEngine):
         self.calls.append(len(prepared))
         time.sleep(self.delay)
         return [
-            ChatResult(tuple(Completion(f"echo: {r.messages[-1].content}", 3, 2, "stop") for _ in range(r.sampling.n)))
+            ChatResult(
+                tuple(
+                    Completion(f"echo: {r.messages[-1].content}", 3, 2, "stop") for _ in range(r.sampling.n)
+                )
+            )
             for r in prepared
         ]
 

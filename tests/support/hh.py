@@ -31,8 +31,10 @@ def load_pairs(limit: int) -> list[Pair]:
             prefix = record["chosen"][:cut]
             if record["rejected"][:cut] != prefix:
                 continue
-            reply = lambda s: s[cut + len("\n\nAssistant:") :].strip()  # noqa: E731
-            pairs.append(Pair(prefix.strip(), reply(record["chosen"]), reply(record["rejected"])))
+            start = cut + len("\n\nAssistant:")
+            pairs.append(
+                Pair(prefix.strip(), record["chosen"][start:].strip(), record["rejected"][start:].strip())
+            )
             if len(pairs) == limit:
                 break
     return pairs

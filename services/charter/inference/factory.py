@@ -50,6 +50,7 @@ def build_engine(settings: InferenceSettings) -> InferenceClient:
             enforce_eager=v.enforce_eager,
             enable_prefix_caching=v.enable_prefix_caching,
             tensor_parallel_size=v.tensor_parallel_size,
+            cpu_reserved_cores=v.cpu_reserved_cores,
             **common,
         )
     from charter.inference.transformers_engine import TransformersEngine

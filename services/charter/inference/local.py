@@ -114,8 +114,9 @@ class LocalEngine(ABC):
             raise Unavailable(f"the {self.engine_name} engine is closed")
         with self._lock:
             if self._pending + len(items) > self.max_pending:
+                pending, limit = self._pending, self.max_pending
                 raise ResourceExhausted(
-                    f"the engine queue is full ({self._pending} requests pending, limit {self.max_pending}); retry"
+                    f"the engine queue is full ({pending} requests pending, {limit=}); retry"
                 )
             self._pending += len(items)
         loop = asyncio.get_running_loop()

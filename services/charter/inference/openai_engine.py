@@ -2,8 +2,10 @@
 
 Chat: `/chat/completions` (the server renders the chat template). Option scoring: `/completions`
 with the prompt as token ids (rendered here with the model's tokenizer, exactly as the in-process
-engines do), `echo` and `logprobs=0`, so the server returns each prompt token's log-probability in
-one forward pass; all sequences of a call go in one request. Transient failures (connection errors,
+engines do). Single-token options use vLLM's `logprob_token_ids` extension: one forward pass over the
+prompt returns exactly the options' log-probabilities. Otherwise (multi-token options, or a server
+without the extension) prompt+option goes with `echo` and `logprobs=0`, so the server returns each
+prompt token's log-probability. Up to 256 prompts go in one request. Transient failures (connection errors,
 timeouts, 429 and 5xx) are retried with exponential backoff within the caller's deadline; anything
 else fails at once with a typed error.
 """
@@ -29,7 +31,14 @@ from charter.core.errors import (
 )
 from charter.core.settings import OpenAISettings
 from charter.inference.local import await_with_deadline
-from charter.inference.tokens import check_context, collect_scores, encode, plan_scores, render_text
+from charter.inference.tokens import (
+    ScoreItem,
+    check_context,
+    collect_scores,
+    encode,
+    plan_scores,
+    render_text,
+)
 from charter.inference.types import ChatRequest, ChatResult, Completion, ModelInfo, OptionScores, ScoreRequest
 
 log = structlog.get_logger("charter.inference")
@@ -205,19 +214,64 @@ class OpenAIEngine:
             ) from None
         return values
 
+    async def _next_token_chunk(
+        self, prompts: list[list[int]], token_ids: list[int]
+    ) -> list[list[float]] | None:
+        """Log-probabilities of `token_ids` right after each prompt, in one forward pass per prompt
+        (vLLM's `logprob_token_ids` extension). None when the server ignores the extension."""
+        body = {
+            "model": self._info.name,
+            "prompt": prompts,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": 1,
+            "logprob_token_ids": token_ids,
+            "return_tokens_as_token_ids": True,
+        }
+        data = await self._post("/completions", body)
+        out = []
+        for choice in sorted(data.get("choices", []), key=lambda c: c["index"]):
+            top = ((choice.get("logprobs") or {}).get("top_logprobs") or [None])[0] or {}
+            keys = [f"token_id:{t}" for t in token_ids]
+            if not all(k in top for k in keys):
+                return None
+            out.append([float(top[k]) for k in keys])
+        return out if len(out) == len(prompts) else None
+
+    async def _score_items(self, items: list[ScoreItem]) -> list[list[float]]:
+        results: list[list[float] | None] = [None] * len(items)
+        # single-token options sharing a token set: one forward pass per prompt, no echo
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, item in enumerate(items):
+            if item.single_token:
+                groups.setdefault(tuple(o[0] for o in item.options), []).append(i)
+        for token_ids, members in groups.items():
+            for c in range(0, len(members), _SCORE_CHUNK):
+                chunk = members[c : c + _SCORE_CHUNK]
+                values = await self._next_token_chunk([items[i].prompt for i in chunk], list(token_ids))
+                if values is None:
+                    break  # the server lacks the extension: the echo path below scores these
+                for i, v in zip(chunk, values, strict=True):
+                    results[i] = v
+        # everything else: prompt + option with echo, reading each prompt token's log-probability
+        rest = [i for i, r in enumerate(results) if r is None]
+        sequences = [(items[i].prompt + o, len(items[i].prompt)) for i in rest for o in items[i].options]
+        chunks = [sequences[c : c + _SCORE_CHUNK] for c in range(0, len(sequences), _SCORE_CHUNK)]
+        flat = iter(
+            [v for part in await asyncio.gather(*(self._score_chunk(c) for c in chunks)) for v in part]
+        )
+        for i in rest:
+            results[i] = [next(flat) for _ in items[i].options]
+        return [r for r in results if r is not None]
+
     async def score_options(
         self, requests: Sequence[ScoreRequest], *, timeout: float | None = None
     ) -> list[OptionScores]:
         if not requests:
             return []
         items = plan_scores(self.tokenizer, requests, self._info.max_model_len)
-        sequences = [(item.prompt + option, len(item.prompt)) for item in items for option in item.options]
-        chunks = [sequences[i : i + _SCORE_CHUNK] for i in range(0, len(sequences), _SCORE_CHUNK)]
-        parts = await await_with_deadline(
-            asyncio.gather(*(self._score_chunk(c) for c in chunks)), timeout or self.default_timeout
-        )
-        flat = iter(v for part in parts for v in part)
-        return collect_scores(items, [[next(flat) for _ in item.options] for item in items])
+        values = await await_with_deadline(self._score_items(items), timeout or self.default_timeout)
+        return collect_scores(items, values)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

