@@ -5,7 +5,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-SHARED := ../shared/data
 
 .PHONY: quickstart test test-unit lint protos protos-check clean
 
@@ -32,14 +31,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip uninstall --quiet --yes $(TORCH_EXTRAS) 2>/dev/null || true
 	@touch $@ $(VENV)/.installed-base
 
+# the main job: SL-CAI on 8 red-team prompts from the shared hh-rlhf file, on the embedded model
 quickstart: $(VENV)/.installed-base
-	$(BIN)/charter models prepare
-	$(BIN)/charter generate "In one sentence, why should an assistant refuse to help pick a lock?" --max-tokens 48
 	$(BIN)/charter constitution check constitutions/
-	$(BIN)/charter constitution show harmless
-	$(BIN)/charter constitution import $(SHARED)/constitutions/llm-swarm/constitution_anthropic.json \
-	    --id llm-swarm-anthropic --out out/constitutions/llm-swarm-anthropic.yaml --force
-	$(BIN)/charter constitution diff harmless out/constitutions/llm-swarm-anthropic.yaml | head -n 12
+	$(BIN)/charter models prepare
+	$(BIN)/charter run pipelines/sl-cai.yaml
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

@@ -14,6 +14,7 @@ import typer
 
 from charter import __version__
 from charter.cli import constitution, models
+from charter.cli.run import run
 from charter.cli.serve import serve
 from charter.core.errors import CharterError
 
@@ -28,6 +29,7 @@ app.add_typer(constitution.app, name="constitution")
 app.add_typer(models.app, name="models")
 app.command()(serve)
 app.command()(models.generate)
+app.command()(run)
 
 
 @app.command()

@@ -8,8 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from charter.constitution.registry import ConstitutionRegistry
-from charter.core.catalog import SERVICES, service_spec
+from charter.core.catalog import SERVICES, Resources, service_spec
 from charter.core.logging import configure_logging
 from charter.core.server import CharterServer
 from charter.core.settings import load_settings
@@ -33,15 +32,10 @@ def serve(
 
 
 async def _serve(name: str, settings: Any) -> None:
-    spec = service_spec(name)
-    registry = None
-    if spec.uses_constitutions:
-        registry = ConstitutionRegistry(
-            settings.constitutions.directory, poll_seconds=settings.constitutions.poll_seconds
-        ).start()
-    server = CharterServer(settings.server, [spec.registration()])
+    resources = Resources(settings)
     try:
+        registration = service_spec(name).registration_for(resources)  # loads the model if it needs one
+        server = CharterServer(settings.server, [registration])
         await server.serve()
     finally:
-        if registry is not None:
-            registry.stop()
+        await resources.close()

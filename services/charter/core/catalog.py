@@ -1,8 +1,8 @@
-"""The five services Charter runs, by the name `charter serve <name>` takes.
+"""The five services Charter runs, by the name `charter serve <name>` takes, and how each is built.
 
-Each entry knows the service's full gRPC name and how to add a servicer to a server. Until a
-service's own issue lands, it is served by the generated base servicer, whose RPCs answer
-UNIMPLEMENTED — the process still runs the full bootstrap (health, reflection, metrics, drain).
+Services in one process share `Resources`: one engine (one model load) and one constitution
+registry. A service whose issue has not landed yet is served by the generated base servicer, whose
+RPCs answer UNIMPLEMENTED — the process still runs the full bootstrap (health, reflection, metrics).
 """
 
 from __future__ import annotations
@@ -18,8 +18,60 @@ from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from charter_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from grpc import aio
 
+from charter.constitution.registry import ConstitutionRegistry
 from charter.core.errors import InvalidArgument
 from charter.core.server import Registration
+from charter.core.settings import CharterSettings
+from charter.inference.types import InferenceClient
+
+
+class Resources:
+    """What the services of one process share, built on first use."""
+
+    def __init__(self, settings: CharterSettings, *, engine: InferenceClient | None = None) -> None:
+        self.settings = settings
+        self._engine = engine
+        self._owns_engine = engine is None
+        self._registry: ConstitutionRegistry | None = None
+
+    def engine(self) -> InferenceClient:
+        if self._engine is None:
+            from charter.inference.factory import build_engine
+
+            self._engine = build_engine(self.settings.inference)
+        return self._engine
+
+    def registry(self) -> ConstitutionRegistry:
+        if self._registry is None:
+            c = self.settings.constitutions
+            self._registry = ConstitutionRegistry(c.directory, poll_seconds=c.poll_seconds).start()
+        return self._registry
+
+    async def close(self) -> None:
+        if self._registry is not None:
+            self._registry.stop()
+        if self._engine is not None and self._owns_engine:
+            await self._engine.close()
+
+
+def _generator(resources: Resources) -> Any:
+    from charter.generator.servicer import GeneratorServicer
+
+    return GeneratorServicer(
+        resources.engine(), default_max_tokens=resources.settings.generator.default_max_tokens
+    )
+
+
+def _critic(resources: Resources) -> Any:
+    from charter.critic.servicer import CriticReviserServicer
+
+    s = resources.settings.critic
+    return CriticReviserServicer(
+        resources.engine(),
+        resources.registry(),
+        default_max_tokens=s.default_max_tokens,
+        few_shot_limit=s.few_shot_limit,
+    )
 
 
 @dataclass(frozen=True)
@@ -28,11 +80,18 @@ class ServiceSpec:
     full_name: str
     add: Callable[[Any, aio.Server], None]
     base_servicer: type
-    uses_constitutions: bool
+    build: Callable[[Resources], Any] | None = None
+    """None until the service is implemented: the base servicer answers UNIMPLEMENTED."""
+    uses_constitutions: bool = False
 
     def registration(self, servicer: Any | None = None) -> Registration:
         servicer = servicer if servicer is not None else self.base_servicer()
         return Registration(self.full_name, lambda server: self.add(servicer, server))
+
+    def registration_for(self, resources: Resources) -> Registration:
+        if self.uses_constitutions:
+            resources.registry()
+        return self.registration(self.build(resources) if self.build else None)
 
 
 def _full_name(module: Any, service: str) -> str:
@@ -47,13 +106,14 @@ SERVICES: dict[str, ServiceSpec] = {
             _full_name(generator_pb2, "GeneratorService"),
             generator_pb2_grpc.add_GeneratorServiceServicer_to_server,
             generator_pb2_grpc.GeneratorServiceServicer,
-            uses_constitutions=False,
+            build=_generator,
         ),
         ServiceSpec(
             "critic-reviser",
             _full_name(critic_pb2, "CriticReviserService"),
             critic_pb2_grpc.add_CriticReviserServiceServicer_to_server,
             critic_pb2_grpc.CriticReviserServiceServicer,
+            build=_critic,
             uses_constitutions=True,
         ),
         ServiceSpec(
@@ -75,7 +135,6 @@ SERVICES: dict[str, ServiceSpec] = {
             _full_name(trainer_pb2, "TrainerService"),
             trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
             trainer_pb2_grpc.TrainerServiceServicer,
-            uses_constitutions=False,
         ),
     )
 }

@@ -93,6 +93,17 @@ class InferenceSettings(_Section):
     openai: OpenAISettings = OpenAISettings()
 
 
+class GeneratorSettings(_Section):
+    default_max_tokens: int = Field(default=256, ge=1)
+    """New tokens when a request leaves sampling.max_tokens unset."""
+
+
+class CriticSettings(_Section):
+    default_max_tokens: int = Field(default=256, ge=1)
+    few_shot_limit: int | None = Field(default=None, ge=0)
+    """Few-shot conversations prepended to each critique (unset = all the constitution has)."""
+
+
 class CharterSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHARTER_",
@@ -105,6 +116,8 @@ class CharterSettings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     constitutions: ConstitutionSettings = ConstitutionSettings()
     inference: InferenceSettings = InferenceSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    critic: CriticSettings = CriticSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,105 @@
+"""`charter run SPEC`: run or resume a pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from charter.core.logging import configure_logging
+from charter.core.settings import load_settings
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} prompts/s" if speed else "-- prompts/s")
+
+
+def run(
+    spec_path: Annotated[
+        Path, typer.Argument(metavar="SPEC", help="A pipeline spec, e.g. pipelines/sl-cai.yaml.")
+    ],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
+    generator: Annotated[str | None, typer.Option(help="Remote mode: the generator's host:port.")] = None,
+    critic_reviser: Annotated[
+        str | None, typer.Option(help="Remote mode: the critic-reviser's host:port.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N source rows.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output folder (overrides the spec).")] = None,
+) -> None:
+    """Run a pipeline spec; run it again after an interruption and it resumes where it stopped."""
+    from charter.pipelines import sl_cai
+    from charter.pipelines.spec import load_spec
+
+    spec = load_spec(spec_path)
+    changes: dict[str, Any] = {}
+    if generator or critic_reviser:
+        services = spec.services.model_copy(
+            update={"mode": "remote", "generator": generator or spec.services.generator,
+                    "critic_reviser": critic_reviser or spec.services.critic_reviser}
+        )  # fmt: skip
+        changes["services"] = services
+    if limit is not None:
+        changes["source"] = spec.source.model_copy(update={"limit": limit})
+    if output is not None:
+        changes["output"] = output
+    spec = spec.model_copy(update=changes) if changes else spec
+    overrides: dict[str, Any] = {}
+    if spec.inference.overrides():
+        overrides["inference"] = spec.inference.overrides()
+    if spec.constitutions_dir is not None:
+        overrides["constitutions"] = {"directory": spec.constitutions_dir}
+    settings = load_settings(config, **overrides)
+    configure_logging(
+        settings.logging.model_copy(update={"level": "WARNING"})
+        if settings.logging.level == "INFO"
+        else settings.logging
+    )
+    console = Console(stderr=True)
+    columns = [TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), RateColumn()]
+    progress = Progress(*columns, TimeRemainingColumn(), console=console)
+    task = progress.add_task(spec.name, total=None)
+
+    def on_start(total: int, done: int) -> None:
+        progress.update(task, total=total, completed=done)
+        progress.start_task(task)
+
+    with progress:
+        summary = asyncio.run(
+            sl_cai.run(spec, settings, on_start=on_start, on_progress=lambda n: progress.advance(task, n))
+        )
+    report = summary.as_dict()
+    (spec.output / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    console.print(
+        f"{summary.written} prompts written this run ({summary.already_done} were already done, "
+        f"{summary.total} in all), {summary.row_errors} row errors; "
+        f"samples by status: {dict(summary.statuses) or '{}'}; errors: {dict(summary.errors) or '{}'}; "
+        f"tokens: {summary.prompt_tokens} prompt + {summary.completion_tokens} generated; "
+        f"{summary.seconds:.1f} s"
+    )
+    typer.echo(f"dataset: {spec.output / 'sft.jsonl'} (also sft.parquet, records.jsonl, records.parquet)")
+    example = _first_line(spec.output / "sft.jsonl") or _first_line(spec.output / "records.jsonl")
+    if example:
+        typer.echo("example row:\n" + json.dumps(json.loads(example), indent=2, ensure_ascii=False))
+
+
+def _first_line(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    with path.open(encoding="utf-8") as f:
+        return f.readline() or None

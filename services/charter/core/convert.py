@@ -1,0 +1,117 @@
+"""Protobuf <-> domain conversions shared by the servicers (the only place both worlds meet)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from charter_proto.common.v1 import constitution_pb2, conversation_pb2, provenance_pb2, sampling_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import ValidationError
+
+from charter import __version__
+from charter.constitution.registry import LoadedConstitution
+from charter.core.errors import InvalidArgument
+from charter.inference.types import Completion, Message, ModelInfo, Sampling
+
+_ROLES = {
+    conversation_pb2.ROLE_SYSTEM: "system",
+    conversation_pb2.ROLE_USER: "user",
+    conversation_pb2.ROLE_ASSISTANT: "assistant",
+}
+_ROLE_VALUES = {v: k for k, v in _ROLES.items()}
+_FINISH = {"stop": sampling_pb2.FINISH_REASON_STOP, "length": sampling_pb2.FINISH_REASON_LENGTH}
+
+
+def messages(conversation: conversation_pb2.Conversation, where: str) -> list[Message]:
+    if not conversation.messages:
+        raise InvalidArgument(f"{where}.messages: the conversation is empty", field=f"{where}.messages")
+    out = []
+    for i, m in enumerate(conversation.messages):
+        if m.role not in _ROLES:
+            raise InvalidArgument(f"{where}.messages[{i}].role: set a role (system, user or assistant)")
+        out.append(Message(role=_ROLES[m.role], content=m.content))
+    if all(not m.content.strip() for m in out):
+        raise InvalidArgument(f"{where}.messages: every message is empty", field=f"{where}.messages")
+    return out
+
+
+def conversation_proto(items: Sequence[Message], conversation_id: str = "") -> conversation_pb2.Conversation:
+    return conversation_pb2.Conversation(
+        id=conversation_id,
+        messages=[conversation_pb2.Message(role=_ROLE_VALUES[m.role], content=m.content) for m in items],
+    )
+
+
+def sampling(params: sampling_pb2.SamplingParams, default_max_tokens: int) -> Sampling:
+    values: dict[str, object] = {"n": params.n or 1, "max_tokens": params.max_tokens or default_max_tokens}
+    if params.HasField("temperature"):
+        values["temperature"] = params.temperature
+    if params.HasField("top_p"):
+        values["top_p"] = params.top_p
+    if params.stop:
+        values["stop"] = tuple(params.stop)
+    if params.HasField("seed"):
+        values["seed"] = params.seed
+    try:
+        return Sampling.model_validate(values)
+    except ValidationError as err:
+        e = err.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in e["loc"])
+        raise InvalidArgument(
+            f"sampling.{field}: {e['msg']} (value: {e.get('input')!r})", field=f"sampling.{field}"
+        ) from None
+
+
+def sampling_proto(s: Sampling) -> sampling_pb2.SamplingParams:
+    return sampling_pb2.SamplingParams(
+        n=s.n,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        max_tokens=s.max_tokens,
+        stop=list(s.stop),
+        seed=s.seed,
+    )
+
+
+def completion_proto(c: Completion) -> sampling_pb2.Completion:
+    return sampling_pb2.Completion(
+        text=c.text,
+        prompt_tokens=c.prompt_tokens,
+        completion_tokens=c.completion_tokens,
+        finish_reason=_FINISH[c.finish_reason],
+    )
+
+
+def model_proto(info: ModelInfo) -> sampling_pb2.ModelRef:
+    return sampling_pb2.ModelRef(name=info.name, engine=info.engine, revision=info.revision)
+
+
+def constitution_ref(loaded: LoadedConstitution) -> constitution_pb2.ConstitutionRef:
+    return constitution_pb2.ConstitutionRef(id=loaded.id, version=loaded.version, digest=loaded.digest)
+
+
+def now() -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(time.time_ns())
+    return ts
+
+
+def provenance(
+    loaded: LoadedConstitution | None,
+    principle_ids: Sequence[str],
+    model: ModelInfo,
+    s: Sampling,
+    seed: int,
+    request_id: str = "",
+) -> provenance_pb2.Provenance:
+    return provenance_pb2.Provenance(
+        constitution=constitution_ref(loaded) if loaded else None,
+        principle_ids=list(principle_ids),
+        model=model_proto(model),
+        sampling=sampling_proto(s),
+        seed=seed,
+        created_at=now(),
+        charter_version=__version__,
+        request_id=request_id,
+    )

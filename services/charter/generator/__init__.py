@@ -1,0 +1,1 @@
+"""The generator service: completions for prompts, N samples each."""

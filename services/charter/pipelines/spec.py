@@ -1,0 +1,117 @@
+"""Pipeline specs: YAML files, validated with unknown keys rejected and errors naming the field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from charter.core.errors import InvalidArgument, NotFound, one_line
+from charter.inference.types import Sampling
+from charter.pipelines.sources import Format
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+    path: Path
+    """Relative paths are relative to the directory `charter run` is started in."""
+    format: Format = "auto"
+    limit: int | None = Field(default=None, ge=1)
+    """Use the first N rows of the source."""
+
+
+class SamplingSpec(_Strict):
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=128, ge=1, le=32768)
+
+    def sampling(self, n: int = 1, seed: int | None = None) -> Sampling:
+        return Sampling(
+            n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=seed
+        )
+
+
+class ServicesSpec(_Strict):
+    mode: Literal["local", "remote"] = "local"
+    """local: start the services in this process on a free localhost port; remote: use the addresses."""
+    generator: str | None = None
+    critic_reviser: str | None = None
+    timeout_seconds: float = Field(default=1800.0, gt=0.0)
+    """Deadline of one batch call."""
+    retries: int = Field(default=5, ge=0, le=100)
+    backoff_seconds: float = Field(default=1.0, gt=0.0, le=300.0)
+
+
+class InferenceSpec(_Strict):
+    """Local mode only: the engine the in-process services share (overrides `inference.*` settings)."""
+
+    engine: Literal["auto", "vllm", "openai", "transformers"] | None = None
+    model: str | None = None
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    threads: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=128)
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class SlCaiSpec(_Strict):
+    kind: Literal["sl-cai"]
+    name: str = Field(min_length=1, max_length=128)
+    source: SourceSpec
+    constitution: str
+    rounds: int | None = Field(default=None, ge=1, le=16)
+    """Critique -> revision rounds; unset = the constitution's sampling.critique_rounds."""
+    samples: int = Field(default=1, ge=1, le=64)
+    """Initial responses per prompt; each is critiqued and revised."""
+    seed: int = Field(default=0, ge=0)
+    generation: SamplingSpec = SamplingSpec()
+    critique: SamplingSpec = SamplingSpec()
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    """Prompts per Generate call (and their responses per CritiqueReviseStream call)."""
+    output: Path
+    services: ServicesSpec = ServicesSpec()
+    inference: InferenceSpec = InferenceSpec()
+    constitutions_dir: Path | None = None
+    """Local mode: the folder of constitutions (unset = the `constitutions.directory` setting)."""
+
+    def digest(self) -> str:
+        """What the output depends on; a run resumes only into an output folder with the same digest."""
+        keys = {"source": {"path": str(self.source.path), "format": self.source.format}}
+        fixed = self.model_dump(
+            mode="json", include={"constitution", "rounds", "samples", "seed", "generation", "critique"}
+        )
+        fixed["model"] = self.inference.model
+        text = json.dumps({**keys, **fixed}, sort_keys=True)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_spec(path: str | Path) -> SlCaiSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no such pipeline spec") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InvalidArgument(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{path}: expected a mapping of pipeline settings")
+    if data.get("kind") != "sl-cai":
+        raise InvalidArgument(
+            f"{path}: kind: unknown pipeline kind (value: {one_line(data.get('kind'))}); use sl-cai"
+        )
+    try:
+        return SlCaiSpec.model_validate(data)
+    except ValidationError as err:
+        errors = err.errors(include_url=False)
+        e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+        field = ".".join(str(p) for p in e["loc"])
+        problem = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        raise InvalidArgument(f"{path}: {field}: {problem} (value: {one_line(e.get('input'))})") from None

@@ -1,0 +1,113 @@
+"""`charter run` on the SL-CAI spec as a user runs it: real services, the real model, SIGKILL and resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import ROOT, SHARED_DATA, subprocess_env, tool
+
+pytestmark = pytest.mark.e2e
+
+
+def spec(tmp_path: Path, limit: int, **changes) -> Path:
+    data = yaml.safe_load((ROOT / "pipelines" / "sl-cai.yaml").read_text())
+    data["source"] = {"path": str(SHARED_DATA / "hh-rlhf" / "harmless-base-test-dev.jsonl.gz"), "format": "hh-rlhf", "limit": limit}
+    data["output"] = str(tmp_path / "out")
+    data["inference"] = {"engine": "transformers", "model": "embedded", "threads": 2}
+    data["generation"] = data["critique"] = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 24}
+    data["batch_size"] = 1  # one prompt at a time, so a kill lands between prompts as well as inside one
+    data.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+
+
+def test_killed_run_resumes_without_duplicates(tmp_path: Path) -> None:
+    path = spec(tmp_path, limit=4)
+    out = tmp_path / "out"
+    command = [tool("charter"), "run", str(path)]
+    first = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        if (out / "records.jsonl").exists() and len(records(out)) >= 1:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, f"the run ended before it could be killed: {first.stderr.read().decode()[-2000:]}"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    done_before = len(records(out))
+    assert 1 <= done_before < 4
+
+    second = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"{done_before} were already done" in second.stderr
+    rows = records(out)
+    assert len(rows) == 4 and len({r["key"] for r in rows}) == 4  # each prompt exactly once
+    for r in rows:
+        prov = r["provenance"]
+        assert prov["constitution"]["id"] == "harmless" and prov["constitution"]["digest"].startswith("sha256:")
+        assert prov["model"]["engine"] == "transformers" and prov["seed"] == 1234
+        assert prov["started_at"] and prov["completed_at"]
+        sample = r["samples"][0]
+        assert sample["initial_response"] and sample["rounds"]
+        assert all(rd["principle_id"] for rd in sample["rounds"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["written_this_run"] == 4 - done_before
+
+    from datasets import load_dataset
+
+    sft = load_dataset("json", data_files=str(out / "sft.jsonl"), split="train")
+    ok = sum(1 for r in rows for s in r["samples"] if s["status"] == "ok")
+    assert len(sft) == ok
+    if ok:
+        assert sft[0]["messages"][-1]["role"] == "assistant"
+        parquet = load_dataset("parquet", data_files=str(out / "sft.parquet"), split="train")
+        assert parquet[0]["messages"] == sft[0]["messages"]
+    assert len(load_dataset("parquet", data_files=str(out / "records.parquet"), split="train")) == 4
+
+    third = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "0 prompts written this run (4 were already done" in third.stderr
+
+
+def test_bad_rows_become_error_records_and_the_rest_go_on(tmp_path: Path) -> None:
+    source = tmp_path / "prompts.jsonl"
+    source.write_bytes(
+        b'{"prompt": "Say hello."}\n'
+        b'{"text": "no prompt column"}\n'
+        b'{"prompt": 42}\n'
+        b'{"prompt": "caf\xe9 bad utf-8"}\n'
+        b'{"messages": [{"role": "user", "content": "Name a fruit."}]}\n'
+    )
+    path = spec(tmp_path, limit=10)
+    data = yaml.safe_load(path.read_text())
+    data["source"] = {"path": str(source)}
+    data["batch_size"] = 8
+    path.write_text(yaml.safe_dump(data))
+    result = subprocess.run([tool("charter"), "run", str(path)], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    assert len(records(out)) == 2
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    reasons = {e["source_index"]: e["reason"] for e in errors}
+    assert "no 'prompt' or 'messages' column" in reasons[1]
+    assert "must be text" in reasons[2]
+    assert "invalid UTF-8" in reasons[3]
+
+
+def test_unknown_constitution_stops_with_one_line(tmp_path: Path) -> None:
+    path = spec(tmp_path, limit=1, constitution="no-such-constitution")
+    result = subprocess.run([tool("charter"), "run", str(path)], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "error: NOT_FOUND: unknown constitution id 'no-such-constitution'" in result.stderr
+    assert "Traceback" not in result.stderr
