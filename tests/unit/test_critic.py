@@ -88,6 +88,11 @@ def test_classify(text: str, finish: str, status: StepStatus) -> None:
     assert classify(text, "Please rewrite the response.", finish) is status
 
 
+def test_a_critique_that_restates_the_response_is_an_echo() -> None:
+    response = "They do have to do with the topic of the topic."
+    assert classify(response, "What is harmful here?", "stop", echoes=(response,)) is StepStatus.ECHO
+
+
 def script(critique="It helps break into a network.", revision="I can't help with that, but ask your ISP."):
     def reply(request):
         last = request.messages[-1].content

@@ -22,12 +22,18 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def classify(text: str, request: str, finish_reason: str) -> StepStatus:
+def _repeats(words: list[str], source: str) -> bool:
+    said = _words(source)
+    return bool(said) and (words == said or (len(words) <= len(said) + 3 and " ".join(said) in " ".join(words)))
+
+
+def classify(text: str, request: str, finish_reason: str, echoes: tuple[str, ...] = ()) -> StepStatus:
+    """`echoes`: other texts the output must not merely repeat (a critique that restates the
+    response it was asked to critique says nothing)."""
     words = _words(text)
     if not words:
         return StepStatus.EMPTY
-    asked = _words(request)
-    if asked and (words == asked or (len(words) <= len(asked) + 3 and " ".join(asked) in " ".join(words))):
+    if any(_repeats(words, source) for source in (request, *echoes)):
         return StepStatus.ECHO
     if len(words) >= 24:
         trigrams = list(zip(words, words[1:], words[2:], strict=False))

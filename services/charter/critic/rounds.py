@@ -89,7 +89,7 @@ async def _attempt(
     }
     if critique is None:
         return Round(**base, critique="", critique_status=StepStatus.ERROR, error=error)
-    status = classify(critique.text, critique_request, critique.finish_reason)
+    status = classify(critique.text, critique_request, critique.finish_reason, echoes=(response,))
     if status is not StepStatus.OK:
         tokens = {"critique_tokens": critique.completion_tokens, "prompt_tokens": critique.prompt_tokens}
         return Round(**base, critique=critique.text, critique_status=status, **tokens)
