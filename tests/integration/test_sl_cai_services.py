@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-
 from charter.core import convert
 from charter.core.catalog import SERVICES, Resources
 from charter.core.server import CharterServer
@@ -15,6 +14,7 @@ from charter.inference.types import Message
 from charter_proto.common.v1 import critique_pb2, sampling_pb2
 from charter_proto.critic.v1 import critic_pb2, critic_pb2_grpc
 from charter_proto.generator.v1 import generator_pb2, generator_pb2_grpc
+
 from tests.support import CONSTITUTIONS
 
 pytestmark = pytest.mark.integration
@@ -56,9 +56,21 @@ async def test_generate_streams_every_prompt_and_sample(channel) -> None:
     ("request_", "code", "detail"),
     [
         (generator_pb2.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT, "prompts: at least one prompt"),
-        (generator_pb2.GenerateRequest(prompts=[prompt("")]), grpc.StatusCode.INVALID_ARGUMENT, "prompts[0].messages: every message is empty"),
-        (generator_pb2.GenerateRequest(prompts=[prompt("word " * 3000)]), grpc.StatusCode.INVALID_ARGUMENT, "prompts[0]: prompt is"),
-        (generator_pb2.GenerateRequest(prompts=[prompt("hi")], sampling=sampling_pb2.SamplingParams(n=65)), grpc.StatusCode.INVALID_ARGUMENT, "sampling.n"),
+        (
+            generator_pb2.GenerateRequest(prompts=[prompt("")]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prompts[0].messages: every message is empty",
+        ),
+        (
+            generator_pb2.GenerateRequest(prompts=[prompt("word " * 3000)]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prompts[0]: prompt is",
+        ),
+        (
+            generator_pb2.GenerateRequest(prompts=[prompt("hi")], sampling=sampling_pb2.SamplingParams(n=65)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "sampling.n",
+        ),
     ],
 )
 async def test_generate_bad_input(channel, request_, code, detail: str) -> None:
@@ -96,8 +108,16 @@ async def test_critique_revise_with_the_real_model(channel) -> None:
 @pytest.mark.parametrize(
     ("options", "code", "detail"),
     [
-        (critic_pb2.CritiqueOptions(constitution_id="nope"), grpc.StatusCode.NOT_FOUND, "unknown constitution id 'nope'"),
-        (critic_pb2.CritiqueOptions(constitution_id="harmless", rounds=17), grpc.StatusCode.INVALID_ARGUMENT, "rounds must be between 1 and 16"),
+        (
+            critic_pb2.CritiqueOptions(constitution_id="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "unknown constitution id 'nope'",
+        ),
+        (
+            critic_pb2.CritiqueOptions(constitution_id="harmless", rounds=17),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "rounds must be between 1 and 16",
+        ),
         (critic_pb2.CritiqueOptions(), grpc.StatusCode.INVALID_ARGUMENT, "options.constitution_id"),
     ],
 )
@@ -106,5 +126,10 @@ async def test_critique_bad_options(channel, options, code, detail: str) -> None
         items=[critic_pb2.CritiqueItem(conversation=prompt("hi"), response="hello")], options=options
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        [r async for r in critic_pb2_grpc.CriticReviserServiceStub(channel).CritiqueReviseStream(request, timeout=60)]
+        [
+            r
+            async for r in critic_pb2_grpc.CriticReviserServiceStub(channel).CritiqueReviseStream(
+                request, timeout=60
+            )
+        ]
     assert info.value.code() == code and detail in info.value.details()

@@ -18,7 +18,9 @@ class ScriptedClient:
         self.requests: list[ChatRequest] = []
         self.model = ModelInfo("scripted", "scripted", "-", 4096)
 
-    async def chat(self, requests: Sequence[ChatRequest], *, timeout: float | None = None) -> list[ChatResult]:
+    async def chat(
+        self, requests: Sequence[ChatRequest], *, timeout: float | None = None
+    ) -> list[ChatResult]:
         out = []
         for r in requests:
             self.requests.append(r)
@@ -26,7 +28,11 @@ class ScriptedClient:
             if isinstance(answer, Exception):
                 raise answer
             text, finish = answer if isinstance(answer, tuple) else (answer, "stop")
-            out.append(ChatResult(tuple(Completion(text, 10, len(text.split()), finish) for _ in range(r.sampling.n))))
+            out.append(
+                ChatResult(
+                    tuple(Completion(text, 10, len(text.split()), finish) for _ in range(r.sampling.n))
+                )
+            )
         return out
 
     async def chat_stream(
@@ -35,7 +41,9 @@ class ScriptedClient:
         for i, r in enumerate(requests):
             yield i, (await self.chat([r]))[0]
 
-    async def score_options(self, requests: Sequence[ScoreRequest], *, timeout: float | None = None) -> list[OptionScores]:
+    async def score_options(
+        self, requests: Sequence[ScoreRequest], *, timeout: float | None = None
+    ) -> list[OptionScores]:
         raise Unavailable("the scripted client does not score")
 
     async def close(self) -> None:

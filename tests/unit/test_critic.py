@@ -107,7 +107,14 @@ async def test_rounds_chain_each_revision_into_the_next_critique() -> None:
     counter = iter(range(100))
     client = ScriptedClient(script(revision=lambda r: f"revision {next(counter)}"))
     outcome = await critique_revise(
-        client, HARMLESS, PROMPT, "Here is how to crack WPA.", rounds=3, sampling=Sampling(max_tokens=32), seed=1, item_key="x"
+        client,
+        HARMLESS,
+        PROMPT,
+        "Here is how to crack WPA.",
+        rounds=3,
+        sampling=Sampling(max_tokens=32),
+        seed=1,
+        item_key="x",
     )
     assert outcome.status is StepStatus.OK
     assert [r.revision for r in outcome.rounds] == ["revision 0", "revision 1", "revision 2"]
@@ -116,7 +123,9 @@ async def test_rounds_chain_each_revision_into_the_next_critique() -> None:
     assert critique_prompts[0].messages[-2].content == "Here is how to crack WPA."
     assert critique_prompts[1].messages[-2].content == "revision 0"
     assert critique_prompts[2].messages[-2].content == "revision 1"
-    assert critique_prompts[0].messages[: len(prompts.few_shot_messages(HARMLESS))] == tuple(prompts.few_shot_messages(HARMLESS))
+    assert critique_prompts[0].messages[: len(prompts.few_shot_messages(HARMLESS))] == tuple(
+        prompts.few_shot_messages(HARMLESS)
+    )
     assert [r.principle_id for r in outcome.rounds] == outcome.principle_ids
     assert all(CRITIQUE_REQUESTS[r.critique_request] == r.principle_id for r in outcome.rounds)
 
@@ -135,7 +144,9 @@ async def test_degenerate_step_is_kept_and_retried_with_another_principle() -> N
 
 async def test_when_every_attempt_fails_the_original_response_stays() -> None:
     client = ScriptedClient(script(revision=("I will now rewrite", "length")))
-    outcome = await critique_revise(client, HARMLESS, PROMPT, "original", rounds=2, sampling=Sampling(), seed=0, item_key="k")
+    outcome = await critique_revise(
+        client, HARMLESS, PROMPT, "original", rounds=2, sampling=Sampling(), seed=0, item_key="k"
+    )
     assert len(outcome.rounds) == 4  # two rounds, each tried twice
     assert all(r.revision_status is StepStatus.TRUNCATED for r in outcome.rounds)
     assert outcome.final_revision == "original" and outcome.status is StepStatus.TRUNCATED
@@ -143,7 +154,9 @@ async def test_when_every_attempt_fails_the_original_response_stays() -> None:
 
 async def test_engine_failure_is_a_status_not_an_exception() -> None:
     client = ScriptedClient(lambda r: Unavailable("engine restarting"))
-    outcome = await critique_revise(client, HARMLESS, PROMPT, "original", rounds=1, sampling=Sampling(), seed=0, item_key="k")
+    outcome = await critique_revise(
+        client, HARMLESS, PROMPT, "original", rounds=1, sampling=Sampling(), seed=0, item_key="k"
+    )
     assert outcome.status is StepStatus.ERROR
     assert outcome.rounds[0].error == "engine restarting"
 
@@ -151,4 +164,13 @@ async def test_engine_failure_is_a_status_not_an_exception() -> None:
 @pytest.mark.parametrize("rounds", [0, -1, 17])
 async def test_rounds_out_of_range(rounds: int) -> None:
     with pytest.raises(InvalidArgument, match="rounds must be between 1 and 16"):
-        await critique_revise(ScriptedClient(script()), HARMLESS, PROMPT, "r", rounds=rounds, sampling=Sampling(), seed=0, item_key="k")
+        await critique_revise(
+            ScriptedClient(script()),
+            HARMLESS,
+            PROMPT,
+            "r",
+            rounds=rounds,
+            sampling=Sampling(),
+            seed=0,
+            item_key="k",
+        )

@@ -25,9 +25,14 @@ from charter.core.settings import load_settings
 
 
 class RateColumn(ProgressColumn):
+    """Prompts finished by this run per second since it started (prompts done by an earlier run of a
+    resumed job do not count)."""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.2f} prompts/s" if speed else "-- prompts/s")
+        done = task.completed - task.fields.get("resumed_at", 0)
+        if not task.elapsed or done <= 0:
+            return Text("-- prompts/s")
+        return Text(f"{done / task.elapsed:.3f} prompts/s")
 
 
 def run(
@@ -76,7 +81,7 @@ def run(
     task = progress.add_task(spec.name, total=None)
 
     def on_start(total: int, done: int) -> None:
-        progress.update(task, total=total, completed=done)
+        progress.update(task, total=total, completed=done, resumed_at=done)
         progress.start_task(task)
 
     with progress:

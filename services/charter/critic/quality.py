@@ -24,7 +24,9 @@ def _words(text: str) -> list[str]:
 
 def _repeats(words: list[str], source: str) -> bool:
     said = _words(source)
-    return bool(said) and (words == said or (len(words) <= len(said) + 3 and " ".join(said) in " ".join(words)))
+    return bool(said) and (
+        words == said or (len(words) <= len(said) + 3 and " ".join(said) in " ".join(words))
+    )
 
 
 def classify(text: str, request: str, finish_reason: str, echoes: tuple[str, ...] = ()) -> StepStatus:

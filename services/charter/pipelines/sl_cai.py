@@ -27,6 +27,7 @@ from charter import __version__
 from charter.core import convert
 from charter.core.errors import CharterError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from charter.core.settings import CharterSettings, ServerSettings
+from charter.inference.types import InferenceClient
 from charter.pipelines import outputs
 from charter.pipelines.sources import PromptRow, RowError, read_rows
 from charter.pipelines.spec import SlCaiSpec
@@ -76,12 +77,15 @@ class Summary:
 
 
 @contextlib.asynccontextmanager
-async def local_services(settings: CharterSettings) -> AsyncIterator[tuple[str, str]]:
-    """Generator and critic-reviser in this process, one engine shared, on a free localhost port."""
+async def local_services(
+    settings: CharterSettings, engine: InferenceClient | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """Generator and critic-reviser in this process, one engine shared, on a free localhost port.
+    `engine`: an already loaded engine to use (and not close) instead of building one."""
     from charter.core.catalog import SERVICES, Resources
     from charter.core.server import CharterServer
 
-    resources = Resources(settings)
+    resources = Resources(settings, engine=engine)
     try:
         registrations = [SERVICES[n].registration_for(resources) for n in ("generator", "critic-reviser")]
         server = CharterServer(
@@ -285,6 +289,7 @@ async def run(
     *,
     on_start: Callable[[int, int], None] = lambda total, done: None,
     on_progress: Callable[[int], None] = lambda n: None,
+    engine: InferenceClient | None = None,
 ) -> Summary:
     """Run (or resume) the pipeline; returns what this run did."""
     started = time.perf_counter()
@@ -312,7 +317,7 @@ async def run(
     on_start(summary.total, summary.already_done)
     if pending:
         if spec.services.mode == "local":
-            context = local_services(settings)
+            context = local_services(settings, engine)
         else:
             if not (spec.services.generator and spec.services.critic_reviser):
                 raise InvalidArgument("services: remote mode needs generator and critic_reviser addresses")
