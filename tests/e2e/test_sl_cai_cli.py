@@ -79,13 +79,12 @@ def test_killed_run_resumes_without_duplicates(tmp_path: Path) -> None:
 
     from datasets import load_dataset
 
-    sft = load_dataset("json", data_files=str(out / "sft.jsonl"), split="train")
     ok = sum(1 for r in rows for s in r["samples"] if s["status"] == "ok")
-    assert len(sft) == ok
+    sft_lines = (out / "sft.jsonl").read_text().splitlines()
+    assert len(sft_lines) == ok  # the 135M model's short critiques are often cut off: ok may be 0
     if ok:
-        assert sft[0]["messages"][-1]["role"] == "assistant"
-        parquet = load_dataset("parquet", data_files=str(out / "sft.parquet"), split="train")
-        assert parquet[0]["messages"] == sft[0]["messages"]
+        sft = load_dataset("json", data_files=str(out / "sft.jsonl"), split="train")
+        assert len(sft) == ok and sft[0]["messages"][-1]["role"] == "assistant"
     assert len(load_dataset("parquet", data_files=str(out / "records.parquet"), split="train")) == 4
 
     third = subprocess.run(

@@ -5,7 +5,6 @@ Pairs of a streaming request run concurrently; their engine calls reach the engi
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from charter.core import convert
 from charter.core.errors import InvalidArgument
 from charter.critic.quality import StepStatus
 from charter.critic.rounds import Outcome, check_rounds, critique_revise
+from charter.inference.deadlines import as_completed_within
 from charter.inference.types import InferenceClient, Message, Sampling
 
 MAX_ITEMS = 4096
@@ -118,14 +118,10 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
         async def one(i: int, item: critic_pb2.CritiqueItem) -> tuple[int, critic_pb2.CritiqueResult]:
             return i, await self._run(item, f"items[{i}]", request.options, setup, request.request_id)
 
-        tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(request.items)]
-        try:
-            for done in asyncio.as_completed(tasks):
-                i, result = await done
-                yield critic_pb2.CritiqueReviseStreamResponse(item_index=i, result=result)
-        finally:
-            for t in tasks:
-                t.cancel()
+        async for i, result in as_completed_within(
+            [one(i, item) for i, item in enumerate(request.items)], None
+        ):
+            yield critic_pb2.CritiqueReviseStreamResponse(item_index=i, result=result)
 
 
 def result_proto(outcome: Outcome, provenance: Any) -> critic_pb2.CritiqueResult:

@@ -7,7 +7,6 @@ prompts; each (prompt, sample) streams back as soon as its prompt is done.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from grpc import aio
 
 from charter.core import convert
 from charter.core.errors import CharterError, InvalidArgument
+from charter.inference.deadlines import as_completed_within
 from charter.inference.types import ChatRequest, ChatResult, InferenceClient
 
 MAX_PROMPTS = 4096
@@ -50,21 +50,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 raise type(err)(f"prompts[{i}]: {err.message}", field=f"prompts[{i}]") from None
             return i, result
 
-        tasks = [asyncio.ensure_future(one(i, c)) for i, c in enumerate(chats)]
-        try:
-            for done in asyncio.as_completed(tasks):
-                i, result = await done
-                for s, completion in enumerate(result.completions):
-                    yield generator_pb2.GenerateResponse(
-                        prompt_index=i,
-                        conversation_id=request.prompts[i].id,
-                        sample_index=s,
-                        completion=convert.completion_proto(completion),
-                        model=model,
-                    )
-        finally:
-            for t in tasks:
-                t.cancel()
+        async for i, result in as_completed_within([one(i, c) for i, c in enumerate(chats)], None):
+            for s, completion in enumerate(result.completions):
+                yield generator_pb2.GenerateResponse(
+                    prompt_index=i,
+                    conversation_id=request.prompts[i].id,
+                    sample_index=s,
+                    completion=convert.completion_proto(completion),
+                    model=model,
+                )
 
 
 def add(servicer: Any, server: aio.Server) -> None:

@@ -21,7 +21,8 @@ from typing import Any
 
 import structlog
 
-from charter.core.errors import CharterError, DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from charter.core.errors import CharterError, Internal, ResourceExhausted, Unavailable
+from charter.inference.deadlines import as_completed_within, await_with_deadline
 from charter.inference.tokens import ScoreItem, collect_scores, plan_scores
 from charter.inference.types import ChatRequest, ChatResult, ModelInfo, OptionScores, ScoreRequest
 
@@ -50,14 +51,6 @@ def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) 
 
     with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting
         job.loop.call_soon_threadsafe(apply)
-
-
-async def await_with_deadline(awaitable: Any, timeout: float | None) -> Any:
-    try:
-        async with asyncio.timeout(timeout):
-            return await awaitable
-    except TimeoutError:
-        raise DeadlineExceeded(f"inference did not finish within the {timeout:g} s deadline") from None
 
 
 class LocalEngine(ABC):
@@ -143,13 +136,10 @@ class LocalEngine(ABC):
         async def indexed(i: int, future: asyncio.Future[Any]) -> tuple[int, ChatResult]:
             return i, (await future)[0]
 
-        timeout = timeout or self.default_timeout
         try:
-            async with asyncio.timeout(timeout):
-                for done in asyncio.as_completed([indexed(i, f) for i, f in enumerate(futures)]):
-                    yield await done
-        except TimeoutError:
-            raise DeadlineExceeded(f"inference did not finish within the {timeout:g} s deadline") from None
+            jobs = [indexed(i, f) for i, f in enumerate(futures)]
+            async for item in as_completed_within(jobs, timeout or self.default_timeout):
+                yield item
         finally:
             for f in futures:
                 f.cancel()

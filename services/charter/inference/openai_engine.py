@@ -22,7 +22,6 @@ import structlog
 
 from charter.core.errors import (
     CharterError,
-    DeadlineExceeded,
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -30,7 +29,7 @@ from charter.core.errors import (
     Unavailable,
 )
 from charter.core.settings import OpenAISettings
-from charter.inference.local import await_with_deadline
+from charter.inference.deadlines import as_completed_within, await_with_deadline
 from charter.inference.tokens import (
     ScoreItem,
     check_context,
@@ -178,17 +177,9 @@ class OpenAIEngine:
         async def indexed(i: int, r: ChatRequest) -> tuple[int, ChatResult]:
             return i, await self._chat_one(r)
 
-        timeout = timeout or self.default_timeout
-        tasks = [asyncio.ensure_future(indexed(i, r)) for i, r in enumerate(requests)]
-        try:
-            async with asyncio.timeout(timeout):
-                for done in asyncio.as_completed(tasks):
-                    yield await done
-        except TimeoutError:
-            raise DeadlineExceeded(f"inference did not finish within the {timeout:g} s deadline") from None
-        finally:
-            for t in tasks:
-                t.cancel()
+        jobs = [indexed(i, r) for i, r in enumerate(requests)]
+        async for item in as_completed_within(jobs, timeout or self.default_timeout):
+            yield item
 
     # ---- option scoring --------------------------------------------------------------------------
     async def _score_chunk(self, sequences: list[tuple[list[int], int]]) -> list[float]:

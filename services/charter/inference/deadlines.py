@@ -1,0 +1,38 @@
+"""Per-call deadlines for engine calls: a call returns at its deadline, it never hangs past it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from charter.core.errors import DeadlineExceeded
+
+T = TypeVar("T")
+
+
+def _expired(timeout: float | None) -> DeadlineExceeded:
+    return DeadlineExceeded(f"inference did not finish within the {timeout:g} s deadline")
+
+
+async def await_with_deadline(awaitable: Awaitable[T], timeout: float | None) -> T:
+    try:
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    except TimeoutError:
+        raise _expired(timeout) from None
+
+
+async def as_completed_within(awaitables: list[Awaitable[T]], timeout: float | None) -> AsyncIterator[T]:
+    """Results in completion order; everything still pending is cancelled when the caller stops
+    early, fails, or the deadline passes."""
+    tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        async with asyncio.timeout(timeout):
+            for done in asyncio.as_completed(tasks):
+                yield await done
+    except TimeoutError:
+        raise _expired(timeout) from None
+    finally:
+        for t in tasks:
+            t.cancel()
