@@ -33,6 +33,17 @@ def spec(tmp_path: Path, limit: int, **changes) -> Path:
     return path
 
 
+def charter(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("charter"), *args],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
 
@@ -107,14 +118,7 @@ def test_bad_rows_become_error_records_and_the_rest_go_on(tmp_path: Path) -> Non
     data["source"] = {"path": str(source)}
     data["batch_size"] = 8
     path.write_text(yaml.safe_dump(data))
-    result = subprocess.run(
-        [tool("charter"), "run", str(path)],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = charter("run", str(path), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
     assert len(records(out)) == 2
@@ -127,14 +131,7 @@ def test_bad_rows_become_error_records_and_the_rest_go_on(tmp_path: Path) -> Non
 
 def test_unknown_constitution_stops_with_one_line(tmp_path: Path) -> None:
     path = spec(tmp_path, limit=1, constitution="no-such-constitution")
-    result = subprocess.run(
-        [tool("charter"), "run", str(path)],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = charter("run", str(path), timeout=300)
     assert result.returncode == 1
     assert "error: NOT_FOUND: unknown constitution id 'no-such-constitution'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -147,14 +144,7 @@ def test_service_down_stops_with_a_clear_message_then_resumes(tmp_path: Path) ->
     remote = {"mode": "remote", "generator": f"127.0.0.1:{port}", "critic_reviser": f"127.0.0.1:{port}",
               "retries": 1, "backoff_seconds": 0.1}  # fmt: skip
     path = spec(tmp_path, limit=2, services=remote)
-    down = subprocess.run(
-        [tool("charter"), "run", str(path)],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    down = charter("run", str(path), timeout=120)
     assert down.returncode == 1
     assert f"the generator at 127.0.0.1:{port} is unavailable after 2 attempts" in down.stderr
     assert "run the same command again to resume" in down.stderr and "Traceback" not in down.stderr
@@ -162,14 +152,7 @@ def test_service_down_stops_with_a_clear_message_then_resumes(tmp_path: Path) ->
     data = yaml.safe_load(path.read_text())
     data["services"] = {"mode": "local"}
     path.write_text(yaml.safe_dump(data))
-    up = subprocess.run(
-        [tool("charter"), "run", str(path)],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    up = charter("run", str(path), timeout=600)
     assert up.returncode == 0, up.stderr[-2000:]
     assert len(records(tmp_path / "out")) == 2
 
@@ -191,11 +174,15 @@ def test_remote_mode_against_charter_serve(tmp_path: Path) -> None:
         for server in servers:
             server.wait_for("server.started", timeout=300)
         path = spec(tmp_path, limit=2)
-        result = subprocess.run(
-            [tool("charter"), "run", str(path), "--generator", f"127.0.0.1:{ports['generator']}",
-             "--critic-reviser", f"127.0.0.1:{ports['critic-reviser']}"],
-            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+        result = charter(
+            "run",
+            str(path),
+            "--generator",
+            f"127.0.0.1:{ports['generator']}",
+            "--critic-reviser",
+            f"127.0.0.1:{ports['critic-reviser']}",
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         rows = records(tmp_path / "out")
         assert len(rows) == 2 and all(r["samples"][0]["rounds"] for r in rows)

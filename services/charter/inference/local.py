@@ -23,7 +23,7 @@ import structlog
 
 from charter.core.errors import CharterError, Internal, ResourceExhausted, Unavailable
 from charter.inference.deadlines import as_completed_within, await_with_deadline
-from charter.inference.tokens import ScoreItem, collect_scores, plan_scores
+from charter.inference.tokens import PreparedChat, ScoreItem, collect_scores, plan_scores, prepare_chat
 from charter.inference.types import ChatRequest, ChatResult, ModelInfo, OptionScores, ScoreRequest
 
 log = structlog.get_logger("charter.inference")
@@ -83,12 +83,12 @@ class LocalEngine(ABC):
         return self._info
 
     # ---- the engine's part ---------------------------------------------------------------------
-    @abstractmethod
-    def _prepare_chat(self, requests: Sequence[ChatRequest]) -> Any:
-        """Tokenise and validate (raise `InvalidArgument`); runs on the worker thread."""
+    def _prepare_chat(self, requests: Sequence[ChatRequest]) -> list[PreparedChat]:
+        """Tokenise and validate (raises `InvalidArgument`); runs on the worker thread."""
+        return [prepare_chat(self.tokenizer, r, self.model.max_model_len) for r in requests]
 
     @abstractmethod
-    def _generate(self, prepared: list[Any]) -> list[ChatResult]:
+    def _generate(self, prepared: list[PreparedChat]) -> list[ChatResult]:
         """One engine call for the concatenated prepared requests of several jobs."""
 
     def _prepare_scores(self, requests: Sequence[ScoreRequest]) -> list[ScoreItem]:

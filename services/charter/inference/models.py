@@ -91,12 +91,17 @@ def prepare(source: str | Path = EMBEDDED, *, cache_dir: Path | None = None, dty
         else:
             raise NotFound(f"model path {path} does not exist", field="model", value=str(path))
     target = cache_dir / name
-    source_digest = _sha256(gguf)
+    stat = gguf.stat()
     marker = target / MARKER
-    if marker.exists():
-        recorded = json.loads(marker.read_text())
-        if recorded.get("source_sha256") == source_digest and recorded.get("dtype") == dtype:
-            return target
+    recorded = json.loads(marker.read_text()) if marker.exists() else {}
+    unchanged = (
+        recorded.get("source_size") == stat.st_size and recorded.get("source_mtime_ns") == stat.st_mtime_ns
+    )
+    # hashing ~100 MB on every engine start is wasted work: only when size or mtime moved
+    source_digest = recorded.get("source_sha256") if unchanged else _sha256(gguf)
+    if recorded.get("source_sha256") == source_digest and recorded.get("dtype") == dtype:
+        return target
+    if recorded:
         log.info("model.prepare.stale", target=str(target), reason="source or dtype changed")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=cache_dir))
@@ -104,7 +109,14 @@ def prepare(source: str | Path = EMBEDDED, *, cache_dir: Path | None = None, dty
         _convert_gguf(gguf, tmp, dtype)
         (tmp / MARKER).write_text(
             json.dumps(
-                {"source": str(gguf), "source_sha256": source_digest, "dtype": dtype, "charter": __version__},
+                {
+                    "source": str(gguf),
+                    "source_sha256": source_digest,
+                    "source_size": stat.st_size,
+                    "source_mtime_ns": stat.st_mtime_ns,
+                    "dtype": dtype,
+                    "charter": __version__,
+                },
                 indent=2,
             )
         )

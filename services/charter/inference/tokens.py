@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charter.core.errors import InvalidArgument
-from charter.inference.types import ChatRequest, Message, OptionScores, ScoreRequest
+from charter.inference.types import ChatRequest, Message, OptionScores, Sampling, ScoreRequest
 
 
 def render_text(tokenizer: Any, messages: Sequence[Message]) -> str:
@@ -39,10 +39,18 @@ def check_context(prompt_tokens: int, new_tokens: int, max_model_len: int, what:
         )
 
 
-def chat_prompt_ids(tokenizer: Any, request: ChatRequest, max_model_len: int) -> list[int]:
+@dataclass(frozen=True)
+class PreparedChat:
+    """A chat request as prompt tokens, checked against the context."""
+
+    ids: list[int]
+    sampling: Sampling
+
+
+def prepare_chat(tokenizer: Any, request: ChatRequest, max_model_len: int) -> PreparedChat:
     ids = encode(tokenizer, render_text(tokenizer, request.messages))
     check_context(len(ids), request.sampling.max_tokens, max_model_len)
-    return ids
+    return PreparedChat(ids, request.sampling)
 
 
 def option_ids(tokenizer: Any, prompt_text: str, prompt_ids: list[int], option: str) -> list[int]:

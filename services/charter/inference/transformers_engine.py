@@ -7,23 +7,16 @@ sampling settings. Option scoring: one forward pass over the padded (prompt + op
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from charter.core.errors import InvalidArgument, NotFound
 from charter.inference.local import LocalEngine
-from charter.inference.tokens import ScoreItem, chat_prompt_ids, truncate_at_stop
-from charter.inference.types import ChatRequest, ChatResult, Completion, ModelInfo, Sampling
+from charter.inference.tokens import PreparedChat, ScoreItem, truncate_at_stop
+from charter.inference.types import ChatResult, Completion, ModelInfo, Sampling
 
 _DTYPES = {"bfloat16", "float16", "float32"}
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    ids: list[int]
-    sampling: Sampling
 
 
 class TransformersEngine(LocalEngine):
@@ -70,13 +63,7 @@ class TransformersEngine(LocalEngine):
         super().__init__(info, **kwargs)
 
     # ---- chat ----------------------------------------------------------------------------------
-    def _prepare_chat(self, requests: Sequence[ChatRequest]) -> list[_Prepared]:
-        return [
-            _Prepared(chat_prompt_ids(self.tokenizer, r, self.model.max_model_len), r.sampling)
-            for r in requests
-        ]
-
-    def _generate(self, prepared: list[_Prepared]) -> list[ChatResult]:
+    def _generate(self, prepared: list[PreparedChat]) -> list[ChatResult]:
         results: dict[int, ChatResult] = {}
         key = lambda i: prepared[i].sampling  # noqa: E731 - requests with equal sampling share a call
         order = sorted(range(len(prepared)), key=lambda i: repr(key(i)))

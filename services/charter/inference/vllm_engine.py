@@ -8,21 +8,13 @@ same conversation with both option orders and several options, which share their
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from charter.core.errors import Internal, NotFound
 from charter.inference.local import LocalEngine
-from charter.inference.tokens import ScoreItem, chat_prompt_ids
-from charter.inference.types import ChatRequest, ChatResult, Completion, ModelInfo, Sampling
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    ids: list[int]
-    sampling: Sampling
+from charter.inference.tokens import PreparedChat, ScoreItem
+from charter.inference.types import ChatResult, Completion, ModelInfo, Sampling
 
 
 def on_cpu() -> bool:
@@ -101,13 +93,7 @@ class VllmEngine(LocalEngine):
             seed=sampling.seed,
         )
 
-    def _prepare_chat(self, requests: Sequence[ChatRequest]) -> list[_Prepared]:
-        return [
-            _Prepared(chat_prompt_ids(self.tokenizer, r, self.model.max_model_len), r.sampling)
-            for r in requests
-        ]
-
-    def _generate(self, prepared: list[_Prepared]) -> list[ChatResult]:
+    def _generate(self, prepared: list[PreparedChat]) -> list[ChatResult]:
         outputs = self.llm.generate(
             [{"prompt_token_ids": p.ids} for p in prepared],
             [self._params(p.sampling) for p in prepared],

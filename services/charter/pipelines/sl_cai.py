@@ -18,14 +18,14 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
-from charter_proto.common.v1 import sampling_pb2
+from charter_proto.common.v1 import critique_pb2, sampling_pb2
 from charter_proto.critic.v1 import critic_pb2, critic_pb2_grpc
 from charter_proto.generator.v1 import generator_pb2, generator_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
 from charter import __version__
 from charter.core import convert
-from charter.core.errors import CharterError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from charter.core.settings import CharterSettings, ServerSettings
 from charter.inference.types import InferenceClient
 from charter.pipelines import outputs
@@ -126,6 +126,7 @@ class SlCaiRun:
         self, spec: SlCaiSpec, generator: str, critic: str, on_progress: Callable[[int], None]
     ) -> None:
         self.spec = spec
+        self.spec_digest = spec.digest()
         self.generator_address, self.critic_address = generator, critic
         self.on_progress = on_progress
         self.generator = generator_pb2_grpc.GeneratorServiceStub(grpc.aio.insecure_channel(generator))
@@ -195,7 +196,7 @@ class SlCaiRun:
         results = {todo[k]: v for k, v in got.items()}
         for p, row in enumerate(rows):
             samples = [
-                self._sample_record(s, by_prompt[p][s], results.get(pairs.index((p, s))))
+                self._sample_record(s, by_prompt[p][s], results.get(p * self.spec.samples + s))
                 for s in range(self.spec.samples)
             ]
             self._write(row, samples, started, store, summary)
@@ -243,7 +244,7 @@ class SlCaiRun:
             "provenance": {
                 "pipeline": "sl-cai",
                 "spec_name": self.spec.name,
-                "spec_digest": self.spec.digest(),
+                "spec_digest": self.spec_digest,
                 "constitution": provenance.get("constitution"),
                 "principle_ids": sorted(
                     {pid for s in samples for r in s["rounds"] for pid in [r["principle_id"]]}
@@ -278,8 +279,6 @@ class SlCaiRun:
 
 
 def critique_status(status: int) -> str:
-    from charter_proto.common.v1 import critique_pb2
-
     return critique_pb2.StepStatus.Name(status).removeprefix("STEP_STATUS_").lower()
 
 
@@ -333,6 +332,3 @@ async def run(
     summary.seconds = time.perf_counter() - started
     outputs.write_datasets(store)
     return summary
-
-
-__all__ = ["CharterError", "PipelineStopped", "Summary", "run"]
