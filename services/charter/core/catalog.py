@@ -74,6 +74,19 @@ def _critic(resources: Resources) -> Any:
     )
 
 
+def _judge(resources: Resources) -> Any:
+    from charter.judge.servicer import JudgeServicer
+
+    s = resources.settings.judge
+    return JudgeServicer(
+        resources.engine(),
+        resources.registry(),
+        tie_margin=s.tie_margin,
+        few_shot_limit=s.few_shot_limit,
+        cot_max_tokens=s.cot_max_tokens,
+    )
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
@@ -121,6 +134,7 @@ SERVICES: dict[str, ServiceSpec] = {
             _full_name(judge_pb2, "JudgeService"),
             judge_pb2_grpc.add_JudgeServiceServicer_to_server,
             judge_pb2_grpc.JudgeServiceServicer,
+            build=_judge,
             uses_constitutions=True,
         ),
         ServiceSpec(

@@ -106,6 +106,15 @@ class CriticSettings(_Section):
     """Few-shot conversations prepended to each critique (unset = all the constitution has)."""
 
 
+class JudgeSettings(_Section):
+    tie_margin: float = Field(default=0.0, ge=0.0, lt=0.5)
+    """|p_a - 0.5| at or below this is a tie, unless the request sets its own margin."""
+    few_shot_limit: int | None = Field(default=None, ge=0)
+    """Labelled comparison examples shown per prompt (unset = all that apply to the principle)."""
+    cot_max_tokens: int = Field(default=192, ge=1, le=4096)
+    """Length of a chain-of-thought rationale."""
+
+
 class CharterSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHARTER_",
@@ -120,6 +129,7 @@ class CharterSettings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     generator: GeneratorSettings = GeneratorSettings()
     critic: CriticSettings = CriticSettings()
+    judge: JudgeSettings = JudgeSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,254 @@
+"""Judging pairs: principle sampling, prompt plans for both orders, scoring, and the verdicts.
+
+Engine-neutral (any `InferenceClient`) and protocol-neutral (the servicer converts). Each item's
+scoring prompts go to the engine as one call; the calls of a batch are issued together, so the
+engine batches them, and one item's bad input (longer than the context, …) fails only that item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from charter.constitution.registry import LoadedConstitution
+from charter.constitution.schema import Principle
+from charter.core.errors import (
+    CharterError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from charter.critic.sampling import eligible, rng_for, sample
+from charter.inference.types import (
+    ChatRequest,
+    InferenceClient,
+    Message,
+    ModelInfo,
+    OptionScores,
+    Sampling,
+    ScoreRequest,
+)
+from charter.judge import prompts
+from charter.judge.labels import OrderOutcome, Verdict, check_clamp, combine
+
+DEFAULT_CLAMP = (0.4, 0.6)
+_TRANSIENT = (Unavailable, DeadlineExceeded, ResourceExhausted)
+
+
+@dataclass(frozen=True)
+class Pair:
+    conversation: tuple[Message, ...]
+    response_a: str
+    response_b: str
+    conversation_id: str = ""
+
+    def key(self) -> str:
+        """What principle sampling is keyed on. Symmetric in the two responses, so judging (B, A)
+        draws the same principles as (A, B) and gives exactly 1 - p_a."""
+        base = self.conversation_id or "\x1e".join(f"{m.role}\x1f{m.content}" for m in self.conversation)
+        text = base + "\x1d" + "\x1d".join(sorted((self.response_a, self.response_b)))
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Resolved options of one judging call."""
+
+    constitution: LoadedConstitution
+    principles_per_label: int = 0
+    """0 = the constitution's sampling.principles_per_label."""
+    principle_ids: tuple[str, ...] = ()
+    seed: int = 0
+    chain_of_thought: bool = False
+    clamp: tuple[float, float] = DEFAULT_CLAMP
+    """Chain-of-thought probabilities are clamped to this range (CAI §4.1)."""
+    single_order: bool = False
+    tie_margin: float = 0.0
+    few_shot_limit: int | None = None
+    cot_max_tokens: int = 192
+    defended: bool = True
+    """Escape and fence model text in the prompt (see `prompts`); off only to measure the defence."""
+
+    def __post_init__(self) -> None:
+        """Every option checked before any work starts; errors name the option."""
+        try:
+            check_clamp(*self.clamp)
+        except ValueError as err:
+            raise InvalidArgument(f"cot_clamp_low/high: {err}", field="cot_clamp_low") from None
+        if not 0.0 <= self.tie_margin < 0.5:
+            raise InvalidArgument(
+                f"tie_margin: must be in [0, 0.5), got {self.tie_margin}", field="tie_margin"
+            )
+        try:
+            pool = eligible(self.constitution.constitution, self.principle_ids)
+        except InvalidArgument as err:
+            raise InvalidArgument(f"principle_ids: {err}", field="principle_ids", value=err.value) from None
+        if self.principles_per_label > len(pool):
+            raise InvalidArgument(
+                f"principles_per_label: {self.principles_per_label} exceeds the {len(pool)} principles "
+                "to draw from",
+                field="principles_per_label",
+            )
+
+    @property
+    def k(self) -> int:
+        return self.principles_per_label or self.constitution.constitution.sampling.principles_per_label
+
+
+@dataclass
+class Label:
+    pair: Pair
+    verdict: Verdict
+    orders: list[OrderOutcome]
+    status: str
+    """ok | tie | unscorable | error | invalid_input."""
+    detail: str = ""
+    id: str = ""
+    raw_text: str = ""
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    principle: Principle
+    swapped: bool
+    messages: list[Message] = field(default_factory=list)
+
+
+def label_id(pair: Pair, config: JudgeConfig, model: ModelInfo) -> str:
+    """Content-derived: the same pair, constitution digest, judge model and judging options give the
+    same id (resubmitting a label is recognisable downstream)."""
+    payload = {
+        "conversation": [[m.role, m.content] for m in pair.conversation],
+        "a": pair.response_a,
+        "b": pair.response_b,
+        "constitution": config.constitution.digest,
+        "judge": [model.name, model.revision],
+        "options": [config.k, list(config.principle_ids), config.seed, config.chain_of_thought,
+                    list(config.clamp) if config.chain_of_thought else None, config.single_order],
+    }  # fmt: skip
+    text = json.dumps(payload, ensure_ascii=False, sort_keys=True)
+    return "lbl_" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def draw_principles(pair: Pair, config: JudgeConfig) -> list[Principle]:
+    pool = eligible(config.constitution.constitution, config.principle_ids)
+    return sample(pool, config.k, rng_for(config.seed, "judge", pair.key()))
+
+
+def _plans(pair: Pair, config: JudgeConfig) -> list[_Plan]:
+    constitution = config.constitution.constitution
+    plans = []
+    for principle in draw_principles(pair, config):
+        few_shot = prompts.few_shot_messages(
+            constitution, principle, limit=config.few_shot_limit, defended=config.defended
+        )
+        for swapped in (False,) if config.single_order else (False, True):
+            first, second = (
+                (pair.response_b, pair.response_a) if swapped else (pair.response_a, pair.response_b)
+            )
+            messages = prompts.judge_messages(
+                few_shot,
+                pair.conversation,
+                first,
+                second,
+                principle,
+                defended=config.defended,
+                chain_of_thought=config.chain_of_thought,
+            )
+            plans.append(_Plan(principle, swapped, messages))
+    return plans
+
+
+def _outcome(plan: _Plan, scores: OptionScores, rationale: str = "") -> OrderOutcome:
+    finite = all(math.isfinite(lp) for lp in scores.logprobs) and all(math.isfinite(p) for p in scores.probs)
+    return OrderOutcome(
+        principle_id=plan.principle.id,
+        swapped=plan.swapped,
+        p_first=scores.probs[0] if finite else None,
+        logprobs=scores.logprobs,
+        rationale=rationale,
+        detail="" if finite else f"non-finite option scores {scores.logprobs}",
+    )
+
+
+class Judge:
+    def __init__(self, client: InferenceClient) -> None:
+        self.client = client
+
+    async def _rationales(self, plans: list[_Plan], config: JudgeConfig, timeout: float | None) -> list[str]:
+        sampling = Sampling(
+            temperature=0.0, max_tokens=config.cot_max_tokens, stop=(prompts.COT_ANSWER_PREFIX,)
+        )
+        results = await self.client.chat(
+            [ChatRequest(messages=tuple(p.messages), sampling=sampling) for p in plans], timeout=timeout
+        )
+        return [r.completions[0].text for r in results]
+
+    async def _one(self, pair: Pair, config: JudgeConfig, timeout: float | None) -> Label:
+        plans = _plans(pair, config)
+        try:
+            rationales: list[str | None] = [None] * len(plans)
+            if config.chain_of_thought:
+                rationales = list(await self._rationales(plans, config, timeout))
+            requests = [
+                ScoreRequest(messages=(*p.messages, prompts.answer_turn(r)), options=prompts.OPTIONS)
+                for p, r in zip(plans, rationales, strict=True)
+            ]
+            scores = await self.client.score_options(requests, timeout=timeout)
+        except InvalidArgument as err:
+            return self._failed(pair, config, plans, "invalid_input", str(err))
+        orders = [_outcome(p, s, r or "") for p, s, r in zip(plans, scores, rationales, strict=True)]
+        verdict = combine(
+            orders,
+            tie_margin=config.tie_margin,
+            clamp_range=config.clamp if config.chain_of_thought else None,
+        )
+        raw = ""
+        if verdict.status == "unscorable":
+            raw = json.dumps([{"principle_id": o.principle_id, "swapped": o.swapped, "logprobs": o.logprobs,
+                               "rationale": o.rationale} for o in orders])  # fmt: skip
+        return Label(
+            pair=pair,
+            verdict=verdict,
+            orders=orders,
+            status=verdict.status,
+            detail=verdict.detail,
+            id=label_id(pair, config, self.client.model),
+            raw_text=raw,
+            prompt_tokens=sum(s.prompt_tokens for s in scores),
+        )
+
+    def _failed(self, pair: Pair, config: JudgeConfig, plans: list[_Plan], status: str, detail: str) -> Label:
+        ids = tuple(dict.fromkeys(p.principle.id for p in plans))
+        return Label(
+            pair=pair,
+            verdict=Verdict(0.5, "TIE", 0.0, False, "unscorable", ids, detail),
+            orders=[],
+            status=status,
+            detail=detail,
+            id=label_id(pair, config, self.client.model),
+        )
+
+    async def label(
+        self, pairs: Sequence[Pair], config: JudgeConfig, *, timeout: float | None = None
+    ) -> list[Label]:
+        """One label per pair, in order. Input errors and per-item engine failures become labels
+        with a status; an engine that is down raises (the caller retries the batch)."""
+        results = await asyncio.gather(
+            *(self._one(p, config, timeout) for p in pairs), return_exceptions=True
+        )
+        labels: list[Label] = []
+        for pair, result in zip(pairs, results, strict=True):
+            if isinstance(result, CharterError) and not isinstance(result, _TRANSIENT):
+                labels.append(self._failed(pair, config, _plans(pair, config), "error", str(result)))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                labels.append(result)
+        return labels
