@@ -25,14 +25,14 @@ from charter.core.settings import load_settings
 
 
 class RateColumn(ProgressColumn):
-    """Prompts finished by this run per second since it started (prompts done by an earlier run of a
-    resumed job do not count)."""
+    """Items (prompts or pairs) finished by this run per second since it started (items done by an
+    earlier run of a resumed job do not count)."""
 
     def render(self, task: Task) -> Text:
         done = task.completed - task.fields.get("resumed_at", 0)
         if not task.elapsed or done <= 0:
-            return Text("-- prompts/s")
-        return Text(f"{done / task.elapsed:.3f} prompts/s")
+            return Text("-- items/s")
+        return Text(f"{done / task.elapsed:.3f} items/s")
 
 
 def run(
@@ -44,23 +44,29 @@ def run(
     critic_reviser: Annotated[
         str | None, typer.Option(help="Remote mode: the critic-reviser's host:port.")
     ] = None,
+    judge: Annotated[str | None, typer.Option(help="Remote mode: the judge's host:port (rl-cai).")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N source rows.")] = None,
     output: Annotated[Path | None, typer.Option(help="Output folder (overrides the spec).")] = None,
 ) -> None:
-    """Run a pipeline spec; run it again after an interruption and it resumes where it stopped."""
-    from charter.pipelines import sl_cai
-    from charter.pipelines.spec import load_spec
+    """Run a pipeline spec (kind sl-cai or rl-cai); run it again after an interruption and it resumes
+    where it stopped."""
+    from charter.pipelines import rl_cai, sl_cai
+    from charter.pipelines.spec import SlCaiSpec, load_spec
 
     spec = load_spec(spec_path)
     changes: dict[str, Any] = {}
-    if generator or critic_reviser:
+    if generator or critic_reviser or judge:
         services = spec.services.model_copy(
             update={"mode": "remote", "generator": generator or spec.services.generator,
-                    "critic_reviser": critic_reviser or spec.services.critic_reviser}
+                    "critic_reviser": critic_reviser or spec.services.critic_reviser,
+                    "judge": judge or spec.services.judge}
         )  # fmt: skip
         changes["services"] = services
     if limit is not None:
-        changes["source"] = spec.source.model_copy(update={"limit": limit})
+        if isinstance(spec, SlCaiSpec):
+            changes["source"] = spec.source.model_copy(update={"limit": limit})
+        else:
+            changes["pairs"] = spec.pairs.model_copy(update={"limit": limit})
     if output is not None:
         changes["output"] = output
     spec = spec.model_copy(update=changes) if changes else spec
@@ -84,12 +90,36 @@ def run(
         progress.update(task, total=total, completed=done, resumed_at=done)
         progress.start_task(task)
 
+    pipeline: Any = sl_cai if isinstance(spec, SlCaiSpec) else rl_cai
     with progress:
         summary = asyncio.run(
-            sl_cai.run(spec, settings, on_start=on_start, on_progress=lambda n: progress.advance(task, n))
+            pipeline.run(spec, settings, on_start=on_start, on_progress=lambda n: progress.advance(task, n))
         )
     report = summary.as_dict()
     (spec.output / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    if isinstance(spec, SlCaiSpec):
+        _sl_cai_report(spec, summary, console)
+    else:
+        _rl_cai_report(spec, summary, console)
+
+
+def _rl_cai_report(spec: Any, summary: Any, console: Console) -> None:
+    console.print(
+        f"{summary.written} pairs labelled this run ({summary.already_done} were already done, "
+        f"{summary.total} in all), {summary.row_errors} row errors; "
+        f"labels by status: {dict(summary.statuses) or '{}'}; swap-consistent: {summary.swap_consistent}; "
+        f"errors: {dict(summary.errors) or '{}'}; {summary.seconds:.1f} s"
+    )
+    typer.echo(
+        f"dataset: {spec.output / 'preferences.jsonl'} ({summary.preferences} rows; also "
+        "preferences.parquet, records.jsonl, records.parquet)"
+    )
+    example = _first_line(spec.output / "preferences.jsonl")
+    if example:
+        typer.echo("example row:\n" + json.dumps(json.loads(example), indent=2, ensure_ascii=False))
+
+
+def _sl_cai_report(spec: Any, summary: Any, console: Console) -> None:
     console.print(
         f"{summary.written} prompts written this run ({summary.already_done} were already done, "
         f"{summary.total} in all), {summary.row_errors} row errors; "

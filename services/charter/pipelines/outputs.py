@@ -4,6 +4,14 @@
   final revision as the assistant turn — one row per sample whose critique/revision succeeded, with
   its key, sample index, constitution digest and principle ids.
 - `records.parquet`: every record (initial response, every round, provenance).
+
+RL-CAI (`write_preferences`):
+- `preferences.jsonl` / `preferences.parquet`: TRL's conversational preference format — `prompt`
+  (the conversation), `chosen` and `rejected` (one assistant message each) — one row per label the
+  judge could decide (status ok), with the soft label `p_chosen`, `confidence`, `swap_consistent`,
+  the principle ids, the label id and provenance. Ties, unscorable and failed labels stay in
+  `records.jsonl` only.
+- `records.parquet`: every record, the label as JSON text.
 """
 
 from __future__ import annotations
@@ -43,6 +51,86 @@ def sft_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def preference_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for record in records:
+        label = record["label"]
+        if record["status"] != "ok" or label.get("choice") not in ("CHOICE_A", "CHOICE_B"):
+            continue
+        a_wins = label["choice"] == "CHOICE_A"
+        p_a = float(label["p_a"])
+        chosen, rejected = (
+            (record["response_a"], record["response_b"])
+            if a_wins
+            else (record["response_b"], record["response_a"])
+        )
+        constitution = record["provenance"].get("constitution") or {}
+        judge = record["provenance"].get("judge") or {}
+        rows.append(
+            {
+                "prompt": record["prompt"],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "p_chosen": p_a if a_wins else 1.0 - p_a,
+                "confidence": float(label["confidence"]),
+                "swap_consistent": bool(label["swap_consistent"]),
+                "principle_ids": list(label["principle_ids"]),
+                "label_id": label["id"],
+                "key": record["key"],
+                "source_preference_agrees": None
+                if record.get("source_preference") is None
+                else record["source_preference"] == ("A" if a_wins else "B"),
+                "constitution_id": constitution.get("id", ""),
+                "constitution_digest": constitution.get("digest", ""),
+                "judge_model": judge.get("name", ""),
+                "judge_engine": judge.get("engine", ""),
+            }
+        )
+    return rows
+
+
+def write_preferences(store: OutputStore) -> tuple[dict[str, Path], int]:
+    """The RL-CAI dataset files; returns their paths and the number of preference rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = store.folder
+    rows = preference_rows(store.records)
+    paths = {
+        "preferences_jsonl": folder / "preferences.jsonl",
+        "preferences_parquet": folder / "preferences.parquet",
+        "records_parquet": folder / "records.parquet",
+    }
+    _write_jsonl(paths["preferences_jsonl"], rows)
+    if rows:
+        _atomic(paths["preferences_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
+    if store.records:
+        flat = [
+            {
+                "key": r["key"],
+                "source_index": r["source_index"],
+                "prompt": r["prompt"],
+                "response_a": r["response_a"],
+                "response_b": r["response_b"],
+                "status": r["status"],
+                "label": json.dumps(r["label"], ensure_ascii=False),
+                "provenance": json.dumps(r["provenance"], ensure_ascii=False),
+            }
+            for r in store.records
+        ]
+        _atomic(paths["records_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(flat), p))
+    return paths, len(rows)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    _atomic(
+        path,
+        lambda p: p.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        ),
+    )
+
+
 def _atomic(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
@@ -60,12 +148,7 @@ def write_datasets(store: OutputStore) -> dict[str, Path]:
         "sft_parquet": folder / "sft.parquet",
         "records_parquet": folder / "records.parquet",
     }
-    _atomic(
-        paths["sft_jsonl"],
-        lambda p: p.write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft), encoding="utf-8"
-        ),
-    )
+    _write_jsonl(paths["sft_jsonl"], sft)
     if sft:
         _atomic(paths["sft_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(sft), p))
     if store.records:

@@ -77,31 +77,40 @@ class Summary:
 
 
 @contextlib.asynccontextmanager
-async def local_services(
-    settings: CharterSettings, engine: InferenceClient | None = None
-) -> AsyncIterator[tuple[str, str]]:
-    """Generator and critic-reviser in this process, one engine shared, on a free localhost port.
-    `engine`: an already loaded engine to use (and not close) instead of building one."""
+async def local_server(
+    settings: CharterSettings, names: Sequence[str], engine: InferenceClient | None = None
+) -> AsyncIterator[str]:
+    """The named services in this process, one engine shared, on a free localhost port; yields the
+    address. `engine`: an already loaded engine to use (and not close) instead of building one."""
     from charter.core.catalog import SERVICES, Resources
     from charter.core.server import CharterServer
 
     resources = Resources(settings, engine=engine)
     try:
-        registrations = [SERVICES[n].registration_for(resources) for n in ("generator", "critic-reviser")]
+        registrations = [SERVICES[n].registration_for(resources) for n in names]
         server = CharterServer(
             ServerSettings(host="127.0.0.1", port=0, metrics_port=None, drain_seconds=5), registrations
         )
         port = await server.start()
         try:
-            address = f"127.0.0.1:{port}"
-            yield address, address
+            yield f"127.0.0.1:{port}"
         finally:
             await server.stop(1)
     finally:
         await resources.close()
 
 
-async def _with_retry(spec: SlCaiSpec, what: str, address: str, call: Callable[[], Awaitable[T]]) -> T:
+@contextlib.asynccontextmanager
+async def local_services(
+    settings: CharterSettings, engine: InferenceClient | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """Generator and critic-reviser in this process: (generator address, critic-reviser address)."""
+    async with local_server(settings, ("generator", "critic-reviser"), engine) as address:
+        yield address, address
+
+
+async def with_retry(spec: Any, what: str, address: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call`, retried with exponential backoff while the service is unreachable (`spec.services`)."""
     attempts = spec.services.retries + 1
     for attempt in range(attempts):
         try:
@@ -149,7 +158,7 @@ class SlCaiRun:
             stream = self.generator.Generate(request, timeout=self.spec.services.timeout_seconds)
             return [reply async for reply in stream]
 
-        return await _with_retry(self.spec, "the generator", self.generator_address, call)
+        return await with_retry(self.spec, "the generator", self.generator_address, call)
 
     async def _critique(
         self, items: Sequence[critic_pb2.CritiqueItem]
@@ -160,7 +169,7 @@ class SlCaiRun:
             stream = self.critic.CritiqueReviseStream(request, timeout=self.spec.services.timeout_seconds)
             return {reply.item_index: reply.result async for reply in stream}
 
-        return await _with_retry(self.spec, "the critic-reviser", self.critic_address, call)
+        return await with_retry(self.spec, "the critic-reviser", self.critic_address, call)
 
     # ---- one batch -------------------------------------------------------------------------------
     async def run_batch(self, rows: list[PromptRow], store: OutputStore, summary: Summary) -> None:

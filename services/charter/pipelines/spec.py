@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from charter.core.errors import InvalidArgument, NotFound, one_line
 from charter.inference.types import Sampling
+from charter.pipelines.pairs import PairFormat
 from charter.pipelines.sources import Format
 
 
@@ -43,6 +44,7 @@ class ServicesSpec(_Strict):
     """local: start the services in this process on a free localhost port; remote: use the addresses."""
     generator: str | None = None
     critic_reviser: str | None = None
+    judge: str | None = None
     timeout_seconds: float = Field(default=1800.0, gt=0.0)
     """Deadline of one batch call."""
     retries: int = Field(default=5, ge=0, le=100)
@@ -93,7 +95,61 @@ class SlCaiSpec(_Strict):
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_spec(path: str | Path) -> SlCaiSpec:
+class PairSourceSpec(_Strict):
+    """Where the pairs to judge come from."""
+
+    kind: Literal["file", "generator"] = "file"
+    """file: pairs read from `path` (hh-rlhf transcripts, prompt/chosen/rejected or
+    prompt/response_a/response_b JSONL or Parquet, or an SL-CAI output folder: initial vs revision);
+    generator: prompts read from `path` and two sampled responses per prompt from the generator."""
+    path: Path
+    format: PairFormat | Format = "auto"
+    """file: auto | hh-rlhf | jsonl | parquet | sl-cai; generator: a prompt format (auto | jsonl | csv |
+    parquet | hh-rlhf)."""
+    limit: int | None = Field(default=None, ge=1)
+
+
+class JudgeSpec(_Strict):
+    principles_per_label: int = Field(default=0, ge=0, le=64)
+    """0 = the constitution's sampling.principles_per_label."""
+    principle_ids: tuple[str, ...] = ()
+    chain_of_thought: bool = False
+    cot_clamp: tuple[float, float] = (0.4, 0.6)
+    tie_margin: float | None = Field(default=None, ge=0.0, lt=0.5)
+    """Unset = the judge service's setting."""
+
+
+class RlCaiSpec(_Strict):
+    kind: Literal["rl-cai"]
+    name: str = Field(min_length=1, max_length=128)
+    pairs: PairSourceSpec
+    constitution: str
+    judge: JudgeSpec = JudgeSpec()
+    seed: int = Field(default=0, ge=0)
+    generation: SamplingSpec = SamplingSpec(temperature=1.0)
+    """generator pairs: how the two responses per prompt are sampled."""
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    """Pairs per CompareStream call."""
+    output: Path
+    services: ServicesSpec = ServicesSpec()
+    inference: InferenceSpec = InferenceSpec()
+    constitutions_dir: Path | None = None
+
+    def digest(self) -> str:
+        keys = {"pairs": {"kind": self.pairs.kind, "path": str(self.pairs.path), "format": self.pairs.format}}
+        fixed = self.model_dump(mode="json", include={"constitution", "judge", "seed"})
+        if self.pairs.kind == "generator":
+            fixed["generation"] = self.generation.model_dump(mode="json")
+        fixed["model"] = self.inference.model
+        text = json.dumps({**keys, **fixed}, sort_keys=True)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+Spec = SlCaiSpec | RlCaiSpec
+_KINDS: dict[str, type[SlCaiSpec] | type[RlCaiSpec]] = {"sl-cai": SlCaiSpec, "rl-cai": RlCaiSpec}
+
+
+def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -103,12 +159,14 @@ def load_spec(path: str | Path) -> SlCaiSpec:
         raise InvalidArgument(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise InvalidArgument(f"{path}: expected a mapping of pipeline settings")
-    if data.get("kind") != "sl-cai":
+    model = _KINDS.get(str(data.get("kind")))
+    if model is None:
         raise InvalidArgument(
-            f"{path}: kind: unknown pipeline kind (value: {one_line(data.get('kind'))}); use sl-cai"
+            f"{path}: kind: unknown pipeline kind (value: {one_line(data.get('kind'))}); "
+            f"use one of: {', '.join(_KINDS)}"
         )
     try:
-        return SlCaiSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         errors = err.errors(include_url=False)
         e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
