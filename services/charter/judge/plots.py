@@ -86,7 +86,7 @@ def principles_png(
     ys = list(range(len(rows)))
     ax.barh(ys, values, xerr=errors, color="tab:blue", alpha=0.7, capsize=4, ecolor="black")
     for y, (_, row) in zip(ys, rows, strict=True):
-        ax.text(0.01, y, f"n={row['count']}", va="center", ha="left", fontsize="small", color="white")
+        ax.text(0.99, y, f"n={row['count']}", va="center", ha="right", fontsize="small", color="black")
     ax.set_yticks(ys, names)
     ax.invert_yaxis()
     ax.axvline(0.5, color="red", linestyle="--", label="chance (0.5)")

@@ -95,7 +95,10 @@ def _text(value: Any, name: str) -> str:
 def _table_row(index: int, row: Any, seed: int) -> PairRow:
     if not isinstance(row, dict):
         raise ValueError(f"expected an object, got {type(row).__name__}")
-    conversation = _row_messages(row)
+    if isinstance(row.get("prompt"), list):  # TRL's conversational format: the prompt is messages
+        conversation = _row_messages({"messages": row["prompt"]})
+    else:
+        conversation = _row_messages(row)
     if "chosen" in row and "rejected" in row:
         chosen, rejected = _text(row["chosen"], "chosen"), _text(row["rejected"], "rejected")
         if not chosen.strip() or not rejected.strip():

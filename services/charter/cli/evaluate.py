@@ -1,0 +1,104 @@
+"""`charter eval judge`: measure a judge (model + constitution) against human preference labels."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from charter.core.logging import configure_logging
+from charter.core.settings import load_settings
+
+app = typer.Typer(help="Evaluate Charter's components against human labels.", no_args_is_help=True)
+
+Engine = Literal["auto", "vllm", "openai", "transformers"]
+Dtype = Literal["bfloat16", "float16", "float32"]
+
+
+@app.command()
+def judge(
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Human-labelled pairs: an hh-rlhf file (chosen/rejected transcripts), "
+            "prompt/chosen/rejected JSONL or Parquet, or prompt/response_a/response_b/preferred."
+        ),
+    ],
+    constitution: Annotated[str, typer.Option(help="Constitution id to judge by.")] = "harmless",
+    model: Annotated[
+        str | None, typer.Option(help="Model: 'embedded', a local path, or the served name (openai engine).")
+    ] = None,
+    engine: Annotated[
+        Engine | None, typer.Option(help="Inference engine (settings: inference.engine).")
+    ] = None,
+    dtype: Annotated[Dtype | None, typer.Option(help="Weights/compute dtype of in-process engines.")] = None,
+    openai_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible endpoint for --engine openai, e.g. http://vllm:8000/v1."),
+    ] = None,
+    judge_address: Annotated[
+        str | None, typer.Option("--judge", help="Use a running judge service (host:port) instead.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N rows of the data.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for principle sampling and A/B placement.")] = 0,
+    principles_per_label: Annotated[int, typer.Option(help="Principles averaged per label.")] = 1,
+    chain_of_thought: Annotated[bool, typer.Option(help="Rationale first, clamped probabilities.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per judge call.")] = 64,
+    output: Annotated[Path, typer.Option(help="Folder for eval.json, labels.jsonl and the PNGs.")] = Path(
+        "out/eval-judge"
+    ),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
+) -> None:
+    """Agreement with the human choice (95% CI), swap-consistent agreement, position consistency,
+    calibration (ECE, reliability diagram), agreement per principle, and labels/s."""
+    from charter.judge.evaluate import EvalOptions, evaluate
+    from charter.judge.metrics import format_table
+
+    inference: dict[str, Any] = {
+        k: v for k, v in {"engine": engine, "model": model, "dtype": dtype}.items() if v is not None
+    }
+    if openai_url:
+        inference["openai"] = {"base_url": openai_url}
+    settings = load_settings(config, **({"inference": inference} if inference else {}))
+    configure_logging(
+        settings.logging.model_copy(update={"level": "WARNING"})
+        if settings.logging.level == "INFO"
+        else settings.logging
+    )
+    options = EvalOptions(
+        data=data,
+        constitution=constitution,
+        output=output,
+        limit=limit,
+        seed=seed,
+        principles_per_label=principles_per_label,
+        chain_of_thought=chain_of_thought,
+        batch_size=batch_size,
+        judge=judge_address,
+    )
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]judging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    )
+    task = progress.add_task("judge", total=None)
+    with progress:
+        report = asyncio.run(
+            evaluate(
+                options,
+                settings,
+                on_start=lambda total: progress.update(task, total=total),
+                on_progress=lambda n: progress.advance(task, n),
+            )
+        )
+    judge_ref = report["config"]["judge"]
+    typer.echo(
+        f"judge {judge_ref.get('name')} ({judge_ref.get('engine')}), constitution "
+        f"{report['config']['constitution'].get('id')} {report['config']['constitution'].get('version')}, "
+        f"{report['config']['pairs']} pairs from {data}"
+    )
+    typer.echo(format_table(report["summary"]))
+    typer.echo(f"written: {output / 'eval.json'}, labels.jsonl, reliability.png, principles.png")

@@ -1,0 +1,193 @@
+"""`charter eval judge`: label human-labelled pairs with the judge service and measure agreement.
+
+The pairs go through the real judge over gRPC — started in this process on the configured engine, or
+a remote judge given by address — exactly as the RL-CAI pipeline sends them, so what is measured is
+what the pipeline produces. Writes `eval.json` (every figure, the configuration, machine and
+versions), `labels.jsonl` (one record per pair), `reliability.png` and `principles.png`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from charter_proto.common.v1 import label_pb2
+from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
+from google.protobuf.json_format import MessageToDict
+
+from charter import __version__
+from charter.core import convert
+from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from charter.core.settings import CharterSettings
+from charter.judge import metrics, plots
+from charter.pipelines.pairs import PairRow, read_pairs
+from charter.pipelines.sources import RowError
+
+# published reference points for HH harmless-base (DESIGN §3), drawn on the per-principle chart
+REFERENCES = {
+    "RLAIF, PaLM 2 L": 0.721,
+    "RLAIF, smallest labeler": 0.627,
+    "human-human, low": 0.73,
+}
+STATUS_NAMES = {v: k.removeprefix("LABEL_STATUS_").lower() for k, v in label_pb2.LabelStatus.items()}
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    data: Path
+    constitution: str
+    output: Path
+    limit: int | None = None
+    seed: int = 0
+    principles_per_label: int = 1
+    chain_of_thought: bool = False
+    batch_size: int = 64
+    judge: str | None = None
+    """host:port of a running judge service; None = start one in this process."""
+
+
+def record(pair: PairRow, label: label_pb2.PreferenceLabel) -> metrics.EvalRecord:
+    status = STATUS_NAMES[label.status]
+    scored = status in ("ok", "tie")
+    assert pair.human is not None
+    return metrics.EvalRecord(
+        human=pair.human,
+        p_a=label.p_a if scored else None,
+        status=status,
+        swap_consistent=label.swap_consistent,
+        principle_ids=tuple(label.principle_ids),
+        orders=tuple(metrics.OrderProb(s.principle_id, s.swapped, s.p_first) for s in label.scores)
+        if scored
+        else (),
+    )
+
+
+def load(options: EvalOptions) -> tuple[list[PairRow], list[RowError]]:
+    pairs, errors = [], []
+    for item in read_pairs(options.data, "auto", options.limit, seed=options.seed):
+        if isinstance(item, RowError):
+            errors.append(item)
+        elif item.human is None:
+            errors.append(RowError(item.index, "no human preference (needs chosen/rejected or preferred)"))
+        else:
+            pairs.append(item)
+    if not pairs:
+        raise InvalidArgument(f"{options.data}: no human-labelled pairs to evaluate on", field="data")
+    return pairs, errors
+
+
+async def judge_pairs(
+    address: str, pairs: list[PairRow], options: EvalOptions, on_progress: Callable[[int], None]
+) -> list[label_pb2.PreferenceLabel]:
+    judge_options = judge_pb2.JudgeOptions(
+        constitution_id=options.constitution,
+        principles_per_label=options.principles_per_label,
+        seed=options.seed,
+        chain_of_thought=options.chain_of_thought,
+    )
+    labels: dict[int, label_pb2.PreferenceLabel] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = judge_pb2_grpc.JudgeServiceStub(channel)
+        for start in range(0, len(pairs), options.batch_size):
+            batch = pairs[start : start + options.batch_size]
+            request = judge_pb2.CompareStreamRequest(
+                items=[
+                    judge_pb2.ComparisonItem(
+                        conversation=convert.conversation_proto(p.conversation, p.key),
+                        response_a=p.response_a,
+                        response_b=p.response_b,
+                    )
+                    for p in batch
+                ],
+                options=judge_options,
+                request_id=f"eval:{batch[0].key}",
+            )
+            try:
+                async for reply in stub.CompareStream(request):
+                    labels[start + reply.item_index] = reply.label
+                    on_progress(1)
+            except grpc.aio.AioRpcError as err:
+                error = NotFound if err.code() is grpc.StatusCode.NOT_FOUND else FailedPrecondition
+                raise error(f"the judge at {address}: {err.code().name}: {err.details()}") from None
+    return [labels[i] for i in range(len(pairs))]
+
+
+def _versions() -> dict[str, str]:
+    out = {"charter": __version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "vllm"):
+        module = sys.modules.get(name)
+        if module is not None:
+            out[name] = getattr(module, "__version__", "")
+    return out
+
+
+async def evaluate(
+    options: EvalOptions,
+    settings: CharterSettings,
+    *,
+    on_start: Callable[[int], None] = lambda total: None,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, Any]:
+    from charter.pipelines.sl_cai import local_server
+
+    try:  # the plots come last: fail before an hour of judging, not after
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise FailedPrecondition("charter eval needs matplotlib: pip install 'charter[eval]'") from None
+    pairs, errors = load(options)
+    on_start(len(pairs))
+    context: Any = (
+        contextlib.nullcontext(options.judge) if options.judge else local_server(settings, ("judge",))
+    )
+    async with context as address:
+        started = time.perf_counter()
+        labels = await judge_pairs(address, pairs, options, on_progress)
+        seconds = time.perf_counter() - started
+    records = [record(p, label) for p, label in zip(pairs, labels, strict=True)]
+    summary = metrics.summarise(records, seconds=seconds)
+    first = labels[0]
+    report = {
+        "summary": summary,
+        "config": {
+            "data": str(options.data),
+            "pairs": len(pairs),
+            "skipped_rows": len(errors),
+            "limit": options.limit,
+            "seed": options.seed,
+            "constitution": MessageToDict(first.constitution, preserving_proto_field_name=True),
+            "judge": MessageToDict(first.judge, preserving_proto_field_name=True),
+            "judge_address": options.judge or "in-process",
+            "principles_per_label": options.principles_per_label,
+            "chain_of_thought": options.chain_of_thought,
+            "inference": settings.inference.model_dump(mode="json", exclude={"openai": {"api_key"}}),
+            "command": " ".join(sys.argv),
+        },
+        "references": REFERENCES,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpus": __import__("os").cpu_count(),
+        },  # fmt: skip
+        "versions": _versions(),
+    }
+    out = options.output
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    with (out / "labels.jsonl").open("w", encoding="utf-8") as f:
+        for pair, label in zip(pairs, labels, strict=True):
+            row = {"key": pair.key, "source_index": pair.index, "human": pair.human,
+                   "label": MessageToDict(label, preserving_proto_field_name=True)}  # fmt: skip
+            for name in ("conversation", "response_a", "response_b"):  # in the source file already
+                row["label"].pop(name, None)
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    plots.reliability_png(summary, out / "reliability.png")
+    plots.principles_png(summary, out / "principles.png", references=REFERENCES)
+    return report
