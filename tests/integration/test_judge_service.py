@@ -50,8 +50,19 @@ def hh_items(n: int) -> list[judge_pb2.ComparisonItem]:
     return [item(list(p.conversation), p.response_a, p.response_b) for p in hh_pairs(n)]
 
 
+def judged_total() -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(
+        REGISTRY.get_sample_value("charter_judge_labels_total", {"status": st, "swap_consistent": sc}) or 0.0
+        for st in ("ok", "tie")
+        for sc in ("true", "false")
+    )
+
+
 async def test_compare_labels_real_pairs_with_full_provenance(stub) -> None:
     items = hh_items(3)
+    before = judged_total()
     reply = await stub.Compare(
         judge_pb2.CompareRequest(
             items=items, options=judge_pb2.JudgeOptions(constitution_id="harmless", seed=3), request_id="r1"
@@ -76,6 +87,7 @@ async def test_compare_labels_real_pairs_with_full_provenance(stub) -> None:
         assert label.provenance.request_id == "r1" and label.provenance.seed == 3
         assert label.id.startswith("lbl_")
     assert len({lbl.id for lbl in reply.labels}) == 3
+    assert judged_total() == before + 3  # the Prometheus counters saw them
 
 
 async def test_swapping_a_and_b_gives_one_minus_p(stub) -> None:
@@ -176,3 +188,25 @@ async def test_unknown_constitution_is_not_found(stub) -> None:
             timeout=60,
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_eval_command_runs_unchanged_against_an_openai_compatible_vllm_server(
+    vllm_server: str, tmp_path
+) -> None:
+    """The evaluation a user runs on their own endpoint: same command, `--engine openai --openai-url`."""
+    import json
+    import subprocess
+
+    from tests.support import ROOT, subprocess_env, tool
+
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [tool("charter"), "eval", "judge", "--data", str(HH_DEV), "--limit", "4", "--engine", "openai",
+         "--openai-url", vllm_server, "--model", "embedded", "--output", str(out)],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["config"]["judge"]["engine"] == "openai"
+    assert report["summary"]["labels"] == 4 and report["summary"]["scored"] == 4
+    assert report["summary"]["position_pairs"] == 4

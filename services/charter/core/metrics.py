@@ -17,6 +17,16 @@ RPC_IN_FLIGHT = Gauge("charter_rpc_in_flight", "RPCs being handled now.", ["serv
 RPC_MESSAGES_SENT = Counter(
     "charter_rpc_messages_sent_total", "Response messages sent (streams count each).", ["service", "method"]
 )
+JUDGE_LABELS = Counter(
+    "charter_judge_labels_total",
+    "Judge labels by status and swap consistency.",
+    ["status", "swap_consistent"],
+)
+JUDGE_CONFIDENCE = Histogram(
+    "charter_judge_confidence",
+    "Confidence 2*|p_a - 0.5| of scored judge labels (a mass near 0 means a judge near chance).",
+    buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+)
 
 
 class MetricsEndpoint:

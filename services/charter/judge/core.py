@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from charter.constitution.registry import LoadedConstitution
 from charter.constitution.schema import Principle
+from charter.core import metrics
 from charter.core.errors import (
     CharterError,
     DeadlineExceeded,
@@ -251,4 +252,8 @@ class Judge:
                 raise result
             else:
                 labels.append(result)
+        for label in labels:
+            metrics.JUDGE_LABELS.labels(label.status, str(label.verdict.swap_consistent).lower()).inc()
+            if label.status in ("ok", "tie"):
+                metrics.JUDGE_CONFIDENCE.observe(label.verdict.confidence)
         return labels
