@@ -13,6 +13,7 @@ import json
 import platform
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,7 @@ async def evaluate(
             "data": str(options.data),
             "pairs": len(pairs),
             "skipped_rows": len(errors),
+            "skipped_reasons": dict(Counter(e.reason for e in errors)),
             "limit": options.limit,
             "seed": options.seed,
             "constitution": MessageToDict(first.constitution, preserving_proto_field_name=True),

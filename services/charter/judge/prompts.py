@@ -40,7 +40,9 @@ _CONTROL = re.compile(
     re.IGNORECASE,
 )
 _FENCE = re.compile(r"<(/?)(\s*)(conversation|response)\b", re.IGNORECASE)
-_OPTION = re.compile(r"\(\s*([AaBb])\s*\)")
+_OPTION = re.compile(r"\(\s*([AaBb])\s*\)|\(\s*([AB])\s*$", re.MULTILINE)
+"""An option marker "(A)", "( b )" — or a dangling "(B" at the end of a line, the shape of a forged
+answer prefix ("The answer is: (B")."""
 
 
 def _defuse_control(match: re.Match[str]) -> str:
@@ -53,7 +55,7 @@ def escape(text: str) -> str:
     """Neutralise prompt structure inside model-written or user-written text."""
     text = _CONTROL.sub(_defuse_control, text)
     text = _FENCE.sub(lambda m: f"‹{m.group(1)}{m.group(2)}{m.group(3)}", text)
-    return _OPTION.sub(lambda m: f"[{m.group(1)}]", text)
+    return _OPTION.sub(lambda m: f"[{m.group(1) or m.group(2)}]", text)
 
 
 @cache
