@@ -25,11 +25,11 @@ from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
 from charter import __version__
-from charter.core import convert
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import CharterSettings
 from charter.judge import metrics, plots
 from charter.pipelines.pairs import PairRow, read_pairs
+from charter.pipelines.rl_cai import compare_request
 from charter.pipelines.sources import RowError
 
 # published reference points for HH harmless-base (DESIGN §3), drawn on the per-principle chart
@@ -99,18 +99,7 @@ async def judge_pairs(
         stub = judge_pb2_grpc.JudgeServiceStub(channel)
         for start in range(0, len(pairs), options.batch_size):
             batch = pairs[start : start + options.batch_size]
-            request = judge_pb2.CompareStreamRequest(
-                items=[
-                    judge_pb2.ComparisonItem(
-                        conversation=convert.conversation_proto(p.conversation, p.key),
-                        response_a=p.response_a,
-                        response_b=p.response_b,
-                    )
-                    for p in batch
-                ],
-                options=judge_options,
-                request_id=f"eval:{batch[0].key}",
-            )
+            request = compare_request(batch, judge_options, f"eval:{batch[0].key}")
             try:
                 async for reply in stub.CompareStream(request):
                     labels[start + reply.item_index] = reply.label

@@ -104,22 +104,29 @@ def write_preferences(store: OutputStore) -> tuple[dict[str, Path], int]:
     _write_jsonl(paths["preferences_jsonl"], rows)
     if rows:
         _atomic(paths["preferences_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
-    if store.records:
-        flat = [
-            {
-                "key": r["key"],
-                "source_index": r["source_index"],
-                "prompt": r["prompt"],
-                "response_a": r["response_a"],
-                "response_b": r["response_b"],
-                "status": r["status"],
-                "label": json.dumps(r["label"], ensure_ascii=False),
-                "provenance": json.dumps(r["provenance"], ensure_ascii=False),
-            }
-            for r in store.records
-        ]
-        _atomic(paths["records_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(flat), p))
+    _records_parquet(store, paths["records_parquet"], ("response_a", "response_b", "status"), ("label",))
     return paths, len(rows)
+
+
+def _records_parquet(store: OutputStore, path: Path, plain: tuple[str, ...], nested: tuple[str, ...]) -> None:
+    """Every record as a Parquet row: `plain` fields as they are, `nested` ones (and provenance) as JSON
+    text columns, which keeps the schema fixed across runs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not store.records:
+        return
+    flat = [
+        {
+            "key": r["key"],
+            "source_index": r["source_index"],
+            "prompt": r["prompt"],
+            **{k: r[k] for k in plain},
+            **{k: json.dumps(r[k], ensure_ascii=False) for k in (*nested, "provenance")},
+        }
+        for r in store.records
+    ]
+    _atomic(path, lambda p: pq.write_table(pa.Table.from_pylist(flat), p))
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -151,17 +158,5 @@ def write_datasets(store: OutputStore) -> dict[str, Path]:
     _write_jsonl(paths["sft_jsonl"], sft)
     if sft:
         _atomic(paths["sft_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(sft), p))
-    if store.records:
-        # nested provenance and rounds as JSON text columns keep the schema fixed across runs
-        flat = [
-            {
-                "key": r["key"],
-                "source_index": r["source_index"],
-                "prompt": r["prompt"],
-                "samples": json.dumps(r["samples"], ensure_ascii=False),
-                "provenance": json.dumps(r["provenance"], ensure_ascii=False),
-            }
-            for r in store.records
-        ]
-        _atomic(paths["records_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(flat), p))
+    _records_parquet(store, paths["records_parquet"], (), ("samples",))
     return paths

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from charter.core.errors import InvalidArgument, NotFound
 from charter.critic.sampling import rng_for
 from charter.inference.types import Message
-from charter.pipelines.sources import RowError, _row_messages, hh_human_turns
+from charter.pipelines.sources import RowError, _row_messages, hh_human_turns, text_lines
 
 PairFormat = Literal["auto", "hh-rlhf", "jsonl", "parquet", "sl-cai"]
 _REPLY = "\n\nAssistant:"
@@ -207,15 +207,9 @@ def _parquet(path: Path, seed: int) -> Iterator[PairRow | RowError]:
 
 
 def _lines(path: Path, fmt: PairFormat, seed: int) -> Iterator[PairRow | RowError]:
-    opener = gzip.open if path.suffix == ".gz" else open
     build = _hh if fmt == "hh-rlhf" else _table_row
-    with opener(path, "rb") as raw:
-        for index, data in enumerate(raw):
-            try:
-                line = data.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield RowError(index, f"invalid UTF-8 ({err.reason} at byte {err.start} of the line)")
-                continue
-            if not line.strip():
-                continue
+    for index, line in text_lines(path):
+        if isinstance(line, RowError):
+            yield line
+        else:
             yield _checked(index, lambda index=index, line=line: build(index, json.loads(line), seed))

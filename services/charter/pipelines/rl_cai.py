@@ -30,8 +30,8 @@ from charter.core.settings import CharterSettings
 from charter.inference.types import InferenceClient
 from charter.pipelines import outputs
 from charter.pipelines.pairs import PairRow, read_pairs
-from charter.pipelines.sl_cai import _PER_ITEM, local_server, with_retry
-from charter.pipelines.sources import PromptRow, RowError, read_rows
+from charter.pipelines.sl_cai import _PER_ITEM, local_server, select_pending, with_retry
+from charter.pipelines.sources import PromptRow, read_rows
 from charter.pipelines.spec import RlCaiSpec
 from charter.pipelines.store import OutputStore
 
@@ -87,6 +87,24 @@ def judge_options(spec: RlCaiSpec) -> judge_pb2.JudgeOptions:
     return options
 
 
+def compare_request(
+    pairs: Sequence[PairRow], options: judge_pb2.JudgeOptions, request_id: str
+) -> judge_pb2.CompareStreamRequest:
+    """One `CompareStream` call for `pairs`; each conversation carries the pair's key as its id."""
+    return judge_pb2.CompareStreamRequest(
+        items=[
+            judge_pb2.ComparisonItem(
+                conversation=convert.conversation_proto(p.conversation, p.key),
+                response_a=p.response_a,
+                response_b=p.response_b,
+            )
+            for p in pairs
+        ],
+        options=options,
+        request_id=request_id,
+    )
+
+
 class RlCaiRun:
     def __init__(
         self, spec: RlCaiSpec, judge: str, generator: str | None, on_progress: Callable[[int], None]
@@ -104,18 +122,7 @@ class RlCaiRun:
         self.options = judge_options(spec)
 
     async def compare(self, pairs: Sequence[PairRow]) -> dict[int, label_pb2.PreferenceLabel]:
-        request = judge_pb2.CompareStreamRequest(
-            items=[
-                judge_pb2.ComparisonItem(
-                    conversation=convert.conversation_proto(p.conversation, p.key),
-                    response_a=p.response_a,
-                    response_b=p.response_b,
-                )
-                for p in pairs
-            ],
-            options=self.options,
-            request_id=f"{self.spec.name}:{pairs[0].key}",
-        )
+        request = compare_request(pairs, self.options, f"{self.spec.name}:{pairs[0].key}")
 
         async def call() -> dict[int, label_pb2.PreferenceLabel]:
             stream = self.judge.CompareStream(request, timeout=self.spec.services.timeout_seconds)
@@ -223,7 +230,7 @@ class RlCaiRun:
         self.on_progress(1)
 
 
-def _collect(spec: RlCaiSpec, store: OutputStore, summary: Summary) -> list[PairRow] | list[PromptRow]:
+def _collect(spec: RlCaiSpec, store: OutputStore, summary: Summary) -> list[Any]:
     source = spec.pairs
     items: Any
     if source.kind == "generator":
@@ -236,26 +243,7 @@ def _collect(spec: RlCaiSpec, store: OutputStore, summary: Summary) -> list[Pair
         if source.format == "csv":
             raise InvalidArgument("pairs.format: csv holds prompts, not pairs", field="pairs.format")
         items = read_pairs(source.path, source.format, source.limit, seed=spec.seed)  # type: ignore[arg-type]
-    pending: list[Any] = []
-    seen: set[str] = set()
-    for item in items:
-        if isinstance(item, RowError):
-            if item.index not in store.done_rows:
-                store.add_error(
-                    {"key": item.key, "source_index": item.index, "reason": f"bad row: {item.reason}"}
-                )
-                summary.row_errors += 1
-                summary.errors["bad row"] += 1
-            continue
-        if item.key in seen:
-            continue  # the same pair (or prompt) twice in the source: one label
-        seen.add(item.key)
-        summary.total += 1
-        if item.key in store.done:
-            summary.already_done += 1
-        else:
-            pending.append(item)
-    return pending
+    return select_pending(items, store, summary)
 
 
 async def run(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -291,6 +291,33 @@ def critique_status(status: int) -> str:
     return critique_pb2.StepStatus.Name(status).removeprefix("STEP_STATUS_").lower()
 
 
+def select_pending(items: Iterable[Any], store: OutputStore, summary: Any) -> list[Any]:
+    """The source items this run still has to do. A bad row becomes an error record (once: not again
+    on resume); an item whose key repeats one seen before is the same work and is skipped; an item
+    whose key is already in the output folder counts as done. `summary` needs `total`,
+    `already_done`, `row_errors` and an `errors` counter."""
+    pending: list[Any] = []
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, RowError):
+            if item.index not in store.done_rows:
+                store.add_error(
+                    {"key": item.key, "source_index": item.index, "reason": f"bad row: {item.reason}"}
+                )
+                summary.row_errors += 1
+                summary.errors["bad row"] += 1
+            continue
+        if item.key in seen:
+            continue
+        seen.add(item.key)
+        summary.total += 1
+        if item.key in store.done:
+            summary.already_done += 1
+        else:
+            pending.append(item)
+    return pending
+
+
 async def run(
     spec: SlCaiSpec,
     settings: CharterSettings,
@@ -303,25 +330,9 @@ async def run(
     started = time.perf_counter()
     store = OutputStore(spec.output, spec.digest())
     summary = Summary()
-    pending: list[PromptRow] = []
-    seen: set[str] = set()
-    for item in read_rows(spec.source.path, spec.source.format, spec.source.limit):
-        if isinstance(item, RowError):
-            if item.index not in store.done_rows:
-                store.add_error(
-                    {"key": item.key, "source_index": item.index, "reason": f"bad row: {item.reason}"}
-                )
-                summary.row_errors += 1
-                summary.errors["bad row"] += 1
-            continue
-        if item.key in seen:
-            continue  # the same prompt twice in the source: one output row
-        seen.add(item.key)
-        summary.total += 1
-        if item.key in store.done:
-            summary.already_done += 1
-        else:
-            pending.append(item)
+    pending = select_pending(
+        read_rows(spec.source.path, spec.source.format, spec.source.limit), store, summary
+    )
     on_start(summary.total, summary.already_done)
     if pending:
         if spec.services.mode == "local":

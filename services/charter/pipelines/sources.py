@@ -150,9 +150,9 @@ def _rows(path: Path, fmt: Format) -> Iterator[PromptRow | RowError]:
         for i, row in enumerate(pq.read_table(path).to_pylist()):
             yield _checked(i, lambda row=row: _row_messages(row))
         return
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as raw:
-        if fmt == "csv":
+    if fmt == "csv":
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as raw:
             # undecodable bytes survive as surrogates, so one bad row does not stop the others
             text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
             for index, row in enumerate(csv.DictReader(text)):
@@ -160,19 +160,29 @@ def _rows(path: Path, fmt: Format) -> Iterator[PromptRow | RowError]:
                     yield RowError(index, "invalid UTF-8 in the row")
                 else:
                     yield _checked(index, lambda row=row: _row_messages(row))
-            return
-        for index, data in enumerate(raw):  # one line at a time: a bad line is one bad row
+        return
+    for index, line in text_lines(path):
+        if isinstance(line, RowError):
+            yield line
+        elif fmt == "hh-rlhf":
+            yield _checked(index, lambda line=line: hh_human_turns(_hh_transcript(line)))
+        else:
+            yield _checked(index, lambda line=line: _row_messages(json.loads(line)))
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str | RowError]]:
+    """The non-blank lines of a (gzipped) text file, decoded one at a time: a line that is not UTF-8
+    is one bad row, not a failed file."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as raw:
+        for index, data in enumerate(raw):
             try:
                 line = data.decode("utf-8")
             except UnicodeDecodeError as err:
-                yield RowError(index, f"invalid UTF-8 ({err.reason} at byte {err.start} of the line)")
+                yield index, RowError(index, f"invalid UTF-8 ({err.reason} at byte {err.start} of the line)")
                 continue
-            if not line.strip():
-                continue
-            if fmt == "hh-rlhf":
-                yield _checked(index, lambda line=line: hh_human_turns(_hh_transcript(line)))
-            else:
-                yield _checked(index, lambda line=line: _row_messages(json.loads(line)))
+            if line.strip():
+                yield index, line
 
 
 def _hh_transcript(line: str) -> str:
