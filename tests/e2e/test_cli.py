@@ -99,12 +99,15 @@ def test_version() -> None:
 
 
 def test_serve_answers_grpcurl_and_drains_on_sigterm() -> None:
-    env = subprocess_env(CHARTER_LOGGING__FORMAT="json", CHARTER_SERVER__HOST="127.0.0.1")
+    # the judge loads its model before serving: the transformers engine with one thread starts in
+    # seconds and leaves the second core to the test's own clients
+    env = subprocess_env(CHARTER_LOGGING__FORMAT="json", CHARTER_SERVER__HOST="127.0.0.1",
+                         CHARTER_INFERENCE__ENGINE="transformers", CHARTER_INFERENCE__THREADS="1")  # fmt: skip
     server = LoggedProcess(
         [tool("charter"), "serve", "judge", "--port", "0", "--metrics-port", "0"], cwd=ROOT, env=env
     )
     try:
-        started = server.wait_for("server.started")
+        started = server.wait_for("server.started", timeout=300)
         assert started["services"] == ["charter.judge.v1.JudgeService"]
         loaded = server.wait_for("constitution.loaded")  # the judge watches the constitutions folder
         assert loaded["digest"].startswith("sha256:")

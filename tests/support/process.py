@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -14,8 +17,10 @@ class LoggedProcess:
     """A child process whose stderr is JSON log lines, collected in a background thread."""
 
     def __init__(self, args: list[str], **kwargs: Any) -> None:
+        # its own process group: stop() takes the children with it (vLLM's engine core is one, and
+        # would outlive a killed server holding gigabytes and a core)
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
         )
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -50,6 +55,8 @@ class LoggedProcess:
         raise AssertionError(f"no {name!r} log event; stderr so far:\n{''.join(self.raw)}")
 
     def stop(self) -> None:
+        """Kill the process and everything it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         if self.proc.poll() is None:
-            self.proc.kill()
             self.proc.wait(timeout=10)
