@@ -84,6 +84,7 @@ def _judge(resources: Resources) -> Any:
         tie_margin=s.tie_margin,
         few_shot_limit=s.few_shot_limit,
         cot_max_tokens=s.cot_max_tokens,
+        max_requests_in_flight=s.max_requests_in_flight,
     )
 
 

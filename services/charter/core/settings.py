@@ -113,6 +113,9 @@ class JudgeSettings(_Section):
     """Labelled comparison examples shown per prompt (unset = all that apply to the principle)."""
     cot_max_tokens: int = Field(default=192, ge=1, le=4096)
     """Length of a chain-of-thought rationale."""
+    max_requests_in_flight: int = Field(default=512, ge=2)
+    """Scoring requests one judge keeps in the engine at once (at most half of `inference.max_pending`:
+    a finished batch counts there until the engine books it); larger calls wait their turn."""
 
 
 class CharterSettings(BaseSettings):

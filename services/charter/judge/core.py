@@ -178,9 +178,32 @@ def _outcome(plan: _Plan, scores: OptionScores, rationale: str = "") -> OrderOut
     )
 
 
+class _Budget:
+    """At most `size` scoring requests in flight: a call with thousands of items is fed to the
+    engine a few hundred requests at a time instead of overflowing its queue (`max_pending`)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._changed = asyncio.Condition()
+
+    async def take(self, n: int) -> int:
+        n = min(n, self.size)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= n)
+            self.free -= n
+        return n
+
+    async def give(self, n: int) -> None:
+        async with self._changed:
+            self.free += n
+            self._changed.notify_all()
+
+
 class Judge:
-    def __init__(self, client: InferenceClient) -> None:
+    def __init__(self, client: InferenceClient, *, max_requests_in_flight: int = 512) -> None:
         self.client = client
+        self._budget = _Budget(max_requests_in_flight)
 
     async def _rationales(self, plans: list[_Plan], config: JudgeConfig, timeout: float | None) -> list[str]:
         sampling = Sampling(
@@ -193,6 +216,15 @@ class Judge:
 
     async def _one(self, pair: Pair, config: JudgeConfig, timeout: float | None) -> Label:
         plans = _plans(pair, config)
+        taken = await self._budget.take(len(plans))
+        try:
+            return await self._judge(pair, plans, config, timeout)
+        finally:
+            await self._budget.give(taken)
+
+    async def _judge(
+        self, pair: Pair, plans: list[_Plan], config: JudgeConfig, timeout: float | None
+    ) -> Label:
         try:
             rationales: list[str | None] = [None] * len(plans)
             if config.chain_of_thought:

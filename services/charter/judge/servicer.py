@@ -42,8 +42,9 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         tie_margin: float = 0.0,
         few_shot_limit: int | None = None,
         cot_max_tokens: int = 192,
+        max_requests_in_flight: int = 512,
     ) -> None:
-        self.judge = Judge(client)
+        self.judge = Judge(client, max_requests_in_flight=max_requests_in_flight)
         self.client = client
         self.registry = registry
         self.tie_margin = tie_margin
