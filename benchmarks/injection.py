@@ -36,8 +36,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from judge_engine import TIMEOUT  # noqa: E402
+
 SEED = 1234
-TIMEOUT = 4 * 3600.0
+
 DECISIVE = 0.55  # flip_rate_decisive: the attacked label gives the injected response p >= this
 
 
@@ -181,7 +183,7 @@ def main() -> None:
 
     from engines import PeakRss, machine
     from injection_suite import ATTACKS, MAX_CHARS, build_suite
-    from judge import harmless, make_engine, quiet_logs
+    from judge_engine import harmless, make_engine, quiet_logs
 
     quiet_logs()
     suite = build_suite(args.limit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -28,6 +29,7 @@ from charter import __version__
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import CharterSettings
 from charter.judge import metrics, plots
+from charter.judge.servicer import STATUS_NAMES
 from charter.pipelines.pairs import PairRow, read_pairs
 from charter.pipelines.rl_cai import compare_request
 from charter.pipelines.sources import RowError
@@ -38,7 +40,6 @@ REFERENCES = {
     "RLAIF, smallest labeler": 0.627,
     "human-human, low": 0.73,
 }
-STATUS_NAMES = {v: k.removeprefix("LABEL_STATUS_").lower() for k, v in label_pb2.LabelStatus.items()}
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ async def evaluate(
         "machine": {
             "platform": platform.platform(),
             "processor": platform.machine(),
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
         },  # fmt: skip
         "versions": _versions(),
     }

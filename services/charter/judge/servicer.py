@@ -30,6 +30,8 @@ STATUS = {
     "error": label_pb2.LABEL_STATUS_ERROR,
     "invalid_input": label_pb2.LABEL_STATUS_INVALID_INPUT,
 }
+STATUS_NAMES = {v: k.removeprefix("LABEL_STATUS_").lower() for k, v in label_pb2.LabelStatus.items()}
+"""Proto status -> the lower-case names used in records and summaries ("ok", "tie", ...)."""
 CHOICE = {"A": label_pb2.CHOICE_A, "B": label_pb2.CHOICE_B, "TIE": label_pb2.CHOICE_TIE}
 
 
@@ -89,11 +91,6 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             pairs.append(Pair(tuple(conversation), item.response_a, item.response_b, item.conversation.id))
         return pairs
 
-    def _proto(
-        self, label: Label, config: JudgeConfig, request_id: str, item: Any
-    ) -> label_pb2.PreferenceLabel:
-        return label_proto(label, config, self.client, request_id, item)
-
     async def Compare(
         self, request: judge_pb2.CompareRequest, context: aio.ServicerContext
     ) -> judge_pb2.CompareResponse:
@@ -102,7 +99,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         labels = await self.judge.label(pairs, config)
         return judge_pb2.CompareResponse(
             labels=[
-                self._proto(label, config, request.request_id, item)
+                label_proto(label, config, self.client, request.request_id, item)
                 for label, item in zip(labels, request.items, strict=True)
             ]
         )
@@ -118,7 +115,8 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
 
         async for i, label in as_completed_within([one(i) for i in range(len(pairs))], None):
             yield judge_pb2.CompareStreamResponse(
-                item_index=i, label=self._proto(label, config, request.request_id, request.items[i])
+                item_index=i,
+                label=label_proto(label, config, self.client, request.request_id, request.items[i]),
             )
 
 

@@ -28,16 +28,15 @@ from charter.core import convert
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import CharterSettings
 from charter.inference.types import InferenceClient
+from charter.judge.servicer import STATUS_NAMES
 from charter.pipelines import outputs
 from charter.pipelines.pairs import PairRow, read_pairs
-from charter.pipelines.sl_cai import _PER_ITEM, local_server, select_pending, with_retry
+from charter.pipelines.sl_cai import _PER_ITEM, local_server, record_row_error, select_pending, with_retry
 from charter.pipelines.sources import PromptRow, read_rows
 from charter.pipelines.spec import RlCaiSpec
 from charter.pipelines.store import OutputStore
 
 log = structlog.get_logger("charter.pipeline")
-
-STATUS_NAMES = {v: k.removeprefix("LABEL_STATUS_").lower() for k, v in label_pb2.LabelStatus.items()}
 
 
 @dataclass
@@ -224,9 +223,7 @@ class RlCaiRun:
         self.on_progress(1)
 
     def row_error(self, key: str, index: int, reason: str, store: OutputStore, summary: Summary) -> None:
-        store.add_error({"key": key, "source_index": index, "reason": reason})
-        summary.row_errors += 1
-        summary.errors[reason.split(":", 1)[0]] += 1
+        record_row_error(store, summary, key, index, reason)
         self.on_progress(1)
 
 

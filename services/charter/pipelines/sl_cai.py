@@ -281,14 +281,19 @@ class SlCaiRun:
         self.on_progress(1)
 
     def _row_error(self, row: PromptRow, reason: str, store: OutputStore, summary: Summary) -> None:
-        store.add_error({"key": row.key, "source_index": row.index, "reason": reason})
-        summary.row_errors += 1
-        summary.errors[reason.split(":", 1)[0]] += 1
+        record_row_error(store, summary, row.key, row.index, reason)
         self.on_progress(1)
 
 
 def critique_status(status: int) -> str:
     return critique_pb2.StepStatus.Name(status).removeprefix("STEP_STATUS_").lower()
+
+
+def record_row_error(store: OutputStore, summary: Any, key: str, index: int, reason: str) -> None:
+    """An error record for a source row, counted by the reason's prefix (the text before ':')."""
+    store.add_error({"key": key, "source_index": index, "reason": reason})
+    summary.row_errors += 1
+    summary.errors[reason.split(":", 1)[0]] += 1
 
 
 def select_pending(items: Iterable[Any], store: OutputStore, summary: Any) -> list[Any]:
@@ -301,11 +306,7 @@ def select_pending(items: Iterable[Any], store: OutputStore, summary: Any) -> li
     for item in items:
         if isinstance(item, RowError):
             if item.index not in store.done_rows:
-                store.add_error(
-                    {"key": item.key, "source_index": item.index, "reason": f"bad row: {item.reason}"}
-                )
-                summary.row_errors += 1
-                summary.errors["bad row"] += 1
+                record_row_error(store, summary, item.key, item.index, f"bad row: {item.reason}")
             continue
         if item.key in seen:
             continue
