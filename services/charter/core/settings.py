@@ -118,6 +118,51 @@ class JudgeSettings(_Section):
     a finished batch counts there until the engine books it); larger calls wait their turn."""
 
 
+class RoutingSettings(_Section):
+    """Where a submitted label goes (DESIGN §5). Audit draws are a hash of the label id, so a
+    resubmission routes the same way."""
+
+    accept_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Auto-accept at or above this confidence (|p_a - 0.5| * 2; 0.5 = p_a >= 0.75 or <= 0.25) when the
+    label is also swap-consistent; below it the label goes to human review."""
+    audit_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Fraction of otherwise auto-accepted labels sent to people anyway, to measure the judge."""
+    audit_seed: str = Field(default="charter", min_length=1, max_length=64)
+    overlap: int = Field(default=1, ge=1, le=16)
+    """Reviewers who decide each queued item (2+ gives human-human agreement)."""
+
+
+class ReviewerToken(_Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+    role: Literal["reviewer", "admin", "service"]
+    """reviewer: claim and decide; service: submit and stream labels; admin: everything."""
+    token: SecretStr
+
+
+class ReviewSettings(_Section):
+    database_url: SecretStr = SecretStr("sqlite:///charter-review.db")
+    """SQLAlchemy URL of the ledger: a SQLite file (default, zero setup) or PostgreSQL
+    (`postgresql://user:password@host:5432/db`); migrations run at start-up."""
+    routing: RoutingSettings = RoutingSettings()
+    tokens: list[ReviewerToken] = []
+    """Who may call the service. Also read from `tokens_file`; with none at all every call is refused."""
+    tokens_file: Path | None = None
+    """A YAML list of {name, role, token} (e.g. a mounted Kubernetes Secret), re-read when it changes."""
+    lease_seconds: int = Field(default=600, ge=1, le=86_400)
+    """How long a claimed item stays with its reviewer before it returns to the queue."""
+    max_label_bytes: int = Field(default=262_144, ge=1024, le=16 * 1024 * 1024)
+    """A submitted label (serialised) larger than this is rejected."""
+    max_submit_labels: int = Field(default=10_000, ge=1, le=1_000_000)
+    stream_batch: int = Field(default=1000, ge=1, le=100_000)
+    """Accepted labels read from the database per query while streaming."""
+    poll_seconds: float = Field(default=0.25, gt=0.0, le=60.0)
+    """How often a following stream looks for new labels when nothing wakes it (SQLite; on
+    PostgreSQL LISTEN/NOTIFY wakes it at once and this is only a safety net)."""
+    web_port: int | None = Field(default=8080, ge=0, le=65535)
+    """Port of the reviewers' web page (0 = any free port, null = no web page)."""
+    web_max_body_bytes: int = Field(default=65_536, ge=1024)
+
+
 class CharterSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHARTER_",
@@ -133,6 +178,7 @@ class CharterSettings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     critic: CriticSettings = CriticSettings()
     judge: JudgeSettings = JudgeSettings()
+    review: ReviewSettings = ReviewSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,104 @@
+"""The ledger's tables (SQLAlchemy 2 Core). Changes go through a new alembic migration in
+`migrations/versions/`; `tests/unit/test_review_store.py` checks the two agree.
+
+- `labels`: every submitted label, append-only; `seq` is its ledger sequence number, `label_id` its
+  content-derived key (a resubmission is a no-op), `payload` the serialised PreferenceLabel.
+- `review_slots`: one row per wanted human decision (k rows with overlap k), carrying the lease.
+- `decisions`: every human decision, append-only (skips included).
+- `accepted`: the accepted-label stream; `seq` is the stream cursor. Rows are appended in commit
+  order (one writer at a time), so a reader that saw sequence n never later finds a smaller one.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY
+Sequence_ = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+labels = Table(
+    "labels",
+    metadata,
+    Column("seq", Sequence_, primary_key=True, autoincrement=True),
+    Column("label_id", String(128), nullable=False, unique=True),
+    Column("constitution_id", String(64), nullable=False),
+    Column("principle_id", String(64), nullable=False),
+    Column("p_a", Float, nullable=False),
+    Column("choice", SmallInteger, nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("swap_consistent", Boolean, nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("route", SmallInteger, nullable=False),
+    Column("reason", SmallInteger, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+review_slots = Table(
+    "review_slots",
+    metadata,
+    Column("slot_id", Sequence_, primary_key=True, autoincrement=True),
+    Column("item_id", String(128), ForeignKey("labels.label_id"), nullable=False),
+    Column("label_seq", BigInteger, nullable=False),
+    Column("constitution_id", String(64), nullable=False),
+    Column("priority", Float, nullable=False),
+    Column("reason", SmallInteger, nullable=False),
+    Column("needed", SmallInteger, nullable=False),
+    Column("done", Boolean, nullable=False, default=False),
+    Column("lease_id", String(64), nullable=True),
+    Column("reviewer", String(64), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+)
+Index("ix_review_slots_queue", review_slots.c.done, review_slots.c.priority.desc(), review_slots.c.label_seq)
+Index("ix_review_slots_item", review_slots.c.item_id)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("decision_id", Sequence_, primary_key=True, autoincrement=True),
+    Column("item_id", String(128), ForeignKey("labels.label_id"), nullable=False),
+    Column("reviewer", String(64), nullable=False),
+    Column("choice", SmallInteger, nullable=False),
+    Column("comment", Text, nullable=False, default=""),
+    Column("lease_id", String(64), nullable=False, unique=True),
+    Column("decided_at", Float, nullable=False),
+)
+Index("ix_decisions_item", decisions.c.item_id)
+
+items_closed = Table(
+    "items_closed",
+    metadata,
+    Column("item_id", String(128), ForeignKey("labels.label_id"), primary_key=True),
+    Column("outcome", String(16), nullable=False),
+    Column("closed_at", Float, nullable=False),
+)
+
+accepted = Table(
+    "accepted",
+    metadata,
+    Column("seq", Sequence_, primary_key=True, autoincrement=True),
+    Column("label_id", String(128), ForeignKey("labels.label_id"), nullable=False, unique=True),
+    Column("label_seq", BigInteger, nullable=False),
+    Column("constitution_id", String(64), nullable=False),
+    Column("source", SmallInteger, nullable=False),
+    Column("p_a", Float, nullable=False),
+    Column("choice", SmallInteger, nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("accepted_at", Float, nullable=False),
+)
