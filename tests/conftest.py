@@ -23,3 +23,15 @@ def constitution_dir(tmp_path: Path) -> Path:
     target = tmp_path / "constitutions"
     shutil.copytree(CONSTITUTIONS, target)
     return target
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """The review ledger's database: a SQLite file, then a fresh database on the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    from tests.support.review import postgres_database
+
+    with postgres_database() as url:
+        yield url

@@ -5,6 +5,8 @@ charter constitution import ../shared/data/constitutions/llm-swarm/constitution_
 charter serve judge --port 50051
 charter run pipelines/rl-cai.yaml
 charter eval judge --data ../shared/data/hh-rlhf/harmless-base-test-dev.jsonl.gz --limit 100
+charter serve review --config review.yaml
+charter export --format trl-preference --out accepted.jsonl
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import typer
 
 from charter import __version__
 from charter.cli import constitution, evaluate, models
+from charter.cli.export import export
 from charter.cli.run import run
 from charter.cli.serve import serve
 from charter.core.errors import CharterError
@@ -33,6 +36,7 @@ app.add_typer(evaluate.app, name="eval")
 app.command()(serve)
 app.command()(models.generate)
 app.command()(run)
+app.command()(export)
 
 
 @app.command()

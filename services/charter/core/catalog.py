@@ -74,6 +74,12 @@ def _critic(resources: Resources) -> Any:
     )
 
 
+def _review(resources: Resources) -> Any:
+    from charter.review.servicer import ReviewServicer
+
+    return ReviewServicer.from_settings(resources.settings)
+
+
 def _judge(resources: Resources) -> Any:
     from charter.judge.servicer import JudgeServicer
 
@@ -100,7 +106,8 @@ class ServiceSpec:
 
     def registration(self, servicer: Any | None = None) -> Registration:
         servicer = servicer if servicer is not None else self.base_servicer()
-        return Registration(self.full_name, lambda server: self.add(servicer, server))
+        lifecycle = servicer if hasattr(servicer, "drain") else None
+        return Registration(self.full_name, lambda server: self.add(servicer, server), lifecycle)
 
     def registration_for(self, resources: Resources) -> Registration:
         if self.uses_constitutions:
@@ -143,7 +150,7 @@ SERVICES: dict[str, ServiceSpec] = {
             _full_name(review_pb2, "ReviewService"),
             review_pb2_grpc.add_ReviewServiceServicer_to_server,
             review_pb2_grpc.ReviewServiceServicer,
-            uses_constitutions=True,
+            build=_review,
         ),
         ServiceSpec(
             "trainer",

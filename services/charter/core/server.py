@@ -16,6 +16,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from grpc import aio
@@ -30,6 +31,16 @@ from charter.core.settings import ServerSettings
 log = structlog.get_logger("charter.server")
 
 
+class Lifecycle(Protocol):
+    """Background work a servicer owns (a web page, a database listener): started after the gRPC
+    server, told to wind down when draining begins (so long-lived streams end and clients reconnect
+    elsewhere), stopped after the server has stopped."""
+
+    async def start(self) -> None: ...
+    async def drain(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Registration:
     """One gRPC service to serve: its full name (`charter.judge.v1.JudgeService`) and the generated
@@ -37,6 +48,7 @@ class Registration:
 
     name: str
     add_to_server: Callable[[aio.Server], None]
+    lifecycle: Lifecycle | None = None
 
 
 @dataclass
@@ -82,6 +94,9 @@ class CharterServer:
             await self.health.set(name, serving)
         if self.settings.metrics_port is not None:
             self.metrics = MetricsEndpoint(self.settings.host, self.settings.metrics_port)
+        for registration in self.services:
+            if registration.lifecycle is not None:
+                await registration.lifecycle.start()
         log.info(
             "server.started",
             port=self.port,
@@ -107,7 +122,12 @@ class CharterServer:
         grace = self.settings.drain_seconds if grace is None else grace
         log.info("server.draining", grace_seconds=grace)
         await self.health.enter_graceful_shutdown()
+        lifecycles = [r.lifecycle for r in self.services if r.lifecycle is not None]
+        for lifecycle in lifecycles:
+            await lifecycle.drain()
         await self._server.stop(grace)
+        for lifecycle in lifecycles:
+            await lifecycle.stop()
         for hook in self.on_shutdown:
             await hook()
         if self.metrics is not None:

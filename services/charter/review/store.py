@@ -110,6 +110,15 @@ class Claimed:
 
 
 @dataclass(frozen=True)
+class Page:
+    labels: list[review_pb2.AcceptedLabel]
+    last: int
+    """The last sequence examined: continue from here (the filter may have dropped every row)."""
+    more: bool
+    """The page was full: ask again at once."""
+
+
+@dataclass(frozen=True)
 class Decided:
     decision: review_pb2.HumanDecision
     accepted: review_pb2.AcceptedLabel | None
@@ -502,10 +511,8 @@ class Ledger:
 
     def accepted_after(
         self, cursor: int, flt: review_pb2.LabelFilter | None = None, limit: int = 1000
-    ) -> tuple[list[review_pb2.AcceptedLabel], int]:
-        """Up to `limit` accepted labels after stream sequence `cursor`, in order, that pass the
-        filter; and the last sequence examined (the cursor to continue from, even when the filter
-        dropped every row of this page)."""
+    ) -> Page:
+        """The next page of the accepted stream after sequence `cursor`, in order, filtered."""
         a = accepted.c
         q = select(accepted).where(a.seq > cursor).order_by(a.seq).limit(limit)
         if flt is not None:
@@ -517,12 +524,11 @@ class Ledger:
                 q = q.where(a.confidence >= flt.min_confidence)
         with self.reader.connect() as conn:
             rows = [r._asdict() for r in conn.execute(q)]
-            last = rows[-1]["seq"] if rows else cursor
             out = self._accepted_protos(conn, rows)
         if flt is not None and flt.principle_ids:
             wanted = set(flt.principle_ids)
             out = [x for x in out if wanted.intersection(x.label.principle_ids)]
-        return out, last
+        return Page(out, rows[-1]["seq"] if rows else cursor, len(rows) == limit)
 
     def last_sequence(self) -> int:
         with self.reader.connect() as conn:

@@ -1,0 +1,109 @@
+"""`charter export`: accepted labels from the review ledger as training data."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from charter_proto.review.v1 import review_pb2
+
+from charter.core.errors import InvalidArgument
+from charter.core.logging import configure_logging
+from charter.core.settings import load_settings
+
+Format = Literal["trl-preference", "jsonl", "parquet"]
+_SOURCES = {"ai": review_pb2.LABEL_SOURCE_AI, "human": review_pb2.LABEL_SOURCE_HUMAN}
+
+
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            help="trl-preference: TRL prompt/chosen/rejected JSONL with the soft label and provenance "
+            "(ties left out); parquet: the same rows as Parquet; jsonl: every accepted label in full.",
+        ),
+    ] = "trl-preference",
+    database: Annotated[
+        str | None,
+        typer.Option(
+            help="Read the ledger database directly (SQLAlchemy URL; default: review.database_url)."
+        ),
+    ] = None,
+    review: Annotated[
+        str | None, typer.Option(help="Stream from a running review service (host:port) instead.")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="Service token for --review.")] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File holding the service token for --review.")
+    ] = None,
+    from_cursor: Annotated[int, typer.Option(min=0, help="Start after this stream sequence.")] = 0,
+    constitution: Annotated[str | None, typer.Option(help="Only labels of this constitution.")] = None,
+    principle: Annotated[
+        list[str] | None, typer.Option(help="Only labels judged by these principles.")
+    ] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Only labels decided by: ai, human.")] = None,
+    min_confidence: Annotated[float | None, typer.Option(help="Only labels at least this confident.")] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            help="With --review: keep the stream open and append labels as they are accepted (JSONL "
+            "formats); a restarted export resumes after the last sequence in --out."
+        ),
+    ] = False,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
+) -> None:
+    """Export accepted labels (human decisions override the AI's) with full provenance."""
+    from charter.review.export import JsonlAppender, ledger_labels, remote_labels, write_file
+
+    settings = load_settings(config)
+    configure_logging(settings.logging)
+    unknown = sorted(set(source or []) - set(_SOURCES))
+    if unknown:
+        raise InvalidArgument(f"--source: unknown source {unknown[0]!r}; use ai or human", field="source")
+    flt = review_pb2.LabelFilter(
+        constitution_id=constitution or "",
+        principle_ids=principle or [],
+        sources=[_SOURCES[s] for s in source or []],
+        min_confidence=min_confidence,
+    )
+    if review is None and (follow or token or token_file):
+        raise InvalidArgument("--follow, --token and --token-file need --review HOST:PORT")
+    if review is not None:
+        secret = token or (token_file.read_text(encoding="utf-8").strip() if token_file else None)
+        if not secret:
+            raise InvalidArgument("--review needs a service token: --token or --token-file")
+        if follow:
+            appender = JsonlAppender(out, fmt)
+            start = max(from_cursor, appender.last_sequence)
+            typer.echo(f"following {review} after sequence {start} into {out} (Ctrl-C to stop)", err=True)
+
+            async def tail() -> None:
+                try:
+                    async for label in remote_labels(review, secret, start, flt, follow=True):
+                        appender.append(label)
+                finally:
+                    appender.close()
+
+            asyncio.run(tail())
+            return
+
+        async def collect() -> list[review_pb2.AcceptedLabel]:
+            return [label async for label in remote_labels(review, secret, from_cursor, flt)]
+
+        summary = write_file(asyncio.run(collect()), fmt, out)
+    else:
+        from charter.review.store import Ledger
+
+        ledger = Ledger(database or settings.review.database_url.get_secret_value(), run_migrations=False)
+        try:
+            summary = write_file(ledger_labels(ledger, from_cursor, flt), fmt, out)
+        finally:
+            ledger.close()
+    typer.echo(
+        f"wrote {summary.rows} rows ({summary.labels} accepted labels, last sequence "
+        f"{summary.last_sequence}) to {out}"
+    )

@@ -1,0 +1,157 @@
+"""The ReviewService over gRPC, and its web page on a second port.
+
+Every call carries `authorization: Bearer <token>`; Submit and StreamLabels need a service (or
+admin) token, Claim/Decide/Release a reviewer (or admin) token, Stats any valid token. Ledger work
+runs in a thread pool so the event loop keeps serving streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import structlog
+from charter_proto.review.v1 import review_pb2, review_pb2_grpc
+from grpc import aio
+
+from charter.core.errors import InvalidArgument, Unavailable
+from charter.core.settings import CharterSettings, ReviewSettings
+from charter.review.auth import Authenticator, Principal, bearer
+from charter.review.notify import AcceptedSignal
+from charter.review.store import Ledger
+
+log = structlog.get_logger("charter.review")
+T = TypeVar("T")
+MAX_LEASE_SECONDS = 86_400
+
+
+class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
+    def __init__(
+        self,
+        ledger: Ledger,
+        auth: Authenticator,
+        settings: ReviewSettings,
+        *,
+        web_host: str = "127.0.0.1",
+        workers: int = 16,
+    ) -> None:
+        self.ledger = ledger
+        self.auth = auth
+        self.settings = settings
+        self.web_host = web_host
+        self.web_port: int | None = None
+        self.signal = AcceptedSignal()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="review-db")
+        self._web: Any = None
+        ledger.listeners.append(self.signal.notify)
+
+    @classmethod
+    def from_settings(cls, settings: CharterSettings) -> ReviewServicer:
+        s = settings.review
+        ledger = Ledger(
+            s.database_url.get_secret_value(),
+            s.routing,
+            lease_seconds=s.lease_seconds,
+            max_label_bytes=s.max_label_bytes,
+            max_submit_labels=s.max_submit_labels,
+        )
+        log.info("review.ledger.opened", database=ledger.url.render_as_string(hide_password=True))
+        return cls(ledger, Authenticator(s.tokens, s.tokens_file), s, web_host=settings.server.host)
+
+    # -- lifecycle (charter.core.server.Lifecycle) ----------------------------------------------
+
+    async def start(self) -> None:
+        self.signal.bind()
+        if self.ledger.dialect == "postgresql":
+            self.signal.listen(self.ledger.url)
+        if self.settings.web_port is not None:
+            from charter.review.web import WebServer, create_app
+
+            app = create_app(
+                self.ledger,
+                self.auth,
+                max_body_bytes=self.settings.web_max_body_bytes,
+                lease_seconds=self.settings.lease_seconds,
+            )
+            self._web = WebServer(app, self.web_host, self.settings.web_port)
+            self.web_port = await self._web.start()
+            log.info("review.web.started", host=self.web_host, port=self.web_port)
+
+    async def drain(self) -> None:
+        self.signal.close()  # following streams end with UNAVAILABLE; consumers reconnect elsewhere
+
+    async def stop(self) -> None:
+        if self._web is not None:
+            await self._web.stop()
+        await self.signal.stop()
+        self._pool.shutdown(wait=True)
+        self.ledger.close()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def _caller(self, context: aio.ServicerContext, *roles: str) -> Principal:
+        metadata = dict(context.invocation_metadata() or ())
+        principal = self.auth.authenticate(bearer(metadata.get("authorization")))
+        return principal.require(*roles) if roles else principal
+
+    # -- RPCs -----------------------------------------------------------------------------------
+
+    async def Submit(self, request: review_pb2.SubmitRequest, context: aio.ServicerContext) -> Any:
+        self._caller(context, "service")
+        results = await self._run(self.ledger.submit, list(request.labels))
+        return review_pb2.SubmitResponse(results=results)
+
+    async def Claim(self, request: review_pb2.ClaimRequest, context: aio.ServicerContext) -> Any:
+        who = self._caller(context, "reviewer")
+        if request.lease_seconds > MAX_LEASE_SECONDS:
+            raise InvalidArgument(
+                f"lease_seconds: at most {MAX_LEASE_SECONDS}",
+                field="lease_seconds",
+                value=request.lease_seconds,
+            )
+        claimed = await self._run(self.ledger.claim, who.name, request.lease_seconds, request.constitution_id)
+        return review_pb2.ClaimResponse(item=claimed.item, queue_depth=claimed.queue_depth)
+
+    async def Decide(self, request: review_pb2.DecideRequest, context: aio.ServicerContext) -> Any:
+        who = self._caller(context, "reviewer")
+        decided = await self._run(
+            self.ledger.decide, who.name, request.item_id, request.lease_id, request.choice, request.comment
+        )
+        return review_pb2.DecideResponse(decision=decided.decision, accepted=decided.accepted)
+
+    async def Release(self, request: review_pb2.ReleaseRequest, context: aio.ServicerContext) -> Any:
+        who = self._caller(context, "reviewer")
+        await self._run(self.ledger.release, who.name, request.item_id, request.lease_id)
+        return review_pb2.ReleaseResponse()
+
+    async def Stats(self, request: review_pb2.StatsRequest, context: aio.ServicerContext) -> Any:
+        self._caller(context)
+        return await self._run(self.ledger.stats, request.constitution_id)
+
+    async def StreamLabels(
+        self, request: review_pb2.StreamLabelsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[review_pb2.StreamLabelsResponse]:
+        self._caller(context, "service")
+        cursor = request.from_cursor.sequence
+        flt = request.filter if request.HasField("filter") else None
+        while True:
+            if self.signal.closing:
+                raise Unavailable("the review service is shutting down; reconnect with your last cursor")
+            generation = self.signal.generation
+            page = await self._run(self.ledger.accepted_after, cursor, flt, self.settings.stream_batch)
+            for label in page.labels:
+                yield review_pb2.StreamLabelsResponse(
+                    label=label, cursor=review_pb2.LabelCursor(sequence=label.sequence)
+                )
+            cursor = page.last
+            if page.more:
+                continue
+            if not request.follow:
+                return
+            await self.signal.wait(generation, self.settings.poll_seconds)

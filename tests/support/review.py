@@ -1,0 +1,83 @@
+"""Review-ledger helpers for tests: a fresh PostgreSQL database per test, and judged labels built from
+the shared hh-rlhf pairs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from charter_proto.common.v1 import conversation_pb2, label_pb2
+
+from tests.support.hh import Pair, load_pairs
+
+# the machine's PostgreSQL (trust auth); .ci/run makes sure it is running
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty database on the test server; dropped afterwards. Fails (never skips) when the
+    server is not reachable."""
+    import psycopg
+
+    name = f"charter_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as err:
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable ({err}); `make test` starts it")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+        try:
+            yield f"{base}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def hh_label(
+    pair: Pair,
+    index: int,
+    *,
+    confidence: float,
+    a_wins: bool = True,
+    swap_consistent: bool = True,
+    status: int = label_pb2.LABEL_STATUS_OK,
+    principle: str = "violence",
+    constitution: str = "harmless",
+    label_id: str | None = None,
+) -> label_pb2.PreferenceLabel:
+    """A judged label over a real pair: A is the human-chosen response."""
+    p_a = 0.5 + confidence / 2 if a_wins else 0.5 - confidence / 2
+    messages = []
+    for turn in pair.prefix.split("\n\n"):
+        role, _, text = turn.partition(":")
+        role_value = conversation_pb2.ROLE_ASSISTANT if role.strip() == "Assistant" else conversation_pb2.ROLE_USER
+        if text.strip():
+            messages.append(conversation_pb2.Message(role=role_value, content=text.strip()))
+    label = label_pb2.PreferenceLabel(
+        id=label_id or f"lbl-{index:06d}",
+        conversation=conversation_pb2.Conversation(messages=messages),
+        response_a=pair.chosen,
+        response_b=pair.rejected,
+        p_a=p_a,
+        choice=label_pb2.CHOICE_A if p_a > 0.5 else label_pb2.CHOICE_B if p_a < 0.5 else label_pb2.CHOICE_TIE,
+        confidence=confidence,
+        swap_consistent=swap_consistent,
+        principle_ids=[principle],
+        status=status,
+    )
+    label.constitution.id = constitution
+    label.constitution.version = "1"
+    label.constitution.digest = "sha256:" + "0" * 64
+    label.judge.name = "SmolLM2-135M-Instruct"
+    label.judge.engine = "transformers"
+    label.provenance.run_id = "test-run"
+    return label
+
+
+def hh_labels(n: int, confidence: float, **kwargs: object) -> list[label_pb2.PreferenceLabel]:
+    pairs = load_pairs(min(n, 200))
+    return [hh_label(pairs[i % len(pairs)], i, confidence=confidence, **kwargs) for i in range(n)]  # type: ignore[arg-type]
