@@ -109,6 +109,10 @@ class ServiceSpec:
         lifecycle = servicer if hasattr(servicer, "drain") else None
         return Registration(self.full_name, lambda server: self.add(servicer, server), lifecycle)
 
+    def registration_for_settings(self, settings: CharterSettings) -> Registration:
+        """The service built from `settings` alone (services that need no engine, e.g. review)."""
+        return self.registration_for(Resources(settings))
+
     def registration_for(self, resources: Resources) -> Registration:
         if self.uses_constitutions:
             resources.registry()

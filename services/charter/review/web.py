@@ -38,6 +38,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -181,7 +182,9 @@ def reviewer_stats_json(stats: review_pb2.StatsResponse, name: str) -> dict[str,
     }
 
 
-def overview_json(stats: review_pb2.StatsResponse, overview: dict[str, Any]) -> dict[str, Any]:
+def overview_json(
+    stats: review_pb2.StatsResponse, overview: dict[str, Any], accept_confidence: float
+) -> dict[str, Any]:
     total = stats.labels_total
 
     def rate(n: int) -> float | None:
@@ -218,6 +221,7 @@ def overview_json(stats: review_pb2.StatsResponse, overview: dict[str, Any]) -> 
         "routes": overview.get("routes", []),
         "confidence_histogram": overview.get("confidence_histogram", {"edges": [], "counts": []}),
         "closed": closed,
+        "accept_confidence": accept_confidence,
     }
 
 
@@ -292,7 +296,8 @@ def _error_page(status: int, title: str, message: str) -> HTMLResponse:
     body = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>'
         f"{html.escape(title)} · Charter review</title>"
-        '<link rel="stylesheet" href="/static/style.css"></head><body class="narrow">'
+        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/style.css">'
+        '</head><body class="narrow">'
         f'<main class="card"><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>'
         '<p><a href="/">Review page</a> · <a href="/login">Sign in as someone else</a></p>'
         "</main></body></html>"
@@ -444,7 +449,8 @@ def create_app(
     async def admin_overview(request: Request, principal: Principal) -> dict[str, Any]:
         principal.require("admin")
         figures = await run_in_threadpool(ledger.stats)
-        return overview_json(figures, await run_in_threadpool(ledger.overview))
+        overview = await run_in_threadpool(ledger.overview)
+        return overview_json(figures, overview, ledger.routing.accept_confidence)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -467,10 +473,11 @@ def create_app(
         Route("/api/admin/overview", _api(admin_overview), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=routes, middleware=[Middleware(_Guard)], exception_handlers={HTTPException: http_error}
+    )
     app.state.auth = auth
     app.state.ledger = ledger
-    app.add_middleware(_Guard)
     return app
 
 
@@ -523,8 +530,12 @@ class _Guard:
 
 
 def _same_origin(request: Request) -> bool:
-    """A write from a browser must come from this site: no Origin header (not a browser, or a
-    same-origin GET-style form) or an Origin whose host:port is ours."""
+    """A write must come from this site. Browsers say where a request comes from in Sec-Fetch-Site
+    (with `Referrer-Policy: no-referrer` their Origin is "null"); older ones only in Origin. A request
+    with neither is not from a browser."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         return True

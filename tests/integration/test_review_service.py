@@ -1,0 +1,153 @@
+"""The review service through a real gRPC server on port 0, on SQLite and PostgreSQL: tokens and
+roles, submit/claim/decide/release, oversized payloads, the following stream and its wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from charter_proto.review.v1 import review_pb2 as rv
+from charter_proto.review.v1 import review_pb2_grpc
+
+from charter.core.catalog import SERVICES
+from charter.core.server import CharterServer
+from charter.core.settings import ServerSettings, load_settings
+from tests.support.review import hh_labels
+
+pytestmark = pytest.mark.integration
+
+TOKENS = [
+    {"name": "pipeline", "role": "service", "token": "svc-token"},
+    {"name": "alice", "role": "reviewer", "token": "alice-token"},
+    {"name": "bob", "role": "reviewer", "token": "bob-token"},
+    {"name": "root", "role": "admin", "token": "admin-token"},
+]
+
+
+def auth(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+SERVICE, ALICE, BOB, ADMIN = (auth(t["token"]) for t in TOKENS)
+
+
+@pytest.fixture
+async def review(ledger_url: str) -> AsyncIterator[tuple[review_pb2_grpc.ReviewServiceStub, CharterServer]]:
+    settings = load_settings(
+        review={
+            "database_url": ledger_url,
+            "tokens": TOKENS,
+            "web_port": None,
+            "poll_seconds": 0.05,
+            "max_label_bytes": 8192,
+            "routing": {"audit_rate": 0.0},
+        }
+    )
+    server = CharterServer(
+        ServerSettings(host="127.0.0.1", port=0, metrics_port=None, max_message_mb=1),
+        [SERVICES["review"].registration_for_settings(settings)],
+    )
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield review_pb2_grpc.ReviewServiceStub(channel), server
+    await server.stop(0)
+
+
+async def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    return err.value.code()
+
+
+async def test_tokens_and_roles(review):
+    stub, _ = review
+    submit = rv.SubmitRequest(labels=hh_labels(2, confidence=0.1))
+    assert await code_of(stub.Submit(submit)) == grpc.StatusCode.UNAUTHENTICATED
+    assert await code_of(stub.Submit(submit, metadata=auth("wrong"))) == grpc.StatusCode.UNAUTHENTICATED
+    assert await code_of(stub.Claim(rv.ClaimRequest(), metadata=(("authorization", "Basic x"),))) == grpc.StatusCode.UNAUTHENTICATED
+    assert await code_of(stub.Submit(submit, metadata=ALICE)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await code_of(stub.Claim(rv.ClaimRequest(), metadata=SERVICE)) == grpc.StatusCode.PERMISSION_DENIED
+    stream = stub.StreamLabels(rv.StreamLabelsRequest(), metadata=BOB)
+    assert await code_of(stream.read()) == grpc.StatusCode.PERMISSION_DENIED
+    await stub.Submit(submit, metadata=SERVICE)
+    assert (await stub.Claim(rv.ClaimRequest(), metadata=ADMIN)).item.item_id  # admins may do anything
+    for who in (SERVICE, ALICE, ADMIN):
+        assert (await stub.Stats(rv.StatsRequest(), metadata=who)).labels_total == 2
+
+
+async def test_review_round_trip_and_errors(review):
+    stub, _ = review
+    result = await stub.Submit(rv.SubmitRequest(labels=hh_labels(3, confidence=0.1)), metadata=SERVICE)
+    assert [r.route for r in result.results] == [rv.ROUTE_HUMAN_REVIEW] * 3
+    again = await stub.Submit(rv.SubmitRequest(labels=hh_labels(3, confidence=0.1)), metadata=SERVICE)
+    assert all(r.duplicate for r in again.results)
+    claim = await stub.Claim(rv.ClaimRequest(lease_seconds=30), metadata=ALICE)
+    item = claim.item
+    assert claim.queue_depth == 2 and item.lease_id and item.label.response_a
+    other = (await stub.Claim(rv.ClaimRequest(), metadata=BOB)).item
+    assert other.item_id != item.item_id
+    bad = rv.DecideRequest(item_id=item.item_id, lease_id=item.lease_id, choice=rv.HUMAN_CHOICE_A)
+    assert await code_of(stub.Decide(bad, metadata=BOB)) == grpc.StatusCode.FAILED_PRECONDITION
+    unknown = rv.DecideRequest(item_id=item.item_id, lease_id=item.lease_id, choice=17)
+    assert await code_of(stub.Decide(unknown, metadata=ALICE)) == grpc.StatusCode.INVALID_ARGUMENT
+    too_long = rv.ClaimRequest(lease_seconds=10**6)
+    assert await code_of(stub.Claim(too_long, metadata=ALICE)) == grpc.StatusCode.INVALID_ARGUMENT
+    decided = await stub.Decide(
+        rv.DecideRequest(item_id=item.item_id, lease_id=item.lease_id, choice=rv.HUMAN_CHOICE_B, comment="B is safer"),
+        metadata=ALICE,
+    )
+    assert decided.decision.reviewer == "alice" and decided.accepted.source == rv.LABEL_SOURCE_HUMAN
+    assert await code_of(stub.Decide(bad, metadata=ALICE)) == grpc.StatusCode.FAILED_PRECONDITION  # twice
+    await stub.Release(rv.ReleaseRequest(item_id=other.item_id, lease_id=other.lease_id), metadata=BOB)
+    stats = await stub.Stats(rv.StatsRequest(), metadata=ADMIN)
+    assert (stats.human_accepted, stats.queue_depth, stats.claimed) == (1, 2, 0)
+    assert stats.reviewers[0].reviewer == "alice"
+
+
+async def test_oversized_payloads_are_rejected(review):
+    stub, _ = review
+    label = hh_labels(1, confidence=0.9)[0]
+    label.response_a = "x" * 9000  # over review.max_label_bytes
+    assert await code_of(stub.Submit(rv.SubmitRequest(labels=[label]), metadata=SERVICE)) == grpc.StatusCode.INVALID_ARGUMENT
+    label.response_a = "x" * (2 * 1024 * 1024)  # over the server's message limit (1 MiB here)
+    assert await code_of(stub.Submit(rv.SubmitRequest(labels=[label]), metadata=SERVICE)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await stub.Stats(rv.StatsRequest(), metadata=SERVICE)).labels_total == 0
+
+
+async def test_following_stream_gets_backlog_then_live_labels_exactly_once(review):
+    stub, _ = review
+    batch = hh_labels(30, confidence=0.9)
+    await stub.Submit(rv.SubmitRequest(labels=batch[:10]), metadata=SERVICE)
+    seen: list[int] = []
+    call = stub.StreamLabels(rv.StreamLabelsRequest(follow=True), metadata=SERVICE)
+
+    async def consume(n: int) -> None:
+        async for response in call:
+            assert response.cursor.sequence == response.label.sequence
+            seen.append(response.label.sequence)
+            if len(seen) == n:
+                return
+
+    first = asyncio.create_task(consume(10))
+    await asyncio.wait_for(first, 10)
+    second = asyncio.create_task(consume(25))
+    await stub.Submit(rv.SubmitRequest(labels=batch[10:25]), metadata=SERVICE)  # live
+    await asyncio.wait_for(second, 10)
+    call.cancel()
+    assert seen == list(range(1, 26))
+    resumed = stub.StreamLabels(rv.StreamLabelsRequest(from_cursor=rv.LabelCursor(sequence=20)), metadata=SERVICE)
+    assert [r.label.sequence async for r in resumed] == list(range(21, 26))
+
+
+async def test_following_streams_end_with_unavailable_when_the_server_drains(review):
+    stub, server = review
+    call = stub.StreamLabels(rv.StreamLabelsRequest(follow=True), metadata=SERVICE)
+    await asyncio.sleep(0.3)
+    stopping = asyncio.create_task(server.stop(30))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call:
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    await asyncio.wait_for(stopping, 10)  # the drain did not wait out its 30 s grace
