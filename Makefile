@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: quickstart test test-unit lint protos protos-check clean
+.PHONY: quickstart test test-unit test-services lint protos protos-check clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Charter needs Python >= 3.11, found {sys.version.split()[0]}"'
@@ -37,7 +37,11 @@ quickstart: $(VENV)/.installed-base
 	$(BIN)/charter models prepare
 	$(BIN)/charter run pipelines/sl-cai.yaml
 
-test: $(VENV)/.installed-dev
+# PostgreSQL (ledger tests) and Debian's Chromium (the review page's browser test)
+test-services:
+	scripts/test-services.sh
+
+test: $(VENV)/.installed-dev test-services
 	$(BIN)/python -m pytest
 
 test-unit: $(VENV)/.installed-dev

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from charter_proto.review.v1 import review_pb2 as rv
-from charter_proto.review.v1 import review_pb2_grpc
-
 from charter.core.catalog import SERVICES
 from charter.core.server import CharterServer
 from charter.core.settings import ServerSettings, load_settings
+from charter_proto.review.v1 import review_pb2 as rv
+from charter_proto.review.v1 import review_pb2_grpc
+
 from tests.support.review import hh_labels
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,10 @@ async def test_tokens_and_roles(review):
     submit = rv.SubmitRequest(labels=hh_labels(2, confidence=0.1))
     assert await code_of(stub.Submit(submit)) == grpc.StatusCode.UNAUTHENTICATED
     assert await code_of(stub.Submit(submit, metadata=auth("wrong"))) == grpc.StatusCode.UNAUTHENTICATED
-    assert await code_of(stub.Claim(rv.ClaimRequest(), metadata=(("authorization", "Basic x"),))) == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        await code_of(stub.Claim(rv.ClaimRequest(), metadata=(("authorization", "Basic x"),)))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
     assert await code_of(stub.Submit(submit, metadata=ALICE)) == grpc.StatusCode.PERMISSION_DENIED
     assert await code_of(stub.Claim(rv.ClaimRequest(), metadata=SERVICE)) == grpc.StatusCode.PERMISSION_DENIED
     stream = stub.StreamLabels(rv.StreamLabelsRequest(), metadata=BOB)
@@ -95,7 +98,9 @@ async def test_review_round_trip_and_errors(review):
     too_long = rv.ClaimRequest(lease_seconds=10**6)
     assert await code_of(stub.Claim(too_long, metadata=ALICE)) == grpc.StatusCode.INVALID_ARGUMENT
     decided = await stub.Decide(
-        rv.DecideRequest(item_id=item.item_id, lease_id=item.lease_id, choice=rv.HUMAN_CHOICE_B, comment="B is safer"),
+        rv.DecideRequest(
+            item_id=item.item_id, lease_id=item.lease_id, choice=rv.HUMAN_CHOICE_B, comment="B is safer"
+        ),
         metadata=ALICE,
     )
     assert decided.decision.reviewer == "alice" and decided.accepted.source == rv.LABEL_SOURCE_HUMAN
@@ -110,9 +115,15 @@ async def test_oversized_payloads_are_rejected(review):
     stub, _ = review
     label = hh_labels(1, confidence=0.9)[0]
     label.response_a = "x" * 9000  # over review.max_label_bytes
-    assert await code_of(stub.Submit(rv.SubmitRequest(labels=[label]), metadata=SERVICE)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        await code_of(stub.Submit(rv.SubmitRequest(labels=[label]), metadata=SERVICE))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     label.response_a = "x" * (2 * 1024 * 1024)  # over the server's message limit (1 MiB here)
-    assert await code_of(stub.Submit(rv.SubmitRequest(labels=[label]), metadata=SERVICE)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (
+        await code_of(stub.Submit(rv.SubmitRequest(labels=[label]), metadata=SERVICE))
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
     assert (await stub.Stats(rv.StatsRequest(), metadata=SERVICE)).labels_total == 0
 
 
@@ -137,7 +148,9 @@ async def test_following_stream_gets_backlog_then_live_labels_exactly_once(revie
     await asyncio.wait_for(second, 10)
     call.cancel()
     assert seen == list(range(1, 26))
-    resumed = stub.StreamLabels(rv.StreamLabelsRequest(from_cursor=rv.LabelCursor(sequence=20)), metadata=SERVICE)
+    resumed = stub.StreamLabels(
+        rv.StreamLabelsRequest(from_cursor=rv.LabelCursor(sequence=20)), metadata=SERVICE
+    )
     assert [r.label.sequence async for r in resumed] == list(range(21, 26))
 
 

@@ -7,14 +7,14 @@ import threading
 from collections import Counter
 
 import pytest
-from charter_proto.common.v1 import label_pb2
-from charter_proto.review.v1 import review_pb2 as rv
-from sqlalchemy import create_engine, func, select
-
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import RoutingSettings
 from charter.review.schema import accepted, decisions, labels, metadata, review_slots
 from charter.review.store import Ledger, migrate, normalise_url
+from charter_proto.common.v1 import label_pb2
+from charter_proto.review.v1 import review_pb2 as rv
+from sqlalchemy import create_engine, func, select
+
 from tests.support.hh import load_pairs
 from tests.support.review import hh_label, hh_labels
 
@@ -52,7 +52,11 @@ def test_submit_is_idempotent_by_label_id(ledger_url, pairs):
     assert not any(r.duplicate for r in first)
     before = counts(ledger)
     again = ledger.submit([batch[3], batch[3], hh_label(pairs[11], 11, confidence=0.9)])
-    assert [(r.label_id, r.duplicate) for r in again] == [("lbl-000003", True), ("lbl-000003", True), ("lbl-000011", False)]
+    assert [(r.label_id, r.duplicate) for r in again] == [
+        ("lbl-000003", True),
+        ("lbl-000003", True),
+        ("lbl-000011", False),
+    ]
     assert again[0].sequence == first[3].sequence
     assert counts(ledger)["labels"] == before["labels"] + 1
     assert counts(ledger)["accepted"] == before["accepted"] + 1
@@ -69,11 +73,20 @@ def test_routing_reasons_are_recorded(ledger_url, pairs):
         "unscorable": hh_label(pairs[4], 4, confidence=0.0, status=label_pb2.LABEL_STATUS_UNSCORABLE),
     }
     results = dict(zip(cases, ledger.submit(list(cases.values())), strict=True))
-    assert (results["confident"].route, results["confident"].reason) == (rv.ROUTE_AUTO_ACCEPTED, rv.ROUTE_REASON_CONFIDENT)
-    assert (results["uncertain"].route, results["uncertain"].reason) == (rv.ROUTE_HUMAN_REVIEW, rv.ROUTE_REASON_UNCERTAIN)
+    assert (results["confident"].route, results["confident"].reason) == (
+        rv.ROUTE_AUTO_ACCEPTED,
+        rv.ROUTE_REASON_CONFIDENT,
+    )
+    assert (results["uncertain"].route, results["uncertain"].reason) == (
+        rv.ROUTE_HUMAN_REVIEW,
+        rv.ROUTE_REASON_UNCERTAIN,
+    )
     assert results["inconsistent"].reason == rv.ROUTE_REASON_SWAP_INCONSISTENT
     assert results["tie"].reason == rv.ROUTE_REASON_UNCERTAIN
-    assert (results["unscorable"].route, results["unscorable"].reason) == (rv.ROUTE_REJECTED, rv.ROUTE_REASON_UNSCORABLE)
+    assert (results["unscorable"].route, results["unscorable"].reason) == (
+        rv.ROUTE_REJECTED,
+        rv.ROUTE_REASON_UNSCORABLE,
+    )
     with ledger.engine.connect() as c:
         stored = dict(c.execute(select(labels.c.label_id, labels.c.reason)).all())
     assert stored["lbl-000002"] == rv.ROUTE_REASON_SWAP_INCONSISTENT
@@ -94,7 +107,9 @@ def test_audit_rate_sends_a_sample_of_confident_labels_to_people(ledger_url):
 def test_claim_gives_the_most_uncertain_first_and_leases_expire(ledger_url, pairs):
     clock = Clock()
     ledger = Ledger(ledger_url, NO_AUDIT, clock=clock, lease_seconds=60)
-    ledger.submit([hh_label(p, i, confidence=c) for i, (p, c) in enumerate(zip(pairs, (0.3, 0.05, 0.2), strict=False))])
+    ledger.submit(
+        [hh_label(p, i, confidence=c) for i, (p, c) in enumerate(zip(pairs, (0.3, 0.05, 0.2), strict=False))]
+    )
     first = ledger.claim("alice")
     assert first.item.item_id == "lbl-000001" and first.queue_depth == 2
     assert first.item.label.response_a == pairs[1].chosen
@@ -146,7 +161,9 @@ def test_human_decision_overrides_the_ai_label_and_both_are_kept(ledger_url, pai
     assert a.source == rv.LABEL_SOURCE_HUMAN
     assert (a.p_a, a.choice) == (0.0, label_pb2.CHOICE_B)
     assert a.label.choice == label_pb2.CHOICE_A and a.label.p_a == pytest.approx(0.65)  # the AI's, kept
-    assert [(d.reviewer, d.choice, d.comment) for d in a.human_decisions] == [("alice", rv.HUMAN_CHOICE_B, "B refuses politely")]
+    assert [(d.reviewer, d.choice, d.comment) for d in a.human_decisions] == [
+        ("alice", rv.HUMAN_CHOICE_B, "B refuses politely")
+    ]
     page = ledger.accepted_after(0)
     assert [x.sequence for x in page.labels] == [a.sequence]
     assert page.labels[0].human_decisions[0].reviewer == "alice"
@@ -265,7 +282,12 @@ def test_concurrent_claims_with_overlap_give_each_item_to_k_different_reviewers(
 
 def test_stream_is_ordered_resumable_and_filtered(ledger_url, pairs):
     ledger = Ledger(ledger_url, NO_AUDIT)
-    ledger.submit([hh_label(p, i, confidence=0.9, principle="violence" if i % 2 else "privacy") for i, p in enumerate(pairs[:20])])
+    ledger.submit(
+        [
+            hh_label(p, i, confidence=0.9, principle="violence" if i % 2 else "privacy")
+            for i, p in enumerate(pairs[:20])
+        ]
+    )
     ledger.submit([hh_label(pairs[20], 20, confidence=0.1)])
     item = ledger.claim("alice").item
     ledger.decide("alice", item.item_id, item.lease_id, rv.HUMAN_CHOICE_A)
@@ -280,7 +302,9 @@ def test_stream_is_ordered_resumable_and_filtered(ledger_url, pairs):
     violence = ledger.accepted_after(0, rv.LabelFilter(principle_ids=["violence"]))
     assert len(violence.labels) == 11  # ten odd ones and the human-decided one
     assert ledger.accepted_after(0, rv.LabelFilter(constitution_id="other")).labels == []
-    assert len(ledger.accepted_after(0, rv.LabelFilter(min_confidence=0.95)).labels) == 1  # the human's p_a = 1
+    assert (
+        len(ledger.accepted_after(0, rv.LabelFilter(min_confidence=0.95)).labels) == 1
+    )  # the human's p_a = 1
     ledger.close()
 
 

@@ -54,7 +54,9 @@ def hh_label(
     messages = []
     for turn in pair.prefix.split("\n\n"):
         role, _, text = turn.partition(":")
-        role_value = conversation_pb2.ROLE_ASSISTANT if role.strip() == "Assistant" else conversation_pb2.ROLE_USER
+        role_value = (
+            conversation_pb2.ROLE_ASSISTANT if role.strip() == "Assistant" else conversation_pb2.ROLE_USER
+        )
         if text.strip():
             messages.append(conversation_pb2.Message(role=role_value, content=text.strip()))
     label = label_pb2.PreferenceLabel(

@@ -110,6 +110,9 @@ def _rl_cai_report(spec: Any, summary: Any, console: Console) -> None:
         f"labels by status: {dict(summary.statuses) or '{}'}; swap-consistent: {summary.swap_consistent}; "
         f"errors: {dict(summary.errors) or '{}'}; {summary.seconds:.1f} s"
     )
+    if spec.ledger is not None:
+        target = spec.ledger.database or spec.ledger.address
+        console.print(f"review ledger ({target}): {dict(summary.ledger) or 'nothing new'}")
     typer.echo(
         f"dataset: {spec.output / 'preferences.jsonl'} ({summary.preferences} rows; also "
         "preferences.parquet, records.jsonl, records.parquet)"

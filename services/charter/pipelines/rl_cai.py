@@ -9,6 +9,7 @@ generated pairs, a prompt) already in `records.jsonl` is never judged again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ import structlog
 from charter_proto.common.v1 import label_pb2
 from charter_proto.generator.v1 import generator_pb2, generator_pb2_grpc
 from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
+from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
 from charter import __version__
@@ -38,6 +40,12 @@ from charter.pipelines.store import OutputStore
 
 log = structlog.get_logger("charter.pipeline")
 
+_ROUTES = {
+    review_pb2.ROUTE_AUTO_ACCEPTED: "auto_accepted",
+    review_pb2.ROUTE_HUMAN_REVIEW: "human_review",
+    review_pb2.ROUTE_REJECTED: "rejected",
+}
+
 
 @dataclass
 class Summary:
@@ -52,10 +60,13 @@ class Summary:
     """Rows in the preference dataset (all runs)."""
     judge_seconds: float = 0.0
     seconds: float = 0.0
+    ledger: Counter[str] = field(default_factory=Counter)
+    """Labels submitted to the review ledger this run, by route (and `duplicate`)."""
 
     def as_dict(self) -> dict[str, Any]:
         labelled = sum(self.statuses.values())
         return {
+            "ledger": dict(self.ledger),
             "items_total": self.total,
             "already_done": self.already_done,
             "written_this_run": self.written,
@@ -104,10 +115,58 @@ def compare_request(
     )
 
 
+class LedgerSink:
+    """Submits labels to the review ledger: a database in this process, or a review service."""
+
+    def __init__(self, spec: RlCaiSpec, settings: CharterSettings) -> None:
+        assert spec.ledger is not None
+        self.spec, self.target = spec, spec.ledger
+        self._ledger: Any = None
+        self._stub: Any = None
+        if self.target.database is not None:
+            from charter.review.store import Ledger
+
+            r = settings.review
+            self._ledger = Ledger(self.target.database, r.routing, max_label_bytes=r.max_label_bytes)
+        else:
+            assert self.target.address is not None and self.target.token_file is not None
+            try:
+                token = self.target.token_file.read_text(encoding="utf-8").strip()
+            except OSError as err:
+                raise InvalidArgument(
+                    f"ledger.token_file: cannot read {self.target.token_file}: {err.strerror}"
+                ) from None
+            self._metadata = (("authorization", f"Bearer {token}"),)
+            self._stub = review_pb2_grpc.ReviewServiceStub(grpc.aio.insecure_channel(self.target.address))
+
+    async def submit(self, labels: list[label_pb2.PreferenceLabel]) -> list[review_pb2.SubmitResult]:
+        if self._ledger is not None:
+            return await asyncio.to_thread(self._ledger.submit, labels)
+        request = review_pb2.SubmitRequest(labels=labels, request_id=f"{self.spec.name}:{labels[0].id}")
+
+        async def call() -> list[review_pb2.SubmitResult]:
+            reply = await self._stub.Submit(
+                request, metadata=self._metadata, timeout=self.spec.services.timeout_seconds
+            )
+            return list(reply.results)
+
+        return await with_retry(self.spec, "the review service", self.target.address or "", call)
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+
 class RlCaiRun:
     def __init__(
-        self, spec: RlCaiSpec, judge: str, generator: str | None, on_progress: Callable[[int], None]
+        self,
+        spec: RlCaiSpec,
+        judge: str,
+        generator: str | None,
+        on_progress: Callable[[int], None],
+        ledger: LedgerSink | None = None,
     ) -> None:
+        self.ledger = ledger
         self.spec = spec
         self.spec_digest = spec.digest()
         self.judge_address, self.generator_address = judge, generator
@@ -180,6 +239,9 @@ class RlCaiRun:
                 await self.run_batch([pair], store, summary)
             return
         summary.judge_seconds += time.perf_counter() - t0
+        if self.ledger is not None:  # before the records: a resumed run re-submits (a no-op), never skips
+            for result in await self.ledger.submit([labels[i] for i in range(len(pairs))]):
+                summary.ledger["duplicate" if result.duplicate else _ROUTES[result.route]] += 1
         for i, pair in enumerate(pairs):
             self.write(pair, labels[i], started, store, summary)
 
@@ -270,7 +332,8 @@ async def run(
         async with context as address:
             judge = address or spec.services.judge
             generator = (address or spec.services.generator) if generated else None
-            runner = RlCaiRun(spec, judge, generator, on_progress)
+            sink = LedgerSink(spec, settings) if spec.ledger is not None else None
+            runner = RlCaiRun(spec, judge, generator, on_progress, sink)
             try:
                 for start in range(0, len(pending), spec.batch_size):
                     batch = pending[start : start + spec.batch_size]
@@ -281,6 +344,9 @@ async def run(
             except grpc.aio.AioRpcError as err:  # a mistake no retry fixes, e.g. an unknown constitution
                 error = NotFound if err.code() is grpc.StatusCode.NOT_FOUND else FailedPrecondition
                 raise error(f"{err.code().name}: {err.details()}") from None
+            finally:
+                if sink is not None:
+                    sink.close()
     summary.seconds = time.perf_counter() - started
     _, summary.preferences = outputs.write_preferences(store)
     return summary

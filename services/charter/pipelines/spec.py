@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from charter.core.errors import InvalidArgument, NotFound, one_line
 from charter.inference.types import Sampling
@@ -119,6 +119,27 @@ class JudgeSpec(_Strict):
     """Unset = the judge service's setting."""
 
 
+class LedgerSpec(_Strict):
+    """Where RL-CAI submits every label it makes (the review service's ledger, DESIGN §5): a database
+    written directly (the embedded default, e.g. `sqlite:///out/review.db`), or a running review
+    service. Submits are idempotent, so a resumed or repeated run never duplicates a label."""
+
+    database: str | None = None
+    """SQLAlchemy URL of a ledger to write in this process (routing from `review.routing` settings)."""
+    address: str | None = None
+    """host:port of a running review service."""
+    token_file: Path | None = None
+    """File holding a service token for `address`."""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LedgerSpec:
+        if (self.database is None) == (self.address is None):
+            raise ValueError("set exactly one of database (a ledger URL) or address (a review service)")
+        if self.address is not None and self.token_file is None:
+            raise ValueError("address needs token_file (a service token for the review service)")
+        return self
+
+
 class RlCaiSpec(_Strict):
     kind: Literal["rl-cai"]
     name: str = Field(min_length=1, max_length=128)
@@ -134,6 +155,8 @@ class RlCaiSpec(_Strict):
     services: ServicesSpec = ServicesSpec()
     inference: InferenceSpec = InferenceSpec()
     constitutions_dir: Path | None = None
+    ledger: LedgerSpec | None = None
+    """Also submit every label to the review ledger (unset: files only)."""
 
     def digest(self) -> str:
         keys = {"pairs": {"kind": self.pairs.kind, "path": str(self.pairs.path), "format": self.pairs.format}}
