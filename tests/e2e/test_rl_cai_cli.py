@@ -47,7 +47,8 @@ def lines(path: Path) -> list[dict]:
 
 def test_killed_run_resumes_without_duplicate_labels(tmp_path: Path) -> None:
     total = 6
-    path = spec(tmp_path, limit=total)
+    ledger = f"sqlite:///{tmp_path / 'review.db'}"
+    path = spec(tmp_path, limit=total, ledger={"database": ledger})
     out = tmp_path / "out"
     command = [tool("charter"), "run", str(path)]
     first = subprocess.Popen(
@@ -101,6 +102,20 @@ def test_killed_run_resumes_without_duplicate_labels(tmp_path: Path) -> None:
     third = charter("run", str(path), timeout=300)
     assert third.returncode == 0 and f"0 pairs labelled this run ({total} were already done" in third.stderr
     assert len(lines(out / "records.jsonl")) == total
+
+    # every label reached the review ledger once, whatever the kill interrupted
+    from charter.review.store import Ledger
+
+    review = Ledger(ledger)
+    stats = review.stats()
+    assert stats.labels_total == total
+    assert stats.auto_accepted + stats.queue_depth + stats.rejected == total
+    with review.reader.connect() as conn:
+        from sqlalchemy import text
+
+        ids = {row[0] for row in conn.execute(text("SELECT label_id FROM labels"))}
+    review.close()
+    assert ids == {r["label"]["id"] for r in rows}
 
 
 def test_generator_pairs_and_sl_cai_pairs(tmp_path: Path) -> None:
@@ -158,18 +173,38 @@ def test_remote_mode_against_charter_serve_judge(tmp_path: Path) -> None:
 
     env = subprocess_env(CHARTER_LOGGING__FORMAT="json", CHARTER_INFERENCE__ENGINE="transformers",
                          CHARTER_INFERENCE__THREADS="1", CHARTER_SERVER__HOST="127.0.0.1")  # fmt: skip
-    port = free_port()
+    port, review_port = free_port(), free_port()
     server = LoggedProcess(
         [tool("charter"), "serve", "judge", "--port", str(port), "--metrics-port", "0"], cwd=ROOT, env=env
     )
+    (tmp_path / "tokens.yaml").write_text("- {name: pipeline, role: service, token: s3cret}\n")
+    (tmp_path / "token").write_text("s3cret\n")
+    review_env = {**env, "CHARTER_REVIEW__DATABASE_URL": f"sqlite:///{tmp_path / 'review.db'}",
+                  "CHARTER_REVIEW__TOKENS_FILE": str(tmp_path / "tokens.yaml"), "CHARTER_REVIEW__WEB_PORT": "0"}  # fmt: skip
+    review = LoggedProcess(
+        [tool("charter"), "serve", "review", "--port", str(review_port), "--metrics-port", "0"],
+        cwd=ROOT,
+        env=review_env,
+    )
     try:
         server.wait_for("server.started", timeout=300)
-        result = charter("run", str(spec(tmp_path, limit=2)), "--judge", f"127.0.0.1:{port}", timeout=600)
+        review.wait_for("server.started", timeout=60)
+        ledger = {"address": f"127.0.0.1:{review_port}", "token_file": str(tmp_path / "token")}
+        path = spec(tmp_path, limit=2, ledger=ledger)
+        result = charter("run", str(path), "--judge", f"127.0.0.1:{port}", timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         assert len(lines(tmp_path / "out" / "records.jsonl")) == 2
         assert any(e.get("event") == "rpc.completed" and e.get("code") == "OK" for e in server.events)
+        submits = [
+            e
+            for e in review.events
+            if e.get("event") == "rpc.completed" and e.get("rpc", "").endswith("/Submit")
+        ]
+        assert submits and all(e["code"] == "OK" for e in submits)
+        assert "review ledger (127.0.0.1:" in result.stderr
     finally:
         server.stop()
+        review.stop()
 
 
 def test_unknown_constitution_and_down_judge_stop_with_one_line(tmp_path: Path) -> None:

@@ -80,8 +80,16 @@ async def test_tokens_and_roles(review):
         assert (await stub.Stats(rv.StatsRequest(), metadata=who)).labels_total == 2
 
 
+def sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_review_round_trip_and_errors(review):
     stub, _ = review
+    decisions_before = sample("charter_review_decisions_total", choice="b")
+    queued_before = sample("charter_review_labels_total", route="human_review", reason="uncertain")
     result = await stub.Submit(rv.SubmitRequest(labels=hh_labels(3, confidence=0.1)), metadata=SERVICE)
     assert [r.route for r in result.results] == [rv.ROUTE_HUMAN_REVIEW] * 3
     again = await stub.Submit(rv.SubmitRequest(labels=hh_labels(3, confidence=0.1)), metadata=SERVICE)
@@ -108,6 +116,11 @@ async def test_review_round_trip_and_errors(review):
     await stub.Release(rv.ReleaseRequest(item_id=other.item_id, lease_id=other.lease_id), metadata=BOB)
     stats = await stub.Stats(rv.StatsRequest(), metadata=ADMIN)
     assert (stats.human_accepted, stats.queue_depth, stats.claimed) == (1, 2, 0)
+    assert sample("charter_review_decisions_total", choice="b") == decisions_before + 1
+    assert (
+        sample("charter_review_labels_total", route="human_review", reason="uncertain") == queued_before + 3
+    )
+    assert sample("charter_review_queue_depth") == 2
     assert stats.reviewers[0].reviewer == "alice"
 
 

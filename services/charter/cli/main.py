@@ -17,7 +17,7 @@ import sys
 import typer
 
 from charter import __version__
-from charter.cli import constitution, evaluate, models
+from charter.cli import constitution, evaluate, models, review
 from charter.cli.export import export
 from charter.cli.run import run
 from charter.cli.serve import serve
@@ -33,6 +33,7 @@ app = typer.Typer(
 app.add_typer(constitution.app, name="constitution")
 app.add_typer(models.app, name="models")
 app.add_typer(evaluate.app, name="eval")
+app.add_typer(review.app, name="review")
 app.command()(serve)
 app.command()(models.generate)
 app.command()(run)

@@ -27,6 +27,18 @@ JUDGE_CONFIDENCE = Histogram(
     "Confidence 2*|p_a - 0.5| of scored judge labels (a mass near 0 means a judge near chance).",
     buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
 )
+REVIEW_LABELS = Counter(
+    "charter_review_labels_total",
+    "Labels written to the review ledger, by route and reason (duplicates not counted).",
+    ["route", "reason"],
+)
+REVIEW_DECISIONS = Counter("charter_review_decisions_total", "Human decisions by choice.", ["choice"])
+REVIEW_ACCEPTED = Counter(
+    "charter_review_accepted_total", "Labels accepted for training, by who decided.", ["source"]
+)
+REVIEW_QUEUE_DEPTH = Gauge(
+    "charter_review_queue_depth", "Review slots waiting for a reviewer (as of the last claim or Stats)."
+)
 
 
 class MetricsEndpoint:
