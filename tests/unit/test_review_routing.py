@@ -1,0 +1,72 @@
+"""The routing policy and Cohen's kappa: pure functions."""
+
+from __future__ import annotations
+
+import pytest
+from charter.core.settings import RoutingSettings
+from charter.review.agreement import cohen_kappa
+from charter.review.routing import audit_draw, route
+from charter_proto.common.v1 import label_pb2
+from charter_proto.review.v1 import review_pb2 as rv
+
+
+def label(confidence: float, consistent: bool = True, status: int = label_pb2.LABEL_STATUS_OK, i: int = 0):
+    return label_pb2.PreferenceLabel(
+        id=f"id-{i}",
+        confidence=confidence,
+        p_a=0.5 + confidence / 2,
+        swap_consistent=consistent,
+        status=status,
+    )
+
+
+@pytest.mark.parametrize(
+    ("lab", "expected"),
+    [
+        (label(0.9), (rv.ROUTE_AUTO_ACCEPTED, rv.ROUTE_REASON_CONFIDENT)),
+        (label(0.5), (rv.ROUTE_AUTO_ACCEPTED, rv.ROUTE_REASON_CONFIDENT)),  # the threshold accepts
+        (label(0.49), (rv.ROUTE_HUMAN_REVIEW, rv.ROUTE_REASON_UNCERTAIN)),
+        (label(0.9, consistent=False), (rv.ROUTE_HUMAN_REVIEW, rv.ROUTE_REASON_SWAP_INCONSISTENT)),
+        (label(0.0, status=label_pb2.LABEL_STATUS_TIE), (rv.ROUTE_HUMAN_REVIEW, rv.ROUTE_REASON_UNCERTAIN)),
+        (
+            label(0.9, status=label_pb2.LABEL_STATUS_UNSCORABLE),
+            (rv.ROUTE_REJECTED, rv.ROUTE_REASON_UNSCORABLE),
+        ),
+        (label(0.9, status=label_pb2.LABEL_STATUS_ERROR), (rv.ROUTE_REJECTED, rv.ROUTE_REASON_UNSCORABLE)),
+    ],
+)
+def test_route(lab, expected):
+    r = route(lab, RoutingSettings(audit_rate=0.0))
+    assert (r.route, r.reason) == expected
+    assert r.queued == (expected[0] != rv.ROUTE_AUTO_ACCEPTED)
+
+
+def test_more_uncertain_labels_come_first():
+    policy = RoutingSettings(audit_rate=0.0)
+    assert route(label(0.1), policy).priority > route(label(0.3), policy).priority
+
+
+def test_audit_draw_is_reproducible_and_uniform():
+    draws = [audit_draw(f"label-{i}", "seed") for i in range(20_000)]
+    assert draws == [audit_draw(f"label-{i}", "seed") for i in range(20_000)]
+    assert all(0.0 <= d < 1.0 for d in draws)
+    assert sum(d < 0.05 for d in draws) / len(draws) == pytest.approx(0.05, abs=0.006)
+    assert draws != [audit_draw(f"label-{i}", "other") for i in range(20_000)]
+    policy = RoutingSettings(audit_rate=0.05, audit_seed="seed")
+    audited = [route(label(0.9, i=i), policy).reason == rv.ROUTE_REASON_AUDIT for i in range(2000)]
+    assert 60 <= sum(audited) <= 140
+
+
+def test_cohen_kappa_textbook_example():
+    # 50 items rated yes/no: both yes 20, A yes B no 5, A no B yes 10, both no 15 -> po 0.7, pe 0.5, kappa 0.4
+    pairs = [("y", "y")] * 20 + [("y", "n")] * 5 + [("n", "y")] * 10 + [("n", "n")] * 15
+    a = cohen_kappa(pairs)
+    assert (a.pairs, a.agreement, a.kappa) == (50, pytest.approx(0.7), pytest.approx(0.4))
+
+
+def test_cohen_kappa_edge_cases():
+    assert cohen_kappa([]).pairs == 0 and cohen_kappa([]).kappa == 0.0
+    assert cohen_kappa([("A", "A")] * 5).kappa == 1.0  # one category throughout, always agreeing
+    assert cohen_kappa([("A", "B"), ("B", "A")]).kappa == pytest.approx(-1.0)
+    # a rater who always says A agrees half the time with a balanced one, and kappa sees no skill
+    assert cohen_kappa([("A", "A"), ("A", "B")] * 10).kappa == pytest.approx(0.0)
