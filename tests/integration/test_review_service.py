@@ -149,8 +149,8 @@ async def test_following_stream_gets_backlog_then_live_labels_exactly_once(revie
 
     async def consume(n: int) -> None:
         async for response in call:
-            assert response.cursor.sequence == response.label.sequence
-            seen.append(response.label.sequence)
+            assert response.labels and response.cursor.sequence == response.labels[-1].sequence
+            seen.extend(label.sequence for label in response.labels)
             if len(seen) == n:
                 return
 
@@ -162,9 +162,11 @@ async def test_following_stream_gets_backlog_then_live_labels_exactly_once(revie
     call.cancel()
     assert seen == list(range(1, 26))
     resumed = stub.StreamLabels(
-        rv.StreamLabelsRequest(from_cursor=rv.LabelCursor(sequence=20)), metadata=SERVICE
+        rv.StreamLabelsRequest(from_cursor=rv.LabelCursor(sequence=20), max_labels_per_message=2),
+        metadata=SERVICE,
     )
-    assert [r.label.sequence async for r in resumed] == list(range(21, 26))
+    messages = [[label.sequence for label in r.labels] async for r in resumed]
+    assert messages == [[21, 22], [23, 24], [25]]
 
 
 async def test_following_streams_end_with_unavailable_when_the_server_drains(review):

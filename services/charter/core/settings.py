@@ -155,6 +155,8 @@ class ReviewSettings(_Section):
     max_submit_labels: int = Field(default=10_000, ge=1, le=1_000_000)
     stream_batch: int = Field(default=1000, ge=1, le=100_000)
     """Accepted labels read from the database per query while streaming."""
+    stream_message_labels: int = Field(default=100, ge=1, le=10_000)
+    """Most labels per StreamLabels response message when the request does not say."""
     poll_seconds: float = Field(default=0.25, gt=0.0, le=60.0)
     """How often a following stream looks for new labels when nothing wakes it (SQLite; on
     PostgreSQL LISTEN/NOTIFY wakes it at once and this is only a safety net)."""

@@ -240,9 +240,10 @@ async def remote_labels(
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = review_pb2_grpc.ReviewServiceStub(channel)
                 async for response in stub.StreamLabels(request, metadata=metadata, wait_for_ready=True):
-                    cursor = response.cursor.sequence
+                    for label in response.labels:
+                        yield label
+                        cursor = label.sequence
                     backoff = 0.2
-                    yield response.label
             if not follow:
                 return
         except grpc.aio.AioRpcError as err:

@@ -156,14 +156,18 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         self._caller(context, "service")
         cursor = request.from_cursor.sequence
         flt = request.filter if request.HasField("filter") else None
+        per_message = request.max_labels_per_message or self.settings.stream_message_labels
+        if per_message > 10_000:
+            raise InvalidArgument("max_labels_per_message: at most 10000", field="max_labels_per_message")
         while True:
             if self.signal.closing:
                 raise Unavailable("the review service is shutting down; reconnect with your last cursor")
             generation = self.signal.generation
             page = await self._run(self.ledger.accepted_after, cursor, flt, self.settings.stream_batch)
-            for label in page.labels:
+            for start in range(0, len(page.labels), per_message):
+                chunk = page.labels[start : start + per_message]
                 yield review_pb2.StreamLabelsResponse(
-                    label=label, cursor=review_pb2.LabelCursor(sequence=label.sequence)
+                    labels=chunk, cursor=review_pb2.LabelCursor(sequence=chunk[-1].sequence)
                 )
             cursor = page.last
             if page.more:

@@ -16,6 +16,7 @@ Concurrency:
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -158,6 +159,7 @@ class Ledger:
         self.max_submit_labels = max_submit_labels
         self.clock = clock
         self.listeners: list[Callable[[int], None]] = []
+        self._writer: Any = contextlib.nullcontext()
         """Called (from the writing thread) with the newest stream sequence after each commit that
         accepted labels; the servicer wakes its following streams with it."""
         url = normalise_url(url)
@@ -168,6 +170,7 @@ class Ledger:
             _sqlite_setup(self.engine, "BEGIN IMMEDIATE")
             self.reader = create_engine(url, connect_args=args)
             _sqlite_setup(self.reader, "BEGIN")
+            self._writer = threading.Lock()
         else:
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
             self.reader = self.engine
@@ -184,7 +187,9 @@ class Ledger:
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         notify: list[int] = []
-        with self.engine.begin() as conn:
+        # SQLite: writers of this process queue on a lock instead of in SQLite's busy handler, which
+        # sleeps in growing steps and gave claims a p99 of over a second under 20 reviewers
+        with self._writer, self.engine.begin() as conn:
             conn.info["accepted"] = notify
             yield conn
         if notify:

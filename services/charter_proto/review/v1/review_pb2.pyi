@@ -518,8 +518,14 @@ class StreamLabelsRequest(_message.Message):
     FROM_CURSOR_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    MAX_LABELS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     follow: _builtins.bool
     """Keep the stream open and push labels as they are accepted; false = stop at the current end."""
+    max_labels_per_message: _builtins.int
+    """Most labels per response message (0 = the service's default, review.stream_message_labels).
+    Larger messages cut per-message overhead while a consumer catches up on a backlog; labels
+    accepted live are sent as soon as they are read, whatever this is.
+    """
     @_builtins.property
     def from_cursor(self) -> Global___LabelCursor:
         """Start after this cursor (unset or 0 = from the beginning)."""
@@ -532,10 +538,11 @@ class StreamLabelsRequest(_message.Message):
         from_cursor: Global___LabelCursor | None = ...,
         filter: Global___LabelFilter | None = ...,
         follow: _builtins.bool = ...,
+        max_labels_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "from_cursor", b"from_cursor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "follow", b"follow", "from_cursor", b"from_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "follow", b"follow", "from_cursor", b"from_cursor", "max_labels_per_message", b"max_labels_per_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,23 +552,25 @@ Global___StreamLabelsRequest: _TypeAlias = StreamLabelsRequest  # noqa: Y015
 class StreamLabelsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    LABEL_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def label(self) -> Global___AcceptedLabel: ...
+    LABELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cursor(self) -> Global___LabelCursor:
-        """Resume from here after a reconnect."""
+        """Resume from here after a reconnect: the sequence of the last label in `labels`."""
+
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___AcceptedLabel]:
+        """One or more accepted labels, in sequence order."""
 
     def __init__(
         self,
         *,
-        label: Global___AcceptedLabel | None = ...,
         cursor: Global___LabelCursor | None = ...,
+        labels: _abc.Iterable[Global___AcceptedLabel] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "label", b"label"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "label", b"label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "labels", b"labels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
