@@ -17,7 +17,6 @@ import structlog
 from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from grpc import aio
 
-from charter.core import metrics
 from charter.core.errors import InvalidArgument, Unavailable
 from charter.core.settings import CharterSettings, ReviewSettings
 from charter.review.auth import Authenticator, Principal, bearer
@@ -106,13 +105,6 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
     async def Submit(self, request: review_pb2.SubmitRequest, context: aio.ServicerContext) -> Any:
         self._caller(context, "service")
         results = await self._run(self.ledger.submit, list(request.labels))
-        for r in results:
-            if not r.duplicate:
-                metrics.REVIEW_LABELS.labels(
-                    _name(review_pb2.Route, r.route), _name(review_pb2.RouteReason, r.reason)
-                ).inc()
-                if r.route == review_pb2.ROUTE_AUTO_ACCEPTED:
-                    metrics.REVIEW_ACCEPTED.labels("ai").inc()
         return review_pb2.SubmitResponse(results=results)
 
     async def Claim(self, request: review_pb2.ClaimRequest, context: aio.ServicerContext) -> Any:
@@ -124,8 +116,6 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
                 value=request.lease_seconds,
             )
         claimed = await self._run(self.ledger.claim, who.name, request.lease_seconds, request.constitution_id)
-        if not request.constitution_id:
-            metrics.REVIEW_QUEUE_DEPTH.set(claimed.queue_depth)
         return review_pb2.ClaimResponse(item=claimed.item, queue_depth=claimed.queue_depth)
 
     async def Decide(self, request: review_pb2.DecideRequest, context: aio.ServicerContext) -> Any:
@@ -133,9 +123,6 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         decided = await self._run(
             self.ledger.decide, who.name, request.item_id, request.lease_id, request.choice, request.comment
         )
-        metrics.REVIEW_DECISIONS.labels(_name(review_pb2.HumanChoice, request.choice)).inc()
-        if decided.accepted is not None:
-            metrics.REVIEW_ACCEPTED.labels("human").inc()
         return review_pb2.DecideResponse(decision=decided.decision, accepted=decided.accepted)
 
     async def Release(self, request: review_pb2.ReleaseRequest, context: aio.ServicerContext) -> Any:
@@ -145,10 +132,7 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
 
     async def Stats(self, request: review_pb2.StatsRequest, context: aio.ServicerContext) -> Any:
         self._caller(context)
-        stats = await self._run(self.ledger.stats, request.constitution_id)
-        if not request.constitution_id:
-            metrics.REVIEW_QUEUE_DEPTH.set(stats.queue_depth)
-        return stats
+        return await self._run(self.ledger.stats, request.constitution_id)
 
     async def StreamLabels(
         self, request: review_pb2.StreamLabelsRequest, context: aio.ServicerContext
@@ -175,11 +159,3 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
             if not request.follow:
                 return
             await self.signal.wait(generation, self.settings.poll_seconds)
-
-
-def _name(enum: Any, value: int) -> str:
-    """`ROUTE_REASON_AUDIT` -> `audit`."""
-    prefix = {"Route": "ROUTE_", "RouteReason": "ROUTE_REASON_", "HumanChoice": "HUMAN_CHOICE_"}[
-        enum.DESCRIPTOR.name
-    ]
-    return enum.Name(value).removeprefix(prefix).lower()

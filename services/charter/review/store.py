@@ -45,6 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
+from charter.core import metrics
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import RoutingSettings
 from charter.review.agreement import Agreement, cohen_kappa
@@ -283,6 +284,13 @@ class Ledger:
             if slots:
                 conn.execute(insert(review_slots), slots)
             self._append_accepted(conn, accepts)
+        for label_id in inserted:
+            r = routes[label_id]
+            metrics.REVIEW_LABELS.labels(
+                _name(review_pb2.Route, r.route), _name(review_pb2.RouteReason, r.reason)
+            ).inc()
+            if not r.queued:
+                metrics.REVIEW_ACCEPTED.labels("ai").inc()
         results, seen = [], set()
         for label in batch:
             if label.id in inserted and label.id not in seen:
@@ -378,6 +386,8 @@ class Ledger:
                 select(func.count()).select_from(s).where(s.c.item_id == row.item_id, s.c.done.is_(True))
             ).scalar_one()
             depth = self.queue_depth(conn, constitution_id)
+        if not constitution_id:
+            metrics.REVIEW_QUEUE_DEPTH.set(depth)
         item = review_pb2.ReviewItem(
             item_id=row.item_id,
             label=label_pb2.PreferenceLabel.FromString(payload),
@@ -476,9 +486,12 @@ class Ledger:
             open_left = conn.execute(
                 select(func.count()).select_from(s).where(s.c.item_id == item_id, s.c.done.is_(False))
             ).scalar_one()
-            if not done or open_left:
-                return Decided(decision, None)
-            accepted_label = self._resolve(conn, item_id, slot.label_seq, slot.constitution_id, now)
+            accepted_label = None
+            if done and not open_left:
+                accepted_label = self._resolve(conn, item_id, slot.label_seq, slot.constitution_id, now)
+        metrics.REVIEW_DECISIONS.labels(_name(review_pb2.HumanChoice, choice)).inc()
+        if accepted_label is not None:
+            metrics.REVIEW_ACCEPTED.labels("human").inc()
         return Decided(decision, accepted_label)
 
     def _resolve(
@@ -636,6 +649,8 @@ class Ledger:
             )
             votes = conn.execute(scoped(q, labels.c.constitution_id)).all()
         human_human, human_ai, by_principle, by_reviewer = _agreements(votes)
+        if not constitution_id:
+            metrics.REVIEW_QUEUE_DEPTH.set(depth)
         response = review_pb2.StatsResponse(
             labels_total=total,
             queue_depth=depth,
@@ -713,6 +728,12 @@ def _agreements(votes: Sequence[Any]) -> tuple[Agreement, Agreement, dict[str, A
         {p: cohen_kappa(pairs) for p, pairs in principle_pairs.items()},
         {r: (n, cohen_kappa(reviewer_pairs.get(r, []))) for r, n in reviewer_n.items()},
     )
+
+
+def _name(enum: Any, value: int) -> str:
+    """`ROUTE_REASON_AUDIT` -> `audit` (metric label values)."""
+    prefix = {"Route": "ROUTE_", "RouteReason": "ROUTE_REASON_", "HumanChoice": "HUMAN_CHOICE_"}
+    return enum.Name(value).removeprefix(prefix[enum.DESCRIPTOR.name]).lower()
 
 
 def _agreement_proto(a: Agreement) -> review_pb2.Agreement:
