@@ -4,6 +4,7 @@ roles, submit/claim/decide/release, oversized payloads, the following stream and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -179,3 +180,58 @@ async def test_following_streams_end_with_unavailable_when_the_server_drains(rev
             pass
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     await asyncio.wait_for(stopping, 10)  # the drain did not wait out its 30 s grace
+
+
+async def start_replica(url: str, poll_seconds: float) -> CharterServer:
+    settings = load_settings(
+        review={"database_url": url, "tokens": TOKENS, "web_port": None, "poll_seconds": poll_seconds}
+    )
+    server = CharterServer(
+        ServerSettings(host="127.0.0.1", port=0, metrics_port=None),
+        [SERVICES["review"].registration_for_settings(settings)],
+    )
+    await server.start()
+    return server
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+async def test_a_label_accepted_on_one_replica_wakes_followers_on_another(backend, tmp_path):
+    """PostgreSQL: LISTEN/NOTIFY wakes the other replica at once (its polling is set to 30 s here);
+    SQLite: the other process's writes are found by polling."""
+    from tests.support.review import postgres_database
+
+    context = (
+        postgres_database()
+        if backend == "postgresql"
+        else contextlib.nullcontext(f"sqlite:///{tmp_path}/l.db")
+    )
+    with context as url:
+        writer = await start_replica(url, 30.0)
+        follower = await start_replica(url, 30.0 if backend == "postgresql" else 0.05)
+        try:
+            async with (
+                grpc.aio.insecure_channel(f"127.0.0.1:{writer.port}") as a,
+                grpc.aio.insecure_channel(f"127.0.0.1:{follower.port}") as b,
+            ):
+                call = review_pb2_grpc.ReviewServiceStub(b).StreamLabels(
+                    rv.StreamLabelsRequest(follow=True), metadata=SERVICE
+                )
+                await asyncio.sleep(0.5)  # the follower has read the (empty) stream and is waiting
+                labels = hh_labels(5, confidence=0.9)
+                started = asyncio.get_running_loop().time()
+                await review_pb2_grpc.ReviewServiceStub(a).Submit(
+                    rv.SubmitRequest(labels=labels), metadata=SERVICE
+                )
+                got: list[str] = []
+                async with asyncio.timeout(5):
+                    async for response in call:
+                        got.extend(label.label.id for label in response.labels)
+                        if len(got) == 5:
+                            break
+                waited = asyncio.get_running_loop().time() - started
+                call.cancel()
+                assert got == [label.id for label in labels]
+                assert waited < 2.0  # far below the 30 s poll: woken by NOTIFY (or the 50 ms poll)
+        finally:
+            await writer.stop(0)
+            await follower.stop(0)
