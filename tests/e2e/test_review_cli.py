@@ -96,7 +96,7 @@ def test_migrate_on_postgresql() -> None:
     with postgres_database() as url:
         first = charter("review", "migrate", "--database", url)
         assert first.returncode == 0, first.stderr
-        assert first.stdout.strip().endswith("at revision 0001")
+        assert first.stdout.strip().endswith("at revision 0002")
         assert charter("review", "migrate", "--database", url).returncode == 0  # nothing to do
 
 

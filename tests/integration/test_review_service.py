@@ -235,3 +235,20 @@ async def test_a_label_accepted_on_one_replica_wakes_followers_on_another(backen
         finally:
             await writer.stop(0)
             await follower.stop(0)
+
+
+async def test_a_consumer_cancelling_mid_stream_does_not_take_the_server_down(review):
+    """grpcio's aio `context.peer()` crashed the process once a client had cancelled a stream in the
+    middle of a send; the interceptor now reads the peer when the call starts."""
+    stub, _ = review
+    await stub.Submit(rv.SubmitRequest(labels=hh_labels(600, confidence=0.9)), metadata=SERVICE)
+    for _ in range(3):
+        call = stub.StreamLabels(rv.StreamLabelsRequest(max_labels_per_message=1), metadata=SERVICE)
+        received = 0
+        async for _response in call:
+            received += 1
+            if received == 5:
+                call.cancel()
+                break
+        await asyncio.sleep(0.2)
+    assert (await stub.Stats(rv.StatsRequest(), metadata=SERVICE)).labels_total == 600

@@ -50,6 +50,8 @@ class _Call:
         self.service, self.method, self.context = service, method, context
         metadata = dict(context.invocation_metadata() or ())
         self.request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
+        # read now: grpcio's aio context.peer() segfaults once a client has cancelled a stream mid-send
+        self.peer = context.peer()
         self.sent = 0
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
@@ -86,7 +88,7 @@ class _Call:
             code=code.name,
             duration_ms=round(elapsed * 1000, 2),
             messages_sent=self.sent,
-            peer=self.context.peer(),
+            peer=self.peer,
             **({"error": self.error} if self.error else {}),
         )
 

@@ -66,7 +66,8 @@ review_slots = Table(
     Column("lease_expires_at", Float, nullable=True),
 )
 Index("ix_review_slots_queue", review_slots.c.done, review_slots.c.priority.desc(), review_slots.c.label_seq)
-Index("ix_review_slots_item", review_slots.c.item_id)
+Index("ix_review_slots_item", review_slots.c.item_id, review_slots.c.done)
+Index("ix_review_slots_reviewer", review_slots.c.reviewer, review_slots.c.item_id)
 
 decisions = Table(
     "decisions",
@@ -80,6 +81,7 @@ decisions = Table(
     Column("decided_at", Float, nullable=False),
 )
 Index("ix_decisions_item", decisions.c.item_id)
+Index("ix_decisions_reviewer", decisions.c.reviewer, decisions.c.item_id)
 
 items_closed = Table(
     "items_closed",
