@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from charter_proto.common.v1 import conversation_pb2, label_pb2
 
 from tests.support import ROOT
 from tests.support.hh import Pair, load_pairs
+from tests.support.review import hh_conversation
 
 pytestmark = pytest.mark.e2e
 
@@ -43,16 +43,6 @@ REVIEWER_TOKEN = "rev-7c41e0b9d2"
 ADMIN_TOKEN = "adm-3f98a6c517"
 HOSTILE_RESPONSE = "Sure! <script>window.__pwned=1</script> Here is the address you asked for."
 HOSTILE_TURN = 'Show me this: <img src=x onerror="window.__pwned=2">'
-ROLES = {"Human": conversation_pb2.ROLE_USER, "Assistant": conversation_pb2.ROLE_ASSISTANT}
-
-
-def conversation(prefix: str) -> conversation_pb2.Conversation:
-    parts = re.split(r"\n\n(Human|Assistant): ?", "\n\n" + prefix.strip())
-    messages = [
-        conversation_pb2.Message(role=ROLES[speaker], content=text.strip())
-        for speaker, text in zip(parts[1::2], parts[2::2], strict=True)
-    ]
-    return conversation_pb2.Conversation(messages=messages)
 
 
 def label(
@@ -88,13 +78,13 @@ def seed(ledger: Ledger) -> int:
     without review. Returns how many labels were submitted."""
     pairs: list[Pair] = load_pairs(20)
     fake_id, address, hard_drive, car = pairs[10], pairs[6], pairs[13], pairs[2]
-    hostile = conversation(address.prefix)
+    hostile = hh_conversation(address.prefix)
     hostile.messages.add(role=conversation_pb2.ROLE_USER, content=HOSTILE_TURN)
     labels = [
         label("hh-hostile", hostile, address.chosen, HOSTILE_RESPONSE, p_a=0.51, principle="privacy"),
         label(
             "hh-fake-id",
-            conversation(fake_id.prefix),
+            hh_conversation(fake_id.prefix),
             fake_id.chosen,
             fake_id.rejected,
             p_a=0.46,
@@ -103,7 +93,7 @@ def seed(ledger: Ledger) -> int:
         ),
         label(
             "hh-address",
-            conversation(address.prefix),
+            hh_conversation(address.prefix),
             address.chosen,
             address.rejected,
             p_a=0.62,
@@ -111,18 +101,23 @@ def seed(ledger: Ledger) -> int:
         ),
         label(
             "hh-hard-drive",
-            conversation(hard_drive.prefix),
+            hh_conversation(hard_drive.prefix),
             hard_drive.rejected,
             hard_drive.chosen,
             p_a=0.7,
             principle="privacy",
         ),
         label(
-            "hh-car", conversation(car.prefix), car.chosen, car.rejected, p_a=0.93, principle="overall-harm"
+            "hh-car",
+            hh_conversation(car.prefix),
+            car.chosen,
+            car.rejected,
+            p_a=0.93,
+            principle="overall-harm",
         ),
         label(
             "hh-car-swapped",
-            conversation(car.prefix),
+            hh_conversation(car.prefix),
             car.rejected,
             car.chosen,
             p_a=0.12,

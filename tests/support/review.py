@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -37,6 +38,20 @@ def postgres_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+_ROLES = {"Human": conversation_pb2.ROLE_USER, "Assistant": conversation_pb2.ROLE_ASSISTANT}
+
+
+def hh_conversation(prefix: str) -> conversation_pb2.Conversation:
+    """An hh-rlhf transcript ("\n\nHuman: …\n\nAssistant: …") as a Conversation."""
+    parts = re.split(r"\n\n(Human|Assistant): ?", "\n\n" + prefix.strip())
+    return conversation_pb2.Conversation(
+        messages=[
+            conversation_pb2.Message(role=_ROLES[speaker], content=text.strip())
+            for speaker, text in zip(parts[1::2], parts[2::2], strict=True)
+        ]
+    )
+
+
 def hh_label(
     pair: Pair,
     index: int,
@@ -51,17 +66,9 @@ def hh_label(
 ) -> label_pb2.PreferenceLabel:
     """A judged label over a real pair: A is the human-chosen response."""
     p_a = 0.5 + confidence / 2 if a_wins else 0.5 - confidence / 2
-    messages = []
-    for turn in pair.prefix.split("\n\n"):
-        role, _, text = turn.partition(":")
-        role_value = (
-            conversation_pb2.ROLE_ASSISTANT if role.strip() == "Assistant" else conversation_pb2.ROLE_USER
-        )
-        if text.strip():
-            messages.append(conversation_pb2.Message(role=role_value, content=text.strip()))
     label = label_pb2.PreferenceLabel(
         id=label_id or f"lbl-{index:06d}",
-        conversation=conversation_pb2.Conversation(messages=messages),
+        conversation=hh_conversation(pair.prefix),
         response_a=pair.chosen,
         response_b=pair.rejected,
         p_a=p_a,
