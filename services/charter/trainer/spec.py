@@ -1,0 +1,163 @@
+"""A training run's spec, checked before anything starts (issue 7: "a typo fails at once, not an hour
+in"): the algorithm, the base model, the data source and every hyper-parameter — the last by
+actually constructing the algorithm's config object (TRL's `SFTConfig`, `RewardConfig`, `DPOConfig`,
+`GRPOConfig`, `RLOOConfig`, or Charter's own `PPOConfig`), so an unknown or ill-typed argument is an
+INVALID_ARGUMENT naming `spec.hyperparameters.<name>`.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charter_proto.trainer.v1 import trainer_pb2
+from google.protobuf.json_format import MessageToDict
+
+from charter.core.errors import InvalidArgument
+
+ALGORITHMS = {
+    trainer_pb2.ALGORITHM_SFT: "sft",
+    trainer_pb2.ALGORITHM_REWARD_MODEL: "reward-model",
+    trainer_pb2.ALGORITHM_DPO: "dpo",
+    trainer_pb2.ALGORITHM_PPO: "ppo",
+    trainer_pb2.ALGORITHM_GRPO: "grpo",
+    trainer_pb2.ALGORITHM_RLOO: "rloo",
+}
+_TRL_CONFIGS = {
+    "sft": "SFTConfig",
+    "reward-model": "RewardConfig",
+    "dpo": "DPOConfig",
+    "grpo": "GRPOConfig",
+    "rloo": "RLOOConfig",
+}
+_NEEDS_REWARD_MODEL = ("ppo", "grpo", "rloo")
+# set by Charter from the spec, never by hyper-parameters
+_RESERVED = {"output_dir", "seed", "report_to", "use_cpu", "logging_dir", "resume_from_checkpoint"}
+_UNKNOWN_ARG = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+@dataclass(frozen=True)
+class CheckedSpec:
+    algorithm: str
+    base_model: str
+    """"embedded" or a model folder / .gguf path that exists."""
+    hyperparameters: dict[str, Any]
+    config: Any
+    """The constructed config object (TRL's or Charter's PPOConfig)."""
+
+
+def _model_source(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(
+            f"{field}: set a model ('embedded', a model folder or a .gguf file)", field=field
+        )
+    if value == "embedded":
+        return value
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise InvalidArgument(f"{field}: model path {value} does not exist", field=field, value=value)
+    if not ((path / "config.json").exists() or (path.is_file() and path.suffix == ".gguf")):
+        raise InvalidArgument(
+            f"{field}: {value} is not a model (a folder with config.json or a .gguf file)",
+            field=field,
+            value=value,
+        )
+    return value
+
+
+def _data(source: trainer_pb2.DataSource) -> None:
+    kind = source.WhichOneof("source")
+    if kind is None:
+        raise InvalidArgument(
+            "spec.data: set a data source (label_stream from the review service, or files)", field="spec.data"
+        )
+    if not 0.0 <= source.eval_fraction < 1.0:
+        raise InvalidArgument("spec.data.eval_fraction: must lie in [0, 1)", field="spec.data.eval_fraction")
+    if kind == "files":
+        if not source.files.paths:
+            raise InvalidArgument(
+                "spec.data.files.paths: name at least one file", field="spec.data.files.paths"
+            )
+        for i, p in enumerate(source.files.paths):
+            if not Path(p).expanduser().exists():
+                field = f"spec.data.files.paths[{i}]"
+                raise InvalidArgument(f"{field}: {p} does not exist", field=field, value=p)
+    else:
+        stream = source.label_stream
+        if stream.HasField("to_cursor") and stream.to_cursor.sequence < stream.from_cursor.sequence:
+            raise InvalidArgument(
+                "spec.data.label_stream.to_cursor: before from_cursor",
+                field="spec.data.label_stream.to_cursor",
+            )
+
+
+def trl_config(
+    algorithm: str, hyperparameters: dict[str, Any], *, output_dir: str, seed: int, use_cpu: bool
+) -> Any:
+    """The algorithm's config object built from the spec's hyper-parameters (raises InvalidArgument)."""
+    for name in hyperparameters:
+        if name in _RESERVED:
+            field = f"spec.hyperparameters.{name}"
+            raise InvalidArgument(
+                f"{field}: set by Charter from the spec, not a hyper-parameter", field=field
+            )
+    lr = hyperparameters.get("learning_rate")
+    if lr is not None and (not isinstance(lr, int | float) or lr <= 0):
+        field = "spec.hyperparameters.learning_rate"
+        raise InvalidArgument(f"{field}: must be a number > 0", field=field, value=lr)
+    if algorithm == "ppo":
+        from charter.trainer.ppo import PPOConfig
+
+        return PPOConfig.from_mapping({"seed": seed, **hyperparameters})
+    import trl
+
+    cls = getattr(trl, _TRL_CONFIGS[algorithm])
+    fixed: dict[str, Any] = {"output_dir": output_dir, "seed": seed, "report_to": [], "use_cpu": use_cpu}
+    if use_cpu:  # TRL defaults to bf16 mixed precision, which needs a GPU
+        fixed["bf16"] = hyperparameters.get("bf16", False)
+    try:
+        return cls(**{**hyperparameters, **fixed})
+    except TypeError as err:
+        match = _UNKNOWN_ARG.search(str(err))
+        name = match.group(1) if match else "?"
+        field = f"spec.hyperparameters.{name}"
+        raise InvalidArgument(
+            f"{field}: not an argument of TRL's {cls.__name__}", field=field, value=hyperparameters.get(name)
+        ) from None
+    except ValueError as err:
+        raise InvalidArgument(
+            f"spec.hyperparameters: {str(err).splitlines()[0]}", field="spec.hyperparameters"
+        ) from None
+
+
+def check(spec: trainer_pb2.RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
+    """Validate everything in `spec` that can be checked without training; raises InvalidArgument."""
+    if not spec.name.strip():
+        raise InvalidArgument("spec.name: give the run a name", field="spec.name")
+    algorithm = ALGORITHMS.get(spec.algorithm)
+    if algorithm is None:
+        names = ", ".join(trainer_pb2.Algorithm.Name(a) for a in ALGORITHMS)
+        raise InvalidArgument(
+            f"spec.algorithm: unknown algorithm {spec.algorithm!r}; use one of {names}",
+            field="spec.algorithm",
+            value=spec.algorithm,
+        )
+    base = _model_source(spec.base_model, "spec.base_model")
+    _data(spec.data)
+    if algorithm in _NEEDS_REWARD_MODEL and not spec.reward_model:
+        raise InvalidArgument(
+            f"spec.reward_model: {algorithm} needs a reward model (a run id or a model path)",
+            field="spec.reward_model",
+        )
+    hyperparameters = MessageToDict(spec.hyperparameters) if spec.HasField("hyperparameters") else {}
+    # protobuf Struct numbers are floats: give integral values back their int type (TRL checks types)
+    hyperparameters = {
+        k: int(v) if isinstance(v, float) and v.is_integer() and k != "learning_rate" else v
+        for k, v in hyperparameters.items()
+    }
+    with tempfile.TemporaryDirectory(prefix="charter-spec-") as tmp:
+        config = trl_config(algorithm, hyperparameters, output_dir=tmp, seed=spec.seed, use_cpu=use_cpu)
+    return CheckedSpec(algorithm, base, hyperparameters, config)
