@@ -53,6 +53,12 @@ def test_good_specs_build_the_trl_config(algorithm, hyperparameters, attribute, 
     assert checked.config.seed == 7 and checked.config.use_cpu
 
 
+def test_ppo_spec_builds_charters_own_config():
+    checked = check(spec(tp.ALGORITHM_PPO, {"learning_rate": 1e-5, "ppo_epochs": 2}, reward_model="embedded"))
+    assert type(checked.config).__name__ == "PPOConfig"
+    assert (checked.config.ppo_epochs, checked.config.seed) == (2, 7)
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -85,6 +91,18 @@ def test_good_specs_build_the_trl_config(algorithm, hyperparameters, attribute, 
         ({"hyperparameters": {"bogus_argument": 1}}, "spec.hyperparameters.bogus_argument"),
         ({"hyperparameters": {"output_dir": "/tmp/elsewhere"}}, "spec.hyperparameters.output_dir"),
         ({"algorithm": tp.ALGORITHM_GRPO}, "spec.reward_model"),
+        (
+            {
+                "algorithm": tp.ALGORITHM_PPO,
+                "reward_model": "embedded",
+                "hyperparameters": {"clip_rang": 0.2},
+            },
+            "spec.hyperparameters.clip_rang",
+        ),
+        (
+            {"algorithm": tp.ALGORITHM_PPO, "reward_model": "embedded", "hyperparameters": {"ppo_epochs": 0}},
+            "spec.hyperparameters.ppo_epochs",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(changes, field):

@@ -111,7 +111,7 @@ def trl_config(
     if algorithm == "ppo":
         from charter.trainer.ppo import PPOConfig
 
-        return PPOConfig.from_mapping({"seed": seed, **hyperparameters})
+        return PPOConfig.from_mapping({"seed": seed, **hyperparameters}, prefix="spec.hyperparameters")
     import trl
 
     cls = getattr(trl, _TRL_CONFIGS[algorithm])
