@@ -31,13 +31,13 @@ from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from google.protobuf import json_format
 
 from charter.core.errors import InvalidArgument
-from charter.review.store import Ledger
+from charter.judge.servicer import STATUS_NAMES
+from charter.review.store import CHOICE_NAMES, Ledger
 
 log = structlog.get_logger("charter.review.export")
 
 FORMATS = ("trl-preference", "jsonl", "parquet")
 _SOURCE = {review_pb2.LABEL_SOURCE_AI: "ai", review_pb2.LABEL_SOURCE_HUMAN: "human"}
-_CHOICE = {label_pb2.CHOICE_A: "A", label_pb2.CHOICE_B: "B", label_pb2.CHOICE_TIE: "tie"}
 _ROLE = {1: "system", 2: "user", 3: "assistant"}
 _RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
 
@@ -57,17 +57,17 @@ def record(a: review_pb2.AcceptedLabel) -> dict[str, Any]:
         "label_id": label.id,
         "label_source": _SOURCE.get(a.source, "unknown"),
         "p_a": a.p_a,
-        "choice": _CHOICE.get(a.choice, "unspecified"),
+        "choice": CHOICE_NAMES.get(a.choice, "unspecified"),
         "prompt": _messages(label),
         "response_a": label.response_a,
         "response_b": label.response_b,
         "principle_ids": list(label.principle_ids),
         "ai": {
             "p_a": label.p_a,
-            "choice": _CHOICE.get(label.choice, "unspecified"),
+            "choice": CHOICE_NAMES.get(label.choice, "unspecified"),
             "confidence": label.confidence,
             "swap_consistent": label.swap_consistent,
-            "status": label_pb2.LabelStatus.Name(label.status).removeprefix("LABEL_STATUS_").lower(),
+            "status": STATUS_NAMES[label.status],
             "chain_of_thought": label.chain_of_thought,
         },
         "human_decisions": [

@@ -77,7 +77,8 @@ _HUMAN_P_A = {
     review_pb2.HUMAN_CHOICE_B: 0.0,
     review_pb2.HUMAN_CHOICE_TIE: 0.5,
 }
-_AI_CATEGORY = {label_pb2.CHOICE_A: "A", label_pb2.CHOICE_B: "B", label_pb2.CHOICE_TIE: "tie"}
+CHOICE_NAMES = {label_pb2.CHOICE_A: "A", label_pb2.CHOICE_B: "B", label_pb2.CHOICE_TIE: "tie"}
+"""The judge's (and an accepted label's) choice as records, pages and agreement tables name it."""
 _HUMAN_CATEGORY = {
     review_pb2.HUMAN_CHOICE_A: "A",
     review_pb2.HUMAN_CHOICE_B: "B",
@@ -165,9 +166,9 @@ class Ledger:
         self.max_submit_labels = max_submit_labels
         self.clock = clock
         self.listeners: list[Callable[[int], None]] = []
-        self._writer: Any = contextlib.nullcontext()
         """Called (from the writing thread) with the newest stream sequence after each commit that
         accepted labels; the servicer wakes its following streams with it."""
+        self._writer: Any = contextlib.nullcontext()
         url = normalise_url(url)
         self.dialect = make_url(url).get_backend_name()
         if self.dialect == "sqlite":
@@ -737,7 +738,7 @@ def _agreements(votes: Sequence[Any]) -> tuple[Agreement, Agreement, dict[str, A
     for v in votes:
         by_item[v.item_id].append(v)
         reviewer_n[v.reviewer] += 1
-        human, ai = _HUMAN_CATEGORY[v.choice], _AI_CATEGORY.get(v.ai_choice)
+        human, ai = _HUMAN_CATEGORY[v.choice], CHOICE_NAMES.get(v.ai_choice)
         if ai is None or human == "unsafe":  # no AI preference, or no human preference, to compare
             continue
         ai_pairs.append((human, ai))

@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from charter.core.errors import CharterError, InvalidArgument, PermissionDenied, Unauthenticated
 from charter.review.auth import Authenticator, Principal, bearer
+from charter.review.store import CHOICE_NAMES as AI_CHOICE_NAMES
 from charter.review.store import Claimed, Decided, Ledger
 
 log = structlog.get_logger("charter.review.web")
@@ -88,7 +89,6 @@ CHOICE_NAMES = {
     review_pb2.HUMAN_CHOICE_UNSAFE_BOTH: "unsafe_both",
     review_pb2.HUMAN_CHOICE_SKIP: "skip",
 }
-AI_CHOICE_NAMES = {label_pb2.CHOICE_A: "A", label_pb2.CHOICE_B: "B", label_pb2.CHOICE_TIE: "tie"}
 MAX_ID_CHARS = 128
 
 

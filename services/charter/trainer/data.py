@@ -36,16 +36,9 @@ class PreferenceData:
 
 def stream_rows(labels: Iterable[review_pb2.AcceptedLabel], cursor_start: int) -> PreferenceData:
     data = PreferenceData([], cursor_start=cursor_start, cursor_end=cursor_start)
-    seen: set[str] = set()
-    for label in labels:
-        if label.sequence <= data.cursor_end:
-            raise InvalidArgument(f"stream out of order at sequence {label.sequence}")  # never expected
+    for label in labels:  # the stream is ordered and holds each label once
         data.cursor_end = label.sequence
         data.labels_read += 1
-        if label.label.id in seen:
-            data.skipped["duplicate"] = data.skipped.get("duplicate", 0) + 1
-            continue
-        seen.add(label.label.id)
         row = preference_row(label)
         if row is None:
             data.skipped["tie"] = data.skipped.get("tie", 0) + 1
@@ -76,8 +69,8 @@ async def from_stream(
 
     labels = await collect()
     data = stream_rows(labels, from_cursor)
-    if to_cursor is not None:
-        data.cursor_end = max(data.cursor_end, to_cursor) if labels else from_cursor
+    if to_cursor is not None and labels:
+        data.cursor_end = max(data.cursor_end, to_cursor)
     return data
 
 

@@ -17,6 +17,7 @@ from charter_proto.trainer.v1 import trainer_pb2
 from google.protobuf.json_format import MessageToDict
 
 from charter.core.errors import InvalidArgument
+from charter.inference.models import is_model_folder
 
 ALGORITHMS = {
     trainer_pb2.ALGORITHM_SFT: "sft",
@@ -59,7 +60,7 @@ def _model_source(value: str, field: str) -> str:
     path = Path(value).expanduser()
     if not path.exists():
         raise InvalidArgument(f"{field}: model path {value} does not exist", field=field, value=value)
-    if not ((path / "config.json").exists() or (path.is_file() and path.suffix == ".gguf")):
+    if not (is_model_folder(path) or (path.is_file() and path.suffix == ".gguf")):
         raise InvalidArgument(
             f"{field}: {value} is not a model (a folder with config.json or a .gguf file)",
             field=field,
