@@ -25,8 +25,8 @@ def migrate(
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
+    from charter.core.db import normalise_url
     from charter.review.store import migrate as upgrade
-    from charter.review.store import normalise_url
 
     url = normalise_url(database or load_settings(config).review.database_url.get_secret_value())
     engine = create_engine(url)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -38,8 +37,6 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    create_engine,
-    event,
     exists,
     func,
     insert,
@@ -48,9 +45,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
 
-from charter.core import metrics
+from charter.core import db, metrics
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import RoutingSettings
 from charter.review.agreement import Agreement, cohen_kappa
@@ -85,16 +81,6 @@ _HUMAN_CATEGORY = {
     review_pb2.HUMAN_CHOICE_TIE: "tie",
     review_pb2.HUMAN_CHOICE_UNSAFE_BOTH: "unsafe",
 }
-
-
-def normalise_url(url: str) -> str:
-    """`postgresql://…` (what operators write) runs on psycopg 3; SQLite paths get their folder made."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    elif parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    return parsed.render_as_string(hide_password=False)
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -133,18 +119,8 @@ class Decided:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the database to the newest schema (alembic `upgrade head`); safe with several replicas
-    starting at once on PostgreSQL (an advisory lock makes them take turns)."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ACCEPT_LOCK + 1})
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+    """Bring the ledger's database to the newest schema (alembic `upgrade head`)."""
+    db.migrate(engine, Path(__file__).parent / "migrations", lock_key=_ACCEPT_LOCK + 1)
 
 
 class Ledger:
@@ -168,20 +144,11 @@ class Ledger:
         self.listeners: list[Callable[[int], None]] = []
         """Called (from the writing thread) with the newest stream sequence after each commit that
         accepted labels; the servicer wakes its following streams with it."""
-        self._writer: Any = contextlib.nullcontext()
-        url = normalise_url(url)
-        self.dialect = make_url(url).get_backend_name()
-        if self.dialect == "sqlite":
-            args = {"check_same_thread": False, "timeout": 30}
-            self.engine = create_engine(url, connect_args=args)
-            _sqlite_setup(self.engine, "BEGIN IMMEDIATE")
-            self.reader = create_engine(url, connect_args=args)
-            _sqlite_setup(self.reader, "BEGIN")
-            self._writer = threading.Lock()
-        else:
-            self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-            self.reader = self.engine
-        self.url = make_url(url)
+        engines = db.Engines(url, pool_size=pool_size)
+        self.engine, self.reader, self.dialect, self.url = (
+            engines.engine, engines.reader, engines.dialect, engines.url,
+        )  # fmt: skip
+        self._writer: Any = engines.writer_lock or contextlib.nullcontext()
         if run_migrations:
             migrate(self.engine)
 
@@ -822,23 +789,3 @@ def _insert_ignore(conn: Connection, table: Any, key: str) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=[key])
-
-
-def _sqlite_setup(engine: Engine, begin: str) -> None:
-    """pysqlite's own transaction handling is bypassed: writers BEGIN IMMEDIATE (take the write lock up
-    front, so two writers never deadlock upgrading read locks), readers BEGIN; WAL lets readers go on
-    while a writer works."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)

@@ -1,0 +1,85 @@
+"""Database plumbing shared by the review ledger and the trainer's run store: SQLAlchemy engines
+for SQLite (the embedded default) and PostgreSQL (psycopg 3), and alembic migrations run at start-up.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://…` (what operators write) runs on psycopg 3; SQLite paths get their folder made."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return parsed.render_as_string(hide_password=False)
+
+
+def sqlite_setup(engine: Engine, begin: str) -> None:
+    """pysqlite's own transaction handling is bypassed: writers BEGIN IMMEDIATE (take the write lock up
+    front, so two writers never deadlock upgrading read locks), readers BEGIN; WAL lets readers go on
+    while a writer works."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+
+class Engines:
+    """A writer engine, a reader engine and, on SQLite, the in-process writer lock.
+
+    SQLite: writers of this process queue on a lock instead of in SQLite's busy handler, which sleeps
+    in growing steps (it gave ledger claims a p99 of over a second under 20 reviewers)."""
+
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+        url = normalise_url(url)
+        self.url = make_url(url)
+        self.dialect = self.url.get_backend_name()
+        self.writer_lock: Any = None
+        if self.dialect == "sqlite":
+            args = {"check_same_thread": False, "timeout": 30}
+            self.engine = create_engine(url, connect_args=args)
+            sqlite_setup(self.engine, "BEGIN IMMEDIATE")
+            self.reader = create_engine(url, connect_args=args)
+            sqlite_setup(self.reader, "BEGIN")
+            self.writer_lock = threading.Lock()
+        else:
+            self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            self.reader = self.engine
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        self.reader.dispose()
+
+
+def migrate(engine: Engine, script_location: Path, *, lock_key: int) -> None:
+    """Bring the database to the newest schema of the alembic scripts at `script_location` (`upgrade
+    head`); safe with several replicas starting at once on PostgreSQL (an advisory lock on `lock_key`
+    makes them take turns)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key})
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
