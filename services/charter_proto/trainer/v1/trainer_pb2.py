@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n charter/trainer/v1/trainer.proto\x12\x12\x63harter.trainer.v1\x1a\x1e\x63harter/review/v1/review.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x11LabelStreamSource\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x33\n\x0b\x66rom_cursor\x18\x02 \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12\x31\n\tto_cursor\x18\x03 \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12.\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1e.charter.review.v1.LabelFilter\"\x1b\n\nFileSource\x12\r\n\x05paths\x18\x01 \x03(\t\"\x9d\x01\n\nDataSource\x12=\n\x0clabel_stream\x18\x01 \x01(\x0b\x32%.charter.trainer.v1.LabelStreamSourceH\x00\x12/\n\x05\x66iles\x18\x02 \x01(\x0b\x32\x1e.charter.trainer.v1.FileSourceH\x00\x12\x15\n\reval_fraction\x18\x03 \x01(\x01\x42\x08\n\x06source\"I\n\tResources\x12\x0c\n\x04gpus\x18\x01 \x01(\r\x12\x11\n\tprocesses\x18\x02 \x01(\r\x12\x0b\n\x03\x63pu\x18\x03 \x01(\t\x12\x0e\n\x06memory\x18\x04 \x01(\t\"\xc3\x02\n\x07RunSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\talgorithm\x18\x02 \x01(\x0e\x32\x1d.charter.trainer.v1.Algorithm\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12,\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x1e.charter.trainer.v1.DataSource\x12\x14\n\x0creward_model\x18\x05 \x01(\t\x12\x30\n\x0fhyperparameters\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\x08\x65xecutor\x18\x07 \x01(\x0e\x32\x1c.charter.trainer.v1.Executor\x12\x30\n\tresources\x18\x08 \x01(\x0b\x32\x1d.charter.trainer.v1.Resources\x12\x0c\n\x04seed\x18\t \x01(\x04\"\xca\x04\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x04spec\x18\x02 \x01(\x0b\x32\x1b.charter.trainer.v1.RunSpec\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.charter.trainer.v1.RunState\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x34\n\x0c\x63ursor_start\x18\x08 \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12\x32\n\ncursor_end\x18\t \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12\x17\n\x0flast_checkpoint\x18\n \x01(\t\x12\x0c\n\x04step\x18\x0b \x01(\x04\x12\x13\n\x0btotal_steps\x18\x0c \x01(\x04\x12>\n\x0clast_metrics\x18\r \x03(\x0b\x32(.charter.trainer.v1.Run.LastMetricsEntry\x12\x12\n\noutput_dir\x18\x0e \x01(\t\x12\x10\n\x08job_name\x18\x0f \x01(\t\x1a\x32\n\x10LastMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x89\x01\n\x0cMetricsEvent\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12<\n\x06values\x18\x02 \x03(\x0b\x32,.charter.trainer.v1.MetricsEvent.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"-\n\x0f\x43heckpointEvent\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0c\n\x04path\x18\x02 \x01(\t\"I\n\nStateEvent\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.charter.trainer.v1.RunState\x12\x0e\n\x06reason\x18\x02 \x01(\t\"*\n\x08LogEvent\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xac\x02\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07metrics\x18\x04 \x01(\x0b\x32 .charter.trainer.v1.MetricsEventH\x00\x12\x39\n\ncheckpoint\x18\x05 \x01(\x0b\x32#.charter.trainer.v1.CheckpointEventH\x00\x12/\n\x05state\x18\x06 \x01(\x0b\x32\x1e.charter.trainer.v1.StateEventH\x00\x12+\n\x03log\x18\x07 \x01(\x0b\x32\x1c.charter.trainer.v1.LogEventH\x00\x42\x06\n\x04kind\"U\n\x0fStartRunRequest\x12)\n\x04spec\x18\x01 \x01(\x0b\x32\x1b.charter.trainer.v1.RunSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"8\n\x10StartRunResponse\x12$\n\x03run\x18\x01 \x01(\x0b\x32\x17.charter.trainer.v1.Run\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"?\n\x10WatchRunResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.charter.trainer.v1.RunEvent\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"6\n\x0eGetRunResponse\x12$\n\x03run\x18\x01 \x01(\x0b\x32\x17.charter.trainer.v1.Run\"f\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12,\n\x06states\x18\x03 \x03(\x0e\x32\x1c.charter.trainer.v1.RunState\"R\n\x10ListRunsResponse\x12%\n\x04runs\x18\x01 \x03(\x0b\x32\x17.charter.trainer.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\x11\x43\x61ncelRunResponse\x12$\n\x03run\x18\x01 \x01(\x0b\x32\x17.charter.trainer.v1.Run*\xa3\x01\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x11\n\rALGORITHM_SFT\x10\x01\x12\x1a\n\x16\x41LGORITHM_REWARD_MODEL\x10\x02\x12\x11\n\rALGORITHM_DPO\x10\x03\x12\x11\n\rALGORITHM_PPO\x10\x04\x12\x12\n\x0e\x41LGORITHM_GRPO\x10\x05\x12\x12\n\x0e\x41LGORITHM_RLOO\x10\x06*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*Q\n\x08\x45xecutor\x12\x18\n\x14\x45XECUTOR_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45XECUTOR_LOCAL\x10\x01\x12\x17\n\x13\x45XECUTOR_KUBERNETES\x10\x02\x32\xc2\x03\n\x0eTrainerService\x12U\n\x08StartRun\x12#.charter.trainer.v1.StartRunRequest\x1a$.charter.trainer.v1.StartRunResponse\x12W\n\x08WatchRun\x12#.charter.trainer.v1.WatchRunRequest\x1a$.charter.trainer.v1.WatchRunResponse0\x01\x12O\n\x06GetRun\x12!.charter.trainer.v1.GetRunRequest\x1a\".charter.trainer.v1.GetRunResponse\x12U\n\x08ListRuns\x12#.charter.trainer.v1.ListRunsRequest\x1a$.charter.trainer.v1.ListRunsResponse\x12X\n\tCancelRun\x12$.charter.trainer.v1.CancelRunRequest\x1a%.charter.trainer.v1.CancelRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n charter/trainer/v1/trainer.proto\x12\x12\x63harter.trainer.v1\x1a\x1e\x63harter/review/v1/review.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x11LabelStreamSource\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x33\n\x0b\x66rom_cursor\x18\x02 \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12\x31\n\tto_cursor\x18\x03 \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12.\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1e.charter.review.v1.LabelFilter\"\x1b\n\nFileSource\x12\r\n\x05paths\x18\x01 \x03(\t\"\x9d\x01\n\nDataSource\x12=\n\x0clabel_stream\x18\x01 \x01(\x0b\x32%.charter.trainer.v1.LabelStreamSourceH\x00\x12/\n\x05\x66iles\x18\x02 \x01(\x0b\x32\x1e.charter.trainer.v1.FileSourceH\x00\x12\x15\n\reval_fraction\x18\x03 \x01(\x01\x42\x08\n\x06source\"I\n\tResources\x12\x0c\n\x04gpus\x18\x01 \x01(\r\x12\x11\n\tprocesses\x18\x02 \x01(\r\x12\x0b\n\x03\x63pu\x18\x03 \x01(\t\x12\x0e\n\x06memory\x18\x04 \x01(\t\"\xc3\x02\n\x07RunSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\talgorithm\x18\x02 \x01(\x0e\x32\x1d.charter.trainer.v1.Algorithm\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12,\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x1e.charter.trainer.v1.DataSource\x12\x14\n\x0creward_model\x18\x05 \x01(\t\x12\x30\n\x0fhyperparameters\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\x08\x65xecutor\x18\x07 \x01(\x0e\x32\x1c.charter.trainer.v1.Executor\x12\x30\n\tresources\x18\x08 \x01(\x0b\x32\x1d.charter.trainer.v1.Resources\x12\x0c\n\x04seed\x18\t \x01(\x04\"\xe9\x04\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x04spec\x18\x02 \x01(\x0b\x32\x1b.charter.trainer.v1.RunSpec\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.charter.trainer.v1.RunState\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x34\n\x0c\x63ursor_start\x18\x08 \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12\x32\n\ncursor_end\x18\t \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12\x17\n\x0flast_checkpoint\x18\n \x01(\t\x12\x0c\n\x04step\x18\x0b \x01(\x04\x12\x13\n\x0btotal_steps\x18\x0c \x01(\x04\x12>\n\x0clast_metrics\x18\r \x03(\x0b\x32(.charter.trainer.v1.Run.LastMetricsEntry\x12\x12\n\noutput_dir\x18\x0e \x01(\t\x12\x10\n\x08job_name\x18\x0f \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x10 \x01(\r\x12\x0c\n\x04rows\x18\x11 \x01(\x04\x1a\x32\n\x10LastMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x89\x01\n\x0cMetricsEvent\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12<\n\x06values\x18\x02 \x03(\x0b\x32,.charter.trainer.v1.MetricsEvent.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"-\n\x0f\x43heckpointEvent\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0c\n\x04path\x18\x02 \x01(\t\"I\n\nStateEvent\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.charter.trainer.v1.RunState\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x85\x02\n\tDataEvent\x12\x34\n\x0c\x63ursor_start\x18\x01 \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12\x32\n\ncursor_end\x18\x02 \x01(\x0b\x32\x1e.charter.review.v1.LabelCursor\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x13\n\x0blabels_read\x18\x04 \x01(\x04\x12;\n\x07skipped\x18\x05 \x03(\x0b\x32*.charter.trainer.v1.DataEvent.SkippedEntry\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"*\n\x08LogEvent\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xdb\x02\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07metrics\x18\x04 \x01(\x0b\x32 .charter.trainer.v1.MetricsEventH\x00\x12\x39\n\ncheckpoint\x18\x05 \x01(\x0b\x32#.charter.trainer.v1.CheckpointEventH\x00\x12/\n\x05state\x18\x06 \x01(\x0b\x32\x1e.charter.trainer.v1.StateEventH\x00\x12+\n\x03log\x18\x07 \x01(\x0b\x32\x1c.charter.trainer.v1.LogEventH\x00\x12-\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x1d.charter.trainer.v1.DataEventH\x00\x42\x06\n\x04kind\"U\n\x0fStartRunRequest\x12)\n\x04spec\x18\x01 \x01(\x0b\x32\x1b.charter.trainer.v1.RunSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"8\n\x10StartRunResponse\x12$\n\x03run\x18\x01 \x01(\x0b\x32\x17.charter.trainer.v1.Run\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"?\n\x10WatchRunResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.charter.trainer.v1.RunEvent\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"6\n\x0eGetRunResponse\x12$\n\x03run\x18\x01 \x01(\x0b\x32\x17.charter.trainer.v1.Run\"f\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12,\n\x06states\x18\x03 \x03(\x0e\x32\x1c.charter.trainer.v1.RunState\"R\n\x10ListRunsResponse\x12%\n\x04runs\x18\x01 \x03(\x0b\x32\x17.charter.trainer.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\x11\x43\x61ncelRunResponse\x12$\n\x03run\x18\x01 \x01(\x0b\x32\x17.charter.trainer.v1.Run\"\"\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"9\n\x11ResumeRunResponse\x12$\n\x03run\x18\x01 \x01(\x0b\x32\x17.charter.trainer.v1.Run*\xa3\x01\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x11\n\rALGORITHM_SFT\x10\x01\x12\x1a\n\x16\x41LGORITHM_REWARD_MODEL\x10\x02\x12\x11\n\rALGORITHM_DPO\x10\x03\x12\x11\n\rALGORITHM_PPO\x10\x04\x12\x12\n\x0e\x41LGORITHM_GRPO\x10\x05\x12\x12\n\x0e\x41LGORITHM_RLOO\x10\x06*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*Q\n\x08\x45xecutor\x12\x18\n\x14\x45XECUTOR_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45XECUTOR_LOCAL\x10\x01\x12\x17\n\x13\x45XECUTOR_KUBERNETES\x10\x02\x32\x9c\x04\n\x0eTrainerService\x12U\n\x08StartRun\x12#.charter.trainer.v1.StartRunRequest\x1a$.charter.trainer.v1.StartRunResponse\x12W\n\x08WatchRun\x12#.charter.trainer.v1.WatchRunRequest\x1a$.charter.trainer.v1.WatchRunResponse0\x01\x12O\n\x06GetRun\x12!.charter.trainer.v1.GetRunRequest\x1a\".charter.trainer.v1.GetRunResponse\x12U\n\x08ListRuns\x12#.charter.trainer.v1.ListRunsRequest\x1a$.charter.trainer.v1.ListRunsResponse\x12X\n\tCancelRun\x12$.charter.trainer.v1.CancelRunRequest\x1a%.charter.trainer.v1.CancelRunResponse\x12X\n\tResumeRun\x12$.charter.trainer.v1.ResumeRunRequest\x1a%.charter.trainer.v1.ResumeRunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUN_LASTMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_METRICSEVENT_VALUESENTRY']._loaded_options = None
   _globals['_METRICSEVENT_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_ALGORITHM']._serialized_start=2788
-  _globals['_ALGORITHM']._serialized_end=2951
-  _globals['_RUNSTATE']._serialized_start=2954
-  _globals['_RUNSTATE']._serialized_end=3109
-  _globals['_EXECUTOR']._serialized_start=3111
-  _globals['_EXECUTOR']._serialized_end=3192
+  _globals['_DATAEVENT_SKIPPEDENTRY']._loaded_options = None
+  _globals['_DATAEVENT_SKIPPEDENTRY']._serialized_options = b'8\001'
+  _globals['_ALGORITHM']._serialized_start=3225
+  _globals['_ALGORITHM']._serialized_end=3388
+  _globals['_RUNSTATE']._serialized_start=3391
+  _globals['_RUNSTATE']._serialized_end=3546
+  _globals['_EXECUTOR']._serialized_start=3548
+  _globals['_EXECUTOR']._serialized_end=3629
   _globals['_LABELSTREAMSOURCE']._serialized_start=152
   _globals['_LABELSTREAMSOURCE']._serialized_end=340
   _globals['_FILESOURCE']._serialized_start=342
@@ -55,41 +57,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNSPEC']._serialized_start=607
   _globals['_RUNSPEC']._serialized_end=930
   _globals['_RUN']._serialized_start=933
-  _globals['_RUN']._serialized_end=1519
-  _globals['_RUN_LASTMETRICSENTRY']._serialized_start=1469
-  _globals['_RUN_LASTMETRICSENTRY']._serialized_end=1519
-  _globals['_METRICSEVENT']._serialized_start=1522
-  _globals['_METRICSEVENT']._serialized_end=1659
-  _globals['_METRICSEVENT_VALUESENTRY']._serialized_start=1614
-  _globals['_METRICSEVENT_VALUESENTRY']._serialized_end=1659
-  _globals['_CHECKPOINTEVENT']._serialized_start=1661
-  _globals['_CHECKPOINTEVENT']._serialized_end=1706
-  _globals['_STATEEVENT']._serialized_start=1708
-  _globals['_STATEEVENT']._serialized_end=1781
-  _globals['_LOGEVENT']._serialized_start=1783
-  _globals['_LOGEVENT']._serialized_end=1825
-  _globals['_RUNEVENT']._serialized_start=1828
-  _globals['_RUNEVENT']._serialized_end=2128
-  _globals['_STARTRUNREQUEST']._serialized_start=2130
-  _globals['_STARTRUNREQUEST']._serialized_end=2215
-  _globals['_STARTRUNRESPONSE']._serialized_start=2217
-  _globals['_STARTRUNRESPONSE']._serialized_end=2273
-  _globals['_WATCHRUNREQUEST']._serialized_start=2275
-  _globals['_WATCHRUNREQUEST']._serialized_end=2332
-  _globals['_WATCHRUNRESPONSE']._serialized_start=2334
-  _globals['_WATCHRUNRESPONSE']._serialized_end=2397
-  _globals['_GETRUNREQUEST']._serialized_start=2399
-  _globals['_GETRUNREQUEST']._serialized_end=2430
-  _globals['_GETRUNRESPONSE']._serialized_start=2432
-  _globals['_GETRUNRESPONSE']._serialized_end=2486
-  _globals['_LISTRUNSREQUEST']._serialized_start=2488
-  _globals['_LISTRUNSREQUEST']._serialized_end=2590
-  _globals['_LISTRUNSRESPONSE']._serialized_start=2592
-  _globals['_LISTRUNSRESPONSE']._serialized_end=2674
-  _globals['_CANCELRUNREQUEST']._serialized_start=2676
-  _globals['_CANCELRUNREQUEST']._serialized_end=2726
-  _globals['_CANCELRUNRESPONSE']._serialized_start=2728
-  _globals['_CANCELRUNRESPONSE']._serialized_end=2785
-  _globals['_TRAINERSERVICE']._serialized_start=3195
-  _globals['_TRAINERSERVICE']._serialized_end=3645
+  _globals['_RUN']._serialized_end=1550
+  _globals['_RUN_LASTMETRICSENTRY']._serialized_start=1500
+  _globals['_RUN_LASTMETRICSENTRY']._serialized_end=1550
+  _globals['_METRICSEVENT']._serialized_start=1553
+  _globals['_METRICSEVENT']._serialized_end=1690
+  _globals['_METRICSEVENT_VALUESENTRY']._serialized_start=1645
+  _globals['_METRICSEVENT_VALUESENTRY']._serialized_end=1690
+  _globals['_CHECKPOINTEVENT']._serialized_start=1692
+  _globals['_CHECKPOINTEVENT']._serialized_end=1737
+  _globals['_STATEEVENT']._serialized_start=1739
+  _globals['_STATEEVENT']._serialized_end=1812
+  _globals['_DATAEVENT']._serialized_start=1815
+  _globals['_DATAEVENT']._serialized_end=2076
+  _globals['_DATAEVENT_SKIPPEDENTRY']._serialized_start=2030
+  _globals['_DATAEVENT_SKIPPEDENTRY']._serialized_end=2076
+  _globals['_LOGEVENT']._serialized_start=2078
+  _globals['_LOGEVENT']._serialized_end=2120
+  _globals['_RUNEVENT']._serialized_start=2123
+  _globals['_RUNEVENT']._serialized_end=2470
+  _globals['_STARTRUNREQUEST']._serialized_start=2472
+  _globals['_STARTRUNREQUEST']._serialized_end=2557
+  _globals['_STARTRUNRESPONSE']._serialized_start=2559
+  _globals['_STARTRUNRESPONSE']._serialized_end=2615
+  _globals['_WATCHRUNREQUEST']._serialized_start=2617
+  _globals['_WATCHRUNREQUEST']._serialized_end=2674
+  _globals['_WATCHRUNRESPONSE']._serialized_start=2676
+  _globals['_WATCHRUNRESPONSE']._serialized_end=2739
+  _globals['_GETRUNREQUEST']._serialized_start=2741
+  _globals['_GETRUNREQUEST']._serialized_end=2772
+  _globals['_GETRUNRESPONSE']._serialized_start=2774
+  _globals['_GETRUNRESPONSE']._serialized_end=2828
+  _globals['_LISTRUNSREQUEST']._serialized_start=2830
+  _globals['_LISTRUNSREQUEST']._serialized_end=2932
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2934
+  _globals['_LISTRUNSRESPONSE']._serialized_end=3016
+  _globals['_CANCELRUNREQUEST']._serialized_start=3018
+  _globals['_CANCELRUNREQUEST']._serialized_end=3068
+  _globals['_CANCELRUNRESPONSE']._serialized_start=3070
+  _globals['_CANCELRUNRESPONSE']._serialized_end=3127
+  _globals['_RESUMERUNREQUEST']._serialized_start=3129
+  _globals['_RESUMERUNREQUEST']._serialized_end=3163
+  _globals['_RESUMERUNRESPONSE']._serialized_start=3165
+  _globals['_RESUMERUNRESPONSE']._serialized_end=3222
+  _globals['_TRAINERSERVICE']._serialized_start=3632
+  _globals['_TRAINERSERVICE']._serialized_end=4172
 # @@protoc_insertion_point(module_scope)

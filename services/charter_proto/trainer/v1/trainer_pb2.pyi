@@ -296,6 +296,8 @@ class Run(_message.Message):
     LAST_METRICS_FIELD_NUMBER: _builtins.int
     OUTPUT_DIR_FIELD_NUMBER: _builtins.int
     JOB_NAME_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___RunState.ValueType
     reason: _builtins.str
@@ -306,6 +308,10 @@ class Run(_message.Message):
     output_dir: _builtins.str
     job_name: _builtins.str
     """Kubernetes Job name when executor is KUBERNETES."""
+    attempt: _builtins.int
+    """1 for the first start, +1 for each resume."""
+    rows: _builtins.int
+    """Training rows the run's data held (pairs, conversations or prompts)."""
     @_builtins.property
     def spec(self) -> Global___RunSpec: ...
     @_builtins.property
@@ -340,10 +346,12 @@ class Run(_message.Message):
         last_metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         output_dir: _builtins.str = ...,
         job_name: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        rows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "finished_at", b"finished_at", "id", b"id", "job_name", b"job_name", "last_checkpoint", b"last_checkpoint", "last_metrics", b"last_metrics", "output_dir", b"output_dir", "reason", b"reason", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "finished_at", b"finished_at", "id", b"id", "job_name", b"job_name", "last_checkpoint", b"last_checkpoint", "last_metrics", b"last_metrics", "output_dir", b"output_dir", "reason", b"reason", "rows", b"rows", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -439,6 +447,66 @@ class StateEvent(_message.Message):
 Global___StateEvent: _TypeAlias = StateEvent  # noqa: Y015
 
 @_typing.final
+class DataEvent(_message.Message):
+    """The data a run trains on, fixed when it first starts (a resume reuses it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SkippedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CURSOR_START_FIELD_NUMBER: _builtins.int
+    CURSOR_END_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    LABELS_READ_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    labels_read: _builtins.int
+    @_builtins.property
+    def cursor_start(self) -> _review_pb2.LabelCursor:
+        """Review-stream positions: the run trained on accepted labels after cursor_start up to cursor_end."""
+
+    @_builtins.property
+    def cursor_end(self) -> _review_pb2.LabelCursor: ...
+    @_builtins.property
+    def skipped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Labels read but not trained on, by reason (e.g. "tie")."""
+
+    def __init__(
+        self,
+        *,
+        cursor_start: _review_pb2.LabelCursor | None = ...,
+        cursor_end: _review_pb2.LabelCursor | None = ...,
+        rows: _builtins.int = ...,
+        labels_read: _builtins.int = ...,
+        skipped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cursor_end", b"cursor_end", "cursor_start", b"cursor_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "labels_read", b"labels_read", "rows", b"rows", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataEvent: _TypeAlias = DataEvent  # noqa: Y015
+
+@_typing.final
 class LogEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -471,6 +539,7 @@ class RunEvent(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     sequence: _builtins.int
     @_builtins.property
@@ -483,6 +552,8 @@ class RunEvent(_message.Message):
     def state(self) -> Global___StateEvent: ...
     @_builtins.property
     def log(self) -> Global___LogEvent: ...
+    @_builtins.property
+    def data(self) -> Global___DataEvent: ...
     def __init__(
         self,
         *,
@@ -493,12 +564,13 @@ class RunEvent(_message.Message):
         checkpoint: Global___CheckpointEvent | None = ...,
         state: Global___StateEvent | None = ...,
         log: Global___LogEvent | None = ...,
+        data: Global___DataEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "kind", b"kind", "log", b"log", "metrics", b"metrics", "state", b"state", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "data", b"data", "kind", b"kind", "log", b"log", "metrics", b"metrics", "state", b"state", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "kind", b"kind", "log", b"log", "metrics", b"metrics", "run_id", b"run_id", "sequence", b"sequence", "state", b"state", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "data", b"data", "kind", b"kind", "log", b"log", "metrics", b"metrics", "run_id", b"run_id", "sequence", b"sequence", "state", b"state", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["metrics", "checkpoint", "state", "log"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["metrics", "checkpoint", "state", "log", "data"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -722,3 +794,42 @@ class CancelRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
+
+@_typing.final
+class ResumeRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRunRequest: _TypeAlias = ResumeRunRequest  # noqa: Y015
+
+@_typing.final
+class ResumeRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run: ...
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRunResponse: _TypeAlias = ResumeRunResponse  # noqa: Y015

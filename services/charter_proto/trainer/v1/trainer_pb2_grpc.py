@@ -60,6 +60,11 @@ class TrainerServiceStub:
                 request_serializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/charter.trainer.v1.TrainerService/ResumeRun',
+                request_serializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -98,6 +103,13 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeRun(self, request, context):
+        """Starts a failed or cancelled run again from its last checkpoint, on the data it trained on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +137,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.CancelRunRequest.FromString,
                     response_serializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunRequest.FromString,
+                    response_serializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +280,33 @@ class TrainerService:
             '/charter.trainer.v1.TrainerService/CancelRun',
             charter_dot_trainer_dot_v1_dot_trainer__pb2.CancelRunRequest.SerializeToString,
             charter_dot_trainer_dot_v1_dot_trainer__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/charter.trainer.v1.TrainerService/ResumeRun',
+            charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunRequest.SerializeToString,
+            charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,8 @@ class TrainerServiceStub:
     GetRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetRunRequest, _trainer_pb2.GetRunResponse]
     ListRuns: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListRunsRequest, _trainer_pb2.ListRunsResponse]
     CancelRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CancelRunRequest, _trainer_pb2.CancelRunResponse]
+    ResumeRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ResumeRunRequest, _trainer_pb2.ResumeRunResponse]
+    """Starts a failed or cancelled run again from its last checkpoint, on the data it trained on."""
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -53,6 +55,8 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     GetRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetRunRequest, _trainer_pb2.GetRunResponse]  # type: ignore[assignment]
     ListRuns: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListRunsRequest, _trainer_pb2.ListRunsResponse]  # type: ignore[assignment]
     CancelRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CancelRunRequest, _trainer_pb2.CancelRunResponse]  # type: ignore[assignment]
+    ResumeRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ResumeRunRequest, _trainer_pb2.ResumeRunResponse]  # type: ignore[assignment]
+    """Starts a failed or cancelled run again from its last checkpoint, on the data it trained on."""
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs SFT, reward-model, DPO, PPO and GRPO/RLOO jobs on Charter's data."""
@@ -93,5 +97,13 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.CancelRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.CancelRunResponse, _abc.Awaitable[_trainer_pb2.CancelRunResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeRun(
+        self,
+        request: _trainer_pb2.ResumeRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ResumeRunResponse, _abc.Awaitable[_trainer_pb2.ResumeRunResponse]]:
+        """Starts a failed or cancelled run again from its last checkpoint, on the data it trained on."""
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
