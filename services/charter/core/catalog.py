@@ -80,6 +80,12 @@ def _review(resources: Resources) -> Any:
     return ReviewServicer.from_settings(resources.settings)
 
 
+def _trainer(resources: Resources) -> Any:
+    from charter.trainer.servicer import TrainerServicer
+
+    return TrainerServicer.from_settings(resources.settings)
+
+
 def _judge(resources: Resources) -> Any:
     from charter.judge.servicer import JudgeServicer
 
@@ -161,6 +167,7 @@ SERVICES: dict[str, ServiceSpec] = {
             _full_name(trainer_pb2, "TrainerService"),
             trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
             trainer_pb2_grpc.TrainerServiceServicer,
+            build=_trainer,
         ),
     )
 }

@@ -165,6 +165,54 @@ class ReviewSettings(_Section):
     web_max_body_bytes: int = Field(default=65_536, ge=1024)
 
 
+class TrainerKubernetesSettings(_Section):
+    """The Kubernetes executor: each run attempt is a batch/v1 Job (see deploy/ and docs/trainer.md)."""
+
+    namespace: str = "default"
+    image: str = ""
+    """The trainer image (CUDA torch + TRL + accelerate), with a pinned tag; required for this executor."""
+    service_account: str = ""
+    """The workers' service account (empty: the namespace's default)."""
+    runs_pvc: str = "charter-trainer-runs"
+    """A PersistentVolumeClaim holding every run's folder (data cache, checkpoints, model), mounted in
+    the workers (and in the trainer service, which resolves reward-model run ids to its paths)."""
+    runs_mount: str = "/runs"
+    template: Path | None = None
+    """An operator's own Job template (Jinja2 YAML); default: the one Charter ships."""
+    image_pull_secrets: list[str] = []
+    env_from_secret: str = ""
+    """A Secret whose keys become the workers' environment (e.g. CHARTER_REVIEW_TOKEN)."""
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    ttl_seconds_after_finished: int | None = Field(default=86_400, ge=0)
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+
+
+class TrainerSettings(_Section):
+    database_url: SecretStr = SecretStr("sqlite:///charter-trainer.db")
+    """SQLAlchemy URL of the run store: a SQLite file (default) or PostgreSQL; migrations run at start."""
+    runs_dir: Path = Path("charter-runs")
+    """Local executor: every run's folder (spec, worker logs, data cache, checkpoints, model)."""
+    executor: Literal["local", "kubernetes"] = "local"
+    kubernetes: TrainerKubernetesSettings = TrainerKubernetesSettings()
+    review_address: str = ""
+    """The review service (host:port) a label-stream run reads from when its spec names none."""
+    review_token: SecretStr = SecretStr("")
+    """A `service` token for the review stream, passed to local workers (Kubernetes: env_from_secret)."""
+    review_token_file: Path | None = None
+    tokens: list[ReviewerToken] = []
+    """Who may call the trainer service (role service or admin); also `tokens_file`. With none at all
+    the service is open: bind it to localhost (the embedded default) or set tokens."""
+    tokens_file: Path | None = None
+    worker_threads: int | None = Field(default=None, ge=1, le=1024)
+    """torch threads per local worker (default: torch's own choice)."""
+    poll_seconds: float = Field(default=0.5, gt=0.0, le=60.0)
+    """How often the service checks on a worker and watchers look for events from other replicas."""
+    auto_resume: bool = True
+    """A run whose worker vanished while the service was down (host restart, evicted pod) is resumed
+    from its last checkpoint when the service starts; a worker that failed on its own stays FAILED."""
+
+
 class CharterSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHARTER_",
@@ -181,6 +229,7 @@ class CharterSettings(BaseSettings):
     critic: CriticSettings = CriticSettings()
     judge: JudgeSettings = JudgeSettings()
     review: ReviewSettings = ReviewSettings()
+    trainer: TrainerSettings = TrainerSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -78,6 +78,8 @@ class PPOConfig(BaseModel):
     adam_eps: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(0, ge=0)
+    total_steps: int = Field(100, ge=1, description="Rollout + update rounds of a service run.")
+    save_steps: int = Field(50, ge=1, description="A service run checkpoints every this many steps.")
 
     @field_validator("mini_batch_size")
     @classmethod

@@ -1,0 +1,239 @@
+"""Where a run's worker executes. The trainer service starts a worker through an `Executor` — a local
+subprocess (the embedded default, `LocalExecutor`) or a Kubernetes Job
+(`charter.trainer.kubernetes.KubernetesExecutor`) — and follows it through the same three calls:
+its event lines (`charter.trainer.events`), its outcome, and cancel.
+
+A worker is `python -m charter.trainer.worker --spec SPEC --run-dir DIR [--resume]`: it reads the
+run spec (JSON of `charter.trainer.v1.RunSpec`, reward model already resolved to a path), trains,
+checkpoints under DIR/checkpoints, writes the model to DIR/model, and reports events on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from charter.trainer import events
+
+log = structlog.get_logger("charter.trainer")
+
+
+@dataclass(frozen=True)
+class Launch:
+    run_id: str
+    attempt: int
+    """1 for the first start, +1 for each resume (a Job name or log file per attempt)."""
+    spec_json: str
+    """The RunSpec as JSON (`google.protobuf.json_format.MessageToJson`), reward model resolved."""
+    resume: bool
+    """Resume from the run's last checkpoint (and its cached data) instead of starting afresh."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    succeeded: bool
+    reason: str
+    """Why it failed ("" on success): the worker's `error` event, an exit code or a signal."""
+    lost: bool = False
+    """The worker vanished without finishing (its host restarted, its pod was evicted or deleted):
+    not the run's own failure, so a restarting service may resume it."""
+
+
+class Executor(Protocol):
+    name: str
+
+    def run_dir(self, run_id: str) -> str:
+        """The run's folder as the worker sees it (checkpoints, data cache, model)."""
+        ...
+
+    async def launch(self, launch: Launch) -> str:
+        """Start the worker; returns a handle the service stores with the run (survives restarts)."""
+        ...
+
+    def lines(self, handle: str) -> AsyncIterator[str]:
+        """The worker's output lines of this attempt from its start, live; ends once it has exited."""
+        ...
+
+    async def outcome(self, handle: str) -> Outcome | None:
+        """None while the worker runs (or may still be restarted by the platform); else how it ended."""
+        ...
+
+    async def cancel(self, handle: str) -> None:
+        """Stop the worker (idempotent)."""
+        ...
+
+
+def worker_command(python: str, spec_path: str, run_dir: str, resume: bool) -> list[str]:
+    command = [python, "-m", "charter.trainer.worker", "--spec", spec_path, "--run-dir", run_dir]
+    return command + (["--resume"] if resume else [])
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"
+
+
+def exit_reason(returncode: int, last_error: str | None) -> str:
+    if last_error:
+        return last_error
+    if returncode < 0:
+        return f"worker process killed by {_signal_name(-returncode)}"
+    return f"worker process exited with code {returncode}"
+
+
+class LocalExecutor:
+    """Workers as subprocesses of the trainer service, one folder per run under `runs_dir`:
+    `spec.json`, `attempt-N.log` (the worker's output), `checkpoints/`, `model/`.
+
+    The handle is `<pid>:<start time>:<run id>:<attempt>` (the launcher shell's pid and its start time
+    in clock ticks, so a recycled pid is not mistaken for it). A worker runs in its own session, so it
+    outlives a restart of the service; the new service process follows it by its log file, and learns
+    its exit status from the `exit-N` file the launcher shell writes when it ends.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        runs_dir: str | Path,
+        *,
+        python: str | None = None,
+        threads: int | None = None,
+        poll_seconds: float = 0.2,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.runs_dir = Path(runs_dir).expanduser().resolve()
+        self.python = python or sys.executable
+        self.threads = threads
+        self.poll_seconds = poll_seconds
+        self.env = env or {}
+
+    def run_dir(self, run_id: str) -> str:
+        return str(self.runs_dir / run_id)
+
+    def _paths(self, handle: str) -> tuple[tuple[int, str], Path, Path]:
+        pid, start, run_id, attempt = handle.split(":")
+        folder = self.runs_dir / run_id
+        return (int(pid), start), folder / f"attempt-{attempt}.log", folder / f"exit-{attempt}"
+
+    async def launch(self, launch: Launch) -> str:
+        folder = Path(self.run_dir(launch.run_id))
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_path = folder / "spec.json"
+        spec_path.write_text(launch.spec_json, encoding="utf-8")
+        log_path = folder / f"attempt-{launch.attempt}.log"
+        exit_path = folder / f"exit-{launch.attempt}"
+        exit_path.unlink(missing_ok=True)
+        command = worker_command(self.python, str(spec_path), str(folder), launch.resume)
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        if self.threads:
+            env["CHARTER_TORCH_THREADS"] = str(self.threads)
+        # a shell records the worker's exit status, so a restarted service can still read it; `exec`
+        # is not used: the shell must outlive the worker to write the file
+        script = (
+            '"$@" >>"$CHARTER_LOG" 2>&1; echo $? >"$CHARTER_EXIT.tmp"; mv "$CHARTER_EXIT.tmp" "$CHARTER_EXIT"'
+        )
+        env.update(CHARTER_LOG=str(log_path), CHARTER_EXIT=str(exit_path))
+        process = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", script, "charter-worker", *command,
+            env=env, cwd=str(folder), start_new_session=True,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        self._reap(process)
+        log.info("trainer.worker.started", run_id=launch.run_id, attempt=launch.attempt, pid=process.pid)
+        return f"{process.pid}:{_start_time(process.pid)}:{launch.run_id}:{launch.attempt}"
+
+    @staticmethod
+    def _reap(process: Any) -> None:
+        """Collect the shell's exit status in the background (no zombie while the service runs)."""
+        task = asyncio.ensure_future(process.wait())
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    @staticmethod
+    def _alive(process: tuple[int, str]) -> bool:
+        pid, start = process
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return False
+        # a zombie (exited, not yet reaped) counts as gone; another start time is another process
+        return fields[0] != "Z" and fields[19] == start
+
+    async def lines(self, handle: str) -> AsyncIterator[str]:  # type: ignore[override]
+        process, log_path, exit_path = self._paths(handle)
+        position, pending = 0, b""
+        while True:
+            finished = exit_path.exists() or not self._alive(process)
+            try:
+                with open(log_path, "rb") as f:
+                    f.seek(position)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            position += len(chunk)
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line.decode("utf-8", "replace")
+            if finished and not chunk:
+                if pending:
+                    yield pending.decode("utf-8", "replace")
+                return
+            if not chunk:
+                await asyncio.sleep(self.poll_seconds)
+
+    async def outcome(self, handle: str) -> Outcome | None:
+        process, log_path, exit_path = self._paths(handle)
+        if not exit_path.exists():
+            if self._alive(process):
+                return None
+            return Outcome(False, "worker process vanished without an exit status", lost=True)
+        code = int(exit_path.read_text().strip() or 1)
+        if code == 0:
+            return Outcome(True, "")
+        if code > 128:  # the shell reports death by signal N as 128 + N
+            code = -(code - 128)
+        return Outcome(False, exit_reason(code, _last_error(log_path)))
+
+    async def cancel(self, handle: str) -> None:
+        process, _, _ = self._paths(handle)
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            if not self._alive(process):
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process[0], sig)  # the shell and the worker: one session, one group
+            deadline = asyncio.get_running_loop().time() + wait
+            while self._alive(process) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"
+
+
+def _last_error(log_path: Path) -> str | None:
+    """The message of the last `error` event in a worker's log."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(text.splitlines()):
+        event = events.parse(line)
+        if event is not None and event["type"] == "error":
+            return str(event.get("message", ""))
+    return None

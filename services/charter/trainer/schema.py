@@ -1,0 +1,52 @@
+"""The trainer's tables (SQLAlchemy 2 Core); changes go through a new alembic migration in
+`migrations/versions/` (`tests/integration/test_trainer_store.py` checks the two agree).
+
+- `runs`: one row per run; `payload` is the serialised `charter.trainer.v1.Run` (spec, state, cursor
+  range, last metrics, checkpoint), the other columns are what queries and the follower need:
+  `handle` (the executor's name for the current worker), `attempt` (1 + resumes) and `events_seen`
+  (worker events of this attempt already recorded, so a restarted service skips them).
+- `run_events`: every event of every run, append-only, numbered per run from 1.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+)
+
+metadata = MetaData()
+VERSION_TABLE = "charter_trainer_alembic_version"
+"""Alembic's version table for these migrations (the review ledger may share the database)."""
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("state", SmallInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("idempotency_key", String(256), nullable=True, unique=True),
+    Column("executor", String(32), nullable=False),
+    Column("handle", String(512), nullable=True),
+    Column("attempt", Integer, nullable=False),
+    Column("events_seen", BigInteger, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Index("ix_runs_state", "state"),
+    Index("ix_runs_created", "created_at", "id"),
+)
+
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("payload", LargeBinary, nullable=False),
+)
