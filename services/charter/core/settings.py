@@ -186,6 +186,8 @@ class TrainerKubernetesSettings(_Section):
     tolerations: list[dict[str, Any]] = []
     ttl_seconds_after_finished: int | None = Field(default=86_400, ge=0)
     active_deadline_seconds: int | None = Field(default=None, ge=1)
+    shm_size: str = ""
+    """Size limit of the workers' /dev/shm (a memory emptyDir; empty: no limit)."""
 
 
 class TrainerSettings(_Section):

@@ -40,9 +40,22 @@ _STATE = trainer_pb2.RunState
 
 def build_executor(settings: TrainerSettings) -> Executor:
     if settings.executor == "kubernetes":
-        from charter.trainer.kubernetes import KubernetesExecutor
+        from charter.trainer.kubernetes import JobOptions, KubernetesExecutor
 
-        return KubernetesExecutor.from_settings(settings.kubernetes)
+        k = settings.kubernetes
+        if not k.image:
+            raise InvalidArgument(
+                "trainer.kubernetes.image: the Kubernetes executor needs the trainer image (pinned tag)",
+                field="trainer.kubernetes.image",
+            )
+        options = JobOptions(**k.model_dump())
+        try:
+            return KubernetesExecutor(options, poll_seconds=settings.poll_seconds * 4)
+        except Exception as err:  # no in-cluster service account and no kubeconfig
+            raise FailedPrecondition(
+                f"trainer.executor: kubernetes, but no cluster credentials were found "
+                f"(in-cluster service account or kubeconfig): {err}"
+            ) from None
     env = {}
     if settings.review_token.get_secret_value():
         env["CHARTER_REVIEW_TOKEN"] = settings.review_token.get_secret_value()

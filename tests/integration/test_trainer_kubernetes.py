@@ -1,0 +1,609 @@
+"""The Kubernetes executor. Its manifests are validated offline against the Kubernetes schemas
+(kubernetes-validate --strict). Then it is driven through the real `kubernetes` client over HTTP
+against a small fake API server that speaks the few endpoints it uses: Jobs, ConfigMaps, Pods listed
+by label and a followed, chunked pod log that can break mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import kubernetes_validate
+import pytest
+from charter.core.errors import FailedPrecondition, InvalidArgument
+from charter.trainer import events
+from charter.trainer.executor import Launch, Outcome
+from charter.trainer.kubernetes import (
+    TEMPLATE,
+    JobOptions,
+    KubernetesExecutor,
+    job_manifest,
+    object_name,
+    run_resources,
+    spec_configmap,
+)
+from charter_proto.trainer.v1 import trainer_pb2
+from google.protobuf.json_format import MessageToJson
+from kubernetes import client as k8s
+from structlog.testing import capture_logs
+
+pytestmark = pytest.mark.integration
+
+K8S_VERSION = "1.34"
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+OPTIONS = JobOptions(
+    namespace="charter",
+    image="ghcr.io/acme/charter-trainer:0.1.0",
+    runs_pvc="charter-runs",
+    service_account="charter-trainer-worker",
+    image_pull_secrets=("ghcr",),
+    env_from_secret="charter-trainer-env",
+    node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+    active_deadline_seconds=86400,
+    shm_size="16Gi",
+)
+
+
+def make_launch(run_id: str = "r-0123456789abcdef", attempt: int = 1, resume: bool = False, **resources: Any):
+    spec = trainer_pb2.RunSpec(
+        name="dpo-smoke",
+        algorithm=trainer_pb2.ALGORITHM_DPO,
+        base_model="/runs/models/base",
+        executor=trainer_pb2.EXECUTOR_KUBERNETES,
+        resources=trainer_pb2.Resources(**resources),
+    )
+    return Launch(run_id=run_id, attempt=attempt, spec_json=MessageToJson(spec), resume=resume)
+
+
+def validate(obj: dict) -> None:
+    assert kubernetes_validate.validate(obj, K8S_VERSION, strict=True) == K8S_VERSION
+
+
+# -- manifests, offline ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("resources", "resume", "command_head", "limits"),
+    [
+        (dict(gpus=4, cpu="32", memory="256Gi"), True,
+         ["accelerate", "launch", "--multi_gpu", "--num_processes", "4", "-m", "charter.trainer.worker"],
+         {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": "4"}),
+        (dict(gpus=2, processes=1, memory="64Gi"), False,
+         ["python", "-m", "charter.trainer.worker"], {"memory": "64Gi", "nvidia.com/gpu": "2"}),
+        (dict(cpu="500m", memory="2Gi"), False,
+         ["python", "-m", "charter.trainer.worker"], {"cpu": "500m", "memory": "2Gi"}),
+        ({}, True, ["python", "-m", "charter.trainer.worker"], None),
+    ],
+)  # fmt: skip
+def test_manifests_validate_against_the_kubernetes_schemas(resources, resume, command_head, limits):
+    launch = make_launch(attempt=3, resume=resume, **resources)
+    job = job_manifest(launch, OPTIONS, run_resources(launch.spec_json))
+    configmap = spec_configmap(launch, OPTIONS)
+    validate(job)
+    validate(configmap)
+    broken = copy.deepcopy(job)
+    broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFS"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):  # the schema check can fail
+        validate(broken)
+
+    name = "charter-run-r-0123456789abcdef-3"
+    assert job["metadata"]["name"] == configmap["metadata"]["name"] == name
+    assert len(name) <= 63 and DNS_LABEL.fullmatch(name)
+    labels = {"app.kubernetes.io/name": "charter-trainer-worker", "charter.dev/run-id": launch.run_id,
+              "charter.dev/attempt": "3"}  # fmt: skip
+    for meta in (job["metadata"], job["spec"]["template"]["metadata"], configmap["metadata"]):
+        assert labels.items() <= meta["labels"].items()
+    assert configmap["data"] == {"spec.json": launch.spec_json}
+
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["enableServiceLinks"] is False and pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "charter-trainer-worker"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = pod["containers"]
+    assert container["name"] == "worker"
+    image = container["image"]
+    assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]} and security["runAsUser"] == 10001
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+    command = container["command"]
+    assert command[: len(command_head)] == command_head
+    assert command[len(command_head) :] == [
+        "--spec", "/etc/charter/run/spec.json", "--run-dir", "/runs/r-0123456789abcdef",
+        *(["--resume"] if resume else []),
+    ]  # fmt: skip
+    assert container["resources"].get("limits") == limits
+    if limits:
+        assert container["resources"]["requests"] == {
+            k: v for k, v in limits.items() if k != "nvidia.com/gpu"
+        }
+    assert {"name": "PYTHONUNBUFFERED", "value": "1"} in container["env"]
+    assert container["envFrom"] == [{"secretRef": {"name": "charter-trainer-env"}}]
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    assert mounts["/runs"]["persistentVolumeClaim"] == {"claimName": "charter-runs"}
+    assert mounts["/etc/charter/run"]["configMap"]["name"] == name
+    assert mounts["/tmp"]["emptyDir"] == {} and mounts["/home/charter"]["emptyDir"] == {}
+    assert mounts["/dev/shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert {"name": "HOME", "value": "/home/charter"} in container["env"]
+
+
+def test_names_options_and_resources_are_checked(tmp_path: Path):
+    long_id = "Run_" + "x" * 80
+    names = {object_name(run_id, 12) for run_id in (long_id, long_id.lower(), "r-ABC", "r-abc", "r/abc")}
+    assert len(names) == 5
+    assert all(len(n) <= 63 and DNS_LABEL.fullmatch(n) for n in names)
+    validate(job_manifest(make_launch(run_id=long_id), OPTIONS, trainer_pb2.Resources()))
+
+    for image in ("ghcr.io/acme/charter-trainer", "charter-trainer:latest", "localhost:5000/charter"):
+        with pytest.raises(ValueError, match="pin the trainer image"):
+            JobOptions(namespace="charter", image=image, runs_pvc="runs")
+    pinned = JobOptions(  # the shapes settings hold: lists, a str path
+        namespace="charter", image="localhost:5000/charter@sha256:" + "0" * 64, runs_pvc="runs",
+        image_pull_secrets=["ghcr"], tolerations=[{"key": "gpu", "operator": "Exists"}], template=str(TEMPLATE),
+    )  # fmt: skip
+    assert pinned.image_pull_secrets == ("ghcr",) and pinned.template == TEMPLATE
+    with pytest.raises(ValueError, match="namespace='Charter'"):
+        JobOptions(namespace="Charter", image="charter:1", runs_pvc="runs")
+
+    with pytest.raises(InvalidArgument, match="spec.resources.memory='lots'"):
+        job_manifest(make_launch(memory="lots"), OPTIONS, trainer_pb2.Resources(memory="lots"))
+    with pytest.raises(InvalidArgument, match="processes=4 needs a GPU per process, but gpus=2"):
+        job_manifest(make_launch(), OPTIONS, trainer_pb2.Resources(gpus=2, processes=4))
+
+    # an operator's own template: extras are kept, what the executor relies on is checked
+    text = TEMPLATE.read_text()
+    custom = tmp_path / "job.yaml"
+    custom.write_text(text.replace("    spec:\n      restartPolicy", "    spec:\n      priorityClassName: "
+                                   "training\n      restartPolicy"))  # fmt: skip
+    options = JobOptions(namespace="charter", image="charter:1", runs_pvc="runs", template=custom)
+    job = job_manifest(make_launch(), options, trainer_pb2.Resources())
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "training"
+    validate(job)
+    custom.write_text(
+        text.replace("- name: worker", "- name: trainer").replace("backoffLimit: 0", "backoffLimit: 6")
+    )
+    options = JobOptions(namespace="charter", image="charter:1", runs_pvc="runs", template=custom)
+    with pytest.raises(ValueError, match="spec.backoffLimit is 6, want 0; no container is named 'worker'"):
+        job_manifest(make_launch(), options, trainer_pb2.Resources())
+
+
+# -- a fake API server ----------------------------------------------------------------------------------
+
+
+def now_rfc3339(ns: int | None = None, nano: bool = False) -> str:
+    ns = time.time_ns() if ns is None else ns
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9))
+    fraction = f"{ns % 10**9:09d}".rstrip("0") if nano else ""  # Go's RFC3339Nano trims zeros
+    return f"{whole}.{fraction}Z" if fraction else f"{whole}Z"
+
+
+class FakeKubernetes:
+    """The state of one namespace and the test's controls over it (the Job controller and kubelet)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.jobs: dict[str, dict] = {}
+        self.configmaps: dict[str, dict] = {}
+        self.pods: dict[str, dict] = {}
+        self.logs: dict[str, list[tuple[int, str]]] = {}
+        self.requests: list[dict] = []
+        self.break_streams = 0
+        self.last_ns = 0
+
+    # the controllers' side
+    def start_pod(self, job: str, waiting: str = "ContainerCreating", message: str = "") -> str:
+        with self.cond:
+            spec = self.jobs[job]
+            pod = f"{job}-{uuid.uuid4().hex[:5]}"
+            self.pods[pod] = {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {
+                    "name": pod, "namespace": "charter", "uid": str(uuid.uuid4()),
+                    "creationTimestamp": now_rfc3339(),
+                    "labels": {**spec["spec"]["template"]["metadata"]["labels"], "job-name": job,
+                               "batch.kubernetes.io/job-name": job,
+                               "controller-uid": spec["metadata"]["uid"]},
+                    "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job,
+                                         "uid": spec["metadata"]["uid"], "controller": True,
+                                         "blockOwnerDeletion": True}],
+                },
+                "spec": {**spec["spec"]["template"]["spec"], "nodeName": "gpu-node-1"},
+                "status": {"phase": "Pending", "qosClass": "Guaranteed", "startTime": now_rfc3339(),
+                           "containerStatuses": []},
+            }  # fmt: skip
+            self.logs[pod] = []
+            self.jobs[job]["status"] = {"active": 1, "ready": 0, "startTime": now_rfc3339()}
+            self.set_state(pod, {"waiting": {"reason": waiting, **({"message": message} if message else {})}})
+            return pod
+
+    def set_state(self, pod: str, state: dict, phase: str | None = None) -> None:
+        with self.cond:
+            status = self.pods[pod]["status"]
+            status["containerStatuses"] = [{
+                "name": "worker", "image": OPTIONS.image, "imageID": "", "containerID": "",
+                "ready": "running" in state, "restartCount": 0, "started": "waiting" not in state,
+                "state": state, "lastState": {},
+            }]  # fmt: skip
+            status["phase"] = phase or ("Pending" if "waiting" in state else "Running")
+            self.cond.notify_all()
+
+    def log(self, pod: str, *lines: str) -> None:
+        """Appends lines, all with one timestamp (a burst from one write)."""
+        with self.cond:
+            self.last_ns = max(time.time_ns() // 10**7 * 10**7, self.last_ns + 10**7)
+            self.logs[pod].extend((self.last_ns, line) for line in lines)
+            self.cond.notify_all()
+
+    def finish(self, job: str, pod: str | None, condition: str, *, exit_code: int, reason: str,
+               job_reason: str = "", job_message: str = "") -> None:  # fmt: skip
+        with self.cond:
+            if pod is not None:
+                self.set_state(pod, {"terminated": {"exitCode": exit_code, "reason": reason,
+                                                    "startedAt": now_rfc3339(), "finishedAt": now_rfc3339()}},
+                               phase="Succeeded" if exit_code == 0 else "Failed")  # fmt: skip
+            status = self.jobs[job]["status"]
+            status.pop("active", None)
+            status["succeeded" if condition == "Complete" else "failed"] = 1
+            status["conditions"] = [{"type": condition, "status": "True", "reason": job_reason or None,
+                                     "message": job_message or None, "lastProbeTime": now_rfc3339(),
+                                     "lastTransitionTime": now_rfc3339()}]  # fmt: skip
+            self.cond.notify_all()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake: FakeKubernetes
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def reply(self, code: int, body: Any, content_type: str = "application/json") -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def status(self, code: int, reason: str, message: str) -> None:
+        self.reply(code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                          "message": message, "reason": reason, "code": code})  # fmt: skip
+
+    def handle_request(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        fake = self.fake
+        with fake.cond:
+            fake.requests.append({"method": self.command, "path": url.path, "query": query, "body": body,
+                                  "content_type": self.headers.get("Content-Type")})  # fmt: skip
+        match = re.fullmatch(r"/apis?(?:/batch)?/v1/namespaces/charter/(jobs|configmaps|pods)(?:/([^/]+))?(/log)?",
+                             url.path)  # fmt: skip
+        if match is None:
+            return self.status(404, "NotFound", f"no route {url.path}")
+        kind, name, log = match.groups()
+        store = {"jobs": fake.jobs, "configmaps": fake.configmaps, "pods": fake.pods}[kind]
+        if log:
+            return self.serve_log(name, query)
+        with fake.cond:
+            if self.command == "POST":
+                name = body["metadata"]["name"]
+                if name in store:
+                    return self.status(409, "AlreadyExists", f'{kind} "{name}" already exists')
+                obj = copy.deepcopy(body)
+                obj["metadata"].update(
+                    uid=str(uuid.uuid4()), resourceVersion="1", creationTimestamp=now_rfc3339()
+                )
+                if kind == "jobs":
+                    obj["status"] = {}
+                store[name] = obj
+                return self.reply(201, obj)
+            if self.command == "GET" and name is None:  # list, by label selector
+                key, _, value = query.get("labelSelector", "").partition("=")
+                items = [p for p in store.values() if p["metadata"]["labels"].get(key) == value]
+                return self.reply(
+                    200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
+                )
+            if name not in store:
+                return self.status(404, "NotFound", f'{kind} "{name}" not found')
+            if self.command == "GET":
+                return self.reply(200, store[name])
+            if self.command == "PATCH":  # JSON merge patch, as much of it as the executor sends
+                for key, value in body.items():
+                    store[name].setdefault(key, {}).update(value)
+                return self.reply(200, store[name])
+            if self.command == "DELETE":
+                obj = store.pop(name)
+                if kind == "jobs":  # the garbage collector: the Job's pods and ConfigMap go with it
+                    uid = obj["metadata"]["uid"]
+                    for other in (fake.pods, fake.configmaps):
+                        for key in [
+                            k
+                            for k, v in other.items()
+                            if any(o["uid"] == uid for o in v["metadata"].get("ownerReferences", []))
+                        ]:
+                            del other[key]  # fmt: skip
+                    fake.cond.notify_all()
+                return self.reply(200, obj)
+        return self.status(405, "MethodNotAllowed", self.command)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = handle_request
+
+    def serve_log(self, pod: str, query: dict[str, str]) -> None:
+        fake = self.fake
+        since = time.time_ns() - int(query["sinceSeconds"]) * 10**9 if "sinceSeconds" in query else 0
+
+        def render(entries: list[tuple[int, str]]) -> bytes:
+            stamped = query.get("timestamps") == "true"
+            return b"".join(
+                ((now_rfc3339(ns, nano=True) + " ") if stamped else "").encode() + line.encode() + b"\n"
+                for ns, line in entries if ns >= since
+            )  # fmt: skip
+
+        if query.get("follow") != "true":
+            entries = fake.logs.get(pod)
+            if entries is None:
+                return self.status(404, "NotFound", f'pods "{pod}" not found')
+            return self.reply(
+                200, render(entries[-int(query.get("tailLines", 10**9)) :]).decode(), "text/plain"
+            )
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        sent = 0
+        while True:
+            with fake.cond:
+                entries = fake.logs.get(pod, [])[sent:]
+                sent += len(entries)
+                state = fake.pods.get(pod, {}).get("status", {}).get("containerStatuses", [{}])
+                done = pod not in fake.pods or "terminated" in state[0].get("state", {})
+                cut = fake.break_streams > 0 and bool(entries)
+            data = render(entries)
+            if entries and entries[-1][1].endswith("(no newline)") and done:
+                data = data[:-1]
+            for i in range(0, len(data), 7):  # in pieces that split lines and timestamps
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data[i : i + 7]), data[i : i + 7]))
+                self.wfile.flush()
+            if cut:  # the connection drops before the stream's end
+                with fake.cond:
+                    fake.break_streams -= 1
+                self.close_connection = True
+                return
+            if done:
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            with fake.cond:
+                fake.cond.wait(0.05)
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeKubernetes, KubernetesExecutor]]:
+    state = FakeKubernetes()
+    handler = type("BoundHandler", (Handler,), {"fake": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    configuration = k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+    api = k8s.ApiClient(configuration)
+    executor = KubernetesExecutor(OPTIONS, api, poll_seconds=0.05, request_timeout=5, log_idle_seconds=5)
+    try:
+        yield state, executor
+    finally:
+        server.shutdown()
+        server.server_close()
+        api.close()
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.02)
+
+
+def requests(state: FakeKubernetes, method: str, kind: str) -> list[dict]:
+    return [r for r in state.requests if r["method"] == method and f"/{kind}" in r["path"]]
+
+
+# -- the executor against the fake API server -----------------------------------------------------------
+
+
+async def test_launch_follow_the_log_and_complete(fake):
+    state, executor = fake
+    with capture_logs() as logs:
+        launch = make_launch(gpus=2, cpu="8", memory="64Gi")
+        handle = await executor.launch(launch)
+        name = "charter-run-r-0123456789abcdef-1"
+        assert handle == f"charter/{name}" and executor.run_dir(launch.run_id) == "/runs/r-0123456789abcdef"
+
+        [post_configmap] = requests(state, "POST", "configmaps")
+        [post_job] = requests(state, "POST", "jobs")
+        assert post_job["body"] == job_manifest(launch, OPTIONS, run_resources(launch.spec_json))
+        assert post_configmap["body"] == spec_configmap(launch, OPTIONS)
+        assert json.loads(state.configmaps[name]["data"]["spec.json"])["resources"]["gpus"] == 2
+        [patch] = requests(state, "PATCH", "configmaps")
+        assert patch["content_type"] == "application/merge-patch+json"
+        assert state.configmaps[name]["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": name,
+                "uid": state.jobs[name]["metadata"]["uid"],
+            }
+        ]
+        assert await executor.outcome(handle) is None  # created, no pod yet
+
+        received: list[str] = []
+
+        async def follow() -> None:
+            async for line in executor.lines(handle):
+                received.append(line)
+
+        follower = asyncio.create_task(follow())
+        pod = state.start_pod(name)
+        await asyncio.sleep(0.2)
+        assert received == [] and await executor.outcome(handle) is None  # waits for the container to start
+        state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
+        expected = [
+            "loading model /runs/models/base",
+            events.encode("progress", total_steps=4),
+            events.encode("metrics", step=1, values={"loss": 0.69}),
+        ]
+        state.log(pod, *expected)  # one timestamp for the three
+        await until(lambda: len(received) == 3)
+        state.break_streams = 1  # the next bytes go out, then the connection drops
+        burst = [events.encode("checkpoint", step=2, path="/runs/r-0123456789abcdef/checkpoints/step-2"),
+                 "tqdm: 50%|█████     | 2/4"]  # fmt: skip
+        state.log(pod, *burst)
+        expected += burst
+        await until(lambda: state.break_streams == 0)
+        last = [events.encode("metrics", step=4, values={"loss": 0.41}),
+                events.encode("finished", output_dir="/runs/r-0123456789abcdef/model")]  # fmt: skip
+        state.log(pod, last[0])
+        expected += last
+        await until(lambda: len(received) == 5)
+        assert await executor.outcome(handle) is None  # running
+        with state.cond:  # the last line, unterminated, as the container exits
+            state.log(pod, last[1] + " (no newline)")
+            state.finish(
+                name, pod, "Complete", exit_code=0, reason="Completed", job_reason="CompletionsReached"
+            )
+        await asyncio.wait_for(follower, 10)
+        assert received == [
+            *expected[:-1],
+            last[1] + " (no newline)",
+        ]  # nothing lost, nothing repeated across the broken stream
+        follows = [r for r in requests(state, "GET", "pods") if r["path"].endswith("/log")]
+        assert len(follows) >= 2 and all(r["query"]["container"] == "worker" for r in follows)
+        assert "sinceSeconds" not in follows[0]["query"] and "sinceSeconds" in follows[1]["query"]
+        assert await executor.outcome(handle) == Outcome(True, "")
+    assert [e["reason"] for e in logs if e["event"] == "trainer.worker.log_reopened"] == ["ProtocolError"]
+    [started] = [e for e in logs if e["event"] == "trainer.worker.started"]
+    assert started["job"] == handle and started["existing"] is False
+
+
+async def test_relaunching_an_attempt_is_idempotent(fake):
+    state, executor = fake
+    launch = make_launch(attempt=2, resume=True)
+    handle = await executor.launch(launch)
+    uid = state.jobs["charter-run-r-0123456789abcdef-2"]["metadata"]["uid"]
+    assert await executor.launch(launch) == handle  # the service restarted between launch and store
+    assert len(requests(state, "POST", "jobs")) == 2 and len(state.jobs) == 1
+    assert state.jobs["charter-run-r-0123456789abcdef-2"]["metadata"]["uid"] == uid
+    assert (
+        state.configmaps["charter-run-r-0123456789abcdef-2"]["metadata"]["ownerReferences"][0]["uid"] == uid
+    )
+
+    state.jobs["charter-run-r-0123456789abcdef-2"]["metadata"]["annotations"]["charter.dev/run-id"] = (
+        "r-other"
+    )
+    with pytest.raises(FailedPrecondition, match="belongs to run 'r-other'"):
+        await executor.launch(launch)
+
+
+@pytest.mark.parametrize(
+    ("log", "terminated", "job_reason", "expected"),
+    [
+        (["step 7", events.encode("error", message="CUDA error: device-side assert triggered"), "Traceback ..."],
+         (1, "Error"), "BackoffLimitExceeded", "CUDA error: device-side assert triggered"),
+        (["step 7"], (137, "OOMKilled"), "BackoffLimitExceeded",
+         "worker container was OOMKilled (exit code 137): raise spec.resources.memory"),
+        (["step 7"], (3, "Error"), "BackoffLimitExceeded", "worker process exited with code 3"),
+        (["step 7"], (143, "Error"), "BackoffLimitExceeded", "worker process killed by SIGTERM"),
+        (None, None, "DeadlineExceeded", "Job failed: DeadlineExceeded: Job was active longer than specified deadline"),
+    ],
+)  # fmt: skip
+async def test_failed_attempts_say_why(fake, log, terminated, job_reason, expected):
+    state, executor = fake
+    handle = await executor.launch(make_launch())
+    name = handle.split("/")[1]
+    pod = None
+    if log is not None:
+        pod = state.start_pod(name)
+        state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
+        state.log(pod, *log)
+    code, reason = terminated or (None, None)
+    message = "Job was active longer than specified deadline" if job_reason == "DeadlineExceeded" else ""
+    state.finish(
+        name, pod, "Failed", exit_code=code, reason=reason, job_reason=job_reason, job_message=message
+    )
+    assert await executor.outcome(handle) == Outcome(False, expected)
+    lines = [line async for line in executor.lines(handle)]
+    assert lines == (log or [])
+
+
+async def test_a_pod_that_cannot_start_fails_and_is_removed(fake):
+    state, executor = fake
+    handle = await executor.launch(make_launch(gpus=1))
+    name = handle.split("/")[1]
+    state.start_pod(name, "ImagePullBackOff", 'Back-off pulling image "ghcr.io/acme/charter-trainer:0.1.0"')
+    assert [line async for line in executor.lines(handle)] == []
+    outcome = await executor.outcome(handle)
+    assert outcome is not None and not outcome.succeeded
+    assert (
+        outcome.reason.startswith(f"worker pod {name}-")
+        and "cannot start: ImagePullBackOff: Back-off" in outcome.reason
+    )
+    assert name not in state.jobs and state.pods == {}  # its GPU is free again
+
+
+async def test_cancel_deletes_the_job_in_the_background(fake):
+    state, executor = fake
+    handle = await executor.launch(make_launch())
+    name = handle.split("/")[1]
+    pod = state.start_pod(name)
+    state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
+    state.log(pod, "step 1")
+    lines = executor.lines(handle)
+    assert await anext(lines) == "step 1"
+    await executor.cancel(handle)
+    [delete] = requests(state, "DELETE", "jobs")
+    assert delete["path"].endswith(f"/jobs/{name}") and delete["query"] == {"propagationPolicy": "Background"}
+    assert name not in state.jobs and name not in state.configmaps and pod not in state.pods
+    assert [line async for line in lines] == []  # the pod went: the log ends
+    await executor.cancel(handle)  # idempotent: 404s are fine
+    assert await executor.outcome(handle) == Outcome(
+        False, f"Job {handle} no longer exists (cancelled, or deleted after it finished)"
+    )
+
+
+async def test_a_silent_log_stream_is_reopened(fake):
+    state, executor = fake
+    impatient = KubernetesExecutor(OPTIONS, executor.core.api_client, poll_seconds=0.05, log_idle_seconds=0.3)
+    handle = await impatient.launch(make_launch())
+    name = handle.split("/")[1]
+    pod = state.start_pod(name)
+    state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
+    state.log(pod, "loading model")
+    with capture_logs() as logs:
+        lines = impatient.lines(handle)
+        assert await anext(lines) == "loading model"
+        waiting = asyncio.ensure_future(anext(lines))
+        await asyncio.sleep(1.0)  # a long silence while it waits: a dead connection looks the same
+        state.log(pod, "step 1")
+        assert await waiting == "step 1"
+        state.finish(name, pod, "Complete", exit_code=0, reason="Completed")
+        assert [line async for line in lines] == []
+    reasons = {e["reason"] for e in logs if e["event"] == "trainer.worker.log_reopened"}
+    assert reasons == {"ReadTimeoutError"}
