@@ -7,6 +7,8 @@ charter run pipelines/rl-cai.yaml
 charter eval judge --data ../shared/data/hh-rlhf/harmless-base-test-dev.jsonl.gz --limit 100
 charter serve review --config review.yaml
 charter export --format trl-preference --out accepted.jsonl
+charter train --spec examples/train/dpo.yaml
+charter runs watch r-0123456789abcdef
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import typer
 
 from charter import __version__
-from charter.cli import constitution, evaluate, models, review
+from charter.cli import constitution, evaluate, models, review, train
 from charter.cli.export import export
 from charter.cli.run import run
 from charter.cli.serve import serve
@@ -34,10 +36,12 @@ app.add_typer(constitution.app, name="constitution")
 app.add_typer(models.app, name="models")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(review.app, name="review")
+app.add_typer(train.app, name="runs")
 app.command()(serve)
 app.command()(models.generate)
 app.command()(run)
 app.command()(export)
+app.command()(train.train)
 
 
 @app.command()

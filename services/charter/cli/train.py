@@ -1,0 +1,474 @@
+"""`charter train --spec FILE` and `charter runs …`: training runs through the trainer service.
+
+Without `--address`, `charter train` starts the trainer service inside the command for the run
+(the embedded default: a local worker subprocess, the run store at `trainer.database_url`) and
+cancels the run if the command is interrupted; with `--address` it drives a running service and an
+interrupt only stops watching. Either way the run's curves are written as a PNG when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import typer
+import yaml
+from charter_proto.trainer.v1 import trainer_pb2 as tp
+from charter_proto.trainer.v1 import trainer_pb2_grpc
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
+
+from charter.core.errors import InvalidArgument
+from charter.core.settings import CharterSettings, load_settings
+from charter.trainer.spec import ALGORITHMS
+
+app = typer.Typer(help="Training runs: list, watch, plot, cancel, resume.", no_args_is_help=True)
+_ALGORITHM_ENUM = {name: value for value, name in ALGORITHMS.items()}
+_TERMINAL = (tp.RUN_STATE_SUCCEEDED, tp.RUN_STATE_FAILED, tp.RUN_STATE_CANCELLED)
+# the curves drawn, in order; the first of each group that the run logged (TRL and Charter's PPO
+# name some of them differently)
+CURVES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("loss", ("loss",)),
+    ("reward", ("reward_mean", "reward", "rewards/chosen", "mean_reward")),
+    ("KL", ("kl", "objective/kl")),
+    ("margin", ("rewards/margins", "margin")),
+    ("accuracy", ("accuracy", "rewards/accuracies")),
+    ("eval loss", ("eval_loss",)),
+    ("learning rate", ("learning_rate",)),
+)
+Address = Annotated[
+    str | None,
+    typer.Option(help="host:port of a running trainer service (default: start one in this command)."),
+]
+Config = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")]
+Token = Annotated[str | None, typer.Option(help="Bearer token, when the service has trainer.tokens set.")]
+
+
+def load_spec(path: Path) -> tp.RunSpec:
+    """A RunSpec from YAML/JSON: the proto's fields, with `algorithm` also as sft, reward-model, dpo,
+    ppo, grpo or rloo, and cursors also as plain numbers."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InvalidArgument(f"{path}: cannot read the run spec: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise InvalidArgument(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{path}: expected a mapping (name, algorithm, base_model, data, ...)")
+    algorithm = data.get("algorithm")
+    if isinstance(algorithm, str) and algorithm.lower() in _ALGORITHM_ENUM:
+        data["algorithm"] = _ALGORITHM_ENUM[algorithm.lower()]
+    stream = (data.get("data") or {}).get("label_stream") or {}
+    for key in ("from_cursor", "to_cursor"):
+        if isinstance(stream.get(key), int):
+            stream[key] = {"sequence": stream[key]}
+    files = (data.get("data") or {}).get("files")
+    if isinstance(files, dict):  # paths relative to the spec file, as a user writes them
+        files["paths"] = [
+            str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
+            for p in files.get("paths", [])
+        ]
+    try:
+        return ParseDict(data, tp.RunSpec())
+    except ParseError as err:
+        raise InvalidArgument(f"{path}: {err}") from None
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+class _StoreReader:
+    """GetRun/ListRuns/WatchRun (history only) straight from the local run store: read-only commands
+    without --address start no service (which would adopt and launch runs)."""
+
+    def __init__(self, settings: CharterSettings) -> None:
+        from charter.trainer.store import RunStore
+
+        self.store = RunStore(settings.trainer.database_url.get_secret_value())
+
+    async def GetRun(self, request: tp.GetRunRequest, metadata: Any = None) -> tp.GetRunResponse:
+        return tp.GetRunResponse(run=self.store.get(request.run_id))
+
+    async def ListRuns(self, request: tp.ListRunsRequest, metadata: Any = None) -> tp.ListRunsResponse:
+        runs, token = self.store.list(list(request.states), request.page_size, request.page_token)
+        return tp.ListRunsResponse(runs=runs, next_page_token=token)
+
+    async def WatchRun(
+        self, request: tp.WatchRunRequest, metadata: Any = None
+    ) -> AsyncIterator[tp.WatchRunResponse]:
+        after = request.after_sequence
+        while batch := self.store.events(request.run_id, after):
+            for event in batch:
+                yield tp.WatchRunResponse(event=event)
+            after = batch[-1].sequence
+
+
+@contextlib.asynccontextmanager
+async def _reader(address: str | None, settings: CharterSettings) -> AsyncIterator[Any]:
+    if address is not None:
+        async with _service(address, settings) as stub:
+            yield stub
+        return
+    reader = _StoreReader(settings)
+    try:
+        yield reader
+    finally:
+        reader.store.close()
+
+
+@contextlib.asynccontextmanager
+async def _service(
+    address: str | None, settings: CharterSettings
+) -> AsyncIterator[trainer_pb2_grpc.TrainerServiceStub]:
+    """A stub for `address`, or for a trainer service started here on a free local port."""
+    server = None
+    if address is None:
+        from charter.core.catalog import SERVICES
+        from charter.core.server import CharterServer
+        from charter.core.settings import ServerSettings
+
+        server = CharterServer(
+            ServerSettings(host="127.0.0.1", port=0, metrics_port=None, drain_seconds=0),
+            [SERVICES["trainer"].registration_for_settings(settings)],
+        )
+        address = f"127.0.0.1:{await server.start()}"
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield trainer_pb2_grpc.TrainerServiceStub(channel)
+    finally:
+        if server is not None:
+            await server.stop(0)
+
+
+def _rpc_error(err: grpc.aio.AioRpcError) -> typer.Exit:
+    typer.echo(f"error: {err.code().name}: {err.details()}", err=True)
+    return typer.Exit(1)
+
+
+def describe(run: tp.Run) -> str:
+    algorithm = ALGORITHMS.get(run.spec.algorithm, "?")
+    state = tp.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
+    line = f"{run.id}  {state:<9}  {algorithm:<12}  step {run.step}/{run.total_steps or '?'}  {run.spec.name}"
+    if run.reason:
+        line += f"  ({run.reason})"
+    return line
+
+
+def _summary(values: dict[str, float]) -> str:
+    shown = []
+    for label, keys in CURVES:
+        key = next((k for k in keys if k in values), None)
+        if key is not None:
+            shown.append(f"{label} {values[key]:.4g}")
+    return "  ".join(shown)
+
+
+async def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str, metadata: Any) -> list[tp.RunEvent]:
+    """Print the run's progress until it ends (a live bar on a terminal, lines otherwise)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
+    history: list[tp.RunEvent] = []
+    live = console.is_terminal
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[metrics]}"), console=console, disable=not live,
+    )  # fmt: skip
+    with progress:
+        task = progress.add_task(run.spec.name or run_id, total=run.total_steps or None, metrics="")
+        async for response in stub.WatchRun(tp.WatchRunRequest(run_id=run_id), metadata=metadata):
+            event = response.event
+            history.append(event)
+            kind = event.WhichOneof("kind")
+            if kind == "metrics":
+                summary = _summary(dict(event.metrics.values))
+                if not run.total_steps:
+                    run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
+                progress.update(
+                    task, completed=event.metrics.step, total=run.total_steps or None, metrics=summary
+                )
+                if not live and summary:
+                    console.print(f"step {event.metrics.step}: {summary}", highlight=False)
+            elif kind == "state":
+                name = tp.RunState.Name(event.state.state).removeprefix("RUN_STATE_").lower()
+                console.print(
+                    f"{run_id}: {name}" + (f" — {event.state.reason}" if event.state.reason else "")
+                )
+            elif kind == "checkpoint":
+                console.print(
+                    f"checkpoint at step {event.checkpoint.step}: {event.checkpoint.path}", highlight=False
+                )
+            elif kind == "data":
+                d = event.data
+                where = (
+                    f" (labels after {d.cursor_start.sequence} up to {d.cursor_end.sequence})"
+                    if d.cursor_end.sequence
+                    else ""
+                )
+                console.print(f"data: {d.rows} rows{where}", highlight=False)
+            elif kind == "log":
+                console.print(f"{event.log.level}: {event.log.message}", highlight=False)
+    return history
+
+
+def plot_curves(events: list[tp.RunEvent], title: str, out: Path) -> Path | None:
+    """The run's curves (loss, reward, KL, …: whichever it logged) as a PNG; None if it logged none."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for event in events:
+        if event.WhichOneof("kind") != "metrics":
+            continue
+        values = event.metrics.values
+        if "train_runtime" in values:  # the trainer's end-of-run summary, not a step
+            continue
+        for label, keys in CURVES:
+            key = next((k for k in keys if k in values), None)
+            if key is not None:
+                steps, ys = series.setdefault(label, ([], []))
+                steps.append(event.metrics.step)
+                ys.append(values[key])
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.2), squeeze=False)
+    for ax, (label, (steps, ys)) in zip(axes[0], series.items(), strict=True):
+        ax.plot(steps, ys, marker="." if len(steps) < 40 else None)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+async def _history(
+    stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str, metadata: Any
+) -> list[tp.RunEvent]:
+    return [r.event async for r in stub.WatchRun(tp.WatchRunRequest(run_id=run_id), metadata=metadata)]
+
+
+def _finish(run: tp.Run, events: list[tp.RunEvent], plot: Path | None) -> None:
+    out = plot_curves(events, f"{run.spec.name} ({run.id})", plot or Path(f"{run.id}-curves.png"))
+    typer.echo(describe(run))
+    if out is not None:
+        typer.echo(f"curves: {out}")
+    if run.state == tp.RUN_STATE_SUCCEEDED:
+        typer.echo(f"model: {run.output_dir}")
+    if run.state != tp.RUN_STATE_SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def train(
+    spec: Annotated[Path, typer.Option("--spec", "-s", help="Run spec (YAML or JSON; see docs/trainer.md).")],
+    address: Address = None,
+    token: Token = None,
+    watch: Annotated[bool, typer.Option(help="Follow the run until it ends (with --address).")] = True,
+    plot: Annotated[
+        Path | None, typer.Option(help="Where to write the curves (default: <run id>-curves.png).")
+    ] = None,
+    idempotency_key: Annotated[
+        str, typer.Option(help="Start the run once for this key (retries are safe).")
+    ] = "",
+    reward_model: Annotated[
+        str | None,
+        typer.Option(help="Override the spec's reward_model (a reward-model run id or a model folder)."),
+    ] = None,
+    base_model: Annotated[str | None, typer.Option(help="Override the spec's base_model.")] = None,
+    config: Config = None,
+) -> None:
+    """Start a training run (SFT, reward model, DPO, PPO, GRPO, RLOO) and follow it to the end."""
+    from charter.core.logging import configure_logging
+
+    settings = load_settings(config)
+    quiet = address is None and settings.logging.level == "INFO"  # the progress display says it
+    configure_logging(settings.logging.model_copy(update={"level": "WARNING"}) if quiet else settings.logging)
+    run_spec = load_spec(spec)
+    if reward_model is not None:
+        run_spec.reward_model = reward_model
+    if base_model is not None:
+        run_spec.base_model = base_model
+    metadata = _metadata(token)
+
+    async def go() -> None:
+        async with _service(address, settings) as stub:
+            try:
+                response = await stub.StartRun(
+                    tp.StartRunRequest(spec=run_spec, idempotency_key=idempotency_key), metadata=metadata
+                )
+            except grpc.aio.AioRpcError as err:
+                raise _rpc_error(err) from None
+            run_id = response.run.id
+            typer.echo(f"started {run_id}", err=True)
+            if address is not None and not watch:
+                typer.echo(run_id)
+                return
+            try:
+                events = await _follow(stub, run_id, metadata)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                if address is None:  # nothing else follows it: don't leave a worker behind
+                    await stub.CancelRun(
+                        tp.CancelRunRequest(run_id=run_id, reason="interrupted"), metadata=metadata
+                    )
+                raise
+            run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
+            _finish(run, events, plot)
+
+    asyncio.run(go())
+
+
+@app.command("list")
+def list_runs(
+    address: Address = None,
+    token: Token = None,
+    state: Annotated[
+        list[str] | None, typer.Option(help="Only runs in these states (running, failed, …).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    config: Config = None,
+) -> None:
+    """Runs, newest first."""
+    states = []
+    for name in state or []:
+        key = f"RUN_STATE_{name.upper()}"
+        if key not in tp.RunState.keys():  # noqa: SIM118 (a proto enum wrapper)
+            raise InvalidArgument(f"--state: unknown state {name!r}")
+        states.append(tp.RunState.Value(key))
+
+    async def go() -> None:
+        async with _reader(address, load_settings(config)) as stub:
+            response = await stub.ListRuns(
+                tp.ListRunsRequest(page_size=limit, states=states), metadata=_metadata(token)
+            )
+            for run in response.runs:
+                typer.echo(describe(run))
+
+    asyncio.run(go())
+
+
+@app.command()
+def get(run_id: str, address: Address = None, token: Token = None, config: Config = None) -> None:
+    """A run in full (JSON)."""
+    import json
+
+    async def go() -> None:
+        async with _reader(address, load_settings(config)) as stub:
+            try:
+                run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=_metadata(token))).run
+            except grpc.aio.AioRpcError as err:
+                raise _rpc_error(err) from None
+            typer.echo(json.dumps(MessageToDict(run), indent=2))
+
+    asyncio.run(go())
+
+
+@app.command()
+def watch(
+    run_id: str,
+    address: Address = None,
+    token: Token = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Where to write the curves (default: <run id>-curves.png).")
+    ] = None,
+    config: Config = None,
+) -> None:
+    """Follow a run's progress live (from its first event) and write its curves when it ends."""
+
+    async def go() -> None:
+        async with _service(address, load_settings(config)) as stub:
+            metadata = _metadata(token)
+            try:
+                events = await _follow(stub, run_id, metadata)
+            except grpc.aio.AioRpcError as err:
+                raise _rpc_error(err) from None
+            run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
+            _finish(run, events, plot)
+
+    asyncio.run(go())
+
+
+@app.command()
+def cancel(
+    run_id: str, reason: Annotated[str, typer.Option()] = "cancelled from the command line",
+    address: Address = None, token: Token = None, config: Config = None,
+) -> None:  # fmt: skip
+    """Cancel a pending or running run."""
+
+    async def go() -> None:
+        async with _service(address, load_settings(config)) as stub:
+            try:
+                run = (
+                    await stub.CancelRun(
+                        tp.CancelRunRequest(run_id=run_id, reason=reason), metadata=_metadata(token)
+                    )
+                ).run
+            except grpc.aio.AioRpcError as err:
+                raise _rpc_error(err) from None
+            typer.echo(describe(run))
+
+    asyncio.run(go())
+
+
+@app.command()
+def resume(
+    run_id: str, address: Address = None, token: Token = None,
+    watch: Annotated[bool, typer.Option(help="Follow the resumed run until it ends.")] = True,
+    plot: Annotated[Path | None, typer.Option(help="Where to write the curves.")] = None,
+    config: Config = None,
+) -> None:  # fmt: skip
+    """Resume a failed or cancelled run from its last checkpoint, on the same data."""
+
+    async def go() -> None:
+        async with _service(address, load_settings(config)) as stub:
+            metadata = _metadata(token)
+            try:
+                run = (await stub.ResumeRun(tp.ResumeRunRequest(run_id=run_id), metadata=metadata)).run
+            except grpc.aio.AioRpcError as err:
+                raise _rpc_error(err) from None
+            typer.echo(describe(run), err=True)
+            if watch or address is None:
+                events = await _follow(stub, run_id, metadata)
+                _finish(
+                    (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run, events, plot
+                )
+
+    asyncio.run(go())
+
+
+@app.command()
+def plot(
+    run_id: str,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG to write (default: <run id>-curves.png).")
+    ] = None,
+    address: Address = None,
+    token: Token = None,
+    config: Config = None,
+) -> None:
+    """Write a run's curves (loss, reward, KL, …) as a PNG."""
+
+    async def go() -> None:
+        async with _reader(address, load_settings(config)) as stub:
+            metadata = _metadata(token)
+            try:
+                run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
+                events = await _history(stub, run_id, metadata) if run.state in _TERMINAL else []
+            except grpc.aio.AioRpcError as err:
+                raise _rpc_error(err) from None
+            if run.state not in _TERMINAL:
+                raise InvalidArgument(f"run {run_id} is still going: use `charter runs watch {run_id}`")
+            written = plot_curves(events, f"{run.spec.name} ({run.id})", out or Path(f"{run.id}-curves.png"))
+            typer.echo(str(written) if written else "the run logged no metrics", err=written is None)
+
+    asyncio.run(go())

@@ -1,0 +1,37 @@
+"""The example run specs under training/ load and pass the up-front check (with their data files and
+reward model pointed at ones that exist)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from charter.cli.train import load_spec
+from charter.core.errors import InvalidArgument
+from charter.trainer.spec import check
+
+from tests.support import ROOT
+from tests.support.hh import HH_DEV
+
+SPECS = sorted((ROOT / "training").glob("*.yaml"))
+
+
+def test_there_are_example_specs():
+    assert {p.stem for p in SPECS} >= {"sft", "reward-model", "dpo", "ppo", "grpo"}
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_example_spec_checks(path: Path, tmp_path: Path):
+    spec = load_spec(path)
+    assert spec.data.files.paths and all(Path(p).is_absolute() for p in spec.data.files.paths)
+    rows = tmp_path / "sft.jsonl"
+    rows.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    )
+    spec.data.files.paths[:] = [str(rows) if spec.name.startswith("sft") else str(HH_DEV)]
+    if spec.algorithm in (4, 5, 6):  # PPO, GRPO, RLOO need a reward model
+        with pytest.raises(InvalidArgument, match="spec.reward_model"):
+            check(spec)
+        spec.reward_model = "r-0123456789abcdef"
+    checked = check(spec)
+    assert checked.base_model == "embedded"
