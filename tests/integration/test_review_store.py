@@ -7,10 +7,10 @@ import threading
 from collections import Counter
 
 import pytest
+from charter.core.db import normalise_url
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import RoutingSettings
 from charter.review.schema import accepted, decisions, labels, metadata, review_slots
-from charter.core.db import normalise_url
 from charter.review.store import Ledger, migrate
 from charter_proto.common.v1 import label_pb2
 from charter_proto.review.v1 import review_pb2 as rv
