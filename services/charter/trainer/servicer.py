@@ -36,6 +36,7 @@ from charter.trainer.worker import MODEL_DIR
 log = structlog.get_logger("charter.trainer")
 T = TypeVar("T")
 _STATE = trainer_pb2.RunState
+_EXECUTORS = {trainer_pb2.EXECUTOR_LOCAL: "local", trainer_pb2.EXECUTOR_KUBERNETES: "kubernetes"}
 
 
 def build_executor(settings: TrainerSettings) -> Executor:
@@ -244,6 +245,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         """The spec as the worker gets it: a reward-model run id replaced by that run's model folder,
         the review address filled in from settings."""
         spec = trainer_pb2.RunSpec.FromString(spec.SerializeToString())
+        wanted = _EXECUTORS.get(spec.executor)
+        if wanted is not None and wanted != self.executor.name:
+            raise InvalidArgument(
+                f"spec.executor: this trainer service runs workers with the {self.executor.name} executor "
+                f"(trainer.executor), not {wanted}",
+                field="spec.executor",
+            )
         if spec.reward_model.startswith("r-"):
             try:
                 source = await self._db(self.store.get, spec.reward_model)
