@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import grpc
 import pytest
-from charter.core.catalog import SERVICES
-from charter.core.server import CharterServer
-from charter.core.settings import ServerSettings, load_settings
+from charter.core.settings import load_settings
 from charter_proto.review.v1 import review_pb2 as rv
 from charter_proto.review.v1 import review_pb2_grpc
 from charter_proto.trainer.v1 import trainer_pb2 as tp
@@ -19,7 +16,7 @@ from charter_proto.trainer.v1 import trainer_pb2 as tp
 from tests.support.hh import load_pairs
 from tests.support.review import hh_label
 from tests.support.tiny import save_tiny_lm
-from tests.support.trainer import run_spec, trainer_service, trainer_settings, wait_for_event, watch
+from tests.support.trainer import run_spec, serving, trainer_service, trainer_settings, wait_for_event, watch
 
 pytestmark = pytest.mark.integration
 
@@ -64,43 +61,35 @@ async def test_a_run_fed_by_the_label_stream(tmp_path, embedded_model):
             "routing": {"audit_rate": 0.0, "accept_confidence": 0.0},
         }
     )
-    review = CharterServer(
-        ServerSettings(host="127.0.0.1", port=0, metrics_port=None, drain_seconds=0),
-        [SERVICES["review"].registration_for_settings(review_settings)],
-    )
-    port = await review.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            ledger = review_pb2_grpc.ReviewServiceStub(channel)
-            await ledger.Submit(rv.SubmitRequest(labels=labels(0, 12)), metadata=AUTH)
-            settings = trainer_settings(tmp_path, review_address=f"127.0.0.1:{port}", review_token=TOKEN)
-            runs_dir = tmp_path / "runs"
-            async with trainer_service(settings) as stub:
-                # up to cursor 30: 18 labels are not there yet
-                run = (await stub.StartRun(tp.StartRunRequest(spec=stream_spec(tiny_lm, 0, 30)))).run
-                await wait_for_event(stub, run.id, "state")  # the worker is starting
-                await ledger.Submit(rv.SubmitRequest(labels=labels(12, 12)), metadata=AUTH)
-                await ledger.Submit(rv.SubmitRequest(labels=labels(24, 10)), metadata=AUTH)
-                events = await watch(stub, run.id)
-                first = (await stub.GetRun(tp.GetRunRequest(run_id=run.id))).run
-                assert first.state == tp.RUN_STATE_SUCCEEDED, first.reason
-                data = next(e.data for e in events if e.WhichOneof("kind") == "data")
-                assert (data.cursor_start.sequence, data.cursor_end.sequence) == (0, 30)
-                assert (first.cursor_start.sequence, first.cursor_end.sequence) == (0, 30)
-                assert data.labels_read == 30 and data.skipped["tie"] == 10 and data.rows == first.rows == 20
+    async with serving("review", review_settings) as (channel, port):
+        ledger = review_pb2_grpc.ReviewServiceStub(channel)
+        await ledger.Submit(rv.SubmitRequest(labels=labels(0, 12)), metadata=AUTH)
+        settings = trainer_settings(tmp_path, review_address=f"127.0.0.1:{port}", review_token=TOKEN)
+        runs_dir = tmp_path / "runs"
+        async with trainer_service(settings) as stub:
+            # up to cursor 30: 18 labels are not there yet
+            run = (await stub.StartRun(tp.StartRunRequest(spec=stream_spec(tiny_lm, 0, 30)))).run
+            await wait_for_event(stub, run.id, "state")  # the worker is starting
+            await ledger.Submit(rv.SubmitRequest(labels=labels(12, 12)), metadata=AUTH)
+            await ledger.Submit(rv.SubmitRequest(labels=labels(24, 10)), metadata=AUTH)
+            events = await watch(stub, run.id)
+            first = (await stub.GetRun(tp.GetRunRequest(run_id=run.id))).run
+            assert first.state == tp.RUN_STATE_SUCCEEDED, first.reason
+            data = next(e.data for e in events if e.WhichOneof("kind") == "data")
+            assert (data.cursor_start.sequence, data.cursor_end.sequence) == (0, 30)
+            assert (first.cursor_start.sequence, first.cursor_end.sequence) == (0, 30)
+            assert data.labels_read == 30 and data.skipped["tie"] == 10 and data.rows == first.rows == 20
 
-                # the follow-up run starts where the first ended and takes what is there now
-                follow = stream_spec(tiny_lm, first.cursor_end.sequence, None)
-                second = (await stub.StartRun(tp.StartRunRequest(spec=follow))).run
-                await watch(stub, second.id)
-                second = (await stub.GetRun(tp.GetRunRequest(run_id=second.id))).run
-                assert second.state == tp.RUN_STATE_SUCCEEDED, second.reason
-                assert (second.cursor_start.sequence, second.cursor_end.sequence) == (30, 34)
+            # the follow-up run starts where the first ended and takes what is there now
+            follow = stream_spec(tiny_lm, first.cursor_end.sequence, None)
+            second = (await stub.StartRun(tp.StartRunRequest(spec=follow))).run
+            await watch(stub, second.id)
+            second = (await stub.GetRun(tp.GetRunRequest(run_id=second.id))).run
+            assert second.state == tp.RUN_STATE_SUCCEEDED, second.reason
+            assert (second.cursor_start.sequence, second.cursor_end.sequence) == (30, 34)
 
-            stream = ledger.StreamLabels(rv.StreamLabelsRequest(), metadata=AUTH)
-            accepted = [label async for response in stream for label in response.labels]
-    finally:
-        await review.stop(0)
+        stream = ledger.StreamLabels(rv.StreamLabelsRequest(), metadata=AUTH)
+        accepted = [label async for response in stream for label in response.labels]
     by_sequence = {a.sequence: a for a in accepted}
     assert sorted(by_sequence) == list(range(1, 35))
     not_tie = lambda seqs: {by_sequence[s].label.id for s in seqs if by_sequence[s].choice != 3}  # noqa: E731

@@ -35,17 +35,24 @@ def trainer_settings(tmp: Path, **trainer: Any) -> CharterSettings:
 
 
 @contextlib.asynccontextmanager
-async def trainer_service(settings: CharterSettings) -> AsyncIterator[trainer_pb2_grpc.TrainerServiceStub]:
+async def serving(name: str, settings: CharterSettings) -> AsyncIterator[tuple[grpc.aio.Channel, int]]:
+    """Service `name` built from `settings`, in-process on a free localhost port: (channel, port)."""
     server = CharterServer(
         ServerSettings(host="127.0.0.1", port=0, metrics_port=None, drain_seconds=0),
-        [SERVICES["trainer"].registration_for_settings(settings)],
+        [SERVICES[name].registration_for_settings(settings)],
     )
     port = await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield trainer_pb2_grpc.TrainerServiceStub(channel)
+            yield channel, port
     finally:
         await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def trainer_service(settings: CharterSettings) -> AsyncIterator[trainer_pb2_grpc.TrainerServiceStub]:
+    async with serving("trainer", settings) as (channel, _):
+        yield trainer_pb2_grpc.TrainerServiceStub(channel)
 
 
 def run_spec(
