@@ -607,3 +607,62 @@ async def test_a_silent_log_stream_is_reopened(fake):
         assert [line async for line in lines] == []
     reasons = {e["reason"] for e in logs if e["event"] == "trainer.worker.log_reopened"}
     assert reasons == {"ReadTimeoutError"}
+
+
+# -- the trainer service with this executor -------------------------------------------------------------
+
+
+async def test_the_trainer_service_runs_and_fails_jobs_through_the_executor(fake, tmp_path):
+    from charter.core.settings import TrainerSettings
+    from charter.trainer.servicer import TrainerServicer
+    from charter.trainer.store import RunStore
+
+    from tests.support.hh import HH_DEV
+    from tests.support.trainer import run_spec
+
+    state, executor = fake
+    store = RunStore(f"sqlite:///{tmp_path / 'trainer.db'}")
+    servicer = TrainerServicer(store, executor, TrainerSettings(poll_seconds=0.05))
+    await servicer.start()
+    spec = run_spec(trainer_pb2.ALGORITHM_REWARD_MODEL, "embedded", files=[str(HH_DEV)], max_steps=2)
+    spec.resources.gpus = 1
+    try:
+        run = (await servicer.StartRun(trainer_pb2.StartRunRequest(spec=spec), None)).run
+        assert run.state == trainer_pb2.RUN_STATE_RUNNING and run.job_name in state.jobs
+        assert run.output_dir == f"/runs/{run.id}/model"
+        pod = state.start_pod(run.job_name)
+        state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
+        state.log(
+            pod,
+            events.encode("progress", total_steps=2),
+            events.encode("metrics", step=1, values={"loss": 0.7}),
+            events.encode("checkpoint", step=1, path=f"/runs/{run.id}/checkpoints/checkpoint-1"),
+            events.encode("metrics", step=2, values={"loss": 0.6}),
+            events.encode("finished", output_dir=f"/runs/{run.id}/model"),
+        )
+        state.finish(run.job_name, pod, "Complete", exit_code=0, reason="Completed")
+        await until(lambda: store.get(run.id).state == trainer_pb2.RUN_STATE_SUCCEEDED)
+        done = store.get(run.id)
+        assert (done.step, done.total_steps, done.last_metrics["loss"]) == (2, 2, pytest.approx(0.6))
+        assert done.last_checkpoint.endswith("checkpoint-1")
+
+        # a worker the kernel kills for memory: FAILED with the reason; resume is attempt 2, a new Job
+        run = (await servicer.StartRun(trainer_pb2.StartRunRequest(spec=spec), None)).run
+        pod = state.start_pod(run.job_name)
+        state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
+        state.log(pod, events.encode("metrics", step=1, values={"loss": 0.7}))
+        state.finish(
+            run.job_name, pod, "Failed", exit_code=137, reason="OOMKilled", job_reason="BackoffLimitExceeded"
+        )
+        await until(lambda: store.get(run.id).state == trainer_pb2.RUN_STATE_FAILED)
+        assert "OOMKilled" in store.get(run.id).reason
+        resumed = (await servicer.ResumeRun(trainer_pb2.ResumeRunRequest(run_id=run.id), None)).run
+        assert resumed.attempt == 2 and resumed.job_name.endswith("-2") and resumed.job_name in state.jobs
+        assert (
+            "--resume" in state.jobs[resumed.job_name]["spec"]["template"]["spec"]["containers"][0]["command"]
+        )
+        cancelled = (await servicer.CancelRun(trainer_pb2.CancelRunRequest(run_id=run.id), None)).run
+        assert cancelled.state == trainer_pb2.RUN_STATE_CANCELLED
+        await until(lambda: resumed.job_name not in state.jobs)  # deleted
+    finally:
+        await servicer.stop()
