@@ -26,6 +26,11 @@ from charter.trainer import events
 
 log = structlog.get_logger("charter.trainer")
 
+# a run folder's layout (the worker writes it; the service names paths in it)
+DATA_DIR = "data"
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+
 
 @dataclass(frozen=True)
 class Launch:

@@ -28,10 +28,9 @@ from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound, U
 from charter.core.settings import CharterSettings, TrainerSettings
 from charter.review.auth import Authenticator, bearer
 from charter.trainer import events
-from charter.trainer.executor import Executor, Launch, LocalExecutor
+from charter.trainer.executor import MODEL_DIR, Executor, Launch, LocalExecutor
 from charter.trainer.spec import ALGORITHMS, check
 from charter.trainer.store import TERMINAL, RunStore
-from charter.trainer.worker import MODEL_DIR
 
 log = structlog.get_logger("charter.trainer")
 T = TypeVar("T")

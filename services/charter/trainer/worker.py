@@ -30,11 +30,8 @@ from transformers import TrainerCallback
 
 from charter.core.errors import CharterError, InvalidArgument
 from charter.trainer import events
+from charter.trainer.executor import CHECKPOINTS_DIR, DATA_DIR, MODEL_DIR
 from charter.trainer.spec import CheckedSpec, check, trl_config
-
-DATA_DIR = "data"
-CHECKPOINTS_DIR = "checkpoints"
-MODEL_DIR = "model"
 
 
 @dataclass
