@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: quickstart test test-unit test-services lint protos protos-check clean
+.PHONY: quickstart loop test test-unit test-services lint protos protos-check clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Charter needs Python >= 3.11, found {sys.version.split()[0]}"'
@@ -36,6 +36,10 @@ quickstart: $(VENV)/.installed-base
 	$(BIN)/charter constitution check constitutions/
 	$(BIN)/charter models prepare
 	$(BIN)/charter run pipelines/sl-cai.yaml
+
+# the end-to-end loop: SL-CAI -> SFT; RL-CAI -> review ledger -> reward model, DPO, PPO (README)
+loop: $(VENV)/.installed-dev
+	BIN=$(BIN) scripts/loop.sh
 
 # PostgreSQL (ledger tests) and Debian's Chromium (the review page's browser test)
 test-services:
