@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: quickstart loop test test-unit test-services lint protos protos-check clean
+.PHONY: quickstart loop deploy-check test test-unit test-services lint protos protos-check clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Charter needs Python >= 3.11, found {sys.version.split()[0]}"'
@@ -41,6 +41,10 @@ quickstart: $(VENV)/.installed-base
 loop: $(VENV)/.installed-dev
 	BIN=$(BIN) scripts/loop.sh
 
+# render every deploy/ overlay and validate it offline (schemas, consistency, yamllint, checkov)
+deploy-check: $(VENV)/.installed-dev
+	$(BIN)/python scripts/check_deploy.py
+
 # PostgreSQL (ledger tests) and Debian's Chromium (the review page's browser test)
 test-services:
 	scripts/test-services.sh
@@ -62,4 +66,4 @@ protos-check: $(VENV)/.installed-dev
 	$(BIN)/python scripts/gen_protos.py --check
 
 clean:
-	rm -rf $(VENV) out build *.egg-info services/*.egg-info
+	rm -rf $(VENV) .venv-deploy-tools out build *.egg-info services/*.egg-info
