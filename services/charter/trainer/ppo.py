@@ -69,6 +69,7 @@ class PPOConfig(BaseModel):
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="k1: log p − log p_ref; k3: non-negative.")
     max_prompt_length: int = Field(512, ge=1, description="Longer prompts keep their last tokens.")
     max_new_tokens: int = Field(64, ge=1)
+    min_new_tokens: int = Field(0, ge=0, description="Completions at least this long (0: may stop at once).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs use it too.")
     top_k: int = Field(0, ge=0, description="0: off. Truncated sampling makes the rollout off-policy.")
     top_p: float = Field(1.0, gt=0, le=1, description="1.0: off.")
@@ -388,6 +389,7 @@ class PPOTrainer:
         self._generation = GenerationConfig(
             do_sample=True,
             max_new_tokens=config.max_new_tokens,
+            min_new_tokens=config.min_new_tokens or None,
             temperature=config.temperature,
             top_k=config.top_k,  # explicit: the library's default would be 50
             top_p=config.top_p,

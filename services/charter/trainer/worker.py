@@ -128,12 +128,18 @@ def split(
 
 
 def model_folder(source: str) -> str:
-    """A Hugging Face model folder for `source` ("embedded", a .gguf file or a folder)."""
+    """A Hugging Face model folder for `source` ("embedded", a .gguf file or a folder): the same
+    converted folder the inference engines use (one per model), loaded in float32 for training."""
     if source == "embedded" or source.endswith(".gguf"):
         from charter.inference.models import prepare
 
-        return str(prepare(source, dtype="float32"))
+        return str(prepare(source))
     return source
+
+
+TRAIN_DTYPE = "float32"
+"""Weights train in float32 (master weights; bf16 mixed precision comes from the config on GPUs),
+whatever dtype the folder stores."""
 
 
 def _tokenizer(folder: str) -> Any:
@@ -231,7 +237,7 @@ class Runner:
 
             from charter.trainer.reward import SoftRewardTrainer, reward_dataset
 
-            model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+            model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=TRAIN_DTYPE)
             model.config.pad_token_id = tokenizer.pad_token_id
             return SoftRewardTrainer(
                 model=model, args=config, processing_class=tokenizer,
@@ -267,7 +273,7 @@ class Runner:
 
         config = self.config
         tokenizer = _tokenizer(base)
-        policy = PolicyWithValueHead.from_pretrained(base)
+        policy = PolicyWithValueHead.from_pretrained(base, dtype=TRAIN_DTYPE)
         scorer = RewardModelScorer(self.spec.reward_model)
         texts = [
             tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -302,7 +308,7 @@ class Runner:
 def _causal_lm(folder: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=TRAIN_DTYPE)
 
 
 class _ReportCallback(TrainerCallback):
