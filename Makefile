@@ -58,6 +58,7 @@ test-unit: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check services scripts tests benchmarks
 	$(BIN)/buf lint
+	$(BIN)/hadolint Dockerfile
 
 protos: $(VENV)/.installed-dev
 	$(BIN)/python scripts/gen_protos.py
