@@ -161,3 +161,21 @@ async def test_cancel_stops_the_worker(tmp_path, tiny_lm):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     shell = int(handle_of(settings, run.id).split(":")[0])
     assert not Path(f"/proc/{shell}").exists()  # the launcher and its worker are gone
+
+
+async def test_tokens_guard_the_service_when_set(tmp_path):
+    tokens = [
+        {"name": "pipeline", "role": "service", "token": "svc"},
+        {"name": "alice", "role": "reviewer", "token": "rev"},
+    ]
+    async with trainer_service(trainer_settings(tmp_path, tokens=tokens)) as stub:
+        for metadata, code in [
+            (None, grpc.StatusCode.UNAUTHENTICATED),
+            ((("authorization", "Bearer nope"),), grpc.StatusCode.UNAUTHENTICATED),
+            ((("authorization", "Bearer rev"),), grpc.StatusCode.PERMISSION_DENIED),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ListRuns(tp.ListRunsRequest(), metadata=metadata)
+            assert err.value.code() == code
+        listed = await stub.ListRuns(tp.ListRunsRequest(), metadata=(("authorization", "Bearer svc"),))
+        assert list(listed.runs) == []
