@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end loop on the embedded model (SmolLM2-135M-Instruct, CPU):
-#   SL-CAI revisions -> SFT;  RL-CAI soft labels -> review ledger -> export -> reward model, DPO, PPO
+#   SL-CAI revisions -> SFT;  RL-CAI soft labels -> review ledger (queue decided by the pairs' own
+#   human labels) -> export -> reward model, DPO, PPO
 # Every step is a real run through Charter's services; curves land in out/loop/*.png.
 #   make loop          (or scripts/loop.sh after `make quickstart`'s setup)
 set -euo pipefail
@@ -30,10 +31,13 @@ echo "== 2. SFT on the revisions"
 train sft training/sft.yaml
 SFT_MODEL="$OUT/runs/$(cat "$OUT/sft.run")/model"
 
-echo "== 3. RL-CAI: the judge labels 96 hh-rlhf pairs into the review ledger"
+echo "== 3. RL-CAI: the judge labels 32 hh-rlhf pairs into the review ledger"
 "$BIN/charter" run pipelines/rl-cai-loop.yaml -c "$CFG"
 
-echo "== 4. Review: export the accepted labels (human decisions override the AI's)"
+echo "== 4. Review: the queue decided by hh-rlhf's own annotators (people use the review page);"
+echo "        export the accepted labels (human decisions override the AI's)"
+"$BIN/python" scripts/replay_reviews.py --database sqlite:///out/loop/review.db \
+  --records out/loop/rl-cai/records.jsonl -c "$CFG"
 "$BIN/charter" export --database sqlite:///out/loop/review.db --out out/accepted.jsonl -c "$CFG"
 
 echo "== 5. Reward model (soft Bradley-Terry) on the accepted labels"
