@@ -71,11 +71,13 @@ async def test_bad_specs_fail_at_start_naming_the_field(tmp_path, tiny_lm):
         assert not (await stub.ListRuns(tp.ListRunsRequest())).runs  # nothing was started
 
 
-async def test_a_reward_model_run_from_start_to_finish(tmp_path, tiny_lm):
+async def test_a_reward_model_run_from_start_to_finish(tmp_path, tiny_lm, monkeypatch):
     settings = trainer_settings(tmp_path)
+    monkeypatch.chdir(tiny_lm.parent)  # a relative model path, as a user types it
     async with trainer_service(settings) as stub:
-        run = await start(stub, rm_spec(tiny_lm), key="rm-1")
+        run = await start(stub, rm_spec(Path(tiny_lm.name)), key="rm-1")
         assert run.state == tp.RUN_STATE_RUNNING and run.attempt == 1
+        assert run.spec.base_model == str(tiny_lm)  # the worker runs elsewhere: made absolute
         assert (await start(stub, rm_spec(tiny_lm), key="rm-1")).id == run.id  # idempotent
         events = await watch(stub, run.id)
         done = (await stub.GetRun(tp.GetRunRequest(run_id=run.id))).run

@@ -273,6 +273,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 f"spec.reward_model: {spec.reward_model} is neither a run id nor a model folder",
                 field="spec.reward_model",
             )
+        if self.executor.name == "local":  # the worker runs in the run folder: paths as the service sees them
+            if spec.base_model != "embedded":
+                spec.base_model = str(Path(spec.base_model).expanduser().resolve())
+            if spec.reward_model:
+                spec.reward_model = str(Path(spec.reward_model).expanduser().resolve())
+            if spec.data.WhichOneof("source") == "files":
+                paths = spec.data.files.paths
+                paths[:] = [str(Path(p).expanduser().resolve()) for p in paths]
         if spec.data.WhichOneof("source") == "label_stream" and not spec.data.label_stream.address:
             if not self.settings.review_address:
                 raise InvalidArgument(
