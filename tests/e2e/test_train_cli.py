@@ -73,3 +73,39 @@ def test_train_watch_plot_and_list(tmp_path: Path) -> None:
     )
     missing = charter("runs", "get", "r-missing", "-c", str(settings))
     assert missing.returncode == 1 and "run r-missing does not exist" in missing.stderr
+
+
+def test_sigterm_cancels_the_run_of_an_in_process_service(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from charter.inference.models import prepare
+
+    lm = save_tiny_lm(tmp_path / "lm", prepare())
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(
+        yaml.safe_dump({"trainer": {"database_url": f"sqlite:///{tmp_path / 'trainer.db'}",
+                                    "runs_dir": str(tmp_path / "runs"), "worker_threads": 1}})
+    )  # fmt: skip
+    spec = tmp_path / "rm.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {"name": "long", "algorithm": "reward-model", "base_model": str(lm),
+             "data": {"files": {"paths": [str(HH_DEV)]}},
+             "hyperparameters": {"max_steps": 100000, "per_device_train_batch_size": 2, "max_length": 96}}
+        )
+    )  # fmt: skip
+    process = subprocess.Popen(
+        [tool("charter"), "train", "--spec", str(spec), "-c", str(settings)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )  # fmt: skip
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    deadline = time.monotonic() + 60
+    while not line.startswith("started ") and time.monotonic() < deadline:
+        line = process.stderr.readline()
+    run_id = line.split()[1]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    got = json.loads(charter("runs", "get", run_id, "-c", str(settings)).stdout)
+    assert got["state"] == "RUN_STATE_CANCELLED" and got["reason"] == "interrupted"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -302,6 +303,10 @@ def train(
     metadata = _metadata(token)
 
     async def go() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        # SIGTERM (a job scheduler, `timeout`) ends the command like Ctrl-C: the run is cancelled below
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         async with _service(address, settings) as stub:
             try:
                 response = await stub.StartRun(
@@ -325,7 +330,10 @@ def train(
             run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
             _finish(run, events, plot)
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except asyncio.CancelledError:  # SIGTERM: the run was cancelled (or, with --address, left running)
+        raise typer.Exit(143) from None
 
 
 @app.command("list")
