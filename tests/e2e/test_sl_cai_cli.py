@@ -48,6 +48,7 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.timeout(600)  # the real model: minutes on a slow 2-core CPU
 def test_killed_run_resumes_without_duplicates(tmp_path: Path) -> None:
     path = spec(tmp_path, limit=4)
     out = tmp_path / "out"
@@ -157,6 +158,7 @@ def test_service_down_stops_with_a_clear_message_then_resumes(tmp_path: Path) ->
     assert len(records(tmp_path / "out")) == 2
 
 
+@pytest.mark.timeout(600)  # the real model: minutes on a slow 2-core CPU
 def test_remote_mode_against_charter_serve(tmp_path: Path) -> None:
     from tests.integration.conftest import free_port
     from tests.support.process import LoggedProcess

@@ -90,6 +90,7 @@ async def test_compare_labels_real_pairs_with_full_provenance(stub) -> None:
     assert judged_total() == before + 3  # the Prometheus counters saw them
 
 
+@pytest.mark.timeout(600)  # the real model: minutes on a slow 2-core CPU
 async def test_swapping_a_and_b_gives_one_minus_p(stub) -> None:
     items = hh_items(4)
     swapped = [item(list(p.conversation), p.response_b, p.response_a) for p in hh_pairs(4)]

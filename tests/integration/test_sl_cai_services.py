@@ -80,6 +80,7 @@ async def test_generate_bad_input(channel, request_, code, detail: str) -> None:
     assert detail in info.value.details()
 
 
+@pytest.mark.timeout(600)  # the real model: minutes on a slow 2-core CPU
 async def test_critique_revise_with_the_real_model(channel) -> None:
     stub = critic_pb2_grpc.CriticReviserServiceStub(channel)
     request = critic_pb2.CritiqueReviseRequest(
