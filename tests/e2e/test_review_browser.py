@@ -14,15 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from charter.api.review import label_view
+from charter.core.auth import Authenticator
 from charter.core.settings import ReviewerToken, RoutingSettings
-from charter.review.auth import Authenticator
 from charter.review.store import Ledger
 from charter.review.web import WebServer, create_app
 from charter_proto.common.v1 import conversation_pb2, label_pb2
 
 from tests.support import ROOT
 from tests.support.hh import Pair, load_pairs
-from tests.support.review import hh_conversation
+from tests.support.review import hh_conversation, submit
 
 pytestmark = pytest.mark.e2e
 
@@ -124,7 +125,7 @@ def seed(ledger: Ledger) -> int:
             principle="overall-harm",
         ),
     ]
-    ledger.submit(labels)
+    submit(ledger, labels)
     return len(labels)
 
 
@@ -161,7 +162,7 @@ def site(tmp_path: Path, shared_data: Path) -> Iterator[tuple[str, int]]:
                 ReviewerToken(name="ops-admin", role="admin", token=ADMIN_TOKEN),
             ]
         )
-        with ServerThread(create_app(ledger, auth)) as base_url:
+        with ServerThread(create_app(ledger, auth, label_view)) as base_url:
             yield base_url, total
     finally:
         ledger.close()

@@ -7,17 +7,19 @@ import threading
 from collections import Counter
 
 import pytest
+from charter.api.review import accepted_page, label_proto
 from charter.core.db import normalise_url
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import RoutingSettings
 from charter.review.schema import accepted, decisions, labels, metadata, review_slots
 from charter.review.store import Ledger, migrate
+from charter.review.types import LabelQuery, LabelSource
 from charter_proto.common.v1 import label_pb2
 from charter_proto.review.v1 import review_pb2 as rv
 from sqlalchemy import create_engine, func, select
 
 from tests.support.hh import load_pairs
-from tests.support.review import hh_label, hh_labels
+from tests.support.review import hh_label, hh_labels, submit
 
 pytestmark = pytest.mark.integration
 
@@ -48,11 +50,11 @@ def counts(ledger: Ledger) -> dict[str, int]:
 def test_submit_is_idempotent_by_label_id(ledger_url, pairs):
     ledger = Ledger(ledger_url, NO_AUDIT)
     batch = [hh_label(p, i, confidence=0.9) for i, p in enumerate(pairs[:10])]
-    first = ledger.submit(batch)
+    first = submit(ledger, batch)
     assert [r.sequence for r in first] == list(range(1, 11))
     assert not any(r.duplicate for r in first)
     before = counts(ledger)
-    again = ledger.submit([batch[3], batch[3], hh_label(pairs[11], 11, confidence=0.9)])
+    again = submit(ledger, [batch[3], batch[3], hh_label(pairs[11], 11, confidence=0.9)])
     assert [(r.label_id, r.duplicate) for r in again] == [
         ("lbl-000003", True),
         ("lbl-000003", True),
@@ -73,7 +75,7 @@ def test_routing_reasons_are_recorded(ledger_url, pairs):
         "tie": hh_label(pairs[3], 3, confidence=0.0, status=label_pb2.LABEL_STATUS_TIE),
         "unscorable": hh_label(pairs[4], 4, confidence=0.0, status=label_pb2.LABEL_STATUS_UNSCORABLE),
     }
-    results = dict(zip(cases, ledger.submit(list(cases.values())), strict=True))
+    results = dict(zip(cases, submit(ledger, list(cases.values())), strict=True))
     assert (results["confident"].route, results["confident"].reason) == (
         rv.ROUTE_AUTO_ACCEPTED,
         rv.ROUTE_REASON_CONFIDENT,
@@ -98,7 +100,7 @@ def test_routing_reasons_are_recorded(ledger_url, pairs):
 
 def test_audit_rate_sends_a_sample_of_confident_labels_to_people(ledger_url):
     ledger = Ledger(ledger_url, RoutingSettings(audit_rate=0.2, audit_seed="t"))
-    results = ledger.submit(hh_labels(300, confidence=0.95))
+    results = submit(ledger, hh_labels(300, confidence=0.95))
     audited = sum(r.reason == rv.ROUTE_REASON_AUDIT for r in results)
     assert 35 <= audited <= 85  # 20% of 300 = 60
     assert ledger.stats().queue_depth == audited
@@ -108,12 +110,12 @@ def test_audit_rate_sends_a_sample_of_confident_labels_to_people(ledger_url):
 def test_claim_gives_the_most_uncertain_first_and_leases_expire(ledger_url, pairs):
     clock = Clock()
     ledger = Ledger(ledger_url, NO_AUDIT, clock=clock, lease_seconds=60)
-    ledger.submit(
+    submit(ledger,
         [hh_label(p, i, confidence=c) for i, (p, c) in enumerate(zip(pairs, (0.3, 0.05, 0.2), strict=False))]
     )
     first = ledger.claim("alice")
     assert first.item.item_id == "lbl-000001" and first.queue_depth == 2
-    assert first.item.label.response_a == pairs[1].chosen
+    assert label_proto(first.item.payload).response_a == pairs[1].chosen
     second = ledger.claim("bob")
     assert second.item.item_id == "lbl-000002"
     clock.now += 61  # alice walks away: her item returns to the queue
@@ -127,7 +129,7 @@ def test_claim_gives_the_most_uncertain_first_and_leases_expire(ledger_url, pair
 def test_decide_errors_change_nothing(ledger_url, pairs):
     clock = Clock()
     ledger = Ledger(ledger_url, NO_AUDIT, clock=clock, lease_seconds=60)
-    ledger.submit([hh_label(p, i, confidence=0.1) for i, p in enumerate(pairs[:3])])
+    submit(ledger, [hh_label(p, i, confidence=0.1) for i, p in enumerate(pairs[:3])])
     alice = ledger.claim("alice").item
     bob = ledger.claim("bob").item
     before = counts(ledger)
@@ -155,13 +157,14 @@ def test_decide_errors_change_nothing(ledger_url, pairs):
 
 def test_human_decision_overrides_the_ai_label_and_both_are_kept(ledger_url, pairs):
     ledger = Ledger(ledger_url, NO_AUDIT)
-    ledger.submit([hh_label(pairs[0], 0, confidence=0.3, a_wins=True)])
+    submit(ledger, [hh_label(pairs[0], 0, confidence=0.3, a_wins=True)])
     item = ledger.claim("alice").item
     decided = ledger.decide("alice", item.item_id, item.lease_id, rv.HUMAN_CHOICE_B, "B refuses politely")
     a = decided.accepted
     assert a.source == rv.LABEL_SOURCE_HUMAN
     assert (a.p_a, a.choice) == (0.0, label_pb2.CHOICE_B)
-    assert a.label.choice == label_pb2.CHOICE_A and a.label.p_a == pytest.approx(0.65)  # the AI's, kept
+    ai = label_proto(a.payload)
+    assert ai.choice == label_pb2.CHOICE_A and ai.p_a == pytest.approx(0.65)  # the AI's, kept
     assert [(d.reviewer, d.choice, d.comment) for d in a.human_decisions] == [
         ("alice", rv.HUMAN_CHOICE_B, "B refuses politely")
     ]
@@ -173,7 +176,7 @@ def test_human_decision_overrides_the_ai_label_and_both_are_kept(ledger_url, pai
 
 def test_skip_returns_the_item_for_someone_else_and_release_hands_it_back(ledger_url, pairs):
     ledger = Ledger(ledger_url, NO_AUDIT)
-    ledger.submit([hh_label(pairs[0], 0, confidence=0.1)])
+    submit(ledger, [hh_label(pairs[0], 0, confidence=0.1)])
     item = ledger.claim("alice").item
     ledger.decide("alice", item.item_id, item.lease_id, rv.HUMAN_CHOICE_SKIP)
     assert ledger.claim("alice").item is None  # she passed on it
@@ -194,7 +197,7 @@ def test_overlap_collects_k_decisions_and_reports_kappa(ledger_url):
         if i % 2:
             label.p_a, label.choice = 0.4, label_pb2.CHOICE_B
         label.principle_ids[:] = ["violence" if i < 4 else "privacy"]
-    ledger.submit(batch)
+    submit(ledger, batch)
     alice_choices = [rv.HUMAN_CHOICE_A, rv.HUMAN_CHOICE_B] * 4  # always agrees with the AI
     bob_choices = [rv.HUMAN_CHOICE_A] * 8
     for reviewer, choices in (("alice", alice_choices), ("bob", bob_choices)):
@@ -208,22 +211,22 @@ def test_overlap_collects_k_decisions_and_reports_kappa(ledger_url):
     assert stats.human_accepted == 8 and stats.queue_depth == 0
     assert stats.human_human.pairs == 8
     assert stats.human_human.agreement == pytest.approx(0.5)
-    assert stats.human_human.cohen_kappa == pytest.approx(0.0)
+    assert stats.human_human.kappa == pytest.approx(0.0)
     assert stats.human_ai.pairs == 16
     assert stats.human_ai.agreement == pytest.approx(12 / 16)
     reviewers = {r.reviewer: r for r in stats.reviewers}
-    assert reviewers["alice"].with_ai.cohen_kappa == pytest.approx(1.0)
+    assert reviewers["alice"].with_ai.kappa == pytest.approx(1.0)
     assert reviewers["bob"].with_ai.agreement == pytest.approx(0.5)
     assert set(stats.human_ai_by_principle) == {"violence", "privacy"}
     # A+A -> p_a 1; A+B -> p_a 0.5, a tie
-    streamed = {x.label.id: x for x in ledger.accepted_after(0).labels}
+    streamed = {x.label_id: x for x in ledger.accepted_after(0).labels}
     assert streamed["lbl-000000"].p_a == 1.0 and streamed["lbl-000001"].choice == label_pb2.CHOICE_TIE
     ledger.close()
 
 
 def test_unsafe_both_excludes_the_pair_from_training(ledger_url, pairs):
     ledger = Ledger(ledger_url, NO_AUDIT)
-    ledger.submit([hh_label(pairs[0], 0, confidence=0.1)])
+    submit(ledger, [hh_label(pairs[0], 0, confidence=0.1)])
     item = ledger.claim("alice").item
     decided = ledger.decide("alice", item.item_id, item.lease_id, rv.HUMAN_CHOICE_UNSAFE_BOTH)
     assert decided.accepted is None
@@ -234,7 +237,7 @@ def test_unsafe_both_excludes_the_pair_from_training(ledger_url, pairs):
 
 def test_twenty_concurrent_reviewers_never_share_an_item(ledger_url):
     ledger = Ledger(ledger_url, NO_AUDIT)
-    ledger.submit(hh_labels(60, confidence=0.1))
+    submit(ledger, hh_labels(60, confidence=0.1))
     claimed: list[str] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -261,7 +264,7 @@ def test_twenty_concurrent_reviewers_never_share_an_item(ledger_url):
 
 def test_concurrent_claims_with_overlap_give_each_item_to_k_different_reviewers(ledger_url):
     ledger = Ledger(ledger_url, RoutingSettings(audit_rate=0.0, overlap=2))
-    ledger.submit(hh_labels(10, confidence=0.1))
+    submit(ledger, hh_labels(10, confidence=0.1))
     got: list[tuple[str, str]] = []
     lock = threading.Lock()
 
@@ -283,13 +286,13 @@ def test_concurrent_claims_with_overlap_give_each_item_to_k_different_reviewers(
 
 def test_stream_is_ordered_resumable_and_filtered(ledger_url, pairs):
     ledger = Ledger(ledger_url, NO_AUDIT)
-    ledger.submit(
+    submit(ledger,
         [
             hh_label(p, i, confidence=0.9, principle="violence" if i % 2 else "privacy")
             for i, p in enumerate(pairs[:20])
         ]
     )
-    ledger.submit([hh_label(pairs[20], 20, confidence=0.1)])
+    submit(ledger, [hh_label(pairs[20], 20, confidence=0.1)])
     item = ledger.claim("alice").item
     ledger.decide("alice", item.item_id, item.lease_id, rv.HUMAN_CHOICE_A)
     everything = [x.sequence for x in ledger.accepted_after(0, limit=1000).labels]
@@ -298,13 +301,13 @@ def test_stream_is_ordered_resumable_and_filtered(ledger_url, pairs):
     assert page.more and [x.sequence for x in page.labels] == everything[:7]
     rest = ledger.accepted_after(page.last, limit=100)
     assert [x.sequence for x in rest.labels] == everything[7:] and not rest.more
-    human = ledger.accepted_after(0, rv.LabelFilter(sources=[rv.LABEL_SOURCE_HUMAN]))
-    assert [x.label.id for x in human.labels] == ["lbl-000020"]
-    violence = ledger.accepted_after(0, rv.LabelFilter(principle_ids=["violence"]))
+    human = ledger.accepted_after(0, LabelQuery(sources=(LabelSource.HUMAN,)))
+    assert [x.label_id for x in human.labels] == ["lbl-000020"]
+    violence = accepted_page(ledger, 0, rv.LabelFilter(principle_ids=["violence"]))  # matched on the labels
     assert len(violence.labels) == 11  # ten odd ones and the human-decided one
-    assert ledger.accepted_after(0, rv.LabelFilter(constitution_id="other")).labels == []
+    assert ledger.accepted_after(0, LabelQuery(constitution_id="other")).labels == []
     assert (
-        len(ledger.accepted_after(0, rv.LabelFilter(min_confidence=0.95)).labels) == 1
+        len(ledger.accepted_after(0, LabelQuery(min_confidence=0.95)).labels) == 1
     )  # the human's p_a = 1
     ledger.close()
 
@@ -315,11 +318,11 @@ def test_bad_labels_are_rejected_whole(ledger_url, pairs):
     huge = hh_label(pairs[1], 1, confidence=0.9)
     huge.response_a = "x" * 10_000
     with pytest.raises(InvalidArgument, match=r"labels\[1\]: .* the limit is 4096"):
-        ledger.submit([good, huge])
+        submit(ledger, [good, huge])
     no_id = hh_label(pairs[2], 2, confidence=0.9)
     no_id.id = ""
     with pytest.raises(InvalidArgument, match=r"labels\[0\].id"):
-        ledger.submit([no_id])
+        submit(ledger, [no_id])
     assert counts(ledger)["labels"] == 0
     ledger.close()
 

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from charter.api.review import label_view
+from charter.core.auth import Authenticator
 from charter.core.settings import ReviewerToken, RoutingSettings
-from charter.review.auth import Authenticator
 from charter.review.store import Ledger
 from charter.review.web import COOKIE, STATIC, WebServer, create_app
 from charter_proto.common.v1 import conversation_pb2, label_pb2
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
+
+from tests.support.review import submit
 
 pytestmark = pytest.mark.integration
 
@@ -74,14 +77,14 @@ def bearer(name: str) -> dict[str, str]:
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     ledger = Ledger(f"sqlite:///{tmp_path}/l.db", RoutingSettings(audit_rate=0.0))
-    ledger.submit([make_label(i) for i in range(3)])
+    submit(ledger, [make_label(i) for i in range(3)])
     yield ledger
     ledger.close()
 
 
 @pytest.fixture
 def client(ledger: Ledger) -> Iterator[TestClient]:
-    app = create_app(ledger, Authenticator(tokens()), max_body_bytes=MAX_BODY)
+    app = create_app(ledger, Authenticator(tokens()), label_view, max_body_bytes=MAX_BODY)
     with TestClient(app, follow_redirects=False) as c:
         yield c
 
@@ -269,8 +272,8 @@ def test_expired_lease_is_409(tmp_path: Path) -> None:
         f"sqlite:///{tmp_path}/l.db", RoutingSettings(audit_rate=0.0), lease_seconds=60, clock=lambda: now[0]
     )
     try:
-        ledger.submit([make_label(1)])
-        with TestClient(create_app(ledger, Authenticator(tokens()))) as client:
+        submit(ledger, [make_label(1)])
+        with TestClient(create_app(ledger, Authenticator(tokens()), label_view)) as client:
             item = claim(client)
             assert item["lease_seconds_left"] == pytest.approx(60)
             now[0] += 61
@@ -353,7 +356,7 @@ def test_script_in_a_response_comes_back_as_a_literal_string(client: TestClient,
     hostile = make_label(
         99, response_b=SCRIPT, confidence=0.01, prompt='<img src=x onerror="window.__pwned=2">'
     )
-    ledger.submit([hostile])
+    submit(ledger, [hostile])
     r = client.post("/api/claim", json={}, headers=bearer("alice"))
     assert r.headers["content-type"] == "application/json"
     item = r.json()["item"]
@@ -365,7 +368,7 @@ def test_script_in_a_response_comes_back_as_a_literal_string(client: TestClient,
 def test_pages_carry_no_model_text_no_inline_code_and_a_strict_csp(
     client: TestClient, ledger: Ledger
 ) -> None:
-    ledger.submit([make_label(99, response_b=SCRIPT, confidence=0.01)])
+    submit(ledger, [make_label(99, response_b=SCRIPT, confidence=0.01)])
     claim(client)
     for path, who in (("/", "alice"), ("/admin", "root"), ("/login", "alice")):
         r = client.get(path, headers=bearer(who))
@@ -394,7 +397,7 @@ def test_page_scripts_never_write_html() -> None:
 
 
 def test_admin_overview_figures(client: TestClient, ledger: Ledger) -> None:
-    ledger.submit([make_label(10 + i, confidence=0.95) for i in range(2)])  # confident: auto-accepted
+    submit(ledger, [make_label(10 + i, confidence=0.95) for i in range(2)])  # confident: auto-accepted
     assert decide(client, claim(client), "B").status_code == 200
     r = client.get("/api/admin/overview", headers=bearer("root"))
     assert r.status_code == 200
@@ -426,7 +429,7 @@ def test_admin_overview_figures(client: TestClient, ledger: Ledger) -> None:
 
 
 async def test_web_server_binds_a_free_port_and_stops(ledger: Ledger) -> None:
-    server = WebServer(create_app(ledger, Authenticator(tokens())), "127.0.0.1", 0)
+    server = WebServer(create_app(ledger, Authenticator(tokens()), label_view), "127.0.0.1", 0)
     port = await server.start()
     assert port > 0
     try:

@@ -9,17 +9,19 @@ from pathlib import Path
 
 import grpc
 import pytest
-from charter.core.catalog import SERVICES
+from charter.api.review import export_rows, ledger_labels
+from charter.app.catalog import SERVICES
+from charter.app.trainer_worker import read_label_stream
 from charter.core.server import CharterServer
 from charter.core.settings import RoutingSettings, ServerSettings, load_settings
-from charter.review.export import ledger_labels, write_file
+from charter.review.export import write_file
 from charter.review.store import Ledger
-from charter.trainer.data import from_files, from_stream, sft_rows
+from charter.trainer.data import from_files, sft_rows
 from charter_proto.review.v1 import review_pb2 as rv
 from charter_proto.review.v1 import review_pb2_grpc
 
 from tests.support import SHARED_DATA
-from tests.support.review import hh_labels
+from tests.support.review import hh_labels, submit
 
 pytestmark = pytest.mark.integration
 SERVICE = (("authorization", "Bearer svc"),)
@@ -61,7 +63,7 @@ async def test_stream_cursor_range_each_label_once_with_overrides(review):
             rv.DecideRequest(item_id=item.item_id, lease_id=item.lease_id, choice=choice), metadata=reviewer
         )
 
-    first = await from_stream(address, "svc", 0)
+    first = await read_label_stream(address, "svc", 0, None, None)
     assert (first.cursor_start, first.cursor_end, first.labels_read) == (0, 20, 20)
     assert len(first.rows) == 19 and first.skipped == {"tie": 1}
     overridden = next(r for r in first.rows if r["label_id"] == labels[0].id)
@@ -70,7 +72,9 @@ async def test_stream_cursor_range_each_label_once_with_overrides(review):
     )
 
     # a run that wants 10 more labels waits for them while they are accepted
-    waiting = asyncio.create_task(from_stream(address, "svc", first.cursor_end, first.cursor_end + 10))
+    waiting = asyncio.create_task(
+        read_label_stream(address, "svc", first.cursor_end, first.cursor_end + 10, None)
+    )
     await asyncio.sleep(0.3)
     assert not waiting.done()
     await stub.Submit(rv.SubmitRequest(labels=labels[20:]), metadata=SERVICE)
@@ -83,9 +87,9 @@ async def test_stream_cursor_range_each_label_once_with_overrides(review):
 
 def test_files_keep_soft_labels_and_read_hh_rlhf(tmp_path: Path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}", RoutingSettings(audit_rate=0.0))
-    ledger.submit(hh_labels(12, confidence=0.6))
+    submit(ledger, hh_labels(12, confidence=0.6))
     export = tmp_path / "accepted.parquet"
-    write_file(ledger_labels(ledger), "parquet", export)
+    write_file(export_rows(ledger_labels(ledger), "parquet"), "parquet", export)
     ledger.close()
     exported = from_files([export])
     assert len(exported.rows) == 12 and all(r["p_chosen"] == pytest.approx(0.8) for r in exported.rows)

@@ -8,6 +8,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from charter_proto.common.v1 import conversation_pb2, label_pb2
@@ -90,3 +91,10 @@ def hh_label(
 def hh_labels(n: int, confidence: float, **kwargs: object) -> list[label_pb2.PreferenceLabel]:
     pairs = load_pairs(min(n, 200))
     return [hh_label(pairs[i % len(pairs)], i, confidence=confidence, **kwargs) for i in range(n)]  # type: ignore[arg-type]
+
+
+def submit(ledger: Any, labels: list[label_pb2.PreferenceLabel]) -> list[Any]:
+    """`Ledger.submit` with labels as messages (what the servicer does)."""
+    from charter.api.review import submissions
+
+    return ledger.submit(submissions(labels))

@@ -6,39 +6,42 @@ import pytest
 from charter.core.settings import RoutingSettings
 from charter.review.agreement import cohen_kappa
 from charter.review.routing import audit_draw, route
-from charter_proto.common.v1 import label_pb2
-from charter_proto.review.v1 import review_pb2 as rv
+from charter.review.types import Choice, LabelStatus, Route, RouteReason, Submission
 
 
-def label(confidence: float, consistent: bool = True, status: int = label_pb2.LABEL_STATUS_OK, i: int = 0):
-    return label_pb2.PreferenceLabel(
-        id=f"id-{i}",
+def label(confidence: float, consistent: bool = True, status: LabelStatus = LabelStatus.OK, i: int = 0):
+    return Submission(
+        label_id=f"id-{i}",
+        constitution_id="",
+        principle_ids=(),
         confidence=confidence,
         p_a=0.5 + confidence / 2,
+        choice=Choice.A,
         swap_consistent=consistent,
         status=status,
+        payload=b"",
     )
 
 
 @pytest.mark.parametrize(
     ("lab", "expected"),
     [
-        (label(0.9), (rv.ROUTE_AUTO_ACCEPTED, rv.ROUTE_REASON_CONFIDENT)),
-        (label(0.5), (rv.ROUTE_AUTO_ACCEPTED, rv.ROUTE_REASON_CONFIDENT)),  # the threshold accepts
-        (label(0.49), (rv.ROUTE_HUMAN_REVIEW, rv.ROUTE_REASON_UNCERTAIN)),
-        (label(0.9, consistent=False), (rv.ROUTE_HUMAN_REVIEW, rv.ROUTE_REASON_SWAP_INCONSISTENT)),
-        (label(0.0, status=label_pb2.LABEL_STATUS_TIE), (rv.ROUTE_HUMAN_REVIEW, rv.ROUTE_REASON_UNCERTAIN)),
+        (label(0.9), (Route.AUTO_ACCEPTED, RouteReason.CONFIDENT)),
+        (label(0.5), (Route.AUTO_ACCEPTED, RouteReason.CONFIDENT)),  # the threshold accepts
+        (label(0.49), (Route.HUMAN_REVIEW, RouteReason.UNCERTAIN)),
+        (label(0.9, consistent=False), (Route.HUMAN_REVIEW, RouteReason.SWAP_INCONSISTENT)),
+        (label(0.0, status=LabelStatus.TIE), (Route.HUMAN_REVIEW, RouteReason.UNCERTAIN)),
         (
-            label(0.9, status=label_pb2.LABEL_STATUS_UNSCORABLE),
-            (rv.ROUTE_REJECTED, rv.ROUTE_REASON_UNSCORABLE),
+            label(0.9, status=LabelStatus.UNSCORABLE),
+            (Route.REJECTED, RouteReason.UNSCORABLE),
         ),
-        (label(0.9, status=label_pb2.LABEL_STATUS_ERROR), (rv.ROUTE_REJECTED, rv.ROUTE_REASON_UNSCORABLE)),
+        (label(0.9, status=LabelStatus.ERROR), (Route.REJECTED, RouteReason.UNSCORABLE)),
     ],
 )
 def test_route(lab, expected):
     r = route(lab, RoutingSettings(audit_rate=0.0))
     assert (r.route, r.reason) == expected
-    assert r.queued == (expected[0] != rv.ROUTE_AUTO_ACCEPTED)
+    assert r.queued == (expected[0] != Route.AUTO_ACCEPTED)
 
 
 def test_more_uncertain_labels_come_first():
@@ -53,7 +56,7 @@ def test_audit_draw_is_reproducible_and_uniform():
     assert sum(d < 0.05 for d in draws) / len(draws) == pytest.approx(0.05, abs=0.006)
     assert draws != [audit_draw(f"label-{i}", "other") for i in range(20_000)]
     policy = RoutingSettings(audit_rate=0.05, audit_seed="seed")
-    audited = [route(label(0.9, i=i), policy).reason == rv.ROUTE_REASON_AUDIT for i in range(2000)]
+    audited = [route(label(0.9, i=i), policy).reason == RouteReason.AUDIT for i in range(2000)]
     assert 60 <= sum(audited) <= 140
 
 

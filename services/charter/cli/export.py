@@ -14,7 +14,6 @@ from charter.core.logging import configure_logging
 from charter.core.settings import load_settings
 
 Format = Literal["trl-preference", "jsonl", "parquet"]
-_SOURCES = {"ai": review_pb2.LABEL_SOURCE_AI, "human": review_pb2.LABEL_SOURCE_HUMAN}
 
 
 def export(
@@ -57,17 +56,19 @@ def export(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
 ) -> None:
     """Export accepted labels (human decisions override the AI's) with full provenance."""
-    from charter.review.export import JsonlAppender, ledger_labels, remote_labels, write_file
+    from charter.api.review import SOURCES, export_rows, ledger_labels
+    from charter.client.review import ReviewClient
+    from charter.review.export import JsonlAppender, write_file
 
     settings = load_settings(config)
     configure_logging(settings.logging)
-    unknown = sorted(set(source or []) - set(_SOURCES))
+    unknown = sorted(set(source or []) - set(SOURCES))
     if unknown:
         raise InvalidArgument(f"--source: unknown source {unknown[0]!r}; use ai or human", field="source")
     flt = review_pb2.LabelFilter(
         constitution_id=constitution or "",
         principle_ids=principle or [],
-        sources=[_SOURCES[s] for s in source or []],
+        sources=[SOURCES[s] for s in source or []],
         min_confidence=min_confidence,
     )
     if review is None and (follow or token or token_file):
@@ -83,8 +84,9 @@ def export(
 
             async def tail() -> None:
                 try:
-                    async for label in remote_labels(review, secret, start, flt, follow=True):
-                        appender.append(label)
+                    async with ReviewClient(review, token=secret) as client:
+                        async for label in client.stream_labels(start, flt, follow=True):
+                            appender.append(*next(export_rows([label], fmt)))
                 finally:
                     appender.close()
 
@@ -92,15 +94,16 @@ def export(
             return
 
         async def collect() -> list[review_pb2.AcceptedLabel]:
-            return [label async for label in remote_labels(review, secret, from_cursor, flt)]
+            async with ReviewClient(review, token=secret) as client:
+                return [label async for label in client.stream_labels(from_cursor, flt)]
 
-        summary = write_file(asyncio.run(collect()), fmt, out)
+        summary = write_file(export_rows(asyncio.run(collect()), fmt), fmt, out)
     else:
         from charter.review.store import Ledger
 
         ledger = Ledger(database or settings.review.database_url.get_secret_value(), run_migrations=False)
         try:
-            summary = write_file(ledger_labels(ledger, from_cursor, flt), fmt, out)
+            summary = write_file(export_rows(ledger_labels(ledger, from_cursor, flt), fmt), fmt, out)
         finally:
             ledger.close()
     typer.echo(

@@ -1,14 +1,17 @@
 """Database plumbing shared by the review ledger and the trainer's run store: SQLAlchemy engines
-for SQLite (the embedded default) and PostgreSQL (psycopg 3), and alembic migrations run at start-up.
+for SQLite (the embedded default) and PostgreSQL (psycopg 3), alembic migrations run at start-up, and
+the dialect-specific statements the stores share (a one-statement multi-row INSERT on PostgreSQL,
+INSERT … ON CONFLICT DO NOTHING on both).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 
@@ -83,3 +86,40 @@ def migrate(engine: Engine, script_location: Path, *, lock_key: int) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key})
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def pg_insert_unnest(
+    table: Table, rows: list[dict[str, Any]], *, conflict: str = "", returning: tuple[str, ...] = ()
+) -> tuple[Any, dict[str, list[Any]]]:
+    """A multi-row INSERT on PostgreSQL as `INSERT ... SELECT * FROM unnest(<one array per column>)`:
+    one short statement with one parameter per column, however many rows; returns (statement,
+    parameters). (An executemany of 1,000 rows renders a 13,000-placeholder VALUES list that psycopg
+    re-parses in Python on every call: it caches only statements under 4 KB and 50 parameters.)
+    `conflict` names a unique column whose clashes are skipped; `returning` the columns returned."""
+    columns = tuple(rows[0])
+    return _pg_unnest_sql(table, columns, conflict, returning), {c: [r[c] for r in rows] for c in columns}
+
+
+@functools.cache
+def _pg_unnest_sql(table: Table, columns: tuple[str, ...], conflict: str, returning: tuple[str, ...]) -> Any:
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    arrays = ", ".join(f"CAST(:{c} AS {table.c[c].type.compile(dialect=dialect)}[])" for c in columns)
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
+    if conflict:
+        sql += f" ON CONFLICT ({conflict}) DO NOTHING"
+    if returning:
+        sql += f" RETURNING {', '.join(returning)}"
+    return text(sql)
+
+
+def insert_ignore(conn: Connection, table: Table, key: str) -> Any:
+    """`INSERT … ON CONFLICT (key) DO NOTHING` in the connection's dialect (SQLite or PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=[key])
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=[key])

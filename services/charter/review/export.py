@@ -1,14 +1,18 @@
-"""Accepted labels out of the ledger, as training data, with human overrides applied.
+"""Accepted labels out of the ledger, as training data files, with human overrides applied.
 
 Formats:
 - `jsonl`: one record per accepted label (ties included): the stream sequence, the effective soft
   label and choice (a human decision overrides the AI's), who decided (`ai` / `human`), the AI label
   as the judge gave it, every human decision, the conversation and both responses, principles,
   constitution, judge and provenance.
-- `trl-preference`: TRL's conversational preference format (`prompt`, `chosen`, `rejected`) plus
-  `p_chosen` (the effective soft label of the chosen response), `label_source`, `sequence`,
-  `label_id` and provenance columns. Ties have no chosen response and are left out.
+- `trl-preference`: the preference row of `charter.datasets.preference` — TRL's conversational
+  format (`prompt`, `chosen`, `rejected`) plus `p_chosen` (the effective soft label of the chosen
+  response), `label_source`, `sequence`, `label_id` and provenance columns. Ties have no chosen
+  response and are left out.
 - `parquet`: the `trl-preference` rows as a Parquet file.
+
+This module writes rows; `charter.api.review.export_rows` makes them from accepted labels (read from
+a ledger in this process or streamed with `charter.client.review.ReviewClient`).
 
 A following export (`--follow`) appends to a JSONL file and resumes after the last sequence the file
 holds, so a consumer killed at any point and restarted writes every label exactly once, in order.
@@ -16,109 +20,31 @@ holds, so a consumer killed at any point and restarted writes every label exactl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-import structlog
-from charter_proto.common.v1 import label_pb2
-from charter_proto.review.v1 import review_pb2, review_pb2_grpc
-from google.protobuf import json_format
-
 from charter.core.errors import InvalidArgument
-from charter.judge.servicer import STATUS_NAMES
-from charter.review.store import CHOICE_NAMES, Ledger
-
-log = structlog.get_logger("charter.review.export")
 
 FORMATS = ("trl-preference", "jsonl", "parquet")
-_SOURCE = {review_pb2.LABEL_SOURCE_AI: "ai", review_pb2.LABEL_SOURCE_HUMAN: "human"}
-_ROLE = {1: "system", 2: "user", 3: "assistant"}
-_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
+
+Row = tuple[int, dict[str, Any] | None]
+"""(stream sequence, row): row is None where the format leaves the label out (a tie)."""
 
 
-def _dict(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise InvalidArgument(
+            f"format: unknown format {fmt!r}; use one of {', '.join(FORMATS)}", field="format"
+        )
 
 
-def _messages(label: label_pb2.PreferenceLabel) -> list[dict[str, str]]:
-    return [{"role": _ROLE.get(m.role, "user"), "content": m.content} for m in label.conversation.messages]
-
-
-def record(a: review_pb2.AcceptedLabel) -> dict[str, Any]:
-    label = a.label
-    return {
-        "sequence": a.sequence,
-        "label_id": label.id,
-        "label_source": _SOURCE.get(a.source, "unknown"),
-        "p_a": a.p_a,
-        "choice": CHOICE_NAMES.get(a.choice, "unspecified"),
-        "prompt": _messages(label),
-        "response_a": label.response_a,
-        "response_b": label.response_b,
-        "principle_ids": list(label.principle_ids),
-        "ai": {
-            "p_a": label.p_a,
-            "choice": CHOICE_NAMES.get(label.choice, "unspecified"),
-            "confidence": label.confidence,
-            "swap_consistent": label.swap_consistent,
-            "status": STATUS_NAMES[label.status],
-            "chain_of_thought": label.chain_of_thought,
-        },
-        "human_decisions": [
-            {
-                "reviewer": d.reviewer,
-                "choice": review_pb2.HumanChoice.Name(d.choice).removeprefix("HUMAN_CHOICE_").lower(),
-                "comment": d.comment,
-                "decided_at": d.decided_at.ToJsonString(),
-            }
-            for d in a.human_decisions
-        ],
-        "constitution": _dict(label.constitution),
-        "judge": _dict(label.judge),
-        "provenance": _dict(label.provenance),
-        "accepted_at": a.accepted_at.ToJsonString(),
-    }
-
-
-def preference_row(a: review_pb2.AcceptedLabel) -> dict[str, Any] | None:
-    """The TRL preference row of an accepted label, or None for a tie."""
-    if a.choice not in (label_pb2.CHOICE_A, label_pb2.CHOICE_B):
-        return None
-    label = a.label
-    a_wins = a.choice == label_pb2.CHOICE_A
-    chosen, rejected = (
-        (label.response_a, label.response_b) if a_wins else (label.response_b, label.response_a)
-    )
-    return {
-        "prompt": _messages(label),
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "p_chosen": a.p_a if a_wins else 1.0 - a.p_a,
-        "label_source": _SOURCE.get(a.source, "unknown"),
-        "ai_p_chosen": label.p_a if a_wins else 1.0 - label.p_a,
-        "human_reviewers": [d.reviewer for d in a.human_decisions],
-        "sequence": a.sequence,
-        "label_id": label.id,
-        "principle_ids": list(label.principle_ids),
-        "constitution_id": label.constitution.id,
-        "constitution_version": label.constitution.version,
-        "constitution_digest": label.constitution.digest,
-        "judge_model": label.judge.name,
-        "judge_engine": label.judge.engine,
-        "run_id": label.provenance.run_id,
-    }
-
-
-def rows(labels: Iterable[review_pb2.AcceptedLabel], fmt: str) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(sequence, row) per label; row is None where the format leaves the label out."""
-    for a in labels:
-        yield a.sequence, (record(a) if fmt == "jsonl" else preference_row(a))
+def row_format(fmt: str) -> str:
+    """The rows a file format holds: Parquet files hold the `trl-preference` rows."""
+    return "trl-preference" if fmt == "parquet" else fmt
 
 
 @dataclass
@@ -129,30 +55,15 @@ class ExportSummary:
     last_sequence: int = 0
 
 
-def ledger_labels(
-    ledger: Ledger, from_cursor: int = 0, flt: review_pb2.LabelFilter | None = None, batch: int = 1000
-) -> Iterator[review_pb2.AcceptedLabel]:
-    cursor = from_cursor
-    while True:
-        page = ledger.accepted_after(cursor, flt, batch)
-        yield from page.labels
-        cursor = page.last
-        if not page.more:
-            return
-
-
-def write_file(labels: Iterable[review_pb2.AcceptedLabel], fmt: str, out: Path) -> ExportSummary:
-    """Write every label to `out` at once (replaced atomically)."""
-    if fmt not in FORMATS:
-        raise InvalidArgument(
-            f"format: unknown format {fmt!r}; use one of {', '.join(FORMATS)}", field="format"
-        )
+def write_file(rows: Iterable[Row], fmt: str, out: Path) -> ExportSummary:
+    """Write every row (made in `row_format(fmt)`) to `out` at once (replaced atomically)."""
+    check_format(fmt)
     summary = ExportSummary(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     kept: list[dict[str, Any]] = []
     with tmp.open("w", encoding="utf-8") as f:
-        for sequence, row in rows(labels, "trl-preference" if fmt == "parquet" else fmt):
+        for sequence, row in rows:
             summary.labels += 1
             summary.last_sequence = sequence
             if row is None:
@@ -195,11 +106,12 @@ class JsonlAppender:
         self._file = path.open("a", encoding="utf-8")
         self._unsynced = 0
 
-    def append(self, a: review_pb2.AcceptedLabel) -> bool:
-        if a.sequence <= self.last_sequence:
+    def append(self, sequence: int, row: dict[str, Any] | None) -> bool:
+        """Append the row of stream entry `sequence` (None: a label the format leaves out); False when
+        nothing was written (left out, or the file holds it already)."""
+        if sequence <= self.last_sequence:
             return False
-        ((_, row),) = rows([a], self.fmt)
-        self.last_sequence = a.sequence
+        self.last_sequence = sequence
         if row is None:
             return False
         self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -217,38 +129,3 @@ class JsonlAppender:
     def close(self) -> None:
         self.sync()
         self._file.close()
-
-
-async def remote_labels(
-    address: str,
-    token: str,
-    from_cursor: int = 0,
-    flt: review_pb2.LabelFilter | None = None,
-    *,
-    follow: bool = False,
-    max_backoff: float = 5.0,
-) -> AsyncIterator[review_pb2.AcceptedLabel]:
-    """Accepted labels from a running review service; on a lost connection, reconnects with the last
-    cursor it delivered (so nothing is missed or repeated)."""
-    cursor, backoff = from_cursor, 0.2
-    metadata = (("authorization", f"Bearer {token}"),)
-    while True:
-        request = review_pb2.StreamLabelsRequest(
-            from_cursor=review_pb2.LabelCursor(sequence=cursor), filter=flt, follow=follow
-        )
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = review_pb2_grpc.ReviewServiceStub(channel)
-                async for response in stub.StreamLabels(request, metadata=metadata, wait_for_ready=True):
-                    for label in response.labels:
-                        yield label
-                        cursor = label.sequence
-                    backoff = 0.2
-            if not follow:
-                return
-        except grpc.aio.AioRpcError as err:
-            if err.code() not in _RETRY:
-                raise
-            log.warning("review.stream.reconnect", code=err.code().name, cursor=cursor, retry_in_s=backoff)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, max_backoff)

@@ -2,7 +2,9 @@
 
 One class, `Ledger`, over SQLAlchemy 2 Core, the same code on SQLite (the embedded default) and
 PostgreSQL. Every method is synchronous and runs one short transaction; the gRPC servicer and the
-web page call it from worker threads.
+web page call it from worker threads. It takes and returns the plain types of
+`charter.review.types`; a label is kept as the opaque payload it was submitted with (see there).
+Figures (stats, agreement, the admin overview) are in `charter.review.stats`.
 
 Concurrency:
 - SQLite: every write transaction starts with BEGIN IMMEDIATE, so writers take turns (WAL mode lets
@@ -16,31 +18,24 @@ Concurrency:
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
-from charter_proto.common.v1 import label_pb2
-from charter_proto.review.v1 import review_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
     ARRAY,
     Connection,
     Engine,
     String,
-    and_,
     any_,
     bindparam,
     exists,
     func,
     insert,
-    or_,
     select,
     text,
     update,
@@ -49,9 +44,29 @@ from sqlalchemy import (
 from charter.core import db, metrics
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import RoutingSettings
-from charter.review.agreement import Agreement, cohen_kappa
 from charter.review.routing import route
 from charter.review.schema import accepted, decisions, items_closed, labels, review_slots
+from charter.review.stats import free_slots, queue_depth, read_overview, read_stats
+from charter.review.types import (
+    CHOICES,
+    AcceptedLabel,
+    Choice,
+    Claimed,
+    Decided,
+    HumanChoice,
+    HumanDecision,
+    LabelQuery,
+    LabelSource,
+    Page,
+    ReviewItem,
+    Route,
+    RouteReason,
+    Routing,
+    Stats,
+    Submission,
+    SubmitResult,
+    key,
+)
 
 log = structlog.get_logger("charter.review")
 
@@ -61,61 +76,15 @@ MAX_COMMENT_CHARS = 4000
 MAX_LABEL_ID_CHARS = 128
 _CHUNK = 900  # ids per IN (...) query: under SQLite's bound-parameter limit
 
-DECIDED = (
-    review_pb2.HUMAN_CHOICE_A,
-    review_pb2.HUMAN_CHOICE_B,
-    review_pb2.HUMAN_CHOICE_TIE,
-    review_pb2.HUMAN_CHOICE_UNSAFE_BOTH,
-)
-CHOICES = (*DECIDED, review_pb2.HUMAN_CHOICE_SKIP)
-_HUMAN_P_A = {
-    review_pb2.HUMAN_CHOICE_A: 1.0,
-    review_pb2.HUMAN_CHOICE_B: 0.0,
-    review_pb2.HUMAN_CHOICE_TIE: 0.5,
-}
-CHOICE_NAMES = {label_pb2.CHOICE_A: "A", label_pb2.CHOICE_B: "B", label_pb2.CHOICE_TIE: "tie"}
-"""The judge's (and an accepted label's) choice as records, pages and agreement tables name it."""
-_HUMAN_CATEGORY = {
-    review_pb2.HUMAN_CHOICE_A: "A",
-    review_pb2.HUMAN_CHOICE_B: "B",
-    review_pb2.HUMAN_CHOICE_TIE: "tie",
-    review_pb2.HUMAN_CHOICE_UNSAFE_BOTH: "unsafe",
-}
+_HUMAN_P_A = {HumanChoice.A: 1.0, HumanChoice.B: 0.0, HumanChoice.TIE: 0.5}
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def choice_of(p_a: float) -> int:
+def choice_of(p_a: float) -> Choice:
     if p_a > 0.5:
-        return label_pb2.CHOICE_A
+        return Choice.A
     if p_a < 0.5:
-        return label_pb2.CHOICE_B
-    return label_pb2.CHOICE_TIE
-
-
-@dataclass(frozen=True)
-class Claimed:
-    item: review_pb2.ReviewItem | None
-    queue_depth: int
-
-
-@dataclass(frozen=True)
-class Page:
-    labels: list[review_pb2.AcceptedLabel]
-    last: int
-    """The last sequence examined: continue from here (the filter may have dropped every row)."""
-    more: bool
-    """The page was full: ask again at once."""
-
-
-@dataclass(frozen=True)
-class Decided:
-    decision: review_pb2.HumanDecision
-    accepted: review_pb2.AcceptedLabel | None
+        return Choice.B
+    return Choice.TIE
 
 
 def migrate(engine: Engine) -> None:
@@ -175,7 +144,7 @@ class Ledger:
             return []
         if self.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ACCEPT_LOCK})
-            result = conn.execute(*_pg_insert_unnest(accepted, rows, returning=("seq", "label_id")))
+            result = conn.execute(*db.pg_insert_unnest(accepted, rows, returning=("seq", "label_id")))
         else:
             result = conn.execute(insert(accepted).returning(accepted.c.seq, accepted.c.label_id), rows)
         by_id = {r.label_id: r.seq for r in result}
@@ -187,7 +156,7 @@ class Ledger:
 
     # -- ingest ---------------------------------------------------------------------------------
 
-    def submit(self, batch: Sequence[label_pb2.PreferenceLabel]) -> list[review_pb2.SubmitResult]:
+    def submit(self, batch: Sequence[Submission]) -> list[SubmitResult]:
         """Append labels; a label whose id is already in the ledger is a no-op (duplicate=True, its
         original sequence). Validates the whole batch first: one bad label rejects the call."""
         if len(batch) > self.max_submit_labels:
@@ -197,40 +166,41 @@ class Ledger:
             )
         now = self.clock()
         rows: dict[str, dict[str, Any]] = {}
-        routes: dict[str, Any] = {}
+        routes: dict[str, Routing] = {}
         for i, label in enumerate(batch):
-            _check_label(i, label, self.max_label_bytes)
-            if label.id in rows:
+            check_submission(i, label, self.max_label_bytes)
+            if label.label_id in rows:
                 continue
             r = route(label, self.routing)
-            routes[label.id] = r
-            rows[label.id] = {
-                "label_id": label.id,
-                "constitution_id": label.constitution.id,
+            routes[label.label_id] = r
+            rows[label.label_id] = {
+                "label_id": label.label_id,
+                "constitution_id": label.constitution_id,
                 "principle_id": label.principle_ids[0] if label.principle_ids else "",
                 "p_a": label.p_a,
-                "choice": label.choice,
+                "choice": int(label.choice),
                 "confidence": label.confidence,
                 "swap_consistent": label.swap_consistent,
-                "status": label.status,
-                "route": r.route,
-                "reason": r.reason,
-                "payload": label.SerializeToString(),
+                "status": int(label.status),
+                "route": int(r.route),
+                "reason": int(r.reason),
+                "payload": label.payload,
                 "created_at": now,
             }
-        found: dict[str, review_pb2.SubmitResult] = {}
+        found: dict[str, SubmitResult] = {}
         with self._write() as conn:
             found.update(self._existing(conn, list(rows)))
             new = [row for label_id, row in rows.items() if label_id not in found]
             inserted: dict[str, int] = {}
             if new:
                 if self.dialect == "postgresql":
-                    stmt, params = _pg_insert_unnest(
+                    stmt, params = db.pg_insert_unnest(
                         labels, new, conflict="label_id", returning=("seq", "label_id")
                     )
                     inserted = {r.label_id: r.seq for r in conn.execute(stmt, params)}
                 else:
-                    stmt = _insert_ignore(conn, labels, "label_id").returning(labels.c.seq, labels.c.label_id)
+                    stmt = db.insert_ignore(conn, labels, "label_id")
+                    stmt = stmt.returning(labels.c.seq, labels.c.label_id)
                     inserted = {r.label_id: r.seq for r in conn.execute(stmt, new)}
             raced = [row["label_id"] for row in new if row["label_id"] not in inserted]
             found.update(self._existing(conn, raced))  # written by a concurrent call meanwhile
@@ -244,7 +214,7 @@ class Ledger:
                             "label_seq": seq,
                             "constitution_id": row["constitution_id"],
                             "priority": r.priority,
-                            "reason": r.reason,
+                            "reason": int(r.reason),
                             "needed": self.routing.overlap,
                             "done": False,
                         }
@@ -255,7 +225,7 @@ class Ledger:
                             "label_id": label_id,
                             "label_seq": seq,
                             "constitution_id": row["constitution_id"],
-                            "source": review_pb2.LABEL_SOURCE_AI,
+                            "source": int(LabelSource.AI),
                             "p_a": row["p_a"],
                             "choice": row["choice"],
                             "confidence": row["confidence"],
@@ -267,35 +237,24 @@ class Ledger:
             self._append_accepted(conn, accepts)
         for label_id in inserted:
             r = routes[label_id]
-            metrics.REVIEW_LABELS.labels(
-                _name(review_pb2.Route, r.route), _name(review_pb2.RouteReason, r.reason)
-            ).inc()
+            metrics.REVIEW_LABELS.labels(key(r.route), key(r.reason)).inc()
             if not r.queued:
-                metrics.REVIEW_ACCEPTED.labels("ai").inc()
+                metrics.REVIEW_ACCEPTED.labels(key(LabelSource.AI)).inc()
         results, seen = [], set()
         for label in batch:
-            if label.id in inserted and label.id not in seen:
-                r = routes[label.id]
-                results.append(
-                    review_pb2.SubmitResult(
-                        label_id=label.id, sequence=inserted[label.id], route=r.route, reason=r.reason
-                    )
-                )
+            label_id = label.label_id
+            if label_id in inserted and label_id not in seen:
+                r = routes[label_id]
+                results.append(SubmitResult(label_id, inserted[label_id], r.route, r.reason))
             else:
-                first = found.get(label.id) or review_pb2.SubmitResult(
-                    label_id=label.id,
-                    sequence=inserted[label.id],
-                    route=routes[label.id].route,
-                    reason=routes[label.id].reason,
+                first = found.get(label_id) or SubmitResult(
+                    label_id, inserted[label_id], routes[label_id].route, routes[label_id].reason
                 )
-                dup = review_pb2.SubmitResult()
-                dup.CopyFrom(first)
-                dup.duplicate = True
-                results.append(dup)
-            seen.add(label.id)
+                results.append(SubmitResult(label_id, first.sequence, first.route, first.reason, True))
+            seen.add(label_id)
         return results
 
-    def _existing(self, conn: Connection, ids: list[str]) -> dict[str, review_pb2.SubmitResult]:
+    def _existing(self, conn: Connection, ids: list[str]) -> dict[str, SubmitResult]:
         out = {}
         postgresql = self.dialect == "postgresql"
         step = max(len(ids), 1) if postgresql else _CHUNK  # PostgreSQL: one array parameter
@@ -308,26 +267,19 @@ class Ledger:
             )
             q = select(labels.c.label_id, labels.c.seq, labels.c.route, labels.c.reason).where(wanted)
             for r in conn.execute(q):
-                out[r.label_id] = review_pb2.SubmitResult(
-                    label_id=r.label_id, sequence=r.seq, duplicate=True, route=r.route, reason=r.reason
+                out[r.label_id] = SubmitResult(
+                    r.label_id, r.seq, Route(r.route), RouteReason(r.reason), duplicate=True
                 )
         return out
 
     # -- the human queue ------------------------------------------------------------------------
 
-    def _free(self, now: float) -> Any:
-        s = review_slots.c
-        return and_(s.done.is_(False), or_(s.lease_expires_at.is_(None), s.lease_expires_at < now))
-
     def queue_depth(self, conn: Connection | None = None, constitution_id: str = "") -> int:
         """Review slots waiting for a reviewer (not decided, not under a live lease)."""
-        q = select(func.count()).select_from(review_slots).where(self._free(self.clock()))
-        if constitution_id:
-            q = q.where(review_slots.c.constitution_id == constitution_id)
         if conn is not None:
-            return int(conn.execute(q).scalar_one())
+            return queue_depth(conn, self.clock(), constitution_id)
         with self.reader.connect() as c:
-            return int(c.execute(q).scalar_one())
+            return queue_depth(c, self.clock(), constitution_id)
 
     def claim(self, reviewer: str, lease_seconds: int = 0, constitution_id: str = "") -> Claimed:
         """The most uncertain waiting item this reviewer has not decided or holds already, leased to
@@ -346,7 +298,7 @@ class Ledger:
         )
         q = (
             select(s.c.slot_id, s.c.item_id, s.c.reason, s.c.priority, s.c.needed)
-            .where(self._free(now), ~exists(holds), ~exists(decided))
+            .where(free_slots(now), ~exists(holds), ~exists(decided))
             .order_by(s.c.priority.desc(), s.c.label_seq, s.c.slot_id)
             .limit(1)
         )
@@ -377,13 +329,13 @@ class Ledger:
             depth = self.queue_depth(None, constitution_id)
         if not constitution_id:
             metrics.REVIEW_QUEUE_DEPTH.set(depth)
-        item = review_pb2.ReviewItem(
+        item = ReviewItem(
             item_id=row.item_id,
-            label=label_pb2.PreferenceLabel.FromString(payload),
-            reason=row.reason,
+            payload=bytes(payload),
+            reason=RouteReason(row.reason),
             priority=row.priority,
             lease_id=lease_id,
-            lease_expires_at=_timestamp(expires),
+            lease_expires_at=expires,
             decisions_needed=row.needed,
             decisions_received=int(received),
         )
@@ -436,13 +388,16 @@ class Ledger:
                 .values(lease_id=None, reviewer=None, lease_expires_at=None)
             )
 
-    def decide(self, reviewer: str, item_id: str, lease_id: str, choice: int, comment: str = "") -> Decided:
+    def decide(
+        self, reviewer: str, item_id: str, lease_id: str, choice: HumanChoice | int, comment: str = ""
+    ) -> Decided:
         """Record `reviewer`'s decision on the item they hold. SKIP hands it back for someone else;
         the last of the wanted decisions accepts the label (the human choice overriding the AI's) or,
         when most reviewers found both responses unsafe, excludes it from training."""
         if choice not in CHOICES:
-            names = ", ".join(review_pb2.HumanChoice.Name(c) for c in CHOICES)
+            names = ", ".join(f"HUMAN_CHOICE_{c.name}" for c in CHOICES)
             raise InvalidArgument(f"choice: unknown choice {choice!r}; use one of {names}", field="choice")
+        choice = HumanChoice(choice)
         if len(comment) > MAX_COMMENT_CHARS:
             raise InvalidArgument(f"comment: longer than {MAX_COMMENT_CHARS} characters", field="comment")
         now = self.clock()
@@ -453,48 +408,41 @@ class Ledger:
                 insert(decisions).values(
                     item_id=item_id,
                     reviewer=reviewer,
-                    choice=choice,
+                    choice=int(choice),
                     comment=comment,
                     lease_id=lease_id,
                     decided_at=now,
                 )
             )
-            done = choice != review_pb2.HUMAN_CHOICE_SKIP
+            done = choice != HumanChoice.SKIP
             values = (
                 {"done": True} if done else {"lease_id": None, "reviewer": None, "lease_expires_at": None}
             )
             conn.execute(update(s).where(s.c.slot_id == slot.slot_id).values(**values))
-            decision = review_pb2.HumanDecision(
-                item_id=item_id,
-                label_id=item_id,
-                reviewer=reviewer,
-                choice=choice,
-                comment=comment,
-                decided_at=_timestamp(now),
-            )
+            decision = HumanDecision(item_id, reviewer, choice, comment, now)
             open_left = conn.execute(
                 select(func.count()).select_from(s).where(s.c.item_id == item_id, s.c.done.is_(False))
             ).scalar_one()
             accepted_label = None
             if done and not open_left:
                 accepted_label = self._resolve(conn, item_id, slot.label_seq, slot.constitution_id, now)
-        metrics.REVIEW_DECISIONS.labels(_name(review_pb2.HumanChoice, choice)).inc()
+        metrics.REVIEW_DECISIONS.labels(key(choice)).inc()
         if accepted_label is not None:
-            metrics.REVIEW_ACCEPTED.labels("human").inc()
+            metrics.REVIEW_ACCEPTED.labels(key(LabelSource.HUMAN)).inc()
         return Decided(decision, accepted_label)
 
     def _resolve(
         self, conn: Connection, item_id: str, label_seq: int, constitution_id: str, now: float
-    ) -> review_pb2.AcceptedLabel | None:
+    ) -> AcceptedLabel | None:
         votes = [
             r.choice
             for r in conn.execute(
                 select(decisions.c.choice).where(
-                    decisions.c.item_id == item_id, decisions.c.choice != review_pb2.HUMAN_CHOICE_SKIP
+                    decisions.c.item_id == item_id, decisions.c.choice != HumanChoice.SKIP
                 )
             )
         ]
-        unsafe = sum(v == review_pb2.HUMAN_CHOICE_UNSAFE_BOTH for v in votes)
+        unsafe = sum(v == HumanChoice.UNSAFE_BOTH for v in votes)
         if unsafe * 2 > len(votes):
             conn.execute(insert(items_closed).values(item_id=item_id, outcome="unsafe", closed_at=now))
             return None
@@ -505,20 +453,18 @@ class Ledger:
             "label_id": item_id,
             "label_seq": label_seq,
             "constitution_id": constitution_id,
-            "source": review_pb2.LABEL_SOURCE_HUMAN,
+            "source": int(LabelSource.HUMAN),
             "p_a": p_a,
-            "choice": choice_of(p_a),
+            "choice": int(choice_of(p_a)),
             "confidence": abs(p_a - 0.5) * 2,
             "accepted_at": now,
         }
         (seq,) = self._append_accepted(conn, [row])
-        return self._accepted_protos(conn, [{**row, "seq": seq}])[0]
+        return self._accepted(conn, [{**row, "seq": seq}])[0]
 
     # -- the accepted stream --------------------------------------------------------------------
 
-    def accepted_after(
-        self, cursor: int, flt: review_pb2.LabelFilter | None = None, limit: int = 1000
-    ) -> Page:
+    def accepted_after(self, cursor: int, query: LabelQuery | None = None, limit: int = 1000) -> Page:
         """The next page of the accepted stream after sequence `cursor`, in order, filtered."""
         a = accepted.c
         q = (
@@ -528,28 +474,23 @@ class Ledger:
             .order_by(a.seq)
             .limit(limit)
         )
-        if flt is not None:
-            if flt.constitution_id:
-                q = q.where(a.constitution_id == flt.constitution_id)
-            if flt.sources:
-                q = q.where(a.source.in_(list(flt.sources)))
-            if flt.HasField("min_confidence"):
-                q = q.where(a.confidence >= flt.min_confidence)
+        if query is not None:
+            if query.constitution_id:
+                q = q.where(a.constitution_id == query.constitution_id)
+            if query.sources:
+                q = q.where(a.source.in_([int(x) for x in query.sources]))
+            if query.min_confidence is not None:
+                q = q.where(a.confidence >= query.min_confidence)
         with self.reader.connect() as conn:
             rows = [r._asdict() for r in conn.execute(q)]
-            out = self._accepted_protos(conn, rows)
-        if flt is not None and flt.principle_ids:
-            wanted = set(flt.principle_ids)
-            out = [x for x in out if wanted.intersection(x.label.principle_ids)]
+            out = self._accepted(conn, rows)
         return Page(out, rows[-1]["seq"] if rows else cursor, len(rows) == limit)
 
     def last_sequence(self) -> int:
         with self.reader.connect() as conn:
             return int(conn.execute(select(func.coalesce(func.max(accepted.c.seq), 0))).scalar_one())
 
-    def _accepted_protos(
-        self, conn: Connection, rows: list[dict[str, Any]]
-    ) -> list[review_pb2.AcceptedLabel]:
+    def _accepted(self, conn: Connection, rows: list[dict[str, Any]]) -> list[AcceptedLabel]:
         if not rows:
             return []
         payloads: dict[int, bytes] = {r["label_seq"]: r["payload"] for r in rows if "payload" in r}
@@ -557,192 +498,57 @@ class Ledger:
         for start in range(0, len(seqs), _CHUNK):
             q = select(labels.c.seq, labels.c.payload).where(labels.c.seq.in_(seqs[start : start + _CHUNK]))
             payloads.update({r.seq: r.payload for r in conn.execute(q)})
-        human = [r["label_id"] for r in rows if r["source"] == review_pb2.LABEL_SOURCE_HUMAN]
-        by_item: dict[str, list[review_pb2.HumanDecision]] = defaultdict(list)
+        human = [r["label_id"] for r in rows if r["source"] == LabelSource.HUMAN]
+        by_item: dict[str, list[HumanDecision]] = defaultdict(list)
         for start in range(0, len(human), _CHUNK):
             q = (
                 select(decisions)
                 .where(decisions.c.item_id.in_(human[start : start + _CHUNK]))
-                .where(decisions.c.choice != review_pb2.HUMAN_CHOICE_SKIP)
+                .where(decisions.c.choice != HumanChoice.SKIP)
                 .order_by(decisions.c.decision_id)
             )
             for d in conn.execute(q):
                 by_item[d.item_id].append(
-                    review_pb2.HumanDecision(
-                        item_id=d.item_id,
-                        label_id=d.item_id,
-                        reviewer=d.reviewer,
-                        choice=d.choice,
-                        comment=d.comment,
-                        decided_at=_timestamp(d.decided_at),
-                    )
+                    HumanDecision(d.item_id, d.reviewer, HumanChoice(d.choice), d.comment, d.decided_at)
                 )
-        out = []
-        for r in rows:
-            label = review_pb2.AcceptedLabel(
+        return [
+            AcceptedLabel(
                 sequence=r["seq"],
-                source=r["source"],
+                label_id=r["label_id"],
+                source=LabelSource(r["source"]),
                 p_a=r["p_a"],
-                choice=r["choice"],
-                human_decisions=by_item.get(r["label_id"], ()),
+                choice=Choice(r["choice"]),
+                accepted_at=r["accepted_at"],
+                payload=payloads[r["label_seq"]],
+                human_decisions=tuple(by_item.get(r["label_id"], ())),
             )
-            label.label.MergeFromString(payloads[r["label_seq"]])  # parsed in place, not copied in
-            label.accepted_at.FromNanoseconds(int(r["accepted_at"] * 1e9))
-            out.append(label)
-        return out
+            for r in rows
+        ]
 
     # -- statistics -----------------------------------------------------------------------------
 
-    def stats(self, constitution_id: str = "") -> review_pb2.StatsResponse:
-        now = self.clock()
-
-        def scoped(q: Any, column: Any) -> Any:
-            return q.where(column == constitution_id) if constitution_id else q
-
-        s = review_slots.c
+    def stats(self, constitution_id: str = "") -> Stats:
+        """Totals and agreement (`charter.review.stats`), over every constitution or one."""
         with self.reader.connect() as conn:
-            count = lambda q: int(conn.execute(q).scalar_one())  # noqa: E731
-            total = count(scoped(select(func.count()).select_from(labels), labels.c.constitution_id))
-            depth = self.queue_depth(conn, constitution_id)
-            claimed = count(
-                scoped(
-                    select(func.count())
-                    .select_from(review_slots)
-                    .where(s.done.is_(False), s.lease_expires_at >= now),
-                    s.constitution_id,
-                )
-            )
-            by_source = dict(
-                conn.execute(
-                    scoped(
-                        select(accepted.c.source, func.count()).group_by(accepted.c.source),
-                        accepted.c.constitution_id,
-                    )
-                ).all()
-            )
-            rejected = count(
-                scoped(
-                    select(func.count())
-                    .select_from(labels)
-                    .where(labels.c.route == review_pb2.ROUTE_REJECTED),
-                    labels.c.constitution_id,
-                )
-            )
-            last = count(
-                scoped(select(func.coalesce(func.max(accepted.c.seq), 0)), accepted.c.constitution_id)
-            )
-            q = (
-                select(
-                    decisions.c.item_id,
-                    decisions.c.reviewer,
-                    decisions.c.choice,
-                    labels.c.choice.label("ai_choice"),
-                    labels.c.principle_id,
-                )
-                .join(labels, labels.c.label_id == decisions.c.item_id)
-                .where(decisions.c.choice != review_pb2.HUMAN_CHOICE_SKIP)
-                .order_by(decisions.c.decision_id)
-            )
-            votes = conn.execute(scoped(q, labels.c.constitution_id)).all()
-        human_human, human_ai, by_principle, by_reviewer = _agreements(votes)
+            stats = read_stats(conn, self.clock(), constitution_id)
         if not constitution_id:
-            metrics.REVIEW_QUEUE_DEPTH.set(depth)
-        response = review_pb2.StatsResponse(
-            labels_total=total,
-            queue_depth=depth,
-            claimed=claimed,
-            auto_accepted=by_source.get(review_pb2.LABEL_SOURCE_AI, 0),
-            human_accepted=by_source.get(review_pb2.LABEL_SOURCE_HUMAN, 0),
-            rejected=rejected,
-            human_human=_agreement_proto(human_human),
-            human_ai=_agreement_proto(human_ai),
-            last_cursor=review_pb2.LabelCursor(sequence=last),
-        )
-        for principle, agreement in sorted(by_principle.items()):
-            response.human_ai_by_principle[principle].CopyFrom(_agreement_proto(agreement))
-        for reviewer, (n, agreement) in sorted(by_reviewer.items()):
-            response.reviewers.add(reviewer=reviewer, decisions=n, with_ai=_agreement_proto(agreement))
-        return response
+            metrics.REVIEW_QUEUE_DEPTH.set(stats.queue_depth)
+        return stats
 
     def overview(self, bins: int = 10) -> dict[str, Any]:
         """For the admin page: labels by route and reason, and the AI confidence histogram."""
         with self.reader.connect() as conn:
-            routes = conn.execute(
-                select(labels.c.route, labels.c.reason, func.count()).group_by(
-                    labels.c.route, labels.c.reason
-                )
-            ).all()
-            bucket = func.floor(labels.c.confidence * bins)
-            histogram = dict(conn.execute(select(bucket, func.count()).group_by(bucket)).all())
-            outcomes = dict(
-                conn.execute(
-                    select(items_closed.c.outcome, func.count()).group_by(items_closed.c.outcome)
-                ).all()
-            )
-        counts = [0] * bins
-        for b, n in histogram.items():
-            counts[min(int(b), bins - 1)] += int(n)
-        return {
-            "routes": [
-                {
-                    "route": review_pb2.Route.Name(r).removeprefix("ROUTE_").lower(),
-                    "reason": review_pb2.RouteReason.Name(reason).removeprefix("ROUTE_REASON_").lower(),
-                    "labels": int(n),
-                }
-                for r, reason, n in routes
-            ],
-            "confidence_histogram": {"edges": [i / bins for i in range(bins + 1)], "counts": counts},
-            "closed": {k: int(v) for k, v in outcomes.items()},
-        }
+            return read_overview(conn, bins)
 
 
-def _agreements(votes: Sequence[Any]) -> tuple[Agreement, Agreement, dict[str, Agreement], dict[str, Any]]:
-    by_item: dict[str, list[Any]] = defaultdict(list)
-    ai_pairs: list[tuple[str, str]] = []
-    principle_pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    reviewer_pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    reviewer_n: dict[str, int] = defaultdict(int)
-    for v in votes:
-        by_item[v.item_id].append(v)
-        reviewer_n[v.reviewer] += 1
-        human, ai = _HUMAN_CATEGORY[v.choice], CHOICE_NAMES.get(v.ai_choice)
-        if ai is None or human == "unsafe":  # no AI preference, or no human preference, to compare
-            continue
-        ai_pairs.append((human, ai))
-        principle_pairs[v.principle_id or "(none)"].append((human, ai))
-        reviewer_pairs[v.reviewer].append((human, ai))
-    hh = [
-        (_HUMAN_CATEGORY[a.choice], _HUMAN_CATEGORY[b.choice])
-        for item in by_item.values()
-        for i, a in enumerate(item)
-        for b in item[i + 1 :]
-        if a.reviewer != b.reviewer
-    ]
-    return (
-        cohen_kappa(hh),
-        cohen_kappa(ai_pairs),
-        {p: cohen_kappa(pairs) for p, pairs in principle_pairs.items()},
-        {r: (n, cohen_kappa(reviewer_pairs.get(r, []))) for r, n in reviewer_n.items()},
-    )
-
-
-def _name(enum: Any, value: int) -> str:
-    """`ROUTE_REASON_AUDIT` -> `audit` (metric label values)."""
-    prefix = {"Route": "ROUTE_", "RouteReason": "ROUTE_REASON_", "HumanChoice": "HUMAN_CHOICE_"}
-    return enum.Name(value).removeprefix(prefix[enum.DESCRIPTOR.name]).lower()
-
-
-def _agreement_proto(a: Agreement) -> review_pb2.Agreement:
-    return review_pb2.Agreement(pairs=a.pairs, agreement=a.agreement, cohen_kappa=a.kappa)
-
-
-def _check_label(i: int, label: label_pb2.PreferenceLabel, max_bytes: int) -> None:
+def check_submission(i: int, label: Submission, max_bytes: int) -> None:
+    """Refuse a label the ledger cannot keep (`i`: its place in the batch, for the message)."""
     where = f"labels[{i}]"
-    if not label.id:
+    if not label.label_id:
         raise InvalidArgument(f"{where}.id: a label needs its content-derived id", field=f"{where}.id")
-    if len(label.id) > MAX_LABEL_ID_CHARS:
+    if len(label.label_id) > MAX_LABEL_ID_CHARS:
         raise InvalidArgument(f"{where}.id: longer than {MAX_LABEL_ID_CHARS} characters", field=f"{where}.id")
-    size = label.ByteSize()
+    size = len(label.payload)
     if size > max_bytes:
         raise InvalidArgument(
             f"{where}: {size} bytes serialised; the limit is {max_bytes} (review.max_label_bytes)",
@@ -750,42 +556,7 @@ def _check_label(i: int, label: label_pb2.PreferenceLabel, max_bytes: int) -> No
         )
     if not 0.0 <= label.p_a <= 1.0 or not 0.0 <= label.confidence <= 1.0:
         raise InvalidArgument(f"{where}: p_a and confidence must lie in [0, 1]", field=f"{where}.p_a")
-    if len(label.constitution.id) > 64 or any(len(p) > 64 for p in label.principle_ids):
+    if len(label.constitution_id) > 64 or any(len(p) > 64 for p in label.principle_ids):
         raise InvalidArgument(
             f"{where}: constitution and principle ids are at most 64 characters", field=where
         )
-
-
-def _pg_insert_unnest(
-    table: Any, rows: list[dict[str, Any]], *, conflict: str = "", returning: tuple[str, ...] = ()
-) -> tuple[Any, dict[str, list[Any]]]:
-    """A multi-row INSERT on PostgreSQL as `INSERT ... SELECT * FROM unnest(<one array per column>)`:
-    one short statement with one parameter per column, however many rows. (An executemany of 1,000
-    rows renders a 13,000-placeholder VALUES list that psycopg re-parses in Python on every call: it
-    caches only statements under 4 KB and 50 parameters.)"""
-    columns = tuple(rows[0])
-    return _pg_unnest_sql(table, columns, conflict, returning), {c: [r[c] for r in rows] for c in columns}
-
-
-@functools.cache
-def _pg_unnest_sql(table: Any, columns: tuple[str, ...], conflict: str, returning: tuple[str, ...]) -> Any:
-    from sqlalchemy.dialects import postgresql
-
-    dialect = postgresql.dialect()
-    arrays = ", ".join(f"CAST(:{c} AS {table.c[c].type.compile(dialect=dialect)}[])" for c in columns)
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
-    if conflict:
-        sql += f" ON CONFLICT ({conflict}) DO NOTHING"
-    if returning:
-        sql += f" RETURNING {', '.join(returning)}"
-    return text(sql)
-
-
-def _insert_ignore(conn: Connection, table: Any, key: str) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing(index_elements=[key])
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing(index_elements=[key])

@@ -6,20 +6,24 @@ assistant message each) — plus `p_chosen`, the soft label of the chosen respon
 has only hard labels). Rows from the stream carry the effective label: a human decision overrides
 the AI's (the review service applies it). Ties have no chosen response and are left out, but still
 count toward the cursor range, so a follow-up run starts after them.
+
+Protocol-free: the stream's labels come in as (sequence, preference row) pairs from a source the
+caller opens (the worker: `charter.client.review.ReviewClient.stream_labels` through
+`charter.api.review.preference_row`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from charter_proto.review.v1 import review_pb2
-
 from charter.core.errors import InvalidArgument
-from charter.review.export import preference_row, remote_labels
+
+StreamRow = tuple[int, dict[str, Any] | None]
+"""(stream sequence, preference row); None where the label has no chosen response (a tie)."""
 
 
 @dataclass
@@ -34,12 +38,11 @@ class PreferenceData:
     """Labels left out, by reason (e.g. `tie`)."""
 
 
-def stream_rows(labels: Iterable[review_pb2.AcceptedLabel], cursor_start: int) -> PreferenceData:
+def stream_rows(labels: Iterable[StreamRow], cursor_start: int) -> PreferenceData:
     data = PreferenceData([], cursor_start=cursor_start, cursor_end=cursor_start)
-    for label in labels:  # the stream is ordered and holds each label once
-        data.cursor_end = label.sequence
+    for sequence, row in labels:  # the stream is ordered and holds each label once
+        data.cursor_end = sequence
         data.labels_read += 1
-        row = preference_row(label)
         if row is None:
             data.skipped["tie"] = data.skipped.get("tie", 0) + 1
             continue
@@ -48,28 +51,20 @@ def stream_rows(labels: Iterable[review_pb2.AcceptedLabel], cursor_start: int) -
 
 
 async def from_stream(
-    address: str,
-    token: str,
-    from_cursor: int = 0,
-    to_cursor: int | None = None,
-    flt: review_pb2.LabelFilter | None = None,
+    labels: AsyncIterable[StreamRow], from_cursor: int = 0, to_cursor: int | None = None
 ) -> PreferenceData:
-    """Accepted labels after `from_cursor` up to `to_cursor` (None: what is there now)."""
-
-    async def collect() -> list[review_pb2.AcceptedLabel]:
-        out = []
-        follow = to_cursor is not None  # wait for labels up to to_cursor that are not accepted yet
-        async for label in remote_labels(address, token, from_cursor, flt, follow=follow):
-            if to_cursor is not None and label.sequence > to_cursor:
-                break
-            out.append(label)
-            if to_cursor is not None and label.sequence >= to_cursor:
-                break
-        return out
-
-    labels = await collect()
-    data = stream_rows(labels, from_cursor)
-    if to_cursor is not None and labels:
+    """The labels of an accepted-label stream read after `from_cursor` up to `to_cursor` (None: until
+    the stream ends, i.e. what is there now). With `to_cursor` the stream should follow (wait for
+    labels up to `to_cursor` that are not accepted yet): reading stops at it."""
+    read = []
+    async for sequence, row in labels:
+        if to_cursor is not None and sequence > to_cursor:
+            break
+        read.append((sequence, row))
+        if to_cursor is not None and sequence >= to_cursor:
+            break
+    data = stream_rows(read, from_cursor)
+    if to_cursor is not None and read:
         data.cursor_end = max(data.cursor_end, to_cursor)
     return data
 
@@ -114,7 +109,7 @@ def _preference(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _hh_rows(path: Path, seed: int) -> list[dict[str, Any]]:
     """hh-rlhf transcripts: the human-chosen reply is `chosen` (a hard label, p_chosen 1)."""
-    from charter.pipelines.pairs import PairRow, read_pairs
+    from charter.datasets.pairs import PairRow, read_pairs
 
     rows = []
     for pair in read_pairs(path, "hh-rlhf", seed=seed):
@@ -138,7 +133,7 @@ def _hh_rows(path: Path, seed: int) -> list[dict[str, Any]]:
 def from_files(paths: Iterable[str | Path], seed: int = 0) -> PreferenceData:
     """Preference rows from Charter exports / RL-CAI datasets (prompt, chosen, rejected, p_chosen), any
     TRL preference file (hard labels), or hh-rlhf transcripts."""
-    from charter.pipelines.pairs import detect_pairs
+    from charter.datasets.pairs import detect_pairs
 
     rows = []
     for path in map(Path, paths):

@@ -17,9 +17,10 @@ import structlog
 from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from grpc import aio
 
+from charter.api import review as api
+from charter.core.auth import Authenticator, Principal, bearer
 from charter.core.errors import InvalidArgument, Unavailable
 from charter.core.settings import CharterSettings, ReviewSettings
-from charter.review.auth import Authenticator, Principal, bearer
 from charter.review.notify import AcceptedSignal
 from charter.review.store import Ledger
 
@@ -73,6 +74,7 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
             app = create_app(
                 self.ledger,
                 self.auth,
+                api.label_view,
                 max_body_bytes=self.settings.web_max_body_bytes,
                 lease_seconds=self.settings.lease_seconds,
             )
@@ -104,8 +106,10 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
 
     async def Submit(self, request: review_pb2.SubmitRequest, context: aio.ServicerContext) -> Any:
         self._caller(context, "service")
-        results = await self._run(self.ledger.submit, list(request.labels))
-        return review_pb2.SubmitResponse(results=results)
+        return await self._run(self._submit, request)
+
+    def _submit(self, request: review_pb2.SubmitRequest) -> review_pb2.SubmitResponse:
+        return api.submit_response(self.ledger.submit(api.submissions(request.labels)))
 
     async def Claim(self, request: review_pb2.ClaimRequest, context: aio.ServicerContext) -> Any:
         who = self._caller(context, "reviewer")
@@ -116,14 +120,15 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
                 value=request.lease_seconds,
             )
         claimed = await self._run(self.ledger.claim, who.name, request.lease_seconds, request.constitution_id)
-        return review_pb2.ClaimResponse(item=claimed.item, queue_depth=claimed.queue_depth)
+        item = None if claimed.item is None else api.review_item_proto(claimed.item)
+        return review_pb2.ClaimResponse(item=item, queue_depth=claimed.queue_depth)
 
     async def Decide(self, request: review_pb2.DecideRequest, context: aio.ServicerContext) -> Any:
         who = self._caller(context, "reviewer")
         decided = await self._run(
             self.ledger.decide, who.name, request.item_id, request.lease_id, request.choice, request.comment
         )
-        return review_pb2.DecideResponse(decision=decided.decision, accepted=decided.accepted)
+        return api.decide_response(decided)
 
     async def Release(self, request: review_pb2.ReleaseRequest, context: aio.ServicerContext) -> Any:
         who = self._caller(context, "reviewer")
@@ -132,7 +137,7 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
 
     async def Stats(self, request: review_pb2.StatsRequest, context: aio.ServicerContext) -> Any:
         self._caller(context)
-        return await self._run(self.ledger.stats, request.constitution_id)
+        return api.stats_proto(await self._run(self.ledger.stats, request.constitution_id))
 
     async def StreamLabels(
         self, request: review_pb2.StreamLabelsRequest, context: aio.ServicerContext
@@ -147,7 +152,7 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
             if self.signal.closing:
                 raise Unavailable("the review service is shutting down; reconnect with your last cursor")
             generation = self.signal.generation
-            page = await self._run(self.ledger.accepted_after, cursor, flt, self.settings.stream_batch)
+            page = await self._run(api.accepted_page, self.ledger, cursor, flt, self.settings.stream_batch)
             for start in range(0, len(page.labels), per_message):
                 chunk = page.labels[start : start + per_message]
                 yield review_pb2.StreamLabelsResponse(

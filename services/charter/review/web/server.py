@@ -1,0 +1,81 @@
+"""Serving the page: uvicorn inside the review service's asyncio loop, on its own port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import structlog
+import uvicorn
+from starlette.types import ASGIApp
+
+log = structlog.get_logger("charter.review.web")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service that embeds it owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class WebServer:
+    """Runs the app with uvicorn inside the caller's asyncio loop."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+        self.app, self.host, self.port = app, host, port
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _bind(self) -> socket.socket:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError as err:
+            sock.close()
+            raise OSError(
+                err.errno, f"cannot bind the web page to {self.host}:{self.port}: {err.strerror}"
+            ) from None
+        return sock
+
+    async def start(self) -> int:
+        """Bind and serve; returns the bound port (useful with port 0)."""
+        sock = self._bind()
+        port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=port,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="charter-review-web")
+        while not self._server.started:
+            if self._task.done():
+                sock.close()
+                self._task.result()  # raises what stopped it
+                raise OSError(f"the web page on {self.host}:{port} stopped while starting")
+            await asyncio.sleep(0.01)
+        self.port = port
+        log.info("web.started", host=self.host, port=port)
+        return port
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._server = self._task = None
+        log.info("web.stopped", port=self.port)
