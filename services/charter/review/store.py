@@ -6,6 +6,10 @@ web page call it from worker threads. It takes and returns the plain types of
 `charter.review.types`; a label is kept as the opaque payload it was submitted with (see there).
 Figures (stats, agreement, the admin overview) are in `charter.review.stats`.
 
+Over 400 lines on purpose: one class whose operations (ingest, the leased queue, decisions, the
+stream) share its transaction, writer-lock and stream-append plumbing; splitting it would put
+that locking in several places.
+
 Concurrency:
 - SQLite: every write transaction starts with BEGIN IMMEDIATE, so writers take turns (WAL mode lets
   readers go on).
