@@ -178,7 +178,7 @@ def auth(token: str) -> tuple[tuple[str, str], ...]:
 @contextlib.asynccontextmanager
 async def review_server(url: str, reviewers: int) -> AsyncIterator[tuple[int, Any]]:
     """The real review service on 127.0.0.1, port 0; yields (port, servicer)."""
-    from charter.core.catalog import SERVICES
+    from charter.app.catalog import SERVICES
     from charter.core.server import CharterServer
     from charter.core.settings import ServerSettings, load_settings
 
@@ -252,7 +252,9 @@ async def submit_all(stub: Any, labels: list[Any], batch: int) -> dict[str, Any]
 
 
 def direct_submit(url: str, labels: list[Any], batch: int) -> dict[str, Any]:
-    """`Ledger.submit` without gRPC (the labels are already protos: no client serialisation)."""
+    """`Ledger.submit` without gRPC (the labels are already protos: no client serialisation; their
+    conversion to the ledger's `Submission`s, which serialises each, is timed, as the servicer does it)."""
+    from charter.api.review import submissions
     from charter.core.settings import RoutingSettings
     from charter.review.store import Ledger
 
@@ -260,7 +262,7 @@ def direct_submit(url: str, labels: list[Any], batch: int) -> dict[str, Any]:
     try:
         started = time.perf_counter()
         for start in range(0, len(labels), batch):
-            ledger.submit(labels[start : start + batch])
+            ledger.submit(submissions(labels[start : start + batch]))
         seconds = time.perf_counter() - started
     finally:
         ledger.close()
@@ -297,11 +299,14 @@ async def stream_all(stub: Any, expected: int, per_message: int = 0) -> dict[str
 
 
 def direct_stream(ledger: Any, page: int) -> dict[str, Any]:
-    """`Ledger.accepted_after` pages (database + AcceptedLabel protos), no gRPC."""
+    """`Ledger.accepted_after` pages made AcceptedLabel protos (`charter.api.review.accepted_page`, as
+    the servicer reads them), no gRPC."""
+    from charter.api.review import accepted_page
+
     count, cursor = 0, 0
     started = time.perf_counter()
     while True:
-        result = ledger.accepted_after(cursor, None, page)
+        result = accepted_page(ledger, cursor, None, page)
         count += len(result.labels)
         cursor = result.last
         if not result.more:

@@ -15,7 +15,7 @@ from charter_proto.review.v1 import review_pb2 as rv
 
 from tests.support import ROOT, subprocess_env, tool
 from tests.support.process import LoggedProcess
-from tests.support.review import hh_labels, postgres_database
+from tests.support.review import hh_labels, postgres_database, submit
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def ledger_file(tmp_path: Path) -> tuple[str, list[label_pb2.PreferenceLabel]]:
     ledger = Ledger(url, RoutingSettings(audit_rate=0.0))
     labels = hh_labels(8, confidence=0.9)
     labels[6].confidence = labels[7].confidence = 0.1
-    ledger.submit(labels)
+    submit(ledger, labels)
     for choice in (rv.HUMAN_CHOICE_B, rv.HUMAN_CHOICE_TIE):
         item = ledger.claim("alice").item
         ledger.decide("alice", item.item_id, item.lease_id, choice, "checked by hand")
