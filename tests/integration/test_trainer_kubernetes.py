@@ -32,6 +32,7 @@ from charter.trainer.kubernetes import (
     run_resources,
     spec_configmap,
 )
+from charter.trainer.runs import Resources
 from charter_proto.trainer.v1 import trainer_pb2
 from google.protobuf.json_format import MessageToJson
 from kubernetes import client as k8s
@@ -77,13 +78,13 @@ def validate(obj: dict) -> None:
     ("resources", "resume", "command_head", "limits"),
     [
         (dict(gpus=4, cpu="32", memory="256Gi"), True,
-         ["accelerate", "launch", "--multi_gpu", "--num_processes", "4", "-m", "charter.trainer.worker"],
+         ["accelerate", "launch", "--multi_gpu", "--num_processes", "4", "-m", "charter.app.trainer_worker"],
          {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": "4"}),
         (dict(gpus=2, processes=1, memory="64Gi"), False,
-         ["python", "-m", "charter.trainer.worker"], {"memory": "64Gi", "nvidia.com/gpu": "2"}),
+         ["python", "-m", "charter.app.trainer_worker"], {"memory": "64Gi", "nvidia.com/gpu": "2"}),
         (dict(cpu="500m", memory="2Gi"), False,
-         ["python", "-m", "charter.trainer.worker"], {"cpu": "500m", "memory": "2Gi"}),
-        ({}, True, ["python", "-m", "charter.trainer.worker"], None),
+         ["python", "-m", "charter.app.trainer_worker"], {"cpu": "500m", "memory": "2Gi"}),
+        ({}, True, ["python", "-m", "charter.app.trainer_worker"], None),
     ],
 )  # fmt: skip
 def test_manifests_validate_against_the_kubernetes_schemas(resources, resume, command_head, limits):
@@ -150,7 +151,7 @@ def test_names_options_and_resources_are_checked(tmp_path: Path):
     names = {object_name(run_id, 12) for run_id in (long_id, long_id.lower(), "r-ABC", "r-abc", "r/abc")}
     assert len(names) == 5
     assert all(len(n) <= 63 and DNS_LABEL.fullmatch(n) for n in names)
-    validate(job_manifest(make_launch(run_id=long_id), OPTIONS, trainer_pb2.Resources()))
+    validate(job_manifest(make_launch(run_id=long_id), OPTIONS, Resources()))
 
     for image in ("ghcr.io/acme/charter-trainer", "charter-trainer:latest", "localhost:5000/charter"):
         with pytest.raises(ValueError, match="pin the trainer image"):
@@ -159,14 +160,14 @@ def test_names_options_and_resources_are_checked(tmp_path: Path):
         namespace="charter", image="localhost:5000/charter@sha256:" + "0" * 64, runs_pvc="runs",
         image_pull_secrets=["ghcr"], tolerations=[{"key": "gpu", "operator": "Exists"}], template=str(TEMPLATE),
     )  # fmt: skip
-    assert pinned.image_pull_secrets == ("ghcr",) and pinned.template == TEMPLATE
+    assert pinned.image_pull_secrets == ["ghcr"] and pinned.template == TEMPLATE
     with pytest.raises(ValueError, match="namespace='Charter'"):
         JobOptions(namespace="Charter", image="charter:1", runs_pvc="runs")
 
     with pytest.raises(InvalidArgument, match="spec.resources.memory='lots'"):
-        job_manifest(make_launch(memory="lots"), OPTIONS, trainer_pb2.Resources(memory="lots"))
+        job_manifest(make_launch(memory="lots"), OPTIONS, Resources(memory="lots"))
     with pytest.raises(InvalidArgument, match="processes=4 needs a GPU per process, but gpus=2"):
-        job_manifest(make_launch(), OPTIONS, trainer_pb2.Resources(gpus=2, processes=4))
+        job_manifest(make_launch(), OPTIONS, Resources(gpus=2, processes=4))
 
     # an operator's own template: extras are kept, what the executor relies on is checked
     text = TEMPLATE.read_text()
@@ -174,7 +175,7 @@ def test_names_options_and_resources_are_checked(tmp_path: Path):
     custom.write_text(text.replace("    spec:\n      restartPolicy", "    spec:\n      priorityClassName: "
                                    "training\n      restartPolicy"))  # fmt: skip
     options = JobOptions(namespace="charter", image="charter:1", runs_pvc="runs", template=custom)
-    job = job_manifest(make_launch(), options, trainer_pb2.Resources())
+    job = job_manifest(make_launch(), options, Resources())
     assert job["spec"]["template"]["spec"]["priorityClassName"] == "training"
     validate(job)
     custom.write_text(
@@ -182,7 +183,7 @@ def test_names_options_and_resources_are_checked(tmp_path: Path):
     )
     options = JobOptions(namespace="charter", image="charter:1", runs_pvc="runs", template=custom)
     with pytest.raises(ValueError, match="spec.backoffLimit is 6, want 0; no container is named 'worker'"):
-        job_manifest(make_launch(), options, trainer_pb2.Resources())
+        job_manifest(make_launch(), options, Resources())
 
 
 # -- a fake API server ----------------------------------------------------------------------------------
@@ -613,15 +614,15 @@ async def test_a_silent_log_stream_is_reopened(fake):
 
 
 async def test_the_trainer_service_runs_and_fails_jobs_through_the_executor(fake, tmp_path):
+    from charter.api.trainer import run_store
     from charter.core.settings import TrainerSettings
-    from charter.trainer.servicer import TrainerServicer
-    from charter.trainer.store import RunStore
+    from charter.servicers.trainer import TrainerServicer
 
     from tests.support.hh import HH_DEV
     from tests.support.trainer import run_spec
 
     state, executor = fake
-    store = RunStore(f"sqlite:///{tmp_path / 'trainer.db'}")
+    store = run_store(f"sqlite:///{tmp_path / 'trainer.db'}")
     servicer = TrainerServicer(store, executor, TrainerSettings(poll_seconds=0.05))
     await servicer.start()
     spec = run_spec(trainer_pb2.ALGORITHM_REWARD_MODEL, "embedded", files=[str(HH_DEV)], max_steps=2)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from charter.core.catalog import SERVICES
+from charter.app.catalog import SERVICES
 from charter.core.server import CharterServer
 from charter.core.settings import CharterSettings, ServerSettings, load_settings
 from charter_proto.trainer.v1 import trainer_pb2 as tp
@@ -101,9 +101,9 @@ async def wait_for_event(
 
 def handle_of(settings: CharterSettings, run_id: str) -> str:
     """The executor's handle of a run's current worker, read from the run store."""
-    from charter.trainer.store import RunStore
+    from charter.api.trainer import run_store
 
-    store = RunStore(settings.trainer.database_url.get_secret_value(), run_migrations=False)
+    store = run_store(settings.trainer.database_url.get_secret_value(), run_migrations=False)
     try:
         handle = store.record(run_id).handle
     finally:

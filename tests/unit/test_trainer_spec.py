@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from charter.api.trainer import spec_from_proto
 from charter.core.errors import InvalidArgument
 from charter.trainer.spec import check
 from charter_proto.review.v1 import review_pb2
@@ -48,13 +49,17 @@ def spec(algorithm=tp.ALGORITHM_DPO, hyperparameters=None, **changes) -> tp.RunS
     ],
 )
 def test_good_specs_build_the_trl_config(algorithm, hyperparameters, attribute, expected):
-    checked = check(spec(algorithm, hyperparameters))
+    checked = check(spec_from_proto(spec(algorithm, hyperparameters)))
     assert getattr(checked.config, attribute) == pytest.approx(expected)
     assert checked.config.seed == 7 and checked.config.use_cpu
 
 
 def test_ppo_spec_builds_charters_own_config():
-    checked = check(spec(tp.ALGORITHM_PPO, {"learning_rate": 1e-5, "ppo_epochs": 2}, reward_model="embedded"))
+    checked = check(
+        spec_from_proto(
+            spec(tp.ALGORITHM_PPO, {"learning_rate": 1e-5, "ppo_epochs": 2}, reward_model="embedded")
+        )
+    )
     assert type(checked.config).__name__ == "PPOConfig"
     assert (checked.config.ppo_epochs, checked.config.seed) == (2, 7)
 
@@ -108,6 +113,6 @@ def test_ppo_spec_builds_charters_own_config():
 def test_bad_specs_name_the_field(changes, field):
     hyperparameters = changes.pop("hyperparameters", None)
     with pytest.raises(InvalidArgument) as err:
-        check(spec(hyperparameters=hyperparameters, **changes))
+        check(spec_from_proto(spec(hyperparameters=hyperparameters, **changes)))
     assert err.value.field == field
     assert err.value.code == "INVALID_ARGUMENT" and str(err.value).startswith(field)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from charter.api.trainer import spec_from_proto
 from charter.cli.train import load_spec
 from charter.core.errors import InvalidArgument
 from charter.trainer.spec import check
@@ -31,7 +32,7 @@ def test_example_spec_checks(path: Path, tmp_path: Path):
     spec.data.files.paths[:] = [str(rows) if spec.name.startswith("sft") else str(HH_DEV)]
     if spec.algorithm in (4, 5, 6):  # PPO, GRPO, RLOO need a reward model
         with pytest.raises(InvalidArgument, match="spec.reward_model"):
-            check(spec)
+            check(spec_from_proto(spec))
         spec.reward_model = "r-0123456789abcdef"
-    checked = check(spec)
+    checked = check(spec_from_proto(spec))
     assert checked.base_model == "embedded"

@@ -3,7 +3,7 @@ subprocess (the embedded default, `LocalExecutor`) or a Kubernetes Job
 (`charter.trainer.kubernetes.KubernetesExecutor`) — and follows it through the same three calls:
 its event lines (`charter.trainer.events`), its outcome, and cancel.
 
-A worker is `python -m charter.trainer.worker --spec SPEC --run-dir DIR [--resume]`: it reads the
+A worker is `python -m charter.app.trainer_worker --spec SPEC --run-dir DIR [--resume]`: it reads the
 run spec (JSON of `charter.trainer.v1.RunSpec`, reward model already resolved to a path), trains,
 checkpoints under DIR/checkpoints, writes the model to DIR/model, and reports events on stdout.
 """
@@ -78,7 +78,7 @@ class Executor(Protocol):
 
 
 def worker_command(python: str, spec_path: str, run_dir: str, resume: bool) -> list[str]:
-    command = [python, "-m", "charter.trainer.worker", "--spec", spec_path, "--run-dir", run_dir]
+    command = [python, "-m", "charter.app.trainer_worker", "--spec", spec_path, "--run-dir", run_dir]
     return command + (["--resume"] if resume else [])
 
 

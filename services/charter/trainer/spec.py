@@ -2,7 +2,8 @@
 in"): the algorithm, the base model, the data source and every hyper-parameter — the last by
 actually constructing the algorithm's config object (TRL's `SFTConfig`, `RewardConfig`, `DPOConfig`,
 `GRPOConfig`, `RLOOConfig`, or Charter's own `PPOConfig`), so an unknown or ill-typed argument is an
-INVALID_ARGUMENT naming `spec.hyperparameters.<name>`.
+INVALID_ARGUMENT naming `spec.hyperparameters.<name>`. The spec is `charter.trainer.runs.RunSpec`
+(`charter.api.trainer.spec_from_proto` converts the proto's).
 """
 
 from __future__ import annotations
@@ -13,20 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charter_proto.trainer.v1 import trainer_pb2
-from google.protobuf.json_format import MessageToDict
-
 from charter.core.errors import InvalidArgument
 from charter.inference.models import is_model_folder
+from charter.trainer.runs import ALGORITHMS, DataSource, RunSpec
 
-ALGORITHMS = {
-    trainer_pb2.ALGORITHM_SFT: "sft",
-    trainer_pb2.ALGORITHM_REWARD_MODEL: "reward-model",
-    trainer_pb2.ALGORITHM_DPO: "dpo",
-    trainer_pb2.ALGORITHM_PPO: "ppo",
-    trainer_pb2.ALGORITHM_GRPO: "grpo",
-    trainer_pb2.ALGORITHM_RLOO: "rloo",
-}
+__all__ = ["ALGORITHMS", "CheckedSpec", "check", "trl_config"]
 _TRL_CONFIGS = {
     "sft": "SFTConfig",
     "reward-model": "RewardConfig",
@@ -69,8 +61,8 @@ def _model_source(value: str, field: str) -> str:
     return value
 
 
-def _data(source: trainer_pb2.DataSource) -> None:
-    kind = source.WhichOneof("source")
+def _data(source: DataSource) -> None:
+    kind = source.kind
     if kind is None:
         raise InvalidArgument(
             "spec.data: set a data source (label_stream from the review service, or files)", field="spec.data"
@@ -78,6 +70,7 @@ def _data(source: trainer_pb2.DataSource) -> None:
     if not 0.0 <= source.eval_fraction < 1.0:
         raise InvalidArgument("spec.data.eval_fraction: must lie in [0, 1)", field="spec.data.eval_fraction")
     if kind == "files":
+        assert source.files is not None
         if not source.files.paths:
             raise InvalidArgument(
                 "spec.data.files.paths: name at least one file", field="spec.data.files.paths"
@@ -88,7 +81,8 @@ def _data(source: trainer_pb2.DataSource) -> None:
                 raise InvalidArgument(f"{field}: {p} does not exist", field=field, value=p)
     else:
         stream = source.label_stream
-        if stream.HasField("to_cursor") and stream.to_cursor.sequence < stream.from_cursor.sequence:
+        assert stream is not None
+        if stream.to_cursor is not None and stream.to_cursor < stream.from_cursor:
             raise InvalidArgument(
                 "spec.data.label_stream.to_cursor: before from_cursor",
                 field="spec.data.label_stream.to_cursor",
@@ -134,13 +128,13 @@ def trl_config(
         ) from None
 
 
-def check(spec: trainer_pb2.RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
+def check(spec: RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
     """Validate everything in `spec` that can be checked without training; raises InvalidArgument."""
     if not spec.name.strip():
         raise InvalidArgument("spec.name: give the run a name", field="spec.name")
-    algorithm = ALGORITHMS.get(spec.algorithm)
-    if algorithm is None:
-        names = ", ".join(trainer_pb2.Algorithm.Name(a) for a in ALGORITHMS)
+    algorithm = spec.algorithm
+    if algorithm not in ALGORITHMS:
+        names = ", ".join(ALGORITHMS)
         raise InvalidArgument(
             f"spec.algorithm: unknown algorithm {spec.algorithm!r}; use one of {names}",
             field="spec.algorithm",
@@ -153,8 +147,8 @@ def check(spec: trainer_pb2.RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
             f"spec.reward_model: {algorithm} needs a reward model (a run id or a model path)",
             field="spec.reward_model",
         )
-    hyperparameters = MessageToDict(spec.hyperparameters) if spec.HasField("hyperparameters") else {}
-    # protobuf Struct numbers are floats: give integral values back their int type (TRL checks types)
+    hyperparameters = dict(spec.hyperparameters or {})
+    # JSON (protobuf Struct) numbers are floats: give integral values back their int type (TRL checks types)
     hyperparameters = {
         k: int(v) if isinstance(v, float) and v.is_integer() and k != "learning_rate" else v
         for k, v in hyperparameters.items()

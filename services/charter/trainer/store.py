@@ -3,6 +3,10 @@
 
 Every change to a run is one transaction that updates the run and appends the events describing
 the change, so what `WatchRun` replays always agrees with what `GetRun` returns.
+
+The store deals in `charter.trainer.runs` dataclasses. How a run and an event become the bytes of a
+row's `payload` is the `RunCodec` it is given: `charter.api.trainer.PROTO_CODEC` writes the serialised
+`charter.trainer.v1.Run` / `RunEvent`, the format the store has always had.
 """
 
 from __future__ import annotations
@@ -14,21 +18,16 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from charter_proto.trainer.v1 import trainer_pb2
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from charter.core import db
 from charter.core.errors import InvalidArgument, NotFound
+from charter.trainer.runs import ACTIVE, TERMINAL, EventKind, Run, RunEvent, RunSpec, RunState, StateEvent
 from charter.trainer.schema import run_events, runs
 
-TERMINAL = frozenset(
-    {trainer_pb2.RUN_STATE_SUCCEEDED, trainer_pb2.RUN_STATE_FAILED, trainer_pb2.RUN_STATE_CANCELLED}
-)
-ACTIVE = frozenset({trainer_pb2.RUN_STATE_PENDING, trainer_pb2.RUN_STATE_RUNNING})
+__all__ = ["ACTIVE", "TERMINAL", "RunCodec", "RunRecord", "RunStore", "migrate"]
 _MIGRATE_LOCK = 0x63747261  # advisory lock key: replicas migrate one at a time
 
 
@@ -36,15 +35,21 @@ def migrate(engine: Any) -> None:
     db.migrate(engine, Path(__file__).parent / "migrations", lock_key=_MIGRATE_LOCK)
 
 
-def timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
+class RunCodec(Protocol):
+    """How runs and events are stored in a row's `payload` column."""
+
+    def dump_run(self, run: Run) -> bytes: ...
+
+    def load_run(self, data: bytes) -> Run: ...
+
+    def dump_event(self, event: RunEvent) -> bytes: ...
+
+    def load_event(self, data: bytes) -> RunEvent: ...
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    run: trainer_pb2.Run
+    run: Run
     handle: str | None
     attempt: int
     events_seen: int
@@ -53,8 +58,14 @@ class RunRecord:
 
 class RunStore:
     def __init__(
-        self, url: str, *, clock: Callable[[], float] = time.time, run_migrations: bool = True
+        self,
+        url: str,
+        codec: RunCodec,
+        *,
+        clock: Callable[[], float] = time.time,
+        run_migrations: bool = True,
     ) -> None:
+        self.codec = codec
         self._db = db.Engines(url, pool_size=5)
         self.url, self.dialect = self._db.url, self._db.dialect
         self.clock = clock
@@ -71,9 +82,7 @@ class RunStore:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def create(
-        self, spec: trainer_pb2.RunSpec, *, executor: str, idempotency_key: str = ""
-    ) -> tuple[trainer_pb2.Run, bool]:
+    def create(self, spec: RunSpec, *, executor: str, idempotency_key: str = "") -> tuple[Run, bool]:
         """A new PENDING run (and its first event); with a known `idempotency_key`, the existing run
         and False."""
         key = idempotency_key or None
@@ -81,28 +90,23 @@ class RunStore:
             if key is not None:
                 found = conn.execute(select(runs.c.payload).where(runs.c.idempotency_key == key)).first()
                 if found is not None:
-                    return trainer_pb2.Run.FromString(found.payload), False
+                    return self.codec.load_run(found.payload), False
             now = self.clock()
-            run = trainer_pb2.Run(
-                id=f"r-{uuid.uuid4().hex[:16]}",
-                spec=spec,
-                state=trainer_pb2.RUN_STATE_PENDING,
-                created_at=timestamp(now),
-            )
+            run = Run(id=f"r-{uuid.uuid4().hex[:16]}", spec=spec, state=RunState.PENDING, created_at=now)
             conn.execute(
                 insert(runs).values(
                     id=run.id,
-                    state=run.state,
+                    state=int(run.state),
                     created_at=now,
                     idempotency_key=key,
                     executor=executor,
                     handle=None,
                     attempt=0,
                     events_seen=0,
-                    payload=run.SerializeToString(),
+                    payload=self.codec.dump_run(run),
                 )  # fmt: skip
             )
-            self._append(conn, run.id, [trainer_pb2.StateEvent(state=run.state)], now)
+            self._append(conn, run.id, [StateEvent(state=run.state)], now)
         return run, True
 
     def record(self, run_id: str) -> RunRecord:
@@ -111,30 +115,30 @@ class RunStore:
         if row is None:
             raise NotFound(f"run {run_id} does not exist", field="run_id", value=run_id)
         return RunRecord(
-            trainer_pb2.Run.FromString(row.payload), row.handle, row.attempt, row.events_seen, row.executor
+            self.codec.load_run(row.payload), row.handle, row.attempt, row.events_seen, row.executor
         )
 
-    def get(self, run_id: str) -> trainer_pb2.Run:
+    def get(self, run_id: str) -> Run:
         return self.record(run_id).run
 
     def active(self) -> list[RunRecord]:
         with self._db.reader.connect() as conn:
             rows = conn.execute(
-                select(runs).where(runs.c.state.in_(ACTIVE)).order_by(runs.c.created_at)
+                select(runs).where(runs.c.state.in_([int(s) for s in ACTIVE])).order_by(runs.c.created_at)
             ).all()
         return [
-            RunRecord(trainer_pb2.Run.FromString(r.payload), r.handle, r.attempt, r.events_seen, r.executor)
+            RunRecord(self.codec.load_run(r.payload), r.handle, r.attempt, r.events_seen, r.executor)
             for r in rows
         ]
 
     def list(
         self, states: Sequence[int] = (), page_size: int = 50, page_token: str = ""
-    ) -> tuple[list[trainer_pb2.Run], str]:
+    ) -> tuple[list[Run], str]:
         """Newest first; `page_token` continues where the previous page ended."""
         size = min(max(page_size or 50, 1), 1000)
         query = select(runs.c.payload, runs.c.created_at, runs.c.id)
         if states:
-            query = query.where(runs.c.state.in_(list(states)))
+            query = query.where(runs.c.state.in_([int(s) for s in states]))
         if page_token:
             try:
                 created, _, last_id = base64.urlsafe_b64decode(page_token.encode()).decode().partition("|")
@@ -153,19 +157,19 @@ class RunStore:
         if len(rows) > size:
             rows = rows[:size]
             token = base64.urlsafe_b64encode(f"{rows[-1].created_at!r}|{rows[-1].id}".encode()).decode()
-        return [trainer_pb2.Run.FromString(r.payload) for r in rows], token
+        return [self.codec.load_run(r.payload) for r in rows], token
 
     def change(
         self,
         run_id: str,
-        mutate: Callable[[trainer_pb2.Run], Sequence[Message]],
+        mutate: Callable[[Run], Sequence[EventKind]],
         *,
         handle: str | None = None,
         attempt: int | None = None,
         events_seen: int | None = None,
-    ) -> tuple[trainer_pb2.Run, list[trainer_pb2.RunEvent]]:
-        """Apply `mutate` to the run in one transaction; it returns the event messages (MetricsEvent,
-        CheckpointEvent, StateEvent, LogEvent, DataEvent) to append."""
+    ) -> tuple[Run, list[RunEvent]]:
+        """Apply `mutate` to the run in one transaction; it returns the events (MetricsEvent,
+        CheckpointEvent, StateEvent, LogEvent, DataEvent of `charter.trainer.runs`) to append."""
         with self._write() as conn:
             query = select(runs).where(runs.c.id == run_id)
             if self.dialect == "postgresql":
@@ -173,20 +177,20 @@ class RunStore:
             row = conn.execute(query).first()
             if row is None:
                 raise NotFound(f"run {run_id} does not exist", field="run_id", value=run_id)
-            run = trainer_pb2.Run.FromString(row.payload)
+            run = self.codec.load_run(row.payload)
             now = self.clock()
             kinds = list(mutate(run))
             for kind in kinds:
-                if isinstance(kind, trainer_pb2.StateEvent):
-                    run.state = kind.state
-                    if kind.state == trainer_pb2.RUN_STATE_RUNNING:
-                        run.started_at.CopyFrom(timestamp(now))
-                        run.ClearField("finished_at")
+                if isinstance(kind, StateEvent):
+                    run.state = RunState(kind.state)
+                    if kind.state == RunState.RUNNING:
+                        run.started_at = now
+                        run.finished_at = None
                         run.reason = ""
                     elif kind.state in TERMINAL:
-                        run.finished_at.CopyFrom(timestamp(now))
+                        run.finished_at = now
                         run.reason = kind.reason
-            values: dict[str, Any] = {"state": run.state, "payload": run.SerializeToString()}
+            values: dict[str, Any] = {"state": int(run.state), "payload": self.codec.dump_run(run)}
             if handle is not None:
                 values["handle"] = handle
             if attempt is not None:
@@ -200,23 +204,19 @@ class RunStore:
     # -- events ---------------------------------------------------------------------------------
 
     def _append(
-        self, conn: Connection, run_id: str, kinds: Sequence[Message], now: float
-    ) -> list[trainer_pb2.RunEvent]:
+        self, conn: Connection, run_id: str, kinds: Sequence[EventKind], now: float
+    ) -> list[RunEvent]:
         if not kinds:
             return []
         last = conn.execute(select(func.max(run_events.c.seq)).where(run_events.c.run_id == run_id)).scalar()
-        out = []
-        for i, kind in enumerate(kinds, start=(last or 0) + 1):
-            event = trainer_pb2.RunEvent(run_id=run_id, sequence=i, time=timestamp(now))
-            getattr(event, _FIELD[type(kind)]).CopyFrom(kind)
-            out.append(event)
+        out = [RunEvent(run_id, i, now, kind) for i, kind in enumerate(kinds, start=(last or 0) + 1)]
         conn.execute(
             insert(run_events),
-            [{"run_id": run_id, "seq": e.sequence, "payload": e.SerializeToString()} for e in out],
+            [{"run_id": run_id, "seq": e.sequence, "payload": self.codec.dump_event(e)} for e in out],
         )
         return out
 
-    def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[trainer_pb2.RunEvent]:
+    def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[RunEvent]:
         with self._db.reader.connect() as conn:
             rows = conn.execute(
                 select(run_events.c.payload)
@@ -224,13 +224,4 @@ class RunStore:
                 .order_by(run_events.c.seq)
                 .limit(limit)
             ).all()
-        return [trainer_pb2.RunEvent.FromString(r.payload) for r in rows]
-
-
-_FIELD = {
-    trainer_pb2.MetricsEvent: "metrics",
-    trainer_pb2.CheckpointEvent: "checkpoint",
-    trainer_pb2.StateEvent: "state",
-    trainer_pb2.LogEvent: "log",
-    trainer_pb2.DataEvent: "data",
-}
+        return [self.codec.load_event(r.payload) for r in rows]

@@ -1,0 +1,311 @@
+"""The trainer's protobuf <-> domain conversions: `charter.trainer.v1` messages to and from the plain
+dataclasses of `charter.trainer.runs`, the enum <-> name tables, and `PROTO_CODEC`, the run store's
+payload format (the serialised `Run` and `RunEvent` messages).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from charter_proto.review.v1 import review_pb2
+from charter_proto.trainer.v1 import trainer_pb2 as tp
+from google.protobuf.json_format import MessageToDict, MessageToJson
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from charter.trainer.runs import (
+    CheckpointEvent,
+    DataEvent,
+    DataSource,
+    EventKind,
+    FileSource,
+    LabelFilter,
+    LabelStreamSource,
+    LogEvent,
+    MetricsEvent,
+    Resources,
+    Run,
+    RunEvent,
+    RunSpec,
+    RunState,
+    StateEvent,
+)
+
+if TYPE_CHECKING:
+    from charter.trainer.store import RunStore
+
+ALGORITHM_NAMES = {
+    tp.ALGORITHM_SFT: "sft",
+    tp.ALGORITHM_REWARD_MODEL: "reward-model",
+    tp.ALGORITHM_DPO: "dpo",
+    tp.ALGORITHM_PPO: "ppo",
+    tp.ALGORITHM_GRPO: "grpo",
+    tp.ALGORITHM_RLOO: "rloo",
+}
+"""Algorithm enum value -> the domain's name."""
+ALGORITHM_VALUES = {name: value for value, name in ALGORITHM_NAMES.items()}
+EXECUTOR_NAMES = {tp.EXECUTOR_LOCAL: "local", tp.EXECUTOR_KUBERNETES: "kubernetes"}
+EXECUTOR_VALUES = {name: value for value, name in EXECUTOR_NAMES.items()}
+
+
+# -- enums ----------------------------------------------------------------------------------------------
+
+
+def algorithm_name(value: int) -> str:
+    """The domain's name of an Algorithm value; "" for UNSPECIFIED, the number as text for an unknown
+    one (the spec's check rejects both)."""
+    return ALGORITHM_NAMES.get(value, str(value) if value else "")
+
+
+def algorithm_value(name: str) -> int:
+    if name in ALGORITHM_VALUES:
+        return ALGORITHM_VALUES[name]
+    return int(name) if name.isdigit() else tp.ALGORITHM_UNSPECIFIED
+
+
+def state(value: int) -> RunState:
+    """A RunState enum value as the domain's `RunState` (an unknown number is UNSPECIFIED)."""
+    try:
+        return RunState(value)
+    except ValueError:
+        return RunState.UNSPECIFIED
+
+
+def state_label(value: int) -> str:
+    """pending, running, succeeded, failed, cancelled (or unspecified)."""
+    return state(value).label
+
+
+def _source_names(values: Iterable[int]) -> list[str]:
+    known = review_pb2.LabelSource.values()
+    return [review_pb2.LabelSource.Name(v) if v in known else str(v) for v in values]
+
+
+def _source_values(names: Iterable[str]) -> list[int]:
+    known = review_pb2.LabelSource.keys()
+    return [review_pb2.LabelSource.Value(n) if n in known else int(n) for n in names]
+
+
+def _seconds(message: Any, name: str) -> float | None:
+    return getattr(message, name).ToNanoseconds() / 1e9 if message.HasField(name) else None
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+# -- spec -----------------------------------------------------------------------------------------------
+
+
+def spec_from_proto(spec: tp.RunSpec) -> RunSpec:
+    data = spec.data
+    kind = data.WhichOneof("source")
+    stream = files = None
+    if kind == "label_stream":
+        s = data.label_stream
+        flt = None
+        if s.HasField("filter"):
+            f = s.filter
+            flt = LabelFilter(
+                constitution_id=f.constitution_id,
+                principle_ids=list(f.principle_ids),
+                sources=_source_names(f.sources),
+                min_confidence=f.min_confidence if f.HasField("min_confidence") else None,
+            )
+        stream = LabelStreamSource(
+            address=s.address,
+            from_cursor=s.from_cursor.sequence,
+            to_cursor=s.to_cursor.sequence if s.HasField("to_cursor") else None,
+            filter=flt,
+        )
+    elif kind == "files":
+        files = FileSource(paths=list(data.files.paths))
+    r = spec.resources
+    return RunSpec(
+        name=spec.name,
+        algorithm=algorithm_name(spec.algorithm),
+        base_model=spec.base_model,
+        data=DataSource(label_stream=stream, files=files, eval_fraction=data.eval_fraction),
+        reward_model=spec.reward_model,
+        hyperparameters=MessageToDict(spec.hyperparameters) if spec.HasField("hyperparameters") else None,
+        executor=EXECUTOR_NAMES.get(spec.executor, ""),
+        resources=Resources(gpus=r.gpus, processes=r.processes, cpu=r.cpu, memory=r.memory),
+        seed=spec.seed,
+    )
+
+
+def spec_to_proto(spec: RunSpec) -> tp.RunSpec:
+    out = tp.RunSpec(
+        name=spec.name,
+        algorithm=algorithm_value(spec.algorithm),
+        base_model=spec.base_model,
+        reward_model=spec.reward_model,
+        executor=EXECUTOR_VALUES.get(spec.executor, tp.EXECUTOR_UNSPECIFIED),
+        resources=tp.Resources(
+            gpus=spec.resources.gpus,
+            processes=spec.resources.processes,
+            cpu=spec.resources.cpu,
+            memory=spec.resources.memory,
+        ),
+        seed=spec.seed,
+    )
+    data = spec.data
+    out.data.eval_fraction = data.eval_fraction
+    if data.label_stream is not None:
+        s, target = data.label_stream, out.data.label_stream
+        target.address = s.address
+        target.from_cursor.sequence = s.from_cursor
+        if s.to_cursor is not None:
+            target.to_cursor.sequence = s.to_cursor
+        if s.filter is not None:
+            f = s.filter
+            target.filter.constitution_id = f.constitution_id
+            target.filter.principle_ids.extend(f.principle_ids)
+            target.filter.sources.extend(_source_values(f.sources))
+            if f.min_confidence is not None:
+                target.filter.min_confidence = f.min_confidence
+            target.filter.SetInParent()
+    elif data.files is not None:
+        out.data.files.paths.extend(data.files.paths)
+        out.data.files.SetInParent()
+    if spec.hyperparameters is not None:
+        struct = Struct()
+        struct.update(spec.hyperparameters)
+        out.hyperparameters.CopyFrom(struct)
+    return out
+
+
+def spec_json(spec: RunSpec) -> str:
+    """The spec as the worker reads it: the RunSpec message as JSON."""
+    return MessageToJson(spec_to_proto(spec))
+
+
+# -- runs -----------------------------------------------------------------------------------------------
+
+
+def run_from_proto(run: tp.Run) -> Run:
+    return Run(
+        id=run.id,
+        spec=spec_from_proto(run.spec),
+        state=state(run.state),
+        created_at=_seconds(run, "created_at"),
+        started_at=_seconds(run, "started_at"),
+        finished_at=_seconds(run, "finished_at"),
+        reason=run.reason,
+        cursor_start=run.cursor_start.sequence if run.HasField("cursor_start") else None,
+        cursor_end=run.cursor_end.sequence if run.HasField("cursor_end") else None,
+        last_checkpoint=run.last_checkpoint,
+        step=run.step,
+        total_steps=run.total_steps,
+        last_metrics=dict(run.last_metrics),
+        output_dir=run.output_dir,
+        job_name=run.job_name,
+        attempt=run.attempt,
+        rows=run.rows,
+    )
+
+
+def run_to_proto(run: Run) -> tp.Run:
+    out = tp.Run(
+        id=run.id,
+        spec=spec_to_proto(run.spec),
+        state=int(run.state),
+        reason=run.reason,
+        last_checkpoint=run.last_checkpoint,
+        step=run.step,
+        total_steps=run.total_steps,
+        last_metrics=run.last_metrics,
+        output_dir=run.output_dir,
+        job_name=run.job_name,
+        attempt=run.attempt,
+        rows=run.rows,
+    )
+    for name in ("created_at", "started_at", "finished_at"):
+        seconds = getattr(run, name)
+        if seconds is not None:
+            getattr(out, name).CopyFrom(_timestamp(seconds))
+    if run.cursor_start is not None:
+        out.cursor_start.sequence = run.cursor_start
+    if run.cursor_end is not None:
+        out.cursor_end.sequence = run.cursor_end
+    return out
+
+
+# -- events ---------------------------------------------------------------------------------------------
+
+
+def event_kind_to_proto(kind: EventKind) -> tuple[str, Any]:
+    """(the RunEvent `kind` field, its message)."""
+    if isinstance(kind, MetricsEvent):
+        return "metrics", tp.MetricsEvent(step=kind.step, values=kind.values)
+    if isinstance(kind, CheckpointEvent):
+        return "checkpoint", tp.CheckpointEvent(step=kind.step, path=kind.path)
+    if isinstance(kind, StateEvent):
+        return "state", tp.StateEvent(state=int(kind.state), reason=kind.reason)
+    if isinstance(kind, LogEvent):
+        return "log", tp.LogEvent(level=kind.level, message=kind.message)
+    message = tp.DataEvent(rows=kind.rows, labels_read=kind.labels_read, skipped=kind.skipped)
+    message.cursor_start.sequence = kind.cursor_start
+    message.cursor_end.sequence = kind.cursor_end
+    return "data", message
+
+
+def event_kind_from_proto(event: tp.RunEvent) -> EventKind:
+    kind = event.WhichOneof("kind")
+    if kind == "metrics":
+        return MetricsEvent(step=event.metrics.step, values=dict(event.metrics.values))
+    if kind == "checkpoint":
+        return CheckpointEvent(step=event.checkpoint.step, path=event.checkpoint.path)
+    if kind == "state":
+        return StateEvent(state=state(event.state.state), reason=event.state.reason)
+    if kind == "data":
+        d = event.data
+        return DataEvent(
+            cursor_start=d.cursor_start.sequence,
+            cursor_end=d.cursor_end.sequence,
+            rows=d.rows,
+            labels_read=d.labels_read,
+            skipped=dict(d.skipped),
+        )
+    return LogEvent(level=event.log.level, message=event.log.message)
+
+
+def event_to_proto(event: RunEvent) -> tp.RunEvent:
+    out = tp.RunEvent(run_id=event.run_id, sequence=event.sequence, time=_timestamp(event.time))
+    field, message = event_kind_to_proto(event.kind)
+    getattr(out, field).CopyFrom(message)
+    return out
+
+
+def event_from_proto(event: tp.RunEvent) -> RunEvent:
+    time = _seconds(event, "time")
+    return RunEvent(event.run_id, event.sequence, 0.0 if time is None else time, event_kind_from_proto(event))
+
+
+class ProtoRunCodec:
+    """The run store's payloads: the serialised `charter.trainer.v1.Run` and `RunEvent` messages."""
+
+    def dump_run(self, run: Run) -> bytes:
+        return run_to_proto(run).SerializeToString()
+
+    def load_run(self, data: bytes) -> Run:
+        return run_from_proto(tp.Run.FromString(data))
+
+    def dump_event(self, event: RunEvent) -> bytes:
+        return event_to_proto(event).SerializeToString()
+
+    def load_event(self, data: bytes) -> RunEvent:
+        return event_from_proto(tp.RunEvent.FromString(data))
+
+
+PROTO_CODEC = ProtoRunCodec()
+
+
+def run_store(url: str, **kwargs: Any) -> RunStore:
+    """A `RunStore` on `url` with the proto payload format (kwargs: clock, run_migrations)."""
+    from charter.trainer.store import RunStore
+
+    return RunStore(url, PROTO_CODEC, **kwargs)

@@ -1,0 +1,370 @@
+"""A training run's life, behind the trainer service: runs started, followed, resumed and cancelled
+through an executor (a local subprocess or a Kubernetes Job), their state and events kept in the run
+store.
+
+A run's life: `start_run` checks the spec (constructing the TRL/PPO config), records the run PENDING,
+launches a worker (attempt 1) and marks it RUNNING; a follower task reads the worker's event lines
+into the store (metrics, checkpoints, data range, logs) and, when the worker ends, marks the run
+SUCCEEDED or FAILED with the reason. `resume` launches attempt n + 1 with `--resume`, which continues
+from the last checkpoint on the cached data. When the service restarts, `start` re-adopts every
+active run: a worker still running is followed from where the store left off (`events_seen`), one
+that vanished while the service was down is resumed (`trainer.auto_resume`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from charter.core.settings import TrainerSettings
+from charter.trainer import events
+from charter.trainer.executor import MODEL_DIR, Executor, Launch, LocalExecutor
+from charter.trainer.runs import (
+    TERMINAL,
+    CheckpointEvent,
+    DataEvent,
+    EventKind,
+    FileSource,
+    LabelStreamSource,
+    LogEvent,
+    MetricsEvent,
+    Run,
+    RunEvent,
+    RunSpec,
+    RunState,
+    StateEvent,
+)
+from charter.trainer.spec import check
+from charter.trainer.store import RunStore
+
+log = structlog.get_logger("charter.trainer")
+T = TypeVar("T")
+
+
+def build_executor(settings: TrainerSettings) -> Executor:
+    """The executor `trainer.executor` names, configured from the settings."""
+    if settings.executor == "kubernetes":
+        from charter.trainer.kubernetes import JobOptions, KubernetesExecutor
+
+        k = settings.kubernetes
+        if not k.image:
+            raise InvalidArgument(
+                "trainer.kubernetes.image: the Kubernetes executor needs the trainer image (pinned tag)",
+                field="trainer.kubernetes.image",
+            )
+        options = JobOptions.from_settings(k)
+        try:
+            return KubernetesExecutor(options, poll_seconds=settings.poll_seconds * 4)
+        except Exception as err:  # no in-cluster service account and no kubeconfig
+            raise FailedPrecondition(
+                f"trainer.executor: kubernetes, but no cluster credentials were found "
+                f"(in-cluster service account or kubeconfig): {err}"
+            ) from None
+    env = {}
+    if settings.review_token.get_secret_value():
+        env["CHARTER_REVIEW_TOKEN"] = settings.review_token.get_secret_value()
+    if settings.review_token_file is not None:
+        env["CHARTER_REVIEW_TOKEN_FILE"] = str(settings.review_token_file)
+    return LocalExecutor(settings.runs_dir, threads=settings.worker_threads, env=env)
+
+
+def apply_event(run: Run, event: dict[str, Any]) -> list[EventKind]:
+    """Fold one worker event into the run; the store events that record it."""
+    kind = event["type"]
+    if kind == "metrics":
+        values = events.finite(event.get("values", {}))
+        run.step = max(run.step, int(event.get("step", 0)))
+        run.last_metrics.update(values)
+        return [MetricsEvent(step=int(event.get("step", 0)), values=values)]
+    if kind == "checkpoint":
+        run.last_checkpoint = str(event.get("path", ""))
+        return [CheckpointEvent(step=int(event.get("step", 0)), path=run.last_checkpoint)]
+    if kind == "progress":
+        run.total_steps = int(event.get("total_steps", 0))
+        return []
+    if kind == "data":
+        run.cursor_start = int(event.get("cursor_start", 0))
+        run.cursor_end = int(event.get("cursor_end", 0))
+        run.rows = int(event.get("rows", 0))
+        return [
+            DataEvent(
+                cursor_start=run.cursor_start, cursor_end=run.cursor_end, rows=run.rows,
+                labels_read=int(event.get("labels_read", 0)),
+                skipped={str(k): int(v) for k, v in (event.get("skipped") or {}).items()},
+            )
+        ]  # fmt: skip
+    if kind == "finished":
+        run.output_dir = str(event.get("output_dir", ""))
+        return [LogEvent(level="info", message=f"model written to {run.output_dir}")]
+    level = "error" if kind == "error" else str(event.get("level", "info"))
+    return [LogEvent(level=level, message=str(event.get("message", "")))]
+
+
+def _end(run: Run, state: RunState, reason: str) -> list[EventKind]:
+    if run.state in TERMINAL:  # cancelled meanwhile: that stands
+        return []
+    return [StateEvent(state=state, reason=reason)]
+
+
+class RunLifecycle:
+    """Runs through `executor`, recorded in `store`; `spec_json` writes a spec as the worker reads it
+    (`charter.api.trainer.spec_json`)."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        executor: Executor,
+        settings: TrainerSettings,
+        spec_json: Callable[[RunSpec], str],
+    ) -> None:
+        self.store, self.executor, self.settings = store, executor, settings
+        self.spec_json = spec_json
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self.closing = False
+
+    # -- the service's lifecycle (charter.core.server.Lifecycle) -----------------------------------
+
+    async def start(self) -> None:
+        """Re-adopt the runs an earlier service process left active."""
+        for record in await asyncio.to_thread(self.store.active):
+            run_id = record.run.id
+            if record.handle is None:  # recorded, never launched: launch it now
+                await self._launch(run_id, 1, resume=False, note="launched after a trainer-service restart")
+                continue
+            outcome = await self.executor.outcome(record.handle)
+            resume = outcome is not None and outcome.lost and self.settings.auto_resume
+            log.info("trainer.run.adopted", run_id=run_id, running=outcome is None, resume=resume)
+            self._follow(run_id, record.handle, record.events_seen, resume_if_lost=resume)
+
+    async def drain(self) -> None:
+        self.closing = True  # watchers end with UNAVAILABLE and reconnect elsewhere
+        for changed in self._changed.values():
+            changed.set()
+
+    async def stop(self) -> None:
+        """Stop following; the workers go on (a restarted service adopts them)."""
+        for task in self._followers.values():
+            task.cancel()
+        for task in list(self._followers.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.store.close()
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    async def start_run(self, spec: RunSpec, idempotency_key: str = "") -> Run:
+        """Check `spec`, record the run and launch its first attempt (once per idempotency key)."""
+        if self.closing:
+            raise Unavailable("the trainer service is shutting down; try another replica")
+        await self._db(check, spec)
+        spec = await self._resolve(spec)
+        run, created = await self._db(
+            self.store.create, spec, executor=self.executor.name, idempotency_key=idempotency_key
+        )
+        if created:
+            log.info("trainer.run.created", run_id=run.id, algorithm=spec.algorithm, name=spec.name)
+            run = await self._launch(run.id, 1, resume=False)
+        return run
+
+    async def get(self, run_id: str) -> Run:
+        return await self._db(self.store.get, run_id)
+
+    async def list(
+        self, states: Sequence[int] = (), page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[Run], str]:
+        return await self._db(self.store.list, list(states), page_size, page_token)
+
+    async def cancel(self, run_id: str, reason: str = "") -> Run:
+        record = await self._db(self.store.record, run_id)
+        if record.run.state == RunState.CANCELLED:
+            return record.run
+        if record.run.state in TERMINAL:
+            raise FailedPrecondition(
+                f"run {record.run.id} has already ended ({record.run.state.label})", field="run_id"
+            )
+        reason = reason or "cancelled"
+        # recorded first, so the follower, seeing the worker die, leaves the state alone
+        run = await self._change(record.run.id, lambda run: _end(run, RunState.CANCELLED, reason))
+        if record.handle is not None:
+            await self.executor.cancel(record.handle)
+        log.info("trainer.run.cancelled", run_id=run.id, reason=reason)
+        return run
+
+    async def resume(self, run_id: str) -> Run:
+        record = await self._db(self.store.record, run_id)
+        if record.run.state not in (RunState.FAILED, RunState.CANCELLED):
+            raise FailedPrecondition(
+                f"run {record.run.id} is {record.run.state.label}: only a failed or cancelled run resumes",
+                field="run_id",
+            )
+        follower = self._followers.get(record.run.id)
+        if follower is not None:  # the old attempt's follower is still reading its last lines
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(follower), timeout=30)
+        where = record.run.last_checkpoint or "the start (no checkpoint yet)"
+        return await self._launch(
+            record.run.id,
+            record.attempt + 1,
+            resume=True,
+            note=f"resumed from {where} (attempt {record.attempt + 1})",
+        )
+
+    async def watch(self, run_id: str, after: int = 0) -> AsyncIterator[RunEvent]:
+        """The run's events after sequence `after`, live, until the run has ended and all are sent."""
+        await self._db(self.store.get, run_id)  # NOT_FOUND for an unknown run
+        while True:
+            if self.closing:
+                raise Unavailable("the trainer service is shutting down; watch again from your last sequence")
+            changed = self._changed.setdefault(run_id, asyncio.Event())
+            batch = await self._db(self.store.events, run_id, after)
+            for event in batch:
+                after = event.sequence
+                yield event
+            if batch:
+                continue
+            run = await self._db(self.store.get, run_id)
+            if run.state in TERMINAL:
+                tail = await self._db(self.store.events, run_id, after)
+                if not tail:
+                    return
+                continue
+            with contextlib.suppress(TimeoutError):  # another replica may be the one recording
+                await asyncio.wait_for(changed.wait(), self.settings.poll_seconds * 4)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _notify(self, run_id: str) -> None:
+        changed = self._changed.pop(run_id, None)
+        if changed is not None:
+            changed.set()
+
+    async def _change(self, run_id: str, mutate: Callable[[Run], Sequence[EventKind]], **columns: Any) -> Run:
+        run, _ = await self._db(self.store.change, run_id, mutate, **columns)
+        self._notify(run_id)
+        return run
+
+    async def _launch(self, run_id: str, attempt: int, *, resume: bool, note: str = "") -> Run:
+        record = await self._db(self.store.record, run_id)
+        launch = Launch(run_id, attempt, self.spec_json(record.run.spec), resume)
+        try:
+            handle = await self.executor.launch(launch)
+        except Exception as err:  # the platform refused it: the run fails with that reason
+            log.warning("trainer.run.launch_failed", run_id=run_id, error=str(err))
+            reason = f"could not start the worker: {err}"
+            return await self._change(run_id, lambda run: [StateEvent(state=RunState.FAILED, reason=reason)])
+        folder = self.executor.run_dir(run_id)
+
+        def running(run: Run) -> list[EventKind]:
+            run.attempt = attempt
+            run.output_dir = f"{folder}/{MODEL_DIR}"
+            if self.executor.name == "kubernetes":
+                run.job_name = handle.rsplit("/", 1)[-1]
+            kinds: list[EventKind] = [StateEvent(state=RunState.RUNNING)]
+            if note:
+                kinds.append(LogEvent(level="info", message=note))
+            return kinds
+
+        run = await self._change(run_id, running, handle=handle, attempt=attempt, events_seen=0)
+        log.info("trainer.run.started", run_id=run_id, attempt=attempt, resume=resume, handle=handle)
+        self._follow(run_id, handle, 0)
+        return run
+
+    def _follow(self, run_id: str, handle: str, seen: int, *, resume_if_lost: bool = False) -> None:
+        task = asyncio.ensure_future(self._follower(run_id, handle, seen, resume_if_lost))
+        self._followers[run_id] = task
+        task.add_done_callback(
+            lambda t: self._followers.pop(run_id, None) if self._followers.get(run_id) is t else None
+        )
+
+    async def _follower(self, run_id: str, handle: str, seen: int, resume_if_lost: bool) -> None:
+        count = 0
+        try:
+            async for line in self.executor.lines(handle):
+                event = events.parse(line)
+                if event is None:
+                    continue
+                count += 1
+                if count <= seen:  # recorded by an earlier service process
+                    continue
+                await self._change(run_id, lambda run, e=event: apply_event(run, e), events_seen=count)
+            outcome = await self.executor.outcome(handle)
+            while outcome is None:  # the log ended before the platform reports the end
+                await asyncio.sleep(self.settings.poll_seconds)
+                outcome = await self.executor.outcome(handle)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # following failed (the store, the platform): mark it, don't hide it
+            log.exception("trainer.run.follow_failed", run_id=run_id)
+            reason = f"the trainer service lost track of the worker: {err}"
+            await self._change(run_id, lambda run: _end(run, RunState.FAILED, reason))
+            return
+        if outcome.lost and resume_if_lost:
+            record = await self._db(self.store.record, run_id)
+            if record.run.state not in TERMINAL:
+                await self._launch(
+                    run_id, record.attempt + 1, resume=True,
+                    note=f"resumed after a trainer-service restart ({outcome.reason})",
+                )  # fmt: skip
+                return
+        state = RunState.SUCCEEDED if outcome.succeeded else RunState.FAILED
+        run = await self._change(run_id, lambda run: _end(run, state, outcome.reason))
+        log.info("trainer.run.ended", run_id=run_id, state=f"RUN_STATE_{run.state.name}", reason=run.reason)
+
+    async def _resolve(self, spec: RunSpec) -> RunSpec:
+        """The spec as the worker gets it: a reward-model run id replaced by that run's model folder,
+        the review address filled in from settings."""
+        wanted = spec.executor or None
+        if wanted is not None and wanted != self.executor.name:
+            raise InvalidArgument(
+                f"spec.executor: this trainer service runs workers with the {self.executor.name} executor "
+                f"(trainer.executor), not {wanted}",
+                field="spec.executor",
+            )
+        reward_model, base_model, data = spec.reward_model, spec.base_model, spec.data
+        if reward_model.startswith("r-"):
+            try:
+                source = await self._db(self.store.get, reward_model)
+            except NotFound:
+                raise InvalidArgument(
+                    f"spec.reward_model: no run {reward_model}", field="spec.reward_model"
+                ) from None
+            if source.spec.algorithm != "reward-model" or source.state != RunState.SUCCEEDED:
+                raise InvalidArgument(
+                    f"spec.reward_model: run {source.id} is not a finished reward-model run "
+                    f"({source.spec.algorithm or 'no algorithm'}, {source.state.label})",
+                    field="spec.reward_model",
+                )
+            reward_model = source.output_dir
+        elif reward_model and self.executor.name == "local" and not Path(reward_model).exists():
+            raise InvalidArgument(
+                f"spec.reward_model: {reward_model} is neither a run id nor a model folder",
+                field="spec.reward_model",
+            )
+        if self.executor.name == "local":  # the worker runs in the run folder: paths as the service sees them
+            if base_model != "embedded":
+                base_model = str(Path(base_model).expanduser().resolve())
+            if reward_model:
+                reward_model = str(Path(reward_model).expanduser().resolve())
+            if data.files is not None:
+                paths = [str(Path(p).expanduser().resolve()) for p in data.files.paths]
+                data = replace(data, files=FileSource(paths=paths))
+        if data.label_stream is not None and not data.label_stream.address:
+            if not self.settings.review_address:
+                raise InvalidArgument(
+                    "spec.data.label_stream.address: name the review service (or set trainer.review_address)",
+                    field="spec.data.label_stream.address",
+                )
+            stream: LabelStreamSource = replace(data.label_stream, address=self.settings.review_address)
+            data = replace(data, label_stream=stream)
+        return replace(spec, reward_model=reward_model, base_model=base_model, data=data)

@@ -1,0 +1,163 @@
+"""A training run as the trainer's domain sees it: plain dataclasses for the spec, the run and its events.
+
+They mirror `charter.trainer.v1` (`proto/charter/trainer/v1/trainer.proto`) field for field;
+`charter.api.trainer` converts between the two, so nothing below the API layer touches protobuf.
+Enumerations become plain values: the algorithm and the executor are names (`"dpo"`, `"local"`; `""`
+when unset), a run's state is `RunState` (numbered as the proto's `RunState`, which is also what the
+run store's `state` column holds), a label filter's sources are the review proto's enum names.
+Timestamps are seconds since the epoch (None: unset).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+ALGORITHMS = ("sft", "reward-model", "dpo", "ppo", "grpo", "rloo")
+"""Every algorithm a run can train, by name."""
+EXECUTORS = ("local", "kubernetes")
+
+
+class RunState(enum.IntEnum):
+    UNSPECIFIED = 0
+    PENDING = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def label(self) -> str:
+        """The lower-case name users see: pending, running, succeeded, failed, cancelled."""
+        return self.name.lower()
+
+
+TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+ACTIVE = frozenset({RunState.PENDING, RunState.RUNNING})
+
+
+@dataclass
+class LabelFilter:
+    constitution_id: str = ""
+    principle_ids: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    """Names of `charter.review.v1.LabelSource` values."""
+    min_confidence: float | None = None
+
+
+@dataclass
+class LabelStreamSource:
+    address: str = ""
+    from_cursor: int = 0
+    to_cursor: int | None = None
+    filter: LabelFilter | None = None
+
+
+@dataclass
+class FileSource:
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataSource:
+    label_stream: LabelStreamSource | None = None
+    files: FileSource | None = None
+    """At most one of `label_stream` and `files` is set."""
+    eval_fraction: float = 0.0
+
+    @property
+    def kind(self) -> str | None:
+        """ "label_stream", "files", or None when no source is set."""
+        if self.label_stream is not None:
+            return "label_stream"
+        return "files" if self.files is not None else None
+
+
+@dataclass
+class Resources:
+    gpus: int = 0
+    processes: int = 0
+    cpu: str = ""
+    memory: str = ""
+
+
+@dataclass
+class RunSpec:
+    name: str = ""
+    algorithm: str = ""
+    """One of `ALGORITHMS`; "" (unset) or any other value fails the spec's check."""
+    base_model: str = ""
+    data: DataSource = field(default_factory=DataSource)
+    reward_model: str = ""
+    hyperparameters: dict[str, Any] | None = None
+    """JSON values as the spec gave them (numbers are floats, as in a protobuf Struct); None: unset."""
+    executor: str = ""
+    """"local", "kubernetes", or "" (whichever the service runs)."""
+    resources: Resources = field(default_factory=Resources)
+    seed: int = 0
+
+
+@dataclass
+class Run:
+    id: str
+    spec: RunSpec = field(default_factory=RunSpec)
+    state: RunState = RunState.UNSPECIFIED
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: str = ""
+    cursor_start: int | None = None
+    cursor_end: int | None = None
+    last_checkpoint: str = ""
+    step: int = 0
+    total_steps: int = 0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    output_dir: str = ""
+    job_name: str = ""
+    attempt: int = 0
+    rows: int = 0
+
+
+@dataclass(frozen=True)
+class MetricsEvent:
+    step: int = 0
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointEvent:
+    step: int = 0
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    state: RunState
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DataEvent:
+    cursor_start: int = 0
+    cursor_end: int = 0
+    rows: int = 0
+    labels_read: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    level: str = ""
+    message: str = ""
+
+
+EventKind = MetricsEvent | CheckpointEvent | StateEvent | DataEvent | LogEvent
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    run_id: str
+    sequence: int
+    time: float
+    kind: EventKind
