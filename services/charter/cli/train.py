@@ -9,9 +9,7 @@ interrupt only stops watching. Either way the run's curves are written as a PNG 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,24 +20,14 @@ from charter_proto.trainer.v1 import trainer_pb2 as tp
 from charter_proto.trainer.v1 import trainer_pb2_grpc
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
+from charter.api import trainer as convert
+from charter.cli.trainer_stub import trainer_reader, trainer_stub
 from charter.core.errors import InvalidArgument
-from charter.core.settings import CharterSettings, load_settings
-from charter.trainer.spec import ALGORITHMS
+from charter.core.settings import load_settings
+from charter.trainer.curves import plot_curves, summary
 
 app = typer.Typer(help="Training runs: list, watch, plot, cancel, resume.", no_args_is_help=True)
-_ALGORITHM_ENUM = {name: value for value, name in ALGORITHMS.items()}
 _TERMINAL = (tp.RUN_STATE_SUCCEEDED, tp.RUN_STATE_FAILED, tp.RUN_STATE_CANCELLED)
-# the curves drawn, in order; the first of each group that the run logged (TRL and Charter's PPO
-# name some of them differently)
-CURVES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("loss", ("loss",)),
-    ("reward", ("reward_mean", "reward", "rewards/chosen", "mean_reward")),
-    ("KL", ("kl", "objective/kl")),
-    ("margin", ("rewards/margins", "margin")),
-    ("accuracy", ("accuracy", "rewards/accuracies")),
-    ("eval loss", ("eval_loss",)),
-    ("learning rate", ("learning_rate",)),
-)
 Address = Annotated[
     str | None,
     typer.Option(help="host:port of a running trainer service (default: start one in this command)."),
@@ -60,8 +48,8 @@ def load_spec(path: Path) -> tp.RunSpec:
     if not isinstance(data, dict):
         raise InvalidArgument(f"{path}: expected a mapping (name, algorithm, base_model, data, ...)")
     algorithm = data.get("algorithm")
-    if isinstance(algorithm, str) and algorithm.lower() in _ALGORITHM_ENUM:
-        data["algorithm"] = _ALGORITHM_ENUM[algorithm.lower()]
+    if isinstance(algorithm, str) and algorithm.lower() in convert.ALGORITHM_VALUES:
+        data["algorithm"] = convert.ALGORITHM_VALUES[algorithm.lower()]
     stream = (data.get("data") or {}).get("label_stream") or {}
     for key in ("from_cursor", "to_cursor"):
         if isinstance(stream.get(key), int):
@@ -82,90 +70,18 @@ def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
-class _StoreReader:
-    """GetRun/ListRuns/WatchRun (history only) straight from the local run store: read-only commands
-    without --address start no service (which would adopt and launch runs)."""
-
-    def __init__(self, settings: CharterSettings) -> None:
-        from charter.trainer.store import RunStore
-
-        self.store = RunStore(settings.trainer.database_url.get_secret_value())
-
-    async def GetRun(self, request: tp.GetRunRequest, metadata: Any = None) -> tp.GetRunResponse:
-        return tp.GetRunResponse(run=self.store.get(request.run_id))
-
-    async def ListRuns(self, request: tp.ListRunsRequest, metadata: Any = None) -> tp.ListRunsResponse:
-        runs, token = self.store.list(list(request.states), request.page_size, request.page_token)
-        return tp.ListRunsResponse(runs=runs, next_page_token=token)
-
-    async def WatchRun(
-        self, request: tp.WatchRunRequest, metadata: Any = None
-    ) -> AsyncIterator[tp.WatchRunResponse]:
-        after = request.after_sequence
-        while batch := self.store.events(request.run_id, after):
-            for event in batch:
-                yield tp.WatchRunResponse(event=event)
-            after = batch[-1].sequence
-
-
-@contextlib.asynccontextmanager
-async def _reader(address: str | None, settings: CharterSettings) -> AsyncIterator[Any]:
-    if address is not None:
-        async with _service(address, settings) as stub:
-            yield stub
-        return
-    reader = _StoreReader(settings)
-    try:
-        yield reader
-    finally:
-        reader.store.close()
-
-
-@contextlib.asynccontextmanager
-async def _service(
-    address: str | None, settings: CharterSettings
-) -> AsyncIterator[trainer_pb2_grpc.TrainerServiceStub]:
-    """A stub for `address`, or for a trainer service started here on a free local port."""
-    server = None
-    if address is None:
-        from charter.core.catalog import SERVICES
-        from charter.core.server import CharterServer
-        from charter.core.settings import ServerSettings
-
-        server = CharterServer(
-            ServerSettings(host="127.0.0.1", port=0, metrics_port=None, drain_seconds=0),
-            [SERVICES["trainer"].registration_for_settings(settings)],
-        )
-        address = f"127.0.0.1:{await server.start()}"
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            yield trainer_pb2_grpc.TrainerServiceStub(channel)
-    finally:
-        if server is not None:
-            await server.stop(0)
-
-
 def _rpc_error(err: grpc.aio.AioRpcError) -> typer.Exit:
     typer.echo(f"error: {err.code().name}: {err.details()}", err=True)
     return typer.Exit(1)
 
 
 def describe(run: tp.Run) -> str:
-    algorithm = ALGORITHMS.get(run.spec.algorithm, "?")
-    state = tp.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
+    algorithm = convert.ALGORITHM_NAMES.get(run.spec.algorithm, "?")
+    state = convert.state_label(run.state)
     line = f"{run.id}  {state:<9}  {algorithm:<12}  step {run.step}/{run.total_steps or '?'}  {run.spec.name}"
     if run.reason:
         line += f"  ({run.reason})"
     return line
-
-
-def _summary(values: dict[str, float]) -> str:
-    shown = []
-    for label, keys in CURVES:
-        key = next((k for k in keys if k in values), None)
-        if key is not None:
-            shown.append(f"{label} {values[key]:.4g}")
-    return "  ".join(shown)
 
 
 async def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str, metadata: Any) -> list[tp.RunEvent]:
@@ -188,16 +104,16 @@ async def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str, metada
             history.append(event)
             kind = event.WhichOneof("kind")
             if kind == "metrics":
-                summary = _summary(dict(event.metrics.values))
+                line = summary(dict(event.metrics.values))
                 if not run.total_steps:
                     run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
                 progress.update(
-                    task, completed=event.metrics.step, total=run.total_steps or None, metrics=summary
+                    task, completed=event.metrics.step, total=run.total_steps or None, metrics=line
                 )
-                if not live and summary:
-                    console.print(f"step {event.metrics.step}: {summary}", highlight=False)
+                if not live and line:
+                    console.print(f"step {event.metrics.step}: {line}", highlight=False)
             elif kind == "state":
-                name = tp.RunState.Name(event.state.state).removeprefix("RUN_STATE_").lower()
+                name = convert.state_label(event.state.state)
                 console.print(
                     f"{run_id}: {name}" + (f" — {event.state.reason}" if event.state.reason else "")
                 )
@@ -218,40 +134,9 @@ async def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str, metada
     return history
 
 
-def plot_curves(events: list[tp.RunEvent], title: str, out: Path) -> Path | None:
-    """The run's curves (loss, reward, KL, …: whichever it logged) as a PNG; None if it logged none."""
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    for event in events:
-        if event.WhichOneof("kind") != "metrics":
-            continue
-        values = event.metrics.values
-        if "train_runtime" in values:  # the trainer's end-of-run summary, not a step
-            continue
-        for label, keys in CURVES:
-            key = next((k for k in keys if k in values), None)
-            if key is not None:
-                steps, ys = series.setdefault(label, ([], []))
-                steps.append(event.metrics.step)
-                ys.append(values[key])
-    if not series:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.2), squeeze=False)
-    for ax, (label, (steps, ys)) in zip(axes[0], series.items(), strict=True):
-        ax.plot(steps, ys, marker="." if len(steps) < 40 else None)
-        ax.set_title(label)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+def _curves(events: list[tp.RunEvent], title: str, out: Path) -> Path | None:
+    metrics = [(e.metrics.step, dict(e.metrics.values)) for e in events if e.WhichOneof("kind") == "metrics"]
+    return plot_curves(metrics, title, out)
 
 
 async def _history(
@@ -261,7 +146,7 @@ async def _history(
 
 
 def _finish(run: tp.Run, events: list[tp.RunEvent], plot: Path | None) -> None:
-    out = plot_curves(events, f"{run.spec.name} ({run.id})", plot or Path(f"{run.id}-curves.png"))
+    out = _curves(events, f"{run.spec.name} ({run.id})", plot or Path(f"{run.id}-curves.png"))
     typer.echo(describe(run))
     if out is not None:
         typer.echo(f"curves: {out}")
@@ -307,7 +192,7 @@ def train(
         assert task is not None
         # SIGTERM (a job scheduler, `timeout`) ends the command like Ctrl-C: the run is cancelled below
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        async with _service(address, settings) as stub:
+        async with trainer_stub(address, settings) as stub:
             try:
                 response = await stub.StartRun(
                     tp.StartRunRequest(spec=run_spec, idempotency_key=idempotency_key), metadata=metadata
@@ -355,7 +240,7 @@ def list_runs(
         states.append(tp.RunState.Value(key))
 
     async def go() -> None:
-        async with _reader(address, load_settings(config)) as stub:
+        async with trainer_reader(address, load_settings(config)) as stub:
             response = await stub.ListRuns(
                 tp.ListRunsRequest(page_size=limit, states=states), metadata=_metadata(token)
             )
@@ -371,7 +256,7 @@ def get(run_id: str, address: Address = None, token: Token = None, config: Confi
     import json
 
     async def go() -> None:
-        async with _reader(address, load_settings(config)) as stub:
+        async with trainer_reader(address, load_settings(config)) as stub:
             try:
                 run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=_metadata(token))).run
             except grpc.aio.AioRpcError as err:
@@ -394,7 +279,7 @@ def watch(
     """Follow a run's progress live (from its first event) and write its curves when it ends."""
 
     async def go() -> None:
-        async with _service(address, load_settings(config)) as stub:
+        async with trainer_stub(address, load_settings(config)) as stub:
             metadata = _metadata(token)
             try:
                 events = await _follow(stub, run_id, metadata)
@@ -414,7 +299,7 @@ def cancel(
     """Cancel a pending or running run."""
 
     async def go() -> None:
-        async with _service(address, load_settings(config)) as stub:
+        async with trainer_stub(address, load_settings(config)) as stub:
             try:
                 run = (
                     await stub.CancelRun(
@@ -438,7 +323,7 @@ def resume(
     """Resume a failed or cancelled run from its last checkpoint, on the same data."""
 
     async def go() -> None:
-        async with _service(address, load_settings(config)) as stub:
+        async with trainer_stub(address, load_settings(config)) as stub:
             metadata = _metadata(token)
             try:
                 run = (await stub.ResumeRun(tp.ResumeRunRequest(run_id=run_id), metadata=metadata)).run
@@ -467,7 +352,7 @@ def plot(
     """Write a run's curves (loss, reward, KL, …) as a PNG."""
 
     async def go() -> None:
-        async with _reader(address, load_settings(config)) as stub:
+        async with trainer_reader(address, load_settings(config)) as stub:
             metadata = _metadata(token)
             try:
                 run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
@@ -476,7 +361,7 @@ def plot(
                 raise _rpc_error(err) from None
             if run.state not in _TERMINAL:
                 raise InvalidArgument(f"run {run_id} is still going: use `charter runs watch {run_id}`")
-            written = plot_curves(events, f"{run.spec.name} ({run.id})", out or Path(f"{run.id}-curves.png"))
+            written = _curves(events, f"{run.spec.name} ({run.id})", out or Path(f"{run.id}-curves.png"))
             typer.echo(str(written) if written else "the run logged no metrics", err=written is None)
 
     asyncio.run(go())
