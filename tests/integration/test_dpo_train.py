@@ -11,6 +11,7 @@ import torch
 from charter.trainer.data import from_files
 from charter.trainer.dpo import dpo_dataset, orient
 
+from tests.support import tiny
 from tests.support.hh import HH_DEV
 
 pytestmark = pytest.mark.integration
@@ -29,20 +30,13 @@ def test_orientation_follows_the_soft_label():
 
 
 def test_dpo_loss_falls_and_the_margin_grows(tmp_path, embedded_model):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    policy = LlamaForCausalLM(config)
+    tokenizer = tiny.tokenizer(embedded_model)
+    policy = LlamaForCausalLM(tiny.llama_config(tokenizer))
     reference = copy.deepcopy(policy)
     reference_before = {k: v.clone() for k, v in reference.state_dict().items()}
     policy_before = {k: v.clone() for k, v in policy.state_dict().items()}

@@ -10,6 +10,7 @@ import torch
 from charter.trainer.data import from_files
 from charter.trainer.reward import SoftRewardTrainer, pairwise_accuracy, reward_dataset, soft_bt_loss
 
+from tests.support import tiny
 from tests.support.hh import HH_DEV
 
 pytestmark = pytest.mark.integration
@@ -30,20 +31,13 @@ def test_soft_loss_is_trls_at_p1_and_is_minimised_at_logit_p():
 
 
 def test_reward_model_trains_on_hh_pairs_and_reports_held_out_accuracy(tmp_path, embedded_model):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
     from trl import RewardConfig
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    model = LlamaForSequenceClassification(config)
+    tokenizer = tiny.tokenizer(embedded_model)
+    model = LlamaForSequenceClassification(tiny.llama_config(tokenizer, num_labels=1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rows = from_files([HH_DEV]).rows[:360]
     train, held_out = rows[:300], rows[300:]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from charter.trainer.data import sft_rows
 
+from tests.support import tiny
 from tests.support.hh import load_pairs
 
 pytestmark = pytest.mark.integration
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def test_sft_on_revisions_lowers_the_loss(tmp_path, embedded_model):
     from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     torch.manual_seed(0)
@@ -31,15 +32,8 @@ def test_sft_on_revisions_lowers_the_loss(tmp_path, embedded_model):
             ]
             f.write(json.dumps({"messages": messages, "key": "k", "sample_index": 0}) + "\n")
     rows = sft_rows([folder])
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
+    tokenizer = tiny.tokenizer(embedded_model)
+    model = LlamaForCausalLM(tiny.llama_config(tokenizer))
     args = SFTConfig(
         output_dir=str(tmp_path / "sft"), max_steps=10, per_device_train_batch_size=4, learning_rate=3e-3,
         max_length=96, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=0,
