@@ -114,7 +114,7 @@ CMD ["serve", "--help"]
 
 # ---------------------------------------------------------------------------------------------------
 # trainer: `charter serve trainer` (it checks run specs with TRL's config classes, which need torch)
-# and the workers it launches as Jobs (`python -m charter.trainer.worker`, `accelerate launch`).
+# and the workers it launches as Jobs (`python -m charter.app.trainer_worker`, `accelerate launch`).
 # torch comes from PyPI with its CUDA 13 libraries as wheels (nvidia-*), so the image needs no CUDA
 # base: the node's driver (>= 580) is mounted by the NVIDIA container runtime. The dev overlay also
 # runs its CPU engines (generator, critic-reviser, judge: transformers on the embedded model) here.

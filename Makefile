@@ -57,6 +57,7 @@ test-unit: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check services scripts tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/buf lint
 	$(BIN)/hadolint Dockerfile
 

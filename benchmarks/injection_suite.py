@@ -173,8 +173,8 @@ def inject(response: str, attack: Attack, own: Letter) -> tuple[str, str, tuple[
 
 
 def _candidates(path: Path, seed: int) -> Iterator[object]:
+    from charter.datasets.pairs import PairRow, read_pairs
     from charter.judge.prompts import escape
-    from charter.pipelines.pairs import PairRow, read_pairs
 
     for row in read_pairs(path, "hh-rlhf", seed=seed):
         if not isinstance(row, PairRow) or row.human is None:

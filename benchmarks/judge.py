@@ -72,7 +72,7 @@ _BARE = re.compile(
 # ---- workload --------------------------------------------------------------------------------------
 def load_rows(count: int) -> list[Any]:
     """The first `count` usable hh-rlhf dev pairs (they parse, differ, and fit the context)."""
-    from charter.pipelines.pairs import PairRow, read_pairs
+    from charter.datasets.pairs import PairRow, read_pairs
 
     rows = []
     for row in read_pairs(HH, "hh-rlhf", seed=SEED):

@@ -33,8 +33,8 @@ HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test-dev.jsonl
 
 def raw_loop(llm: Any, constitution: Any, rows: list[Any]) -> tuple[float, int]:
     """The three steps as batched `LLM.chat` calls, prompts built exactly as Charter builds them."""
+    from charter.constitution.sampling import rng_for, sample
     from charter.critic import prompts
-    from charter.critic.sampling import rng_for, sample
     from vllm import SamplingParams
 
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.7, top_p=0.95, seed=SEED)
@@ -90,9 +90,9 @@ def charter_run(engine: Any, settings: Any, output: Path) -> tuple[float, int, i
 def main() -> None:
     from charter.constitution import load_constitution
     from charter.core.settings import load_settings
+    from charter.datasets.sources import PromptRow, read_rows
     from charter.inference.models import EMBEDDED_NAME, prepare
     from charter.inference.vllm_engine import VllmEngine
-    from charter.pipelines.sources import PromptRow, read_rows
     from engines import machine  # the same machine/version block as the engines benchmark
 
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3

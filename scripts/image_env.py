@@ -25,7 +25,7 @@ the very torch version the lock pins is put into the venv first (from this machi
 download). The rest of the lock, Charter's wheel with the trainer extras and `pip check` run as in
 the image, then the embedded model's wheel from its own lock. Then: the trainer worker's and TRL's
 imports, TRL's config class for every algorithm (what StartRun checks), `python -m
-charter.trainer.worker --help`, `accelerate launch --help`, `charter serve trainer` answering the
+charter.app.trainer_worker --help`, `accelerate launch --help`, `charter serve trainer` answering the
 health check, and the dev overlay's engine on it: `embedded_gguf()` finds the GGUF file in the venv,
 `charter models prepare` converts it (into a scratch HOME), and `charter generate` answers from it with
 the transformers engine.
@@ -563,7 +563,7 @@ def lay_out_runtime(sandbox: Sandbox, df: Dockerfile, target: str, env_stage: st
 
 _PROBE = r"""
 import dis, importlib, json, sys
-from charter.core.catalog import SERVICES
+from charter.app.catalog import SERVICES
 modules = {}
 for name, spec in SERVICES.items():
     code = dis.get_instructions(spec.build) if spec.build else []
@@ -583,7 +583,7 @@ _TRL_PROBE = r"""
 import json, sys, tempfile, torch
 from charter.trainer.spec import ALGORITHMS, trl_config
 built = {}
-for algorithm in ALGORITHMS.values():
+for algorithm in ALGORITHMS:
     with tempfile.TemporaryDirectory() as tmp:
         built[algorithm] = type(trl_config(algorithm, {}, output_dir=tmp, seed=0, use_cpu=True)).__name__
 print(json.dumps({"configs": built, "torch": torch.__version__}))
@@ -833,7 +833,7 @@ def check_trainer(sandbox: Sandbox, facts: ImageFacts) -> dict:
                    before_run={target.env_stage: cpu_torch})  # fmt: skip
     runtime = lay_out_runtime(sandbox, facts.dockerfile, target.name, target.env_stage)
     modules = [
-        "charter.trainer.worker",
+        "charter.app.trainer_worker",
         "charter.trainer.kubernetes",
         "charter.trainer.ppo",
         "charter.trainer.reward",
@@ -848,8 +848,8 @@ def check_trainer(sandbox: Sandbox, facts: ImageFacts) -> dict:
         raise ImageEnvError(f"torch {trl['torch']} in the trainer env, expected {pin}")
     _run(
         runtime,
-        ["python", "-m", "charter.trainer.worker", "--help"],
-        "python -m charter.trainer.worker --help",
+        ["python", "-m", "charter.app.trainer_worker", "--help"],
+        "python -m charter.app.trainer_worker --help",
     )
     _run(runtime, ["accelerate", "launch", "--help"], "accelerate launch --help")
     embedded = check_embedded(sandbox, runtime)

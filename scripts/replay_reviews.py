@@ -17,9 +17,9 @@ from pathlib import Path
 
 from charter.core.settings import load_settings
 from charter.review.store import Ledger
-from charter_proto.review.v1 import review_pb2
+from charter.review.types import HumanChoice
 
-CHOICES = {"A": review_pb2.HUMAN_CHOICE_A, "B": review_pb2.HUMAN_CHOICE_B}
+CHOICES = {"A": HumanChoice.A, "B": HumanChoice.B}
 
 
 def human_choices(records: Path) -> dict[str, str]:
@@ -51,7 +51,7 @@ def main() -> None:
             item = ledger.claim(args.reviewer).item
             if item is None or item.item_id in handed_back:
                 break
-            choice = choices.get(item.label.id)
+            choice = choices.get(item.item_id)
             if choice is None:
                 ledger.release(args.reviewer, item.item_id, item.lease_id)
                 handed_back.append(item.item_id)

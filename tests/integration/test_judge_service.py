@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from charter.core import convert
-from charter.core.catalog import SERVICES, Resources
+from charter.api import common as convert
+from charter.app.catalog import SERVICES, Resources
 from charter.core.server import CharterServer
 from charter.core.settings import ServerSettings, load_settings
+from charter.datasets.pairs import PairRow, read_pairs
 from charter.inference.types import Message
-from charter.pipelines.pairs import PairRow, read_pairs
 from charter_proto.common.v1 import label_pb2
 from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
 

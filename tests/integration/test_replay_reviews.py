@@ -13,7 +13,7 @@ from charter.review.store import Ledger
 from charter_proto.common.v1 import label_pb2
 
 from tests.support import ROOT, subprocess_env
-from tests.support.review import hh_labels
+from tests.support.review import hh_labels, submit
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def test_queued_labels_are_decided_by_the_source_preference(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'review.db'}"
     labels = hh_labels(6, confidence=0.1)  # all below accept_confidence: queued for people
     ledger = Ledger(url, RoutingSettings(audit_rate=0.0))
-    ledger.submit(labels)
+    submit(ledger, labels)
     ledger.close()
     records = tmp_path / "records.jsonl"
     prefs = {labels[0].id: "A", labels[1].id: "B", labels[2].id: "B", labels[3].id: "A", labels[4].id: "A"}
@@ -40,6 +40,6 @@ def test_queued_labels_are_decided_by_the_source_preference(tmp_path: Path):
     ledger = Ledger(url, RoutingSettings(audit_rate=0.0))
     page = ledger.accepted_after(0, None, 100)
     ledger.close()
-    choices = {a.label.id: a.choice for a in page.labels}
+    choices = {a.label_id: a.choice for a in page.labels}
     expected = {i: label_pb2.CHOICE_A if p == "A" else label_pb2.CHOICE_B for i, p in prefs.items()}
     assert choices == expected  # the human decision, not the AI's, and the unlabelled one still queued

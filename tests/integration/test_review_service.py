@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from charter.core.catalog import SERVICES
+from charter.app.catalog import SERVICES
 from charter.core.server import CharterServer
 from charter.core.settings import ServerSettings, load_settings
 from charter_proto.review.v1 import review_pb2 as rv

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from charter.core.catalog import SERVICES
+from charter.app.catalog import SERVICES
 from charter.core.server import CharterServer
 from charter.core.settings import ServerSettings
 from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc

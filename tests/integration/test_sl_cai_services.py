@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from charter.core import convert
-from charter.core.catalog import SERVICES, Resources
+from charter.api import common as convert
+from charter.app.catalog import SERVICES, Resources
 from charter.core.server import CharterServer
 from charter.core.settings import ServerSettings, load_settings
 from charter.inference.types import Message

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from charter.core.catalog import SERVICES
+from charter.app.catalog import SERVICES
 from charter.core.logging import configure_logging
 from charter.core.server import CharterServer
 from charter.core.settings import LoggingSettings, ServerSettings

@@ -6,11 +6,11 @@ import collections
 
 import pytest
 from charter.constitution import load_constitution, parse_constitution
+from charter.constitution.sampling import eligible, rng_for, sample
 from charter.core.errors import InvalidArgument, Unavailable
 from charter.critic import prompts
 from charter.critic.quality import StepStatus, classify
 from charter.critic.rounds import critique_revise
-from charter.critic.sampling import eligible, rng_for, sample
 from charter.inference.types import Message, Sampling
 
 from tests.support import CONSTITUTIONS

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from charter.core.errors import InvalidArgument, NotFound
-from charter.pipelines.pairs import PairRow, detect_pairs, pair_key, read_pairs
-from charter.pipelines.sources import RowError
+from charter.datasets.pairs import PairRow, detect_pairs, pair_key, read_pairs
+from charter.datasets.sources import RowError
 
 from tests.support import SHARED_DATA
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from charter.core.catalog import SERVICES
+from charter.app.catalog import SERVICES
 
 from tests.support import ROOT, tool
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from charter.core.errors import NotFound
-from charter.pipelines.sources import PromptRow, RowError, detect, hh_human_turns, read_rows
+from charter.datasets.sources import PromptRow, RowError, detect, hh_human_turns, read_rows
 
 
 def test_csv_with_a_prompt_column_and_a_bad_row(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def judge(
 ) -> None:
     """Agreement with the human choice (95% CI), swap-consistent agreement, position consistency,
     calibration (ECE, reliability diagram), agreement per principle, and labels/s."""
-    from charter.judge.evaluate import EvalOptions, evaluate
+    from charter.evaluation.judge import EvalOptions, evaluate
     from charter.judge.metrics import format_table
 
     inference: dict[str, Any] = {

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from charter.core.catalog import SERVICES, Resources, service_spec
+from charter.app.catalog import SERVICES, Resources, service_spec
 from charter.core.logging import configure_logging
 from charter.core.server import CharterServer
 from charter.core.settings import load_settings

@@ -1,5 +1,6 @@
-"""The server interceptor every Charter service runs: one log line and metrics per RPC, request ids,
-deadlines, and the single place where exceptions become gRPC status codes.
+"""The server interceptor every Charter service runs: who may call (the service's `AccessPolicy`),
+one log line and metrics per RPC, request ids, deadlines, and the single place where exceptions
+become gRPC status codes.
 
 Servicers stay thin: they raise `CharterError` subclasses (or let pydantic's `ValidationError`
 escape) and never call `context.abort` for ordinary errors.
@@ -21,6 +22,7 @@ from grpc import aio
 from pydantic import ValidationError
 
 from charter.core import metrics
+from charter.core.auth import AccessPolicy
 from charter.core.errors import CharterError
 
 log = structlog.get_logger("charter.rpc")
@@ -50,12 +52,26 @@ class _Call:
         self.service, self.method, self.context = service, method, context
         metadata = dict(context.invocation_metadata() or ())
         self.request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
+        self.authorization = metadata.get("authorization")
         # read now: grpcio's aio context.peer() segfaults once a client has cancelled a stream mid-send
         self.peer = context.peer()
         self.sent = 0
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
         self.error: str | None = None
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, policy: AccessPolicy | None) -> AsyncIterator[None]:
+        """Check the caller against `policy` (raises UNAUTHENTICATED / PERMISSION_DENIED) and make
+        it `current_principal()` while the handler runs."""
+        if policy is None:
+            yield
+            return
+        token = policy.bind(policy.admit(self.method, self.authorization))
+        try:
+            yield
+        finally:
+            policy.unbind(token)
 
     def deadline(self) -> contextlib.AbstractAsyncContextManager[Any]:
         remaining = self.context.time_remaining()
@@ -110,11 +126,13 @@ class _Call:
             self._bound.__exit__(exc_type, exc, tb)
 
 
-def _wrap_unary(service: str, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+def _wrap_unary(
+    service: str, method: str, behavior: Callable[..., Awaitable[Any]], policy: AccessPolicy | None
+) -> Callable[..., Any]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         with _Call(service, method, context) as call:
             try:
-                async with call.deadline():
+                async with call.admitted(policy), call.deadline():
                     response = behavior(request, context)
                     if inspect.isawaitable(response):
                         response = await response
@@ -127,13 +145,13 @@ def _wrap_unary(service: str, method: str, behavior: Callable[..., Awaitable[Any
 
 
 def _wrap_stream(
-    service: str, method: str, behavior: Callable[..., AsyncIterator[Any]]
+    service: str, method: str, behavior: Callable[..., AsyncIterator[Any]], policy: AccessPolicy | None
 ) -> Callable[..., Any]:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
         with _Call(service, method, context) as call:
             counter = metrics.RPC_MESSAGES_SENT.labels(service, method)
             try:
-                async with call.deadline():
+                async with call.admitted(policy), call.deadline():
                     responses = behavior(request, context)
                     if not hasattr(responses, "__aiter__"):  # a plain generator (or a sync base method)
                         responses = _aiter(responses)
@@ -153,7 +171,11 @@ async def _aiter(items: Any) -> AsyncIterator[Any]:
 
 
 class ServerInterceptor(aio.ServerInterceptor):
-    """Applied to Charter's own services; health and reflection (`/grpc.*`) pass through untouched."""
+    """Applied to Charter's own services; health and reflection (`/grpc.*`) pass through untouched.
+    `policies`: each service's access policy by full service name (a service without one is open)."""
+
+    def __init__(self, policies: dict[str, AccessPolicy] | None = None) -> None:
+        self.policies = policies or {}
 
     async def intercept_service(
         self,
@@ -175,10 +197,13 @@ class ServerInterceptor(aio.ServerInterceptor):
             behavior = getattr(handler, attr)
             if behavior is None:
                 continue
+            policy = self.policies.get(service)
             if wrap is _wrap_stream and inspect.iscoroutinefunction(behavior):
+                if policy is not None and not policy.open:
+                    raise TypeError(f"{full}: a servicer writing with context.write() bypasses auth")
                 return handler  # a servicer that writes with context.write(): leave it alone
             return make(
-                wrap(service, method, behavior),
+                wrap(service, method, behavior, policy),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from charter import __version__
+from charter.core.auth import AccessPolicy
+from charter.core.errors import FailedPrecondition
 from charter.core.interceptors import ServerInterceptor
 from charter.core.metrics import MetricsEndpoint
 from charter.core.settings import ServerSettings
@@ -49,6 +52,8 @@ class Registration:
     name: str
     add_to_server: Callable[[aio.Server], None]
     lifecycle: Lifecycle | None = None
+    access: AccessPolicy | None = None
+    """Who may call it (None: anyone — tests' bare servicers)."""
 
 
 @dataclass
@@ -67,9 +72,11 @@ class CharterServer:
 
     async def start(self) -> int:
         """Bind and start; returns the gRPC port (useful with port 0)."""
+        self._check_access()
         limit = self.settings.max_message_mb * 1024 * 1024
+        policies = {r.name: r.access for r in self.services if r.access is not None}
         server = aio.server(
-            interceptors=[ServerInterceptor()],
+            interceptors=[ServerInterceptor(policies)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -105,6 +112,23 @@ class CharterServer:
             version=__version__,
         )
         return self.port
+
+    def _check_access(self) -> None:
+        """A service open to anyone on an address other hosts can reach: refused when its policy
+        says so (the trainer runs code from its callers' specs), otherwise a loud warning."""
+        if is_loopback(self.settings.host):
+            return
+        for r in self.services:
+            if r.access is None or not r.access.open:
+                continue
+            where = f"{self.settings.host}:{self.settings.port}"
+            if r.access.require_tokens_off_loopback:
+                raise FailedPrecondition(
+                    f"{r.name} would accept every call on {where}: configure tokens (its `tokens` or "
+                    "`tokens_file` setting), bind it to 127.0.0.1, or set allow_unauthenticated: true"
+                )
+            log.warning("server.unauthenticated", service=r.name, address=where,
+                        hint="anyone who can reach this address may call it: configure tokens")  # fmt: skip
 
     async def set_serving(self, name: str, serving: bool) -> None:
         """Flip one service's health, e.g. to NOT_SERVING when its backend (engine, database) is dead."""
@@ -149,3 +173,13 @@ class CharterServer:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

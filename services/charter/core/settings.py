@@ -95,18 +95,35 @@ class InferenceSettings(_Section):
     openai: OpenAISettings = OpenAISettings()
 
 
-class GeneratorSettings(_Section):
+class ReviewerToken(_Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+    role: Literal["reviewer", "admin", "service"]
+    """reviewer: claim and decide; service: submit and stream labels; admin: everything."""
+    token: SecretStr
+
+
+class _Guarded(_Section):
+    """A service that checks bearer tokens when any are configured (role `service` or `admin`)."""
+
+    tokens: list[ReviewerToken] = []
+    """Who may call the service; also read from `tokens_file`. With none at all the service is open:
+    bind it to localhost or to a network only trusted callers reach, or set tokens."""
+    tokens_file: Path | None = None
+    """A YAML list of {name, role, token} (e.g. a mounted Kubernetes Secret), re-read when it changes."""
+
+
+class GeneratorSettings(_Guarded):
     default_max_tokens: int = Field(default=256, ge=1)
     """New tokens when a request leaves sampling.max_tokens unset."""
 
 
-class CriticSettings(_Section):
+class CriticSettings(_Guarded):
     default_max_tokens: int = Field(default=256, ge=1)
     few_shot_limit: int | None = Field(default=None, ge=0)
     """Few-shot conversations prepended to each critique (unset = all the constitution has)."""
 
 
-class JudgeSettings(_Section):
+class JudgeSettings(_Guarded):
     tie_margin: float = Field(default=0.0, ge=0.0, lt=0.5)
     """|p_a - 0.5| at or below this is a tie, unless the request sets its own margin."""
     few_shot_limit: int | None = Field(default=None, ge=0)
@@ -130,13 +147,6 @@ class RoutingSettings(_Section):
     audit_seed: str = Field(default="charter", min_length=1, max_length=64)
     overlap: int = Field(default=1, ge=1, le=16)
     """Reviewers who decide each queued item (2+ gives human-human agreement)."""
-
-
-class ReviewerToken(_Section):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
-    role: Literal["reviewer", "admin", "service"]
-    """reviewer: claim and decide; service: submit and stream labels; admin: everything."""
-    token: SecretStr
 
 
 class ReviewSettings(_Section):
@@ -204,8 +214,11 @@ class TrainerSettings(_Section):
     review_token_file: Path | None = None
     tokens: list[ReviewerToken] = []
     """Who may call the trainer service (role service or admin); also `tokens_file`. With none at all
-    the service is open: bind it to localhost (the embedded default) or set tokens."""
+    the service is open: it then refuses to start on a non-loopback address unless
+    `allow_unauthenticated` is set (a run spec makes it train, write files and start processes)."""
     tokens_file: Path | None = None
+    allow_unauthenticated: bool = False
+    """Serve on a non-loopback address with no tokens (only where the network itself keeps callers out)."""
     worker_threads: int | None = Field(default=None, ge=1, le=1024)
     """torch threads per local worker (default: torch's own choice)."""
     poll_seconds: float = Field(default=0.5, gt=0.0, le=60.0)

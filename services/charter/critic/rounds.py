@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from charter.constitution.sampling import eligible, rng_for, sample
 from charter.constitution.schema import Constitution, Principle
 from charter.core.errors import CharterError, InvalidArgument
 from charter.critic import prompts
 from charter.critic.quality import StepStatus, classify
-from charter.critic.sampling import eligible, rng_for, sample
 from charter.inference.types import ChatRequest, Completion, InferenceClient, Message, Sampling
 
 MAX_ROUNDS = 16

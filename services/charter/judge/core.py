@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from charter.constitution.registry import LoadedConstitution
+from charter.constitution.sampling import eligible, rng_for, sample
 from charter.constitution.schema import Principle
 from charter.core import metrics
 from charter.core.errors import (
@@ -24,7 +25,6 @@ from charter.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from charter.critic.sampling import eligible, rng_for, sample
 from charter.inference.types import (
     ChatRequest,
     InferenceClient,

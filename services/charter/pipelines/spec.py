@@ -11,9 +11,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from charter.core.errors import InvalidArgument, NotFound, one_line
+from charter.datasets.pairs import PairFormat
+from charter.datasets.sources import Format
 from charter.inference.types import Sampling
-from charter.pipelines.pairs import PairFormat
-from charter.pipelines.sources import Format
 
 
 class _Strict(BaseModel):
@@ -49,6 +49,12 @@ class ServicesSpec(_Strict):
     """Deadline of one batch call."""
     retries: int = Field(default=5, ge=0, le=100)
     backoff_seconds: float = Field(default=1.0, gt=0.0, le=300.0)
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for a `charter.client` client: deadline and retrying."""
+        return {
+            "timeout": self.timeout_seconds, "retries": self.retries, "backoff_seconds": self.backoff_seconds
+        }  # fmt: skip
 
 
 class InferenceSpec(_Strict):

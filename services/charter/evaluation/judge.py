@@ -22,19 +22,20 @@ from typing import Any
 
 import grpc
 from charter_proto.common.v1 import label_pb2
-from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
+from charter_proto.judge.v1 import judge_pb2
 from google.protobuf.json_format import MessageToDict
 
 from charter import __version__
+from charter.api.judge import STATUS_NAMES
+from charter.app.local import local_services
+from charter.client.judge import JudgeClient
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import CharterSettings
+from charter.datasets.pairs import PairRow, read_pairs
+from charter.datasets.sources import RowError
 from charter.judge import metrics, plots
-from charter.judge.servicer import STATUS_NAMES
-from charter.pipelines.pairs import PairRow, read_pairs
-from charter.pipelines.rl_cai import compare_request
-from charter.pipelines.sources import RowError
 
-# published reference points for HH harmless-base (DESIGN §3), drawn on the per-principle chart
+# published reference points for HH harmless-base (docs/evaluation.md), drawn on the per-principle chart
 REFERENCES = {
     "RLAIF, PaLM 2 L": 0.721,
     "RLAIF, smallest labeler": 0.627,
@@ -96,14 +97,12 @@ async def judge_pairs(
         chain_of_thought=options.chain_of_thought,
     )
     labels: dict[int, label_pb2.PreferenceLabel] = {}
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = judge_pb2_grpc.JudgeServiceStub(channel)
+    async with JudgeClient(address) as judge:
         for start in range(0, len(pairs), options.batch_size):
             batch = pairs[start : start + options.batch_size]
-            request = compare_request(batch, judge_options, f"eval:{batch[0].key}")
             try:
-                async for reply in stub.CompareStream(request):
-                    labels[start + reply.item_index] = reply.label
+                async for i, label in judge.compare_stream(batch, judge_options, f"eval:{batch[0].key}"):
+                    labels[start + i] = label
                     on_progress(1)
             except grpc.aio.AioRpcError as err:
                 error = NotFound if err.code() is grpc.StatusCode.NOT_FOUND else FailedPrecondition
@@ -127,8 +126,6 @@ async def evaluate(
     on_start: Callable[[int], None] = lambda total: None,
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
-    from charter.pipelines.sl_cai import local_server
-
     try:  # the plots come last: fail before an hour of judging, not after
         import matplotlib  # noqa: F401
     except ImportError:
@@ -136,7 +133,7 @@ async def evaluate(
     pairs, errors = load(options)
     on_start(len(pairs))
     context: Any = (
-        contextlib.nullcontext(options.judge) if options.judge else local_server(settings, ("judge",))
+        contextlib.nullcontext(options.judge) if options.judge else local_services(settings, ("judge",))
     )
     async with context as address:
         started = time.perf_counter()

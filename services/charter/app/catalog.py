@@ -1,8 +1,11 @@
-"""The five services Charter runs, by the name `charter serve <name>` takes, and how each is built.
+"""The five services Charter runs, by the name `charter serve <name>` takes: how each is built and
+who may call each RPC.
 
 Services in one process share `Resources`: one engine (one model load) and one constitution
-registry. A service whose issue has not landed yet is served by the generated base servicer, whose
-RPCs answer UNIMPLEMENTED — the process still runs the full bootstrap (health, reflection, metrics).
+registry. `ROLES` is the one method→role table the server interceptor enforces (`core.auth`): the
+review service always checks tokens (with none configured it refuses every call); the others check
+them once any are configured, and the trainer refuses to serve a non-loopback address without them
+unless `trainer.allow_unauthenticated` is set.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from charter_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from grpc import aio
 
 from charter.constitution.registry import ConstitutionRegistry
+from charter.core.auth import AccessPolicy, access_policy
 from charter.core.errors import InvalidArgument
 from charter.core.server import Registration
 from charter.core.settings import CharterSettings
@@ -55,7 +59,7 @@ class Resources:
 
 
 def _generator(resources: Resources) -> Any:
-    from charter.generator.servicer import GeneratorServicer
+    from charter.servicers.generator import GeneratorServicer
 
     return GeneratorServicer(
         resources.engine(), default_max_tokens=resources.settings.generator.default_max_tokens
@@ -63,7 +67,7 @@ def _generator(resources: Resources) -> Any:
 
 
 def _critic(resources: Resources) -> Any:
-    from charter.critic.servicer import CriticReviserServicer
+    from charter.servicers.critic import CriticReviserServicer
 
     s = resources.settings.critic
     return CriticReviserServicer(
@@ -75,19 +79,19 @@ def _critic(resources: Resources) -> Any:
 
 
 def _review(resources: Resources) -> Any:
-    from charter.review.servicer import ReviewServicer
+    from charter.servicers.review import ReviewServicer
 
     return ReviewServicer.from_settings(resources.settings)
 
 
 def _trainer(resources: Resources) -> Any:
-    from charter.trainer.servicer import TrainerServicer
+    from charter.servicers.trainer import TrainerServicer
 
     return TrainerServicer.from_settings(resources.settings)
 
 
 def _judge(resources: Resources) -> Any:
-    from charter.judge.servicer import JudgeServicer
+    from charter.servicers.judge import JudgeServicer
 
     s = resources.settings.judge
     return JudgeServicer(
@@ -100,20 +104,57 @@ def _judge(resources: Resources) -> Any:
     )
 
 
+SERVICE = ("service",)
+REVIEWER = ("reviewer",)
+
+ROLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "generator": {"Generate": SERVICE},
+    "critic-reviser": {"CritiqueRevise": SERVICE, "CritiqueReviseStream": SERVICE},
+    "judge": {"Compare": SERVICE, "CompareStream": SERVICE},
+    "review": {
+        "Submit": SERVICE,
+        "StreamLabels": SERVICE,
+        "Claim": REVIEWER,
+        "Decide": REVIEWER,
+        "Release": REVIEWER,
+        "Stats": ("reviewer", "service"),
+    },
+    "trainer": {
+        name: SERVICE for name in ("StartRun", "WatchRun", "GetRun", "ListRuns", "CancelRun", "ResumeRun")
+    },
+}
+"""Who may call what, by service and method; admin may call everything, a method not listed only admin."""
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
     full_name: str
     add: Callable[[Any, aio.Server], None]
     base_servicer: type
-    build: Callable[[Resources], Any] | None = None
-    """None until the service is implemented: the base servicer answers UNIMPLEMENTED."""
+    build: Callable[[Resources], Any]
+    settings_section: str
+    """The settings section with the service's `tokens` and `tokens_file`."""
     uses_constitutions: bool = False
+    always_authenticate: bool = False
 
-    def registration(self, servicer: Any | None = None) -> Registration:
+    def access(self, settings: CharterSettings) -> AccessPolicy:
+        section = getattr(settings, self.settings_section)
+        return access_policy(
+            ROLES[self.name],
+            section.tokens,
+            section.tokens_file,
+            always=self.always_authenticate,
+            require_tokens_off_loopback=not getattr(section, "allow_unauthenticated", True),
+            service=self.full_name,
+        )
+
+    def registration(self, servicer: Any | None = None, access: AccessPolicy | None = None) -> Registration:
+        """`servicer` (default: the generated base, every RPC UNIMPLEMENTED) served under this
+        service's name, with `access` checked on every call."""
         servicer = servicer if servicer is not None else self.base_servicer()
         lifecycle = servicer if hasattr(servicer, "drain") else None
-        return Registration(self.full_name, lambda server: self.add(servicer, server), lifecycle)
+        return Registration(self.full_name, lambda server: self.add(servicer, server), lifecycle, access)
 
     def registration_for_settings(self, settings: CharterSettings) -> Registration:
         """The service built from `settings` alone (services that need no engine, e.g. review)."""
@@ -122,7 +163,7 @@ class ServiceSpec:
     def registration_for(self, resources: Resources) -> Registration:
         if self.uses_constitutions:
             resources.registry()
-        return self.registration(self.build(resources) if self.build else None)
+        return self.registration(self.build(resources), self.access(resources.settings))
 
 
 def _full_name(module: Any, service: str) -> str:
@@ -138,6 +179,7 @@ SERVICES: dict[str, ServiceSpec] = {
             generator_pb2_grpc.add_GeneratorServiceServicer_to_server,
             generator_pb2_grpc.GeneratorServiceServicer,
             build=_generator,
+            settings_section="generator",
         ),
         ServiceSpec(
             "critic-reviser",
@@ -145,6 +187,7 @@ SERVICES: dict[str, ServiceSpec] = {
             critic_pb2_grpc.add_CriticReviserServiceServicer_to_server,
             critic_pb2_grpc.CriticReviserServiceServicer,
             build=_critic,
+            settings_section="critic",
             uses_constitutions=True,
         ),
         ServiceSpec(
@@ -153,6 +196,7 @@ SERVICES: dict[str, ServiceSpec] = {
             judge_pb2_grpc.add_JudgeServiceServicer_to_server,
             judge_pb2_grpc.JudgeServiceServicer,
             build=_judge,
+            settings_section="judge",
             uses_constitutions=True,
         ),
         ServiceSpec(
@@ -161,6 +205,8 @@ SERVICES: dict[str, ServiceSpec] = {
             review_pb2_grpc.add_ReviewServiceServicer_to_server,
             review_pb2_grpc.ReviewServiceServicer,
             build=_review,
+            settings_section="review",
+            always_authenticate=True,
         ),
         ServiceSpec(
             "trainer",
@@ -168,6 +214,7 @@ SERVICES: dict[str, ServiceSpec] = {
             trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
             trainer_pb2_grpc.TrainerServiceServicer,
             build=_trainer,
+            settings_section="trainer",
         ),
     )
 }

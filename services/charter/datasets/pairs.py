@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from charter.constitution.sampling import rng_for
 from charter.core.errors import InvalidArgument, NotFound
-from charter.critic.sampling import rng_for
+from charter.datasets.sources import RowError, _row_messages, hh_human_turns, text_lines
 from charter.inference.types import Message
-from charter.pipelines.sources import RowError, _row_messages, hh_human_turns, text_lines
 
 PairFormat = Literal["auto", "hh-rlhf", "jsonl", "parquet", "sl-cai"]
 _REPLY = "\n\nAssistant:"

@@ -13,7 +13,7 @@ from typing import Any
 from charter_proto.generator.v1 import generator_pb2, generator_pb2_grpc
 from grpc import aio
 
-from charter.core import convert
+from charter.api import common as convert
 from charter.core.errors import CharterError, InvalidArgument
 from charter.inference.deadlines import as_completed_within
 from charter.inference.types import ChatRequest, ChatResult, InferenceClient

@@ -1,4 +1,4 @@
-"""A training run's worker: `python -m charter.trainer.worker --spec SPEC --run-dir DIR [--resume]`
+"""A training run's worker: `python -m charter.app.trainer_worker --spec SPEC --run-dir DIR [--resume]`
 (under `accelerate launch` for several processes/GPUs).
 
 It reads the run spec, fetches the data once (the review stream over the spec's cursor range, or
@@ -22,16 +22,20 @@ import sys
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from charter_proto.trainer.v1 import trainer_pb2
 from google.protobuf.json_format import Parse, ParseError
 from transformers import TrainerCallback
 
+from charter.api.trainer import spec_from_proto
 from charter.core.errors import CharterError, InvalidArgument
 from charter.trainer import events
 from charter.trainer.executor import CHECKPOINTS_DIR, DATA_DIR, MODEL_DIR
 from charter.trainer.spec import CheckedSpec, check, trl_config
+
+if TYPE_CHECKING:
+    from charter.trainer.data import PreferenceData
 
 
 @dataclass
@@ -59,6 +63,24 @@ def review_token() -> str:
     if not token and token_file:
         token = Path(token_file).read_text(encoding="utf-8").strip()
     return token
+
+
+async def read_label_stream(
+    address: str, token: str, from_cursor: int, to_cursor: int | None, flt: Any
+) -> PreferenceData:
+    """Preference rows from the review service's accepted stream after `from_cursor` up to
+    `to_cursor` (None: what is there now; else it waits for labels not accepted yet)."""
+    from charter.api.review import preference_row
+    from charter.client.review import ReviewClient
+    from charter.trainer.data import from_stream
+
+    async with ReviewClient(address, token=token) as review:
+        labels = review.stream_labels(from_cursor, flt, follow=to_cursor is not None)
+        try:
+            rows = ((a.sequence, preference_row(a)) async for a in labels)
+            return await from_stream(rows, from_cursor, to_cursor)
+        finally:
+            await labels.aclose()
 
 
 def load_data(
@@ -90,8 +112,6 @@ def load_data(
         rows = data.rows
         manifest = DataManifest("preference", len(rows), labels_read=data.labels_read)
     else:
-        from charter.trainer.data import from_stream
-
         stream = source.label_stream
         if not stream.address:
             raise InvalidArgument(
@@ -101,7 +121,7 @@ def load_data(
         to_cursor = stream.to_cursor.sequence if stream.HasField("to_cursor") else None
         flt = stream.filter if stream.HasField("filter") else None
         data = asyncio.run(
-            from_stream(stream.address, review_token(), stream.from_cursor.sequence, to_cursor, flt)
+            read_label_stream(stream.address, review_token(), stream.from_cursor.sequence, to_cursor, flt)
         )
         rows = data.rows
         manifest = DataManifest(
@@ -335,7 +355,7 @@ class _ReportCallback(TrainerCallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="charter.trainer.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="charter.app.trainer_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="the run spec (JSON of charter.trainer.v1.RunSpec)")
     parser.add_argument("--run-dir", required=True, help="the run's folder: data cache, checkpoints, model")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -353,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InvalidArgument(f"{args.spec}: cannot read the run spec: {err}") from None
         import torch
 
-        checked = check(spec, use_cpu=not torch.cuda.is_available())
+        checked = check(spec_from_proto(spec), use_cpu=not torch.cuda.is_available())
         run_dir = Path(args.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         Runner(spec, checked, run_dir, args.resume, emit).run()

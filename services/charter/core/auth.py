@@ -1,19 +1,24 @@
-"""Who may call the review service: bearer tokens with a role, from settings and a tokens file.
+"""Who may call a Charter service: bearer tokens with a role, from settings and a tokens file, and
+the access policy the server interceptor enforces for every RPC.
 
 Tokens are compared by their SHA-256 digest in constant time. Roles:
-- `reviewer`: Claim, Decide, Release, Stats (and the reviewer web page);
-- `service`: Submit, StreamLabels, Stats (pipelines and trainers);
-- `admin`: everything, including the admin page.
-The tokens file (a YAML list of {name, role, token}, e.g. a mounted Kubernetes Secret) is re-read
-when its modification time changes, so tokens can be added without a restart.
+- `reviewer`: the review queue (Claim, Decide, Release, Stats) and the reviewer web page;
+- `service`: machine callers — pipelines, trainers, workers (Generate, Compare, Submit, StreamLabels,
+  the trainer's RPCs, …);
+- `admin`: everything, including the review admin page.
+Which role each RPC needs is one table (`charter.app.catalog`); a method missing from it is refused
+(deny by default). The tokens file (a YAML list of {name, role, token}, e.g. a mounted Kubernetes
+Secret) is re-read when its modification time changes, so tokens can be added without a restart.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -103,3 +108,66 @@ def bearer(value: str | None) -> str | None:
         return None
     scheme, _, token = value.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+
+def current_principal() -> Principal:
+    """Who is making the RPC being handled (set by the server interceptor). A service with no
+    tokens configured has no principals: the caller is then `anonymous` with every role."""
+    return _PRINCIPAL.get() or ANONYMOUS
+
+
+ANONYMOUS = Principal("anonymous", "admin")
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may call one service: `roles` maps a method name (`Submit`) to the roles that may call it
+    (admin may call everything). With an `authenticator` every call needs a valid token and a method
+    missing from `roles` is refused; without one (no tokens configured) every call is let in."""
+
+    roles: Mapping[str, tuple[str, ...]]
+    authenticator: Authenticator | None = None
+    require_tokens_off_loopback: bool = False
+    """Refuse to serve on a non-loopback address without tokens (rather than only warn)."""
+    service: str = field(default="", compare=False)
+
+    @property
+    def open(self) -> bool:
+        return self.authenticator is None
+
+    def admit(self, method: str, authorization: str | None) -> Principal:
+        """The caller of `method`, or UNAUTHENTICATED / PERMISSION_DENIED."""
+        if self.authenticator is None:
+            return ANONYMOUS
+        principal = self.authenticator.authenticate(bearer(authorization))
+        roles = self.roles.get(method)
+        if roles is None:
+            if principal.role != "admin":
+                raise PermissionDenied(f"{method} is not open to any role but admin")
+            return principal
+        return principal.require(*roles)
+
+    def bind(self, principal: Principal) -> contextvars.Token[Principal | None]:
+        return _PRINCIPAL.set(principal)
+
+    @staticmethod
+    def unbind(token: contextvars.Token[Principal | None]) -> None:
+        _PRINCIPAL.reset(token)
+
+
+def access_policy(
+    roles: Mapping[str, tuple[str, ...]],
+    tokens: list[ReviewerToken],
+    tokens_file: Path | None,
+    *,
+    always: bool = False,
+    require_tokens_off_loopback: bool = False,
+    service: str = "",
+) -> AccessPolicy:
+    """The policy of a service from its settings: tokens checked when any are configured (or
+    `always`: a service that refuses every call until tokens exist, like review)."""
+    authenticator = Authenticator(tokens, tokens_file) if (always or tokens or tokens_file) else None
+    return AccessPolicy(roles, authenticator, require_tokens_off_loopback, service)

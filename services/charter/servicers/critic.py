@@ -14,8 +14,8 @@ from charter_proto.common.v1 import critique_pb2
 from charter_proto.critic.v1 import critic_pb2, critic_pb2_grpc
 from grpc import aio
 
+from charter.api import common as convert
 from charter.constitution.registry import ConstitutionRegistry, LoadedConstitution
-from charter.core import convert
 from charter.core.errors import InvalidArgument
 from charter.critic.quality import StepStatus
 from charter.critic.rounds import Outcome, check_rounds, critique_revise

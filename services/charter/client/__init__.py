@@ -1,0 +1,1 @@
+"""One way to call Charter's services: a channel factory and typed clients (also the public API)."""

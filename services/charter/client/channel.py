@@ -1,0 +1,118 @@
+"""The one way Charter opens a gRPC channel: target, bearer token, message size limits, keepalive and
+a retry policy for transient failures, set through gRPC's service config.
+
+Every caller in the code base (pipelines, `charter export`, the CLI, evaluations, the trainer's
+worker) and users' own code get their channels here, so a change of transport (TLS, a new limit)
+is made once.
+
+Example:
+    async with open_channel("judge:50051", token="...") as channel:
+        stub = judge_pb2_grpc.JudgeServiceStub(channel)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc import aio
+
+AUTHORIZATION = "authorization"
+
+TRANSIENT = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+"""Codes a caller may retry: the service or its backend is busy or briefly away."""
+
+PER_ITEM = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
+"""Codes that condemn the request's items, not the run: a pipeline records a row error and goes on."""
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """How a channel behaves; the defaults suit every Charter service."""
+
+    max_message_mb: int = 64
+    """Largest message sent or received (the servers' `server.max_message_mb` default)."""
+    keepalive_seconds: int = 30
+    """Ping an idle connection this often, so a dead peer (or a NAT dropping it) is noticed."""
+    retries: int = 4
+    """Attempts gRPC itself makes for a call that failed UNAVAILABLE before any response arrived
+    (transparent, per the service config's retry policy); 1 turns retrying off."""
+    retry_backoff_seconds: float = 0.2
+    extra: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+    """Further channel arguments, passed through as given."""
+
+    def channel_arguments(self) -> list[tuple[str, Any]]:
+        limit = self.max_message_mb * 1024 * 1024
+        args: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", self.keepalive_seconds * 1000),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.enable_retries", 1 if self.retries > 1 else 0),
+            ("grpc.service_config", json.dumps(self.service_config())),
+        ]
+        return [*args, *self.extra]
+
+    def service_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"methodConfig": [{"name": [{}]}]}
+        if self.retries > 1:
+            config["methodConfig"][0]["retryPolicy"] = {
+                "maxAttempts": min(self.retries, 5),  # gRPC caps attempts at 5
+                "initialBackoff": f"{self.retry_backoff_seconds}s",
+                "maxBackoff": f"{max(self.retry_backoff_seconds * 16, 1.0)}s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            }
+        return config
+
+
+class _BearerToken:
+    """Adds `authorization: Bearer <token>` to a call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._pair = (AUTHORIZATION, f"Bearer {token}")
+
+    def details(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
+        metadata = aio.Metadata(*(details.metadata or ()))
+        if AUTHORIZATION not in metadata:
+            metadata.add(*self._pair)
+        return aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+# grpc.aio files a channel's interceptor under its first matching kind only: one class per kind.
+class _UnaryUnary(_BearerToken, aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.details(details), request)
+
+
+class _UnaryStream(_BearerToken, aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.details(details), request)
+
+
+class _StreamUnary(_BearerToken, aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self.details(details), requests)
+
+
+class _StreamStream(_BearerToken, aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self.details(details), requests)
+
+
+def open_channel(
+    target: str, *, token: str | None = None, options: ChannelOptions | None = None
+) -> aio.Channel:
+    """A `grpc.aio` channel to `target` (`host:port`) that sends `token` as a bearer token on every
+    call. Use it as an async context manager, or `await channel.close()` when done."""
+    options = options or ChannelOptions()
+    kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    interceptors = [kind(token) for kind in kinds] if token else None
+    return aio.insecure_channel(target, options=options.channel_arguments(), interceptors=interceptors)

@@ -1,0 +1,28 @@
+"""A client of the critic-reviser service."""
+
+from __future__ import annotations
+
+from charter_proto.critic.v1 import critic_pb2, critic_pb2_grpc
+
+from charter.client.base import ServiceClient
+
+
+class CriticClient(ServiceClient):
+    """Critique → revision rounds from the critic-reviser service."""
+
+    service = "the critic-reviser"
+
+    def __init__(self, target: str, **kwargs: object) -> None:
+        super().__init__(target, **kwargs)  # type: ignore[arg-type]
+        self.stub = critic_pb2_grpc.CriticReviserServiceStub(self.channel)
+
+    async def critique_revise(
+        self, request: critic_pb2.CritiqueReviseStreamRequest
+    ) -> dict[int, critic_pb2.CritiqueResult]:
+        """Every item's result of one `CritiqueReviseStream` call, by item index."""
+
+        async def call() -> dict[int, critic_pb2.CritiqueResult]:
+            stream = self.stub.CritiqueReviseStream(request, timeout=self.timeout)
+            return {reply.item_index: reply.result async for reply in stream}
+
+        return await self.call(call)

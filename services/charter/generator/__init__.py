@@ -1,1 +1,0 @@
-"""The generator service: completions for prompts, N samples each."""

@@ -1,0 +1,77 @@
+"""`JudgeService`: thin — convert the request, judge, convert the labels back.
+
+`Compare` labels a batch and answers once; `CompareStream` answers each label as soon as its item is
+scored (items run concurrently, so the engine sees them as one large batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
+from grpc import aio
+
+from charter.api import judge as api
+from charter.constitution.registry import ConstitutionRegistry
+from charter.core.errors import InvalidArgument
+from charter.inference.deadlines import as_completed_within
+from charter.inference.types import InferenceClient
+from charter.judge.core import Judge, JudgeConfig, Label
+
+
+class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
+    def __init__(
+        self,
+        client: InferenceClient,
+        registry: ConstitutionRegistry,
+        *,
+        tie_margin: float = 0.0,
+        few_shot_limit: int | None = None,
+        cot_max_tokens: int = 192,
+        max_requests_in_flight: int = 512,
+    ) -> None:
+        self.judge = Judge(client, max_requests_in_flight=max_requests_in_flight)
+        self.client = client
+        self.registry = registry
+        self.tie_margin = tie_margin
+        self.few_shot_limit = few_shot_limit
+        self.cot_max_tokens = cot_max_tokens
+
+    def config(self, options: judge_pb2.JudgeOptions) -> JudgeConfig:
+        if not options.constitution_id:
+            raise InvalidArgument("options.constitution_id: name the constitution to judge by")
+        return api.config(
+            options,
+            self.registry.get(options.constitution_id),
+            tie_margin=self.tie_margin,
+            few_shot_limit=self.few_shot_limit,
+            cot_max_tokens=self.cot_max_tokens,
+        )
+
+    async def Compare(
+        self, request: judge_pb2.CompareRequest, context: aio.ServicerContext
+    ) -> judge_pb2.CompareResponse:
+        config = self.config(request.options)
+        pairs = api.pairs(request.items)
+        labels = await self.judge.label(pairs, config)
+        return judge_pb2.CompareResponse(
+            labels=[
+                api.label_proto(label, config, self.client, request.request_id, item)
+                for label, item in zip(labels, request.items, strict=True)
+            ]
+        )
+
+    async def CompareStream(
+        self, request: judge_pb2.CompareStreamRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[judge_pb2.CompareStreamResponse]:
+        config = self.config(request.options)
+        pairs = api.pairs(request.items)
+
+        async def one(i: int) -> tuple[int, Label]:
+            return i, (await self.judge.label([pairs[i]], config))[0]
+
+        async for i, label in as_completed_within([one(i) for i in range(len(pairs))], None):
+            yield judge_pb2.CompareStreamResponse(
+                item_index=i,
+                label=api.label_proto(label, config, self.client, request.request_id, request.items[i]),
+            )
