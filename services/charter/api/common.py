@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from charter_proto.common.v1 import constitution_pb2, conversation_pb2, provenance_pb2, sampling_pb2
+from charter_proto.common.v1 import (
+    constitution_pb2,
+    conversation_pb2,
+    critique_pb2,
+    provenance_pb2,
+    sampling_pb2,
+)
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 
@@ -14,11 +21,16 @@ from charter.constitution.registry import LoadedConstitution
 from charter.core.errors import InvalidArgument
 from charter.inference.types import Completion, Message, ModelInfo, Sampling
 
-_ROLES = {
-    conversation_pb2.ROLE_SYSTEM: "system",
-    conversation_pb2.ROLE_USER: "user",
-    conversation_pb2.ROLE_ASSISTANT: "assistant",
-}
+
+def enum_names(enum: Any, prefix: str) -> dict[int, str]:
+    """A protobuf enum's values -> lower-case names without the enum's prefix: the names records,
+    summaries and pages use (`enum_names(label_pb2.LabelStatus, "LABEL_STATUS_")[1] == "ok"`)."""
+    return {value: name.removeprefix(prefix).lower() for name, value in enum.items()}
+
+
+ROLE_NAMES = enum_names(conversation_pb2.Role, "ROLE_")
+STEP_STATUS_NAMES = enum_names(critique_pb2.StepStatus, "STEP_STATUS_")
+_ROLES = {v: name for v, name in ROLE_NAMES.items() if v != conversation_pb2.ROLE_UNSPECIFIED}
 _ROLE_VALUES = {v: k for k, v in _ROLES.items()}
 _FINISH = {"stop": sampling_pb2.FINISH_REASON_STOP, "length": sampling_pb2.FINISH_REASON_LENGTH}
 
@@ -91,10 +103,20 @@ def constitution_ref(loaded: LoadedConstitution) -> constitution_pb2.Constitutio
     return constitution_pb2.ConstitutionRef(id=loaded.id, version=loaded.version, digest=loaded.digest)
 
 
-def now() -> Timestamp:
+def timestamp(seconds: float | None = None) -> Timestamp:
+    """A protobuf Timestamp of `seconds` since the epoch (None: now)."""
     ts = Timestamp()
-    ts.FromNanoseconds(time.time_ns())
+    ts.FromNanoseconds(time.time_ns() if seconds is None else int(seconds * 1e9))
     return ts
+
+
+def now() -> Timestamp:
+    return timestamp()
+
+
+def seconds(message: Any, name: str) -> float | None:
+    """Seconds since the epoch of the Timestamp field `name` of `message` (None when unset)."""
+    return getattr(message, name).ToNanoseconds() / 1e9 if message.HasField(name) else None
 
 
 def provenance(

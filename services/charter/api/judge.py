@@ -26,7 +26,7 @@ STATUS = {
     "error": label_pb2.LABEL_STATUS_ERROR,
     "invalid_input": label_pb2.LABEL_STATUS_INVALID_INPUT,
 }
-STATUS_NAMES = {v: k.removeprefix("LABEL_STATUS_").lower() for k, v in label_pb2.LabelStatus.items()}
+STATUS_NAMES = convert.enum_names(label_pb2.LabelStatus, "LABEL_STATUS_")
 """Proto status -> the lower-case names used in records and summaries ("ok", "tie", ...)."""
 CHOICE = {"A": label_pb2.CHOICE_A, "B": label_pb2.CHOICE_B, "TIE": label_pb2.CHOICE_TIE}
 

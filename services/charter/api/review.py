@@ -17,11 +17,11 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from charter_proto.common.v1 import conversation_pb2, label_pb2
+from charter_proto.common.v1 import label_pb2
 from charter_proto.review.v1 import review_pb2
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from charter.api import common
 from charter.api.judge import STATUS_NAMES
 from charter.datasets.preference import preference_row as build_preference_row
 from charter.review.agreement import Agreement
@@ -49,18 +49,9 @@ SOURCES = {key(s): s for s in (LabelSource.AI, LabelSource.HUMAN)}
 """Label sources by name (`ai`, `human`), as `charter export --source` takes them."""
 
 
-def timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
 def role_name(role: int) -> str:
     """`ROLE_USER` -> `user`; `unspecified` for a value this build does not know."""
-    try:
-        return str(conversation_pb2.Role.Name(role)).removeprefix("ROLE_").lower()
-    except ValueError:
-        return "unspecified"
+    return common.ROLE_NAMES.get(role, "unspecified")
 
 
 # -- in: labels and filters ----------------------------------------------------------------------
@@ -129,7 +120,7 @@ def review_item_proto(item: ReviewItem) -> review_pb2.ReviewItem:
         reason=item.reason,
         priority=item.priority,
         lease_id=item.lease_id,
-        lease_expires_at=timestamp(item.lease_expires_at),
+        lease_expires_at=common.timestamp(item.lease_expires_at),
         decisions_needed=item.decisions_needed,
         decisions_received=item.decisions_received,
     )
@@ -142,7 +133,7 @@ def decision_proto(d: HumanDecision) -> review_pb2.HumanDecision:
         reviewer=d.reviewer,
         choice=d.choice,
         comment=d.comment,
-        decided_at=timestamp(d.decided_at),
+        decided_at=common.timestamp(d.decided_at),
     )
 
 

@@ -12,8 +12,8 @@ from charter_proto.review.v1 import review_pb2
 from charter_proto.trainer.v1 import trainer_pb2 as tp
 from google.protobuf.json_format import MessageToDict, MessageToJson
 from google.protobuf.struct_pb2 import Struct
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from charter.api import common
 from charter.trainer.runs import (
     CheckpointEvent,
     DataEvent,
@@ -85,16 +85,6 @@ def _source_names(values: Iterable[int]) -> list[str]:
 def _source_values(names: Iterable[str]) -> list[int]:
     known = review_pb2.LabelSource.keys()
     return [review_pb2.LabelSource.Value(n) if n in known else int(n) for n in names]
-
-
-def _seconds(message: Any, name: str) -> float | None:
-    return getattr(message, name).ToNanoseconds() / 1e9 if message.HasField(name) else None
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 # -- spec -----------------------------------------------------------------------------------------------
@@ -191,9 +181,9 @@ def run_from_proto(run: tp.Run) -> Run:
         id=run.id,
         spec=spec_from_proto(run.spec),
         state=state(run.state),
-        created_at=_seconds(run, "created_at"),
-        started_at=_seconds(run, "started_at"),
-        finished_at=_seconds(run, "finished_at"),
+        created_at=common.seconds(run, "created_at"),
+        started_at=common.seconds(run, "started_at"),
+        finished_at=common.seconds(run, "finished_at"),
         reason=run.reason,
         cursor_start=run.cursor_start.sequence if run.HasField("cursor_start") else None,
         cursor_end=run.cursor_end.sequence if run.HasField("cursor_end") else None,
@@ -226,7 +216,7 @@ def run_to_proto(run: Run) -> tp.Run:
     for name in ("created_at", "started_at", "finished_at"):
         seconds = getattr(run, name)
         if seconds is not None:
-            getattr(out, name).CopyFrom(_timestamp(seconds))
+            getattr(out, name).CopyFrom(common.timestamp(seconds))
     if run.cursor_start is not None:
         out.cursor_start.sequence = run.cursor_start
     if run.cursor_end is not None:
@@ -274,14 +264,14 @@ def event_kind_from_proto(event: tp.RunEvent) -> EventKind:
 
 
 def event_to_proto(event: RunEvent) -> tp.RunEvent:
-    out = tp.RunEvent(run_id=event.run_id, sequence=event.sequence, time=_timestamp(event.time))
+    out = tp.RunEvent(run_id=event.run_id, sequence=event.sequence, time=common.timestamp(event.time))
     field, message = event_kind_to_proto(event.kind)
     getattr(out, field).CopyFrom(message)
     return out
 
 
 def event_from_proto(event: tp.RunEvent) -> RunEvent:
-    time = _seconds(event, "time")
+    time = common.seconds(event, "time")
     return RunEvent(event.run_id, event.sequence, 0.0 if time is None else time, event_kind_from_proto(event))
 
 

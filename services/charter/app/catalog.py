@@ -58,7 +58,7 @@ class Resources:
             await self._engine.close()
 
 
-def _generator(resources: Resources) -> Any:
+def _generator(resources: Resources, access: AccessPolicy) -> Any:
     from charter.servicers.generator import GeneratorServicer
 
     return GeneratorServicer(
@@ -66,7 +66,7 @@ def _generator(resources: Resources) -> Any:
     )
 
 
-def _critic(resources: Resources) -> Any:
+def _critic(resources: Resources, access: AccessPolicy) -> Any:
     from charter.servicers.critic import CriticReviserServicer
 
     s = resources.settings.critic
@@ -78,19 +78,19 @@ def _critic(resources: Resources) -> Any:
     )
 
 
-def _review(resources: Resources) -> Any:
+def _review(resources: Resources, access: AccessPolicy) -> Any:
     from charter.servicers.review import ReviewServicer
 
-    return ReviewServicer.from_settings(resources.settings)
+    return ReviewServicer.from_settings(resources.settings, access.authenticator)
 
 
-def _trainer(resources: Resources) -> Any:
+def _trainer(resources: Resources, access: AccessPolicy) -> Any:
     from charter.servicers.trainer import TrainerServicer
 
     return TrainerServicer.from_settings(resources.settings)
 
 
-def _judge(resources: Resources) -> Any:
+def _judge(resources: Resources, access: AccessPolicy) -> Any:
     from charter.servicers.judge import JudgeServicer
 
     s = resources.settings.judge
@@ -132,7 +132,8 @@ class ServiceSpec:
     full_name: str
     add: Callable[[Any, aio.Server], None]
     base_servicer: type
-    build: Callable[[Resources], Any]
+    build: Callable[[Resources, AccessPolicy], Any]
+    """Builds the servicer (given the access policy, for a service that also serves a web page)."""
     settings_section: str
     """The settings section with the service's `tokens` and `tokens_file`."""
     uses_constitutions: bool = False
@@ -163,7 +164,8 @@ class ServiceSpec:
     def registration_for(self, resources: Resources) -> Registration:
         if self.uses_constitutions:
             resources.registry()
-        return self.registration(self.build(resources), self.access(resources.settings))
+        access = self.access(resources.settings)
+        return self.registration(self.build(resources, access), access)
 
 
 def _full_name(module: Any, service: str) -> str:

@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 
 from charter.api.trainer import spec_from_proto
 from charter.core.errors import CharterError, InvalidArgument
+from charter.core.files import write_atomic
 from charter.trainer import events
 from charter.trainer.executor import CHECKPOINTS_DIR, DATA_DIR, MODEL_DIR
 from charter.trainer.spec import CheckedSpec, check, trl_config
@@ -51,10 +52,15 @@ class DataManifest:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+def last_checkpoint(folder: Path, marker: str | None = None) -> Path | None:
+    """The newest complete `checkpoint-<step>` folder in `folder` (with the file `marker` in it, when
+    given), or None."""
+    steps = []
+    for path in folder.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and step.isdigit() and (marker is None or (path / marker).exists()):
+            steps.append((int(step), path))
+    return max(steps)[1] if steps else None
 
 
 def review_token() -> str:
@@ -130,8 +136,8 @@ def load_data(
     if not rows:
         raise InvalidArgument("spec.data: the data source holds no usable rows", field="spec.data")
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _write_atomic(manifest_path, json.dumps(asdict(manifest)))
+    write_atomic(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(manifest_path, json.dumps(asdict(manifest)))
     return rows, manifest, True
 
 
@@ -212,18 +218,16 @@ class Runner:
     # -- TRL trainers ---------------------------------------------------------------------------
 
     def _trl(self, algorithm: str, base: str, rows: list[dict[str, Any]]) -> None:
-        from transformers.trainer_utils import get_last_checkpoint
-
         tokenizer = _tokenizer(base)
         train_rows, eval_rows = split(rows, self.spec.data.eval_fraction, self.spec.seed)
         trainer = self._build(algorithm, base, tokenizer, train_rows, eval_rows)
         trainer.add_callback(_ReportCallback(self.emit))
-        last = (
-            get_last_checkpoint(str(self.checkpoints)) if self.resume and self.checkpoints.exists() else None
-        )
+        # transformers writes trainer_state.json after the weights and optimizer: a folder without it
+        # is a save the worker was killed in the middle of
+        last = last_checkpoint(self.checkpoints, "trainer_state.json") if self.resume else None
         if last:
             self.emit("log", level="info", message=f"resuming from {last}")
-        trainer.train(resume_from_checkpoint=last)
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
         if algorithm == "reward-model" and eval_rows:
             from charter.trainer.reward import pairwise_accuracy
 
@@ -303,10 +307,10 @@ class Runner:
         self.emit = events.Emitter(
             self.emit.stream, enabled=self.emit.enabled and trainer.accelerator.is_main_process
         )
-        saved = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
-        if self.resume and saved:
-            trainer.load(saved[-1])
-            self.emit("log", level="info", message=f"resuming from {saved[-1]}")
+        last = last_checkpoint(self.checkpoints) if self.resume else None  # PPO saves atomically
+        if last is not None:
+            trainer.load(last)
+            self.emit("log", level="info", message=f"resuming from {last}")
         self.emit("progress", total_steps=config.total_steps)
         while trainer.step_count < config.total_steps:
             chunk = min(

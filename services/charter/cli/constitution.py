@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +13,7 @@ from charter.constitution.llm_swarm import import_llm_swarm
 from charter.constitution.loader import SUFFIXES, ConstitutionError, dump_constitution, load_constitution
 from charter.constitution.schema import Constitution, content_digest
 from charter.core.errors import InvalidArgument, NotFound
+from charter.core.files import write_atomic
 
 app = typer.Typer(help="Check, show, diff and import constitutions.", no_args_is_help=True)
 
@@ -142,12 +141,6 @@ def diff(
         raise typer.Exit(1)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @app.command("import")
@@ -172,7 +165,7 @@ def import_(
         f"Imported by `charter constitution import` from {source.name} (llm-swarm JSON format).\n"
         "Comparison questions marked `derived`/`default` were generated on import: review them."
     )
-    _write_atomic(target, dump_constitution(c, header=header))
+    write_atomic(target, dump_constitution(c, header=header))
     derived = sum(p.comparison_question_source != "authored" for p in c.principles)
     typer.echo(
         f"imported {len(c.principles)} principles and {len(c.few_shot.critique_revision)} few-shot "

@@ -17,10 +17,10 @@ RL-CAI (`write_preferences`):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from charter.core.files import write_atomic
 from charter.pipelines.store import OutputStore
 
 
@@ -103,7 +103,7 @@ def write_preferences(store: OutputStore) -> tuple[dict[str, Path], int]:
     }
     _write_jsonl(paths["preferences_jsonl"], rows)
     if rows:
-        _atomic(paths["preferences_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
+        write_atomic(paths["preferences_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
     _records_parquet(store, paths["records_parquet"], ("response_a", "response_b", "status"), ("label",))
     return paths, len(rows)
 
@@ -126,22 +126,11 @@ def _records_parquet(store: OutputStore, path: Path, plain: tuple[str, ...], nes
         }
         for r in store.records
     ]
-    _atomic(path, lambda p: pq.write_table(pa.Table.from_pylist(flat), p))
+    write_atomic(path, lambda p: pq.write_table(pa.Table.from_pylist(flat), p))
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    _atomic(
-        path,
-        lambda p: p.write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-        ),
-    )
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def write_datasets(store: OutputStore) -> dict[str, Path]:
@@ -157,6 +146,6 @@ def write_datasets(store: OutputStore) -> dict[str, Path]:
     }
     _write_jsonl(paths["sft_jsonl"], sft)
     if sft:
-        _atomic(paths["sft_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(sft), p))
+        write_atomic(paths["sft_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(sft), p))
     _records_parquet(store, paths["records_parquet"], (), ("samples",))
     return paths

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from charter_proto.common.v1 import critique_pb2, sampling_pb2
+from charter_proto.common.v1 import sampling_pb2
 from charter_proto.critic.v1 import critic_pb2
 from charter_proto.generator.v1 import generator_pb2
 from google.protobuf.json_format import MessageToDict
@@ -196,7 +196,7 @@ class SlCai:
 
 
 def critique_status(status: int) -> str:
-    return critique_pb2.StepStatus.Name(status).removeprefix("STEP_STATUS_").lower()
+    return convert.STEP_STATUS_NAMES[status]
 
 
 async def run(

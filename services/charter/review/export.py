@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.core.errors import InvalidArgument
+from charter.core.files import write_atomic
 
 FORMATS = ("trl-preference", "jsonl", "parquet")
 
@@ -59,26 +60,27 @@ def write_file(rows: Iterable[Row], fmt: str, out: Path) -> ExportSummary:
     """Write every row (made in `row_format(fmt)`) to `out` at once (replaced atomically)."""
     check_format(fmt)
     summary = ExportSummary(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     kept: list[dict[str, Any]] = []
-    with tmp.open("w", encoding="utf-8") as f:
-        for sequence, row in rows:
-            summary.labels += 1
-            summary.last_sequence = sequence
-            if row is None:
-                continue
-            summary.rows += 1
-            if fmt == "parquet":
-                kept.append(row)
-            else:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(kept), tmp)
-    os.replace(tmp, out)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
+            for sequence, row in rows:
+                summary.labels += 1
+                summary.last_sequence = sequence
+                if row is None:
+                    continue
+                summary.rows += 1
+                if fmt == "parquet":
+                    kept.append(row)
+                else:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(kept), tmp)
+
+    write_atomic(out, write)
     return summary
 
 

@@ -1,8 +1,10 @@
 """The ReviewService over gRPC, and its web page on a second port.
 
-Every call carries `authorization: Bearer <token>`; Submit and StreamLabels need a service (or
-admin) token, Claim/Decide/Release a reviewer (or admin) token, Stats any valid token. Ledger work
-runs in a thread pool so the event loop keeps serving streams.
+Who may call what is the server interceptor's job (`charter.app.catalog.ROLES`: Submit and
+StreamLabels need a service token, Claim/Decide/Release a reviewer token, Stats either); a handler
+that acts as the caller (a reviewer claiming) reads `current_principal()`. The web page checks the
+same tokens with the same `Authenticator`. Ledger work runs in a thread pool so the event loop keeps
+serving streams.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from grpc import aio
 
 from charter.api import review as api
-from charter.core.auth import Authenticator, Principal, bearer
+from charter.core.auth import Authenticator, current_principal
 from charter.core.errors import InvalidArgument, Unavailable
 from charter.core.settings import CharterSettings, ReviewSettings
 from charter.review.notify import AcceptedSignal
@@ -50,7 +52,9 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         ledger.listeners.append(self.signal.notify)
 
     @classmethod
-    def from_settings(cls, settings: CharterSettings) -> ReviewServicer:
+    def from_settings(cls, settings: CharterSettings, auth: Authenticator | None = None) -> ReviewServicer:
+        """The servicer `settings.review` describes; `auth`: the authenticator the server's access
+        policy uses (one table of tokens for the RPCs and the web page)."""
         s = settings.review
         ledger = Ledger(
             s.database_url.get_secret_value(),
@@ -60,7 +64,8 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
             max_submit_labels=s.max_submit_labels,
         )
         log.info("review.ledger.opened", database=ledger.url.render_as_string(hide_password=True))
-        return cls(ledger, Authenticator(s.tokens, s.tokens_file), s, web_host=settings.server.host)
+        auth = auth or Authenticator(s.tokens, s.tokens_file)
+        return cls(ledger, auth, s, web_host=settings.server.host)
 
     # -- lifecycle (charter.core.server.Lifecycle) ----------------------------------------------
 
@@ -97,22 +102,16 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
 
-    def _caller(self, context: aio.ServicerContext, *roles: str) -> Principal:
-        metadata = dict(context.invocation_metadata() or ())
-        principal = self.auth.authenticate(bearer(metadata.get("authorization")))
-        return principal.require(*roles) if roles else principal
-
     # -- RPCs -----------------------------------------------------------------------------------
 
     async def Submit(self, request: review_pb2.SubmitRequest, context: aio.ServicerContext) -> Any:
-        self._caller(context, "service")
         return await self._run(self._submit, request)
 
     def _submit(self, request: review_pb2.SubmitRequest) -> review_pb2.SubmitResponse:
         return api.submit_response(self.ledger.submit(api.submissions(request.labels)))
 
     async def Claim(self, request: review_pb2.ClaimRequest, context: aio.ServicerContext) -> Any:
-        who = self._caller(context, "reviewer")
+        who = current_principal()
         if request.lease_seconds > MAX_LEASE_SECONDS:
             raise InvalidArgument(
                 f"lease_seconds: at most {MAX_LEASE_SECONDS}",
@@ -124,25 +123,23 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         return review_pb2.ClaimResponse(item=item, queue_depth=claimed.queue_depth)
 
     async def Decide(self, request: review_pb2.DecideRequest, context: aio.ServicerContext) -> Any:
-        who = self._caller(context, "reviewer")
+        who = current_principal()
         decided = await self._run(
             self.ledger.decide, who.name, request.item_id, request.lease_id, request.choice, request.comment
         )
         return api.decide_response(decided)
 
     async def Release(self, request: review_pb2.ReleaseRequest, context: aio.ServicerContext) -> Any:
-        who = self._caller(context, "reviewer")
+        who = current_principal()
         await self._run(self.ledger.release, who.name, request.item_id, request.lease_id)
         return review_pb2.ReleaseResponse()
 
     async def Stats(self, request: review_pb2.StatsRequest, context: aio.ServicerContext) -> Any:
-        self._caller(context)
         return api.stats_proto(await self._run(self.ledger.stats, request.constitution_id))
 
     async def StreamLabels(
         self, request: review_pb2.StreamLabelsRequest, context: aio.ServicerContext
     ) -> AsyncIterator[review_pb2.StreamLabelsResponse]:
-        self._caller(context, "service")
         cursor = request.from_cursor.sequence
         flt = request.filter if request.HasField("filter") else None
         per_message = request.max_labels_per_message or self.settings.stream_message_labels

@@ -1,6 +1,7 @@
-"""The TrainerService over gRPC: each handler authorises the caller, converts the request
-(`charter.api.trainer`) and delegates to the run lifecycle (`charter.trainer.lifecycle.RunLifecycle`),
-which starts, follows, resumes and cancels runs through an executor and keeps them in the run store.
+"""The TrainerService over gRPC: each handler converts the request (`charter.api.trainer`) and
+delegates to the run lifecycle (`charter.trainer.lifecycle.RunLifecycle`), which starts, follows,
+resumes and cancels runs through an executor and keeps them in the run store. Who may call is the
+server interceptor's job (`charter.app.catalog.ROLES`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from charter_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from grpc import aio
 
 from charter.api import trainer as convert
-from charter.core.auth import Authenticator, bearer
 from charter.core.settings import CharterSettings, TrainerSettings
 from charter.trainer.executor import Executor
 from charter.trainer.lifecycle import RunLifecycle, build_executor
@@ -28,11 +28,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, store: RunStore, executor: Executor, settings: TrainerSettings) -> None:
         self.store, self.executor, self.settings = store, executor, settings
         self.runs = RunLifecycle(store, executor, settings, convert.spec_json)
-        self.auth = (
-            Authenticator(settings.tokens, settings.tokens_file)
-            if settings.tokens or settings.tokens_file
-            else None
-        )
 
     @classmethod
     def from_settings(cls, settings: CharterSettings) -> TrainerServicer:
@@ -52,42 +47,31 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def stop(self) -> None:
         await self.runs.stop()
 
-    def _caller(self, context: aio.ServicerContext) -> None:
-        if self.auth is not None:
-            metadata = dict(context.invocation_metadata() or ())
-            self.auth.authenticate(bearer(metadata.get("authorization"))).require("service")
-
     # -- RPCs -----------------------------------------------------------------------------------
 
     async def StartRun(self, request: trainer_pb2.StartRunRequest, context: aio.ServicerContext) -> Any:
-        self._caller(context)
         run = await self.runs.start_run(convert.spec_from_proto(request.spec), request.idempotency_key)
         return trainer_pb2.StartRunResponse(run=convert.run_to_proto(run))
 
     async def GetRun(self, request: trainer_pb2.GetRunRequest, context: aio.ServicerContext) -> Any:
-        self._caller(context)
         return trainer_pb2.GetRunResponse(run=convert.run_to_proto(await self.runs.get(request.run_id)))
 
     async def ListRuns(self, request: trainer_pb2.ListRunsRequest, context: aio.ServicerContext) -> Any:
-        self._caller(context)
         runs, token = await self.runs.list(list(request.states), request.page_size, request.page_token)
         return trainer_pb2.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in runs], next_page_token=token
         )
 
     async def CancelRun(self, request: trainer_pb2.CancelRunRequest, context: aio.ServicerContext) -> Any:
-        self._caller(context)
         run = await self.runs.cancel(request.run_id, request.reason)
         return trainer_pb2.CancelRunResponse(run=convert.run_to_proto(run))
 
     async def ResumeRun(self, request: trainer_pb2.ResumeRunRequest, context: aio.ServicerContext) -> Any:
-        self._caller(context)
         run = await self.runs.resume(request.run_id)
         return trainer_pb2.ResumeRunResponse(run=convert.run_to_proto(run))
 
     async def WatchRun(
         self, request: trainer_pb2.WatchRunRequest, context: aio.ServicerContext
     ) -> AsyncIterator[trainer_pb2.WatchRunResponse]:
-        self._caller(context)
         async for event in self.runs.watch(request.run_id, request.after_sequence):
             yield trainer_pb2.WatchRunResponse(event=convert.event_to_proto(event))
