@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from charter.app.catalog import SERVICES
-from charter.core.server import CharterServer
-from charter.core.settings import CharterSettings, ServerSettings, load_settings
+from charter.app.local import local_services
+from charter.client.channel import open_channel
+from charter.core.settings import CharterSettings, load_settings
 from charter_proto.trainer.v1 import trainer_pb2 as tp
 from charter_proto.trainer.v1 import trainer_pb2_grpc
 from google.protobuf.struct_pb2 import Struct
@@ -37,16 +37,11 @@ def trainer_settings(tmp: Path, **trainer: Any) -> CharterSettings:
 @contextlib.asynccontextmanager
 async def serving(name: str, settings: CharterSettings) -> AsyncIterator[tuple[grpc.aio.Channel, int]]:
     """Service `name` built from `settings`, in-process on a free localhost port: (channel, port)."""
-    server = CharterServer(
-        ServerSettings(host="127.0.0.1", port=0, metrics_port=None, drain_seconds=0),
-        [SERVICES[name].registration_for_settings(settings)],
-    )
-    port = await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield channel, port
-    finally:
-        await server.stop(0)
+    async with (
+        local_services(settings, [name], drain_seconds=0) as address,
+        open_channel(address) as channel,
+    ):
+        yield channel, int(address.rsplit(":", 1)[1])
 
 
 @contextlib.asynccontextmanager

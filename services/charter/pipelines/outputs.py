@@ -8,9 +8,10 @@
 RL-CAI (`write_preferences`):
 - `preferences.jsonl` / `preferences.parquet`: TRL's conversational preference format — `prompt`
   (the conversation), `chosen` and `rejected` (one assistant message each) — one row per label the
-  judge could decide (status ok), with the soft label `p_chosen`, `confidence`, `swap_consistent`,
-  the principle ids, the label id and provenance. Ties, unscorable and failed labels stay in
-  `records.jsonl` only.
+  judge could decide (status ok), with the soft label `p_chosen` and the provenance columns
+  `charter export` writes too (one builder: `charter.datasets.preference`; `label_source` is `ai`),
+  then `confidence`, `swap_consistent`, `key` and `source_preference_agrees`. Ties, unscorable and
+  failed labels stay in `records.jsonl` only.
 - `records.parquet`: every record, the label as JSON text.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.core.files import write_atomic
+from charter.datasets.preference import preference_row
 from charter.pipelines.store import OutputStore
 
 
@@ -52,48 +54,41 @@ def sft_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def preference_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The TRL preference rows of the judged pairs (the shape `charter export` writes too)."""
     rows = []
     for record in records:
         label = record["label"]
-        if record["status"] != "ok" or label.get("choice") not in ("CHOICE_A", "CHOICE_B"):
+        choice = {"CHOICE_A": "A", "CHOICE_B": "B"}.get(label.get("choice", ""))
+        if record["status"] != "ok" or choice is None:
             continue
-        a_wins = label["choice"] == "CHOICE_A"
-        p_a = float(label["p_a"])
-        chosen, rejected = (
-            (record["response_a"], record["response_b"])
-            if a_wins
-            else (record["response_b"], record["response_a"])
-        )
         constitution = record["provenance"].get("constitution") or {}
         judge = record["provenance"].get("judge") or {}
-        rows.append(
-            {
-                "prompt": record["prompt"],
-                "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-                "p_chosen": p_a if a_wins else 1.0 - p_a,
-                "confidence": float(label["confidence"]),
-                "swap_consistent": bool(label["swap_consistent"]),
-                "principle_ids": list(label["principle_ids"]),
-                "label_id": label["id"],
-                "key": record["key"],
-                "source_preference_agrees": None
-                if record.get("source_preference") is None
-                else record["source_preference"] == ("A" if a_wins else "B"),
-                "constitution_id": constitution.get("id", ""),
-                "constitution_digest": constitution.get("digest", ""),
-                "judge_model": judge.get("name", ""),
-                "judge_engine": judge.get("engine", ""),
-            }
-        )
+        source = record.get("source_preference")
+        row = preference_row(
+            record["prompt"], record["response_a"], record["response_b"], float(label["p_a"]), choice,
+            label_source="ai", label_id=label["id"], principle_ids=label["principle_ids"],
+            constitution_id=constitution.get("id", ""), constitution_version=constitution.get("version", ""),
+            constitution_digest=constitution.get("digest", ""), judge_model=judge.get("name", ""),
+            judge_engine=judge.get("engine", ""), run_id=(label.get("provenance") or {}).get("run_id", ""),
+            confidence=float(label["confidence"]), swap_consistent=bool(label["swap_consistent"]),
+            key=record["key"], source_preference_agrees=None if source is None else source == choice,
+        )  # fmt: skip
+        assert row is not None
+        rows.append(row)
     return rows
+
+
+def _write_dataset(path_jsonl: Path, path_parquet: Path, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_atomic(path_jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if rows:
+        write_atomic(path_parquet, lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
 
 
 def write_preferences(store: OutputStore) -> tuple[dict[str, Path], int]:
     """The RL-CAI dataset files; returns their paths and the number of preference rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     folder = store.folder
     rows = preference_rows(store.records)
     paths = {
@@ -101,9 +96,7 @@ def write_preferences(store: OutputStore) -> tuple[dict[str, Path], int]:
         "preferences_parquet": folder / "preferences.parquet",
         "records_parquet": folder / "records.parquet",
     }
-    _write_jsonl(paths["preferences_jsonl"], rows)
-    if rows:
-        write_atomic(paths["preferences_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
+    _write_dataset(paths["preferences_jsonl"], paths["preferences_parquet"], rows)
     _records_parquet(store, paths["records_parquet"], ("response_a", "response_b", "status"), ("label",))
     return paths, len(rows)
 
@@ -129,14 +122,7 @@ def _records_parquet(store: OutputStore, path: Path, plain: tuple[str, ...], nes
     write_atomic(path, lambda p: pq.write_table(pa.Table.from_pylist(flat), p))
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 def write_datasets(store: OutputStore) -> dict[str, Path]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     folder = store.folder
     sft = sft_rows(store.records)
     paths = {
@@ -144,8 +130,6 @@ def write_datasets(store: OutputStore) -> dict[str, Path]:
         "sft_parquet": folder / "sft.parquet",
         "records_parquet": folder / "records.parquet",
     }
-    _write_jsonl(paths["sft_jsonl"], sft)
-    if sft:
-        write_atomic(paths["sft_parquet"], lambda p: pq.write_table(pa.Table.from_pylist(sft), p))
+    _write_dataset(paths["sft_jsonl"], paths["sft_parquet"], sft)
     _records_parquet(store, paths["records_parquet"], (), ("samples",))
     return paths

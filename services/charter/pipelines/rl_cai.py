@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,6 @@ from charter.core.errors import InvalidArgument
 from charter.core.settings import CharterSettings
 from charter.datasets.pairs import PairRow, read_pairs
 from charter.datasets.sources import PromptRow, read_rows
-from charter.inference.types import InferenceClient
 from charter.pipelines import outputs, runner
 from charter.pipelines.runner import Batches
 from charter.pipelines.spec import RlCaiSpec
@@ -255,15 +254,9 @@ class RlCai:
         batches.written(1)
 
 
-async def run(
-    spec: RlCaiSpec,
-    settings: CharterSettings,
-    *,
-    on_start: Callable[[int, int], None] = lambda total, done: None,
-    on_progress: Callable[[int], None] = lambda n: None,
-    engine: InferenceClient | None = None,
-) -> Summary:
-    """Run (or resume) the pipeline; returns what this run did."""
+async def run(spec: RlCaiSpec, settings: CharterSettings, **hooks: Any) -> Summary:
+    """Run (or resume) the pipeline; returns what this run did. `hooks`: `runner.run`'s keywords
+    (on_start, on_progress, engine)."""
     pipeline = RlCai(spec, settings)
-    await runner.run(pipeline, settings, on_start=on_start, on_progress=on_progress, engine=engine)
+    await runner.run(pipeline, settings, **hooks)
     return pipeline.summary

@@ -8,7 +8,6 @@ addresses it is given. Resumable: finished prompts are skipped on the next run (
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,6 @@ from charter.client.generator import GeneratorClient
 from charter.core.errors import InvalidArgument
 from charter.core.settings import CharterSettings
 from charter.datasets.sources import PromptRow, read_rows
-from charter.inference.types import InferenceClient
 from charter.pipelines import outputs, runner
 from charter.pipelines.runner import Batches
 from charter.pipelines.spec import SlCaiSpec
@@ -199,15 +197,9 @@ def critique_status(status: int) -> str:
     return convert.STEP_STATUS_NAMES[status]
 
 
-async def run(
-    spec: SlCaiSpec,
-    settings: CharterSettings,
-    *,
-    on_start: Callable[[int, int], None] = lambda total, done: None,
-    on_progress: Callable[[int], None] = lambda n: None,
-    engine: InferenceClient | None = None,
-) -> Summary:
-    """Run (or resume) the pipeline; returns what this run did."""
+async def run(spec: SlCaiSpec, settings: CharterSettings, **hooks: Any) -> Summary:
+    """Run (or resume) the pipeline; returns what this run did. `hooks`: `runner.run`'s keywords
+    (on_start, on_progress, engine)."""
     pipeline = SlCai(spec)
-    await runner.run(pipeline, settings, on_start=on_start, on_progress=on_progress, engine=engine)
+    await runner.run(pipeline, settings, **hooks)
     return pipeline.summary

@@ -126,7 +126,7 @@ class JudgeSpec(_Strict):
 
 
 class LedgerSpec(_Strict):
-    """Where RL-CAI submits every label it makes (the review service's ledger, DESIGN §5): a database
+    """Where RL-CAI submits every label it makes (the review service's ledger, docs/review.md): a database
     written directly (the embedded default, e.g. `sqlite:///out/review.db`), or a running review
     service. Submits are idempotent, so a resumed or repeated run never duplicates a label."""
 
