@@ -136,7 +136,7 @@ class JudgeSettings(_Guarded):
 
 
 class RoutingSettings(_Section):
-    """Where a submitted label goes (DESIGN §5). Audit draws are a hash of the label id, so a
+    """Where a submitted label goes (docs/review.md, Routing). Audit draws are a hash of the label id, so a
     resubmission routes the same way."""
 
     accept_confidence: float = Field(default=0.5, ge=0.0, le=1.0)

@@ -1,1 +1,1 @@
-"""The AI judge: pairwise preference labels from option log-probabilities (DESIGN §3)."""
+"""The AI judge: pairwise preference labels from option log-probabilities (method: docs/judge.md)."""

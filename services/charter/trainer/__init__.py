@@ -1,1 +1,1 @@
-"""The trainer: SFT, reward model, DPO, PPO and GRPO/RLOO on Charter's data (DESIGN §6)."""
+"""The trainer: SFT, reward model, DPO, PPO and GRPO/RLOO on Charter's data (docs/trainer.md)."""

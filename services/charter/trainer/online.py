@@ -1,4 +1,4 @@
-"""GRPO and RLOO — the critic-free online option (DESIGN §6) — with TRL's trainers and the trained reward
+"""GRPO and RLOO — the critic-free online option — with TRL's trainers and the trained reward
 model as the reward function.
 
 Both sample a group of completions per prompt and use the group itself as the baseline (GRPO: the
