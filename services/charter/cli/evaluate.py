@@ -43,6 +43,9 @@ def judge(
     judge_address: Annotated[
         str | None, typer.Option("--judge", help="Use a running judge service (host:port) instead.")
     ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Bearer token for --judge, when the service has judge.tokens set.")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N rows of the data.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for principle sampling and A/B placement.")] = 0,
     principles_per_label: Annotated[int, typer.Option(help="Principles averaged per label.")] = 1,
@@ -79,6 +82,7 @@ def judge(
         chain_of_thought=chain_of_thought,
         batch_size=batch_size,
         judge=judge_address,
+        token=token,
     )
     console = Console(stderr=True)
     progress = Progress(

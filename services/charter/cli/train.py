@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import grpc
 import typer
@@ -66,10 +66,6 @@ def load_spec(path: Path) -> tp.RunSpec:
         raise InvalidArgument(f"{path}: {err}") from None
 
 
-def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
-    return (("authorization", f"Bearer {token}"),) if token else None
-
-
 def _rpc_error(err: grpc.aio.AioRpcError) -> typer.Exit:
     typer.echo(f"error: {err.code().name}: {err.details()}", err=True)
     return typer.Exit(1)
@@ -84,13 +80,13 @@ def describe(run: tp.Run) -> str:
     return line
 
 
-async def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str, metadata: Any) -> list[tp.RunEvent]:
+async def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str) -> list[tp.RunEvent]:
     """Print the run's progress until it ends (a live bar on a terminal, lines otherwise)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
+    run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
     history: list[tp.RunEvent] = []
     live = console.is_terminal
     progress = Progress(
@@ -99,14 +95,14 @@ async def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str, metada
     )  # fmt: skip
     with progress:
         task = progress.add_task(run.spec.name or run_id, total=run.total_steps or None, metrics="")
-        async for response in stub.WatchRun(tp.WatchRunRequest(run_id=run_id), metadata=metadata):
+        async for response in stub.WatchRun(tp.WatchRunRequest(run_id=run_id)):
             event = response.event
             history.append(event)
             kind = event.WhichOneof("kind")
             if kind == "metrics":
                 line = summary(dict(event.metrics.values))
                 if not run.total_steps:
-                    run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
+                    run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
                 progress.update(
                     task, completed=event.metrics.step, total=run.total_steps or None, metrics=line
                 )
@@ -139,10 +135,8 @@ def _curves(events: list[tp.RunEvent], title: str, out: Path) -> Path | None:
     return plot_curves(metrics, title, out)
 
 
-async def _history(
-    stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str, metadata: Any
-) -> list[tp.RunEvent]:
-    return [r.event async for r in stub.WatchRun(tp.WatchRunRequest(run_id=run_id), metadata=metadata)]
+async def _history(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str) -> list[tp.RunEvent]:
+    return [r.event async for r in stub.WatchRun(tp.WatchRunRequest(run_id=run_id))]
 
 
 def _finish(run: tp.Run, events: list[tp.RunEvent], plot: Path | None) -> None:
@@ -185,17 +179,16 @@ def train(
         run_spec.reward_model = reward_model
     if base_model is not None:
         run_spec.base_model = base_model
-    metadata = _metadata(token)
 
     async def go() -> None:
         task = asyncio.current_task()
         assert task is not None
         # SIGTERM (a job scheduler, `timeout`) ends the command like Ctrl-C: the run is cancelled below
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        async with trainer_stub(address, settings) as stub:
+        async with trainer_stub(address, settings, token) as stub:
             try:
                 response = await stub.StartRun(
-                    tp.StartRunRequest(spec=run_spec, idempotency_key=idempotency_key), metadata=metadata
+                    tp.StartRunRequest(spec=run_spec, idempotency_key=idempotency_key)
                 )
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
@@ -205,14 +198,12 @@ def train(
                 typer.echo(run_id)
                 return
             try:
-                events = await _follow(stub, run_id, metadata)
+                events = await _follow(stub, run_id)
             except (asyncio.CancelledError, KeyboardInterrupt):
                 if address is None:  # nothing else follows it: don't leave a worker behind
-                    await stub.CancelRun(
-                        tp.CancelRunRequest(run_id=run_id, reason="interrupted"), metadata=metadata
-                    )
+                    await stub.CancelRun(tp.CancelRunRequest(run_id=run_id, reason="interrupted"))
                 raise
-            run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
+            run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
             _finish(run, events, plot)
 
     try:
@@ -240,10 +231,8 @@ def list_runs(
         states.append(tp.RunState.Value(key))
 
     async def go() -> None:
-        async with trainer_reader(address, load_settings(config)) as stub:
-            response = await stub.ListRuns(
-                tp.ListRunsRequest(page_size=limit, states=states), metadata=_metadata(token)
-            )
+        async with trainer_reader(address, load_settings(config), token) as stub:
+            response = await stub.ListRuns(tp.ListRunsRequest(page_size=limit, states=states))
             for run in response.runs:
                 typer.echo(describe(run))
 
@@ -256,9 +245,9 @@ def get(run_id: str, address: Address = None, token: Token = None, config: Confi
     import json
 
     async def go() -> None:
-        async with trainer_reader(address, load_settings(config)) as stub:
+        async with trainer_reader(address, load_settings(config), token) as stub:
             try:
-                run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=_metadata(token))).run
+                run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
             typer.echo(json.dumps(MessageToDict(run), indent=2))
@@ -279,13 +268,12 @@ def watch(
     """Follow a run's progress live (from its first event) and write its curves when it ends."""
 
     async def go() -> None:
-        async with trainer_stub(address, load_settings(config)) as stub:
-            metadata = _metadata(token)
+        async with trainer_stub(address, load_settings(config), token) as stub:
             try:
-                events = await _follow(stub, run_id, metadata)
+                events = await _follow(stub, run_id)
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
-            run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
+            run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
             _finish(run, events, plot)
 
     asyncio.run(go())
@@ -299,13 +287,9 @@ def cancel(
     """Cancel a pending or running run."""
 
     async def go() -> None:
-        async with trainer_stub(address, load_settings(config)) as stub:
+        async with trainer_stub(address, load_settings(config), token) as stub:
             try:
-                run = (
-                    await stub.CancelRun(
-                        tp.CancelRunRequest(run_id=run_id, reason=reason), metadata=_metadata(token)
-                    )
-                ).run
+                run = (await stub.CancelRun(tp.CancelRunRequest(run_id=run_id, reason=reason))).run
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
             typer.echo(describe(run))
@@ -323,18 +307,15 @@ def resume(
     """Resume a failed or cancelled run from its last checkpoint, on the same data."""
 
     async def go() -> None:
-        async with trainer_stub(address, load_settings(config)) as stub:
-            metadata = _metadata(token)
+        async with trainer_stub(address, load_settings(config), token) as stub:
             try:
-                run = (await stub.ResumeRun(tp.ResumeRunRequest(run_id=run_id), metadata=metadata)).run
+                run = (await stub.ResumeRun(tp.ResumeRunRequest(run_id=run_id))).run
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
             typer.echo(describe(run), err=True)
             if watch or address is None:
-                events = await _follow(stub, run_id, metadata)
-                _finish(
-                    (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run, events, plot
-                )
+                events = await _follow(stub, run_id)
+                _finish((await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run, events, plot)
 
     asyncio.run(go())
 
@@ -352,11 +333,10 @@ def plot(
     """Write a run's curves (loss, reward, KL, …) as a PNG."""
 
     async def go() -> None:
-        async with trainer_reader(address, load_settings(config)) as stub:
-            metadata = _metadata(token)
+        async with trainer_reader(address, load_settings(config), token) as stub:
             try:
-                run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id), metadata=metadata)).run
-                events = await _history(stub, run_id, metadata) if run.state in _TERMINAL else []
+                run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
+                events = await _history(stub, run_id) if run.state in _TERMINAL else []
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
             if run.state not in _TERMINAL:

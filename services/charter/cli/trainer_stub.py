@@ -23,16 +23,14 @@ class StoreReader:
     def __init__(self, settings: CharterSettings) -> None:
         self.store = convert.run_store(settings.trainer.database_url.get_secret_value())
 
-    async def GetRun(self, request: tp.GetRunRequest, metadata: Any = None) -> tp.GetRunResponse:
+    async def GetRun(self, request: tp.GetRunRequest) -> tp.GetRunResponse:
         return tp.GetRunResponse(run=convert.run_to_proto(self.store.get(request.run_id)))
 
-    async def ListRuns(self, request: tp.ListRunsRequest, metadata: Any = None) -> tp.ListRunsResponse:
+    async def ListRuns(self, request: tp.ListRunsRequest) -> tp.ListRunsResponse:
         runs, token = self.store.list(list(request.states), request.page_size, request.page_token)
         return tp.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
 
-    async def WatchRun(
-        self, request: tp.WatchRunRequest, metadata: Any = None
-    ) -> AsyncIterator[tp.WatchRunResponse]:
+    async def WatchRun(self, request: tp.WatchRunRequest) -> AsyncIterator[tp.WatchRunResponse]:
         after = request.after_sequence
         while batch := self.store.events(request.run_id, after):
             for event in batch:
@@ -41,10 +39,12 @@ class StoreReader:
 
 
 @contextlib.asynccontextmanager
-async def trainer_reader(address: str | None, settings: CharterSettings) -> AsyncIterator[Any]:
+async def trainer_reader(
+    address: str | None, settings: CharterSettings, token: str | None = None
+) -> AsyncIterator[Any]:
     """`trainer_stub(address)` with an address; else a `StoreReader` (read-only commands)."""
     if address is not None:
-        async with trainer_stub(address, settings) as stub:
+        async with trainer_stub(address, settings, token) as stub:
             yield stub
         return
     reader = StoreReader(settings)
@@ -56,9 +56,10 @@ async def trainer_reader(address: str | None, settings: CharterSettings) -> Asyn
 
 @contextlib.asynccontextmanager
 async def trainer_stub(
-    address: str | None, settings: CharterSettings
+    address: str | None, settings: CharterSettings, token: str | None = None
 ) -> AsyncIterator[trainer_pb2_grpc.TrainerServiceStub]:
-    """A stub for `address`, or for a trainer service started here on a free local port."""
+    """A stub for `address` (calls carry `token`), or for a trainer service started here on a free
+    local port."""
     from charter.client.channel import open_channel
 
     async with contextlib.AsyncExitStack() as stack:
@@ -66,5 +67,5 @@ async def trainer_stub(
             from charter.app.local import local_services
 
             address = await stack.enter_async_context(local_services(settings, ["trainer"], drain_seconds=0))
-        async with open_channel(address) as channel:
+        async with open_channel(address, token=token) as channel:
             yield trainer_pb2_grpc.TrainerServiceStub(channel)

@@ -40,7 +40,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {e['msg']}"
     if isinstance(exc, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
-    if isinstance(exc, NotImplementedError):  # the generated base servicer of a service not built yet
+    if isinstance(exc, NotImplementedError):  # a generated base servicer (an RPC with no handler)
         return grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented by this server version"
     return grpc.StatusCode.INTERNAL, "internal error"
 

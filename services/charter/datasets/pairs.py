@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from charter.constitution.sampling import rng_for
 from charter.core.errors import InvalidArgument, NotFound
-from charter.datasets.sources import RowError, _row_messages, hh_human_turns, text_lines
+from charter.datasets.sources import RowError, hh_human_turns, row_messages, text_lines
 from charter.inference.types import Message
 
 PairFormat = Literal["auto", "hh-rlhf", "jsonl", "parquet", "sl-cai"]
@@ -96,9 +96,9 @@ def _table_row(index: int, row: Any, seed: int) -> PairRow:
     if not isinstance(row, dict):
         raise ValueError(f"expected an object, got {type(row).__name__}")
     if isinstance(row.get("prompt"), list):  # TRL's conversational format: the prompt is messages
-        conversation = _row_messages({"messages": row["prompt"]})
+        conversation = row_messages({"messages": row["prompt"]})
     else:
-        conversation = _row_messages(row)
+        conversation = row_messages(row)
     if "chosen" in row and "rejected" in row:
         chosen, rejected = _text(row["chosen"], "chosen"), _text(row["rejected"], "rejected")
         if not chosen.strip() or not rejected.strip():

@@ -87,7 +87,7 @@ def hh_human_turns(transcript: str) -> tuple[Message, ...]:
     return tuple(messages)
 
 
-def _row_messages(row: Any) -> tuple[Message, ...]:
+def row_messages(row: Any) -> tuple[Message, ...]:
     if not isinstance(row, dict):
         raise ValueError(f"expected an object, got {type(row).__name__}")
     if "messages" in row and row["messages"] is not None:
@@ -148,7 +148,7 @@ def _rows(path: Path, fmt: Format) -> Iterator[PromptRow | RowError]:
         import pyarrow.parquet as pq
 
         for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield _checked(i, lambda row=row: _row_messages(row))
+            yield _checked(i, lambda row=row: row_messages(row))
         return
     if fmt == "csv":
         opener = gzip.open if path.suffix == ".gz" else open
@@ -159,7 +159,7 @@ def _rows(path: Path, fmt: Format) -> Iterator[PromptRow | RowError]:
                 if _has_bad_bytes(row):
                     yield RowError(index, "invalid UTF-8 in the row")
                 else:
-                    yield _checked(index, lambda row=row: _row_messages(row))
+                    yield _checked(index, lambda row=row: row_messages(row))
         return
     for index, line in text_lines(path):
         if isinstance(line, RowError):
@@ -167,7 +167,7 @@ def _rows(path: Path, fmt: Format) -> Iterator[PromptRow | RowError]:
         elif fmt == "hh-rlhf":
             yield _checked(index, lambda line=line: hh_human_turns(_hh_transcript(line)))
         else:
-            yield _checked(index, lambda line=line: _row_messages(json.loads(line)))
+            yield _checked(index, lambda line=line: row_messages(json.loads(line)))
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str | RowError]]:

@@ -55,6 +55,8 @@ class EvalOptions:
     batch_size: int = 64
     judge: str | None = None
     """host:port of a running judge service; None = start one in this process."""
+    token: str | None = None
+    """Bearer token for `judge` (a service with `judge.tokens` set)."""
 
 
 def record(pair: PairRow, label: label_pb2.PreferenceLabel) -> metrics.EvalRecord:
@@ -97,7 +99,7 @@ async def judge_pairs(
         chain_of_thought=options.chain_of_thought,
     )
     labels: dict[int, label_pb2.PreferenceLabel] = {}
-    async with JudgeClient(address) as judge:
+    async with JudgeClient(address, token=options.token) as judge:
         for start in range(0, len(pairs), options.batch_size):
             batch = pairs[start : start + options.batch_size]
             try:

@@ -35,7 +35,7 @@ from charter.datasets.pairs import PairRow, read_pairs
 from charter.datasets.sources import PromptRow, read_rows
 from charter.pipelines import outputs, runner
 from charter.pipelines.runner import Batches
-from charter.pipelines.spec import RlCaiSpec
+from charter.pipelines.spec import RlCaiSpec, read_token
 from charter.pipelines.store import OutputStore
 from charter.review.store import Ledger
 from charter.review.types import Route, key
@@ -91,13 +91,9 @@ class LedgerSink:
             self._ledger = Ledger(self.target.database, r.routing, max_label_bytes=r.max_label_bytes)
         else:
             assert self.target.address is not None and self.target.token_file is not None
-            try:
-                token = self.target.token_file.read_text(encoding="utf-8").strip()
-            except OSError as err:
-                raise InvalidArgument(
-                    f"ledger.token_file: cannot read {self.target.token_file}: {err.strerror}"
-                ) from None
-            self._client = ReviewClient(self.target.address, token=token, **spec.services.client_options())
+            options = spec.services.client_options()
+            options["token"] = read_token(self.target.token_file, "ledger.token_file")
+            self._client = ReviewClient(self.target.address, **options)
 
     async def submit(self, labels: list[label_pb2.PreferenceLabel]) -> list[review_pb2.SubmitResult]:
         if self._ledger is not None:

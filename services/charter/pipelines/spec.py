@@ -49,12 +49,28 @@ class ServicesSpec(_Strict):
     """Deadline of one batch call."""
     retries: int = Field(default=5, ge=0, le=100)
     backoff_seconds: float = Field(default=1.0, gt=0.0, le=300.0)
+    token_file: Path | None = None
+    """A file holding a bearer token (role `service`) sent to every service the pipeline calls — for
+    services with tokens configured (`generator.tokens`, `critic.tokens`, `judge.tokens`)."""
 
     def client_options(self) -> dict[str, Any]:
-        """Keyword arguments for a `charter.client` client: deadline and retrying."""
+        """Keyword arguments for a `charter.client` client: deadline, retrying and the token."""
         return {
-            "timeout": self.timeout_seconds, "retries": self.retries, "backoff_seconds": self.backoff_seconds
+            "timeout": self.timeout_seconds, "retries": self.retries, "backoff_seconds": self.backoff_seconds,
+            "token": read_token(self.token_file, "services.token_file") if self.token_file else None,
         }  # fmt: skip
+
+
+def read_token(path: Path, field: str) -> str:
+    """The token in `path` (surrounding whitespace dropped); INVALID_ARGUMENT naming `field` if it
+    cannot be read or is empty."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise InvalidArgument(f"{field}: cannot read {path}: {err.strerror}", field=field) from None
+    if not token:
+        raise InvalidArgument(f"{field}: {path} is empty", field=field)
+    return token
 
 
 class InferenceSpec(_Strict):

@@ -150,6 +150,3 @@ def result_proto(outcome: Outcome, provenance: Any) -> critic_pb2.CritiqueResult
         provenance=provenance,
     )
 
-
-def add(servicer: Any, server: aio.Server) -> None:
-    critic_pb2_grpc.add_CriticReviserServiceServicer_to_server(servicer, server)

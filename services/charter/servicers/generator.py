@@ -8,7 +8,6 @@ prompts; each (prompt, sample) streams back as soon as its prompt is done.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from charter_proto.generator.v1 import generator_pb2, generator_pb2_grpc
 from grpc import aio
@@ -60,6 +59,3 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                     model=model,
                 )
 
-
-def add(servicer: Any, server: aio.Server) -> None:
-    generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
