@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from charter.api.trainer import spec_from_proto
 from charter.core.errors import CharterError, InvalidArgument
 from charter.trainer.data import from_files
 from charter.trainer.online import online_trainer, prompts_from_rows
@@ -18,6 +19,7 @@ from charter.trainer.spec import check, trl_config
 from charter_proto.trainer.v1 import trainer_pb2 as tp
 from google.protobuf.struct_pb2 import Struct
 
+from tests.support import tiny
 from tests.support.hh import HH_DEV
 
 pytestmark = pytest.mark.integration
@@ -28,20 +30,19 @@ HYPERPARAMETERS = {
 }  # fmt: skip
 
 
-def _tokenizer(embedded_model: Path):
-    from transformers import AutoTokenizer
+SMALL = {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "num_key_value_heads": 2, "max_position_embeddings": 2048,
+}  # fmt: skip
+"""Smaller than the shared tiny model, and long enough for hh-rlhf prompts."""
 
-    return AutoTokenizer.from_pretrained(embedded_model)
+
+def _tokenizer(embedded_model: Path):
+    return tiny.tokenizer(embedded_model)
 
 
 def _llama_config(tokenizer, **extra):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id, **extra,
-    )  # fmt: skip
+    return tiny.llama_config(tokenizer, **SMALL, **extra)
 
 
 def _reward_model(folder: Path, embedded_model: Path, *, constant: bool = False) -> Path:
@@ -214,13 +215,13 @@ def _spec(algorithm: int, hyperparameters: dict) -> tp.RunSpec:
 )
 def test_the_spec_check_builds_grpo_and_rloo_configs_and_names_a_bad_field(algorithm, config):
     typical = {"num_generations": 4, "max_completion_length": 64, "learning_rate": 1e-6}
-    checked = check(_spec(algorithm, typical))
+    checked = check(spec_from_proto(_spec(algorithm, typical)))
     assert type(checked.config).__name__ == config
     assert (checked.config.num_generations, checked.config.max_completion_length) == (4, 64)
     assert checked.config.learning_rate == pytest.approx(1e-6) and checked.config.seed == 3
     with pytest.raises(InvalidArgument) as err:
-        check(_spec(algorithm, {**typical, "num_generation": 4}))
+        check(spec_from_proto(_spec(algorithm, {**typical, "num_generation": 4})))
     assert err.value.field == "spec.hyperparameters.num_generation"
     with pytest.raises(InvalidArgument) as err:  # a generation batch must hold whole groups
-        check(_spec(algorithm, {**typical, "per_device_train_batch_size": 6}))
+        check(spec_from_proto(_spec(algorithm, {**typical, "per_device_train_batch_size": 6})))
     assert err.value.field == "spec.hyperparameters" and "num_generations" in str(err.value)

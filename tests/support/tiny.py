@@ -16,15 +16,16 @@ def tokenizer(embedded_model: Path) -> Any:
     return tok
 
 
-def llama_config(tok: Any, **extra: Any) -> Any:
+def llama_config(tok: Any, **overrides: Any) -> Any:
+    """A tiny Llama config for `tok`'s vocabulary; `overrides` replace any field (sizes included)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    fields = dict(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        **extra,
     )  # fmt: skip
+    return LlamaConfig(**(fields | overrides))
 
 
 def save_tiny_lm(folder: Path, embedded_model: Path, seed: int = 0) -> Path:
