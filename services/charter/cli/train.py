@@ -17,11 +17,11 @@ import grpc
 import typer
 import yaml
 from charter_proto.trainer.v1 import trainer_pb2 as tp
-from charter_proto.trainer.v1 import trainer_pb2_grpc
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
 from charter.api import trainer as convert
-from charter.cli.trainer_stub import trainer_reader, trainer_stub
+from charter.cli.trainer_access import StoreReader, trainer_client, trainer_reader
+from charter.client.trainer import TrainerClient
 from charter.core.errors import InvalidArgument
 from charter.core.settings import load_settings
 from charter.trainer.curves import plot_curves, summary
@@ -80,13 +80,13 @@ def describe(run: tp.Run) -> str:
     return line
 
 
-async def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str) -> list[tp.RunEvent]:
+async def _follow(trainer: TrainerClient | StoreReader, run_id: str) -> list[tp.RunEvent]:
     """Print the run's progress until it ends (a live bar on a terminal, lines otherwise)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
+    run = await trainer.get_run(run_id)
     history: list[tp.RunEvent] = []
     live = console.is_terminal
     progress = Progress(
@@ -95,14 +95,13 @@ async def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str) -> lis
     )  # fmt: skip
     with progress:
         task = progress.add_task(run.spec.name or run_id, total=run.total_steps or None, metrics="")
-        async for response in stub.WatchRun(tp.WatchRunRequest(run_id=run_id)):
-            event = response.event
+        async for event in trainer.watch_run(run_id):
             history.append(event)
             kind = event.WhichOneof("kind")
             if kind == "metrics":
                 line = summary(dict(event.metrics.values))
                 if not run.total_steps:
-                    run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
+                    run = await trainer.get_run(run_id)
                 progress.update(
                     task, completed=event.metrics.step, total=run.total_steps or None, metrics=line
                 )
@@ -135,8 +134,8 @@ def _curves(events: list[tp.RunEvent], title: str, out: Path) -> Path | None:
     return plot_curves(metrics, title, out)
 
 
-async def _history(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str) -> list[tp.RunEvent]:
-    return [r.event async for r in stub.WatchRun(tp.WatchRunRequest(run_id=run_id))]
+async def _history(trainer: TrainerClient | StoreReader, run_id: str) -> list[tp.RunEvent]:
+    return [event async for event in trainer.watch_run(run_id)]
 
 
 def _finish(run: tp.Run, events: list[tp.RunEvent], plot: Path | None) -> None:
@@ -185,25 +184,22 @@ def train(
         assert task is not None
         # SIGTERM (a job scheduler, `timeout`) ends the command like Ctrl-C: the run is cancelled below
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        async with trainer_stub(address, settings, token) as stub:
+        async with trainer_client(address, settings, token) as trainer:
             try:
-                response = await stub.StartRun(
-                    tp.StartRunRequest(spec=run_spec, idempotency_key=idempotency_key)
-                )
+                run_id = (await trainer.start_run(run_spec, idempotency_key)).id
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
-            run_id = response.run.id
             typer.echo(f"started {run_id}", err=True)
             if address is not None and not watch:
                 typer.echo(run_id)
                 return
             try:
-                events = await _follow(stub, run_id)
+                events = await _follow(trainer, run_id)
             except (asyncio.CancelledError, KeyboardInterrupt):
                 if address is None:  # nothing else follows it: don't leave a worker behind
-                    await stub.CancelRun(tp.CancelRunRequest(run_id=run_id, reason="interrupted"))
+                    await trainer.cancel_run(run_id, "interrupted")
                 raise
-            run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
+            run = await trainer.get_run(run_id)
             _finish(run, events, plot)
 
     try:
@@ -231,8 +227,8 @@ def list_runs(
         states.append(tp.RunState.Value(key))
 
     async def go() -> None:
-        async with trainer_reader(address, load_settings(config), token) as stub:
-            response = await stub.ListRuns(tp.ListRunsRequest(page_size=limit, states=states))
+        async with trainer_reader(address, load_settings(config), token) as trainer:
+            response = await trainer.list_runs(states, page_size=limit)
             for run in response.runs:
                 typer.echo(describe(run))
 
@@ -245,9 +241,9 @@ def get(run_id: str, address: Address = None, token: Token = None, config: Confi
     import json
 
     async def go() -> None:
-        async with trainer_reader(address, load_settings(config), token) as stub:
+        async with trainer_reader(address, load_settings(config), token) as trainer:
             try:
-                run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
+                run = await trainer.get_run(run_id)
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
             typer.echo(json.dumps(MessageToDict(run), indent=2))
@@ -268,12 +264,12 @@ def watch(
     """Follow a run's progress live (from its first event) and write its curves when it ends."""
 
     async def go() -> None:
-        async with trainer_stub(address, load_settings(config), token) as stub:
+        async with trainer_client(address, load_settings(config), token) as trainer:
             try:
-                events = await _follow(stub, run_id)
+                events = await _follow(trainer, run_id)
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
-            run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
+            run = await trainer.get_run(run_id)
             _finish(run, events, plot)
 
     asyncio.run(go())
@@ -287,9 +283,9 @@ def cancel(
     """Cancel a pending or running run."""
 
     async def go() -> None:
-        async with trainer_stub(address, load_settings(config), token) as stub:
+        async with trainer_client(address, load_settings(config), token) as trainer:
             try:
-                run = (await stub.CancelRun(tp.CancelRunRequest(run_id=run_id, reason=reason))).run
+                run = await trainer.cancel_run(run_id, reason)
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
             typer.echo(describe(run))
@@ -307,15 +303,15 @@ def resume(
     """Resume a failed or cancelled run from its last checkpoint, on the same data."""
 
     async def go() -> None:
-        async with trainer_stub(address, load_settings(config), token) as stub:
+        async with trainer_client(address, load_settings(config), token) as trainer:
             try:
-                run = (await stub.ResumeRun(tp.ResumeRunRequest(run_id=run_id))).run
+                run = await trainer.resume_run(run_id)
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
             typer.echo(describe(run), err=True)
             if watch or address is None:
-                events = await _follow(stub, run_id)
-                _finish((await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run, events, plot)
+                events = await _follow(trainer, run_id)
+                _finish(await trainer.get_run(run_id), events, plot)
 
     asyncio.run(go())
 
@@ -333,10 +329,10 @@ def plot(
     """Write a run's curves (loss, reward, KL, …) as a PNG."""
 
     async def go() -> None:
-        async with trainer_reader(address, load_settings(config), token) as stub:
+        async with trainer_reader(address, load_settings(config), token) as trainer:
             try:
-                run = (await stub.GetRun(tp.GetRunRequest(run_id=run_id))).run
-                events = await _history(stub, run_id) if run.state in _TERMINAL else []
+                run = await trainer.get_run(run_id)
+                events = await _history(trainer, run_id) if run.state in _TERMINAL else []
             except grpc.aio.AioRpcError as err:
                 raise _rpc_error(err) from None
             if run.state not in _TERMINAL:
