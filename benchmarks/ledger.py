@@ -411,7 +411,7 @@ async def claims(port: int, reviewers: int, per_reviewer: int, think: float = 0.
     uniform 0.5-1.5 x `think` seconds after each decision (0 = back to back)."""
     import random
 
-    import grpc
+    from charter.client.channel import open_channel
     from charter_proto.review.v1 import review_pb2 as rv
     from charter_proto.review.v1 import review_pb2_grpc
 
@@ -497,7 +497,7 @@ async def claim_phases(stub: Any, port: int, args: argparse.Namespace, maker: La
 
 
 async def run_backend(backend: str, args: argparse.Namespace, maker: LabelMaker) -> dict[str, Any]:
-    import grpc
+    from charter.client.channel import open_channel
     from charter_proto.review.v1 import review_pb2 as rv
     from charter_proto.review.v1 import review_pb2_grpc
 
