@@ -147,7 +147,6 @@ class ServiceSpec:
             section.tokens_file,
             always=self.always_authenticate,
             require_tokens_off_loopback=not getattr(section, "allow_unauthenticated", True),
-            service=self.full_name,
         )
 
     def registration(self, servicer: Any | None = None, access: AccessPolicy | None = None) -> Registration:

@@ -29,6 +29,7 @@ from google.protobuf.json_format import Parse, ParseError
 from transformers import TrainerCallback
 
 from charter.api.trainer import spec_from_proto
+from charter.core.auth import read_token
 from charter.core.errors import CharterError, InvalidArgument
 from charter.core.files import write_atomic
 from charter.trainer import events
@@ -67,7 +68,7 @@ def review_token() -> str:
     token = os.environ.get("CHARTER_REVIEW_TOKEN", "")
     token_file = os.environ.get("CHARTER_REVIEW_TOKEN_FILE")
     if not token and token_file:
-        token = Path(token_file).read_text(encoding="utf-8").strip()
+        token = read_token(Path(token_file), "CHARTER_REVIEW_TOKEN_FILE")
     return token
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import typer
 from charter_proto.review.v1 import review_pb2
 
+from charter.core.auth import read_token
 from charter.core.errors import InvalidArgument
 from charter.core.logging import configure_logging
 from charter.core.settings import load_settings
@@ -74,7 +75,7 @@ def export(
     if review is None and (follow or token or token_file):
         raise InvalidArgument("--follow, --token and --token-file need --review HOST:PORT")
     if review is not None:
-        secret = token or (token_file.read_text(encoding="utf-8").strip() if token_file else None)
+        secret = token or (read_token(token_file, "--token-file") if token_file else None)
         if not secret:
             raise InvalidArgument("--review needs a service token: --token or --token-file")
         if follow:

@@ -24,6 +24,9 @@ class ServiceClient:
     """
 
     service = "a Charter service"
+    """How errors name the service ("the judge")."""
+    stub_type: type[Any] | None = None
+    """The generated stub class; the client's `stub` is one over its channel."""
 
     def __init__(
         self,
@@ -39,6 +42,7 @@ class ServiceClient:
         self.timeout = timeout
         self.retries, self.backoff_seconds = retries, backoff_seconds
         self.channel: aio.Channel = open_channel(target, token=token, options=options)
+        self.stub: Any = self.stub_type(self.channel) if self.stub_type is not None else None
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """`fn()` (one RPC), retried while the service is unavailable."""

@@ -11,10 +11,8 @@ class CriticClient(ServiceClient):
     """Critique → revision rounds from the critic-reviser service."""
 
     service = "the critic-reviser"
+    stub_type = critic_pb2_grpc.CriticReviserServiceStub
 
-    def __init__(self, target: str, **kwargs: object) -> None:
-        super().__init__(target, **kwargs)  # type: ignore[arg-type]
-        self.stub = critic_pb2_grpc.CriticReviserServiceStub(self.channel)
 
     async def critique_revise(
         self, request: critic_pb2.CritiqueReviseStreamRequest

@@ -16,10 +16,8 @@ class GeneratorClient(ServiceClient):
     """
 
     service = "the generator"
+    stub_type = generator_pb2_grpc.GeneratorServiceStub
 
-    def __init__(self, target: str, **kwargs: object) -> None:
-        super().__init__(target, **kwargs)  # type: ignore[arg-type]
-        self.stub = generator_pb2_grpc.GeneratorServiceStub(self.channel)
 
     async def generate(self, request: generator_pb2.GenerateRequest) -> list[generator_pb2.GenerateResponse]:
         """Every (prompt, sample) reply of one `Generate` call, in arrival order."""

@@ -24,10 +24,8 @@ class JudgeClient(ServiceClient):
     """
 
     service = "the judge"
+    stub_type = judge_pb2_grpc.JudgeServiceStub
 
-    def __init__(self, target: str, **kwargs: object) -> None:
-        super().__init__(target, **kwargs)  # type: ignore[arg-type]
-        self.stub = judge_pb2_grpc.JudgeServiceStub(self.channel)
 
     async def compare(
         self, pairs: Sequence[PairRow], options: judge_pb2.JudgeOptions, request_id: str = ""

@@ -33,10 +33,8 @@ class ReviewClient(ServiceClient):
     """
 
     service = "the review service"
+    stub_type = review_pb2_grpc.ReviewServiceStub
 
-    def __init__(self, target: str, **kwargs: object) -> None:
-        super().__init__(target, **kwargs)  # type: ignore[arg-type]
-        self.stub = review_pb2_grpc.ReviewServiceStub(self.channel)
 
     async def submit(
         self, labels: Sequence[label_pb2.PreferenceLabel], request_id: str = ""

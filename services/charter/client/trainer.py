@@ -21,10 +21,8 @@ class TrainerClient(ServiceClient):
     """
 
     service = "the trainer"
+    stub_type = trainer_pb2_grpc.TrainerServiceStub
 
-    def __init__(self, target: str, **kwargs: object) -> None:
-        super().__init__(target, **kwargs)  # type: ignore[arg-type]
-        self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
 
     async def start_run(self, spec: tp.RunSpec, idempotency_key: str = "") -> tp.Run:
         """Check `spec` and start it; the same `idempotency_key` again returns the same run."""

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -102,6 +102,18 @@ class Authenticator:
         return found
 
 
+def read_token(path: Path, field: str) -> str:
+    """The bearer token a caller keeps in the file `path` (surrounding whitespace dropped);
+    INVALID_ARGUMENT naming `field` if the file cannot be read or is empty."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise InvalidArgument(f"{field}: cannot read {path}: {err.strerror}", field=field) from None
+    if not token:
+        raise InvalidArgument(f"{field}: {path} is empty", field=field)
+    return token
+
+
 def bearer(value: str | None) -> str | None:
     """The token in an `authorization` value (`Bearer <token>`), or None."""
     if not value:
@@ -132,7 +144,6 @@ class AccessPolicy:
     authenticator: Authenticator | None = None
     require_tokens_off_loopback: bool = False
     """Refuse to serve on a non-loopback address without tokens (rather than only warn)."""
-    service: str = field(default="", compare=False)
 
     @property
     def open(self) -> bool:
@@ -165,9 +176,8 @@ def access_policy(
     *,
     always: bool = False,
     require_tokens_off_loopback: bool = False,
-    service: str = "",
 ) -> AccessPolicy:
     """The policy of a service from its settings: tokens checked when any are configured (or
     `always`: a service that refuses every call until tokens exist, like review)."""
     authenticator = Authenticator(tokens, tokens_file) if (always or tokens or tokens_file) else None
-    return AccessPolicy(roles, authenticator, require_tokens_off_loopback, service)
+    return AccessPolicy(roles, authenticator, require_tokens_off_loopback)

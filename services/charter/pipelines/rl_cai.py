@@ -29,13 +29,14 @@ from charter.api.judge import STATUS_NAMES
 from charter.client.generator import GeneratorClient
 from charter.client.judge import JudgeClient
 from charter.client.review import ReviewClient
+from charter.core.auth import read_token
 from charter.core.errors import InvalidArgument
 from charter.core.settings import CharterSettings
 from charter.datasets.pairs import PairRow, read_pairs
 from charter.datasets.sources import PromptRow, read_rows
 from charter.pipelines import outputs, runner
 from charter.pipelines.runner import Batches
-from charter.pipelines.spec import RlCaiSpec, read_token
+from charter.pipelines.spec import RlCaiSpec
 from charter.pipelines.store import OutputStore
 from charter.review.store import Ledger
 from charter.review.types import Route, key

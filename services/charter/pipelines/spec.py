@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from charter.core.auth import read_token
 from charter.core.errors import InvalidArgument, NotFound, one_line
 from charter.datasets.pairs import PairFormat
 from charter.datasets.sources import Format
@@ -60,17 +61,6 @@ class ServicesSpec(_Strict):
             "token": read_token(self.token_file, "services.token_file") if self.token_file else None,
         }  # fmt: skip
 
-
-def read_token(path: Path, field: str) -> str:
-    """The token in `path` (surrounding whitespace dropped); INVALID_ARGUMENT naming `field` if it
-    cannot be read or is empty."""
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as err:
-        raise InvalidArgument(f"{field}: cannot read {path}: {err.strerror}", field=field) from None
-    if not token:
-        raise InvalidArgument(f"{field}: {path} is empty", field=field)
-    return token
 
 
 class InferenceSpec(_Strict):
