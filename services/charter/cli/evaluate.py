@@ -106,3 +106,44 @@ def judge(
     )
     typer.echo(format_table(report["summary"]))
     typer.echo(f"written: {output / 'eval.json'}, labels.jsonl, reliability.png, principles.png")
+
+
+@app.command()
+def policy(
+    spec: Annotated[Path, typer.Argument(help="An eval-policy spec (YAML; see pipelines/eval-policy.yaml).")],
+    output: Annotated[Path | None, typer.Option(help="Output folder (overrides the spec's).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
+) -> None:
+    """Did training help? Generates from every model in the spec and reports win rate against the
+    baseline (AI judge, both orders), Bradley–Terry/Elo, red-team harmlessness beside benign-prompt
+    refusals, held-out reward, the gold implicit preference accuracy on human pairs and a length check.
+    Resumable: re-running the same spec into the same folder reuses what is there."""
+    from charter.evaluation.policy import Hooks, evaluate
+    from charter.evaluation.policy_spec import load_eval_spec
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the command draws its own progress; errors stay one line
+    loaded = load_eval_spec(spec)
+    if output is not None:
+        loaded = loaded.model_copy(update={"output": output})
+    settings = load_settings(config)
+    configure_logging(
+        settings.logging.model_copy(update={"level": "WARNING"})
+        if settings.logging.level == "INFO"
+        else settings.logging
+    )
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console,
+    )  # fmt: skip
+    tasks: list[Any] = []
+
+    def on_phase(phase: str, total: int) -> None:
+        tasks.append(progress.add_task(phase, total=total))
+
+    with progress:
+        asyncio.run(evaluate(loaded, settings, Hooks(on_phase, lambda n: progress.advance(tasks[-1], n))))
+    typer.echo((loaded.output / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"written: {loaded.output / 'eval.json'}, report.md and the charts")

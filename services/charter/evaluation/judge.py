@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -25,7 +23,6 @@ from charter_proto.common.v1 import label_pb2
 from charter_proto.judge.v1 import judge_pb2
 from google.protobuf.json_format import MessageToDict
 
-from charter import __version__
 from charter.api.judge import STATUS_NAMES
 from charter.app.local import local_services
 from charter.client.judge import JudgeClient
@@ -33,6 +30,7 @@ from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from charter.core.settings import CharterSettings
 from charter.datasets.pairs import PairRow, read_pairs
 from charter.datasets.sources import RowError
+from charter.evaluation.environment import machine, versions
 from charter.judge import metrics, plots
 
 # published reference points for HH harmless-base (docs/evaluation.md), drawn on the per-principle chart
@@ -112,15 +110,6 @@ async def judge_pairs(
     return [labels[i] for i in range(len(pairs))]
 
 
-def _versions() -> dict[str, str]:
-    out = {"charter": __version__, "python": platform.python_version()}
-    for name in ("torch", "transformers", "vllm"):
-        module = sys.modules.get(name)
-        if module is not None:
-            out[name] = getattr(module, "__version__", "")
-    return out
-
-
 async def evaluate(
     options: EvalOptions,
     settings: CharterSettings,
@@ -162,12 +151,8 @@ async def evaluate(
             "command": " ".join(sys.argv),
         },
         "references": REFERENCES,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpus": os.cpu_count(),
-        },  # fmt: skip
-        "versions": _versions(),
+        "machine": machine(),
+        "versions": versions(),
     }
     out = options.output
     out.mkdir(parents=True, exist_ok=True)

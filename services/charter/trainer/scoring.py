@@ -1,0 +1,101 @@
+"""Scoring chat replies with a trained reward model — what policy evaluation (held-out reward),
+best-of-N selection and the reward-hacking watch share.
+
+`RewardScorer` renders each conversation + reply with the reward model's *own* tokenizer and chat
+template (as TRL's online trainers do), so the policy and the reward model need not share a tokenizer;
+it batches by length, scores without gradients and keeps the last `max_length` tokens of a long text
+(the reply's end is what the model judges). A folder whose tokenizer holds ids the model has no
+embedding for is refused up front: it would score garbage or crash mid-run.
+
+Example::
+
+    scorer = RewardScorer("runs/rm/model")
+    scorer.score([[{"role": "user", "content": "Hi"}]], ["Hello! How can I help?"])  # [0.73]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from charter.core.errors import InvalidArgument
+
+Conversation = Sequence[Mapping[str, str]]
+"""Chat messages ({role, content}) before the reply; the last one is the user's."""
+
+
+class RewardScorer:
+    """A reward model folder (one logit) that scores (conversation, reply) pairs."""
+
+    def __init__(
+        self, folder: str | Path, *, batch_size: int = 8, max_length: int = 2048, device: str | None = None
+    ) -> None:
+        import torch
+
+        from charter.trainer.online import load_reward_model
+
+        self.folder = str(folder)
+        model, tokenizer = load_reward_model(folder)  # NotFound / InvalidArgument naming reward_model
+        if not tokenizer.chat_template:
+            raise InvalidArgument(
+                f"reward_model: {folder}: its tokenizer has no chat template to render conversations",
+                field="reward_model",
+                value=self.folder,
+            )
+        embeddings = model.get_input_embeddings().num_embeddings
+        if len(tokenizer) > embeddings:
+            raise InvalidArgument(
+                f"reward_model: {folder}: its tokenizer does not match the model "
+                f"({len(tokenizer)} tokens, {embeddings} embeddings)",
+                field="reward_model",
+                value=self.folder,
+            )
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.tokenizer = model.to(self.device), tokenizer
+        self.batch_size, self.max_length = batch_size, max_length
+
+    def texts(self, conversations: Sequence[Conversation], replies: Sequence[str]) -> list[str]:
+        """Each conversation + reply as the reward model sees it (its chat template)."""
+        if len(conversations) != len(replies):
+            raise ValueError(f"{len(conversations)} conversations but {len(replies)} replies")
+        return [
+            self.tokenizer.apply_chat_template(
+                [dict(m) for m in conversation] + [{"role": "assistant", "content": reply}], tokenize=False
+            )
+            for conversation, reply in zip(conversations, replies, strict=True)
+        ]
+
+    def score(self, conversations: Sequence[Conversation], replies: Sequence[str]) -> list[float]:
+        """One score per reply, in order."""
+        return self.score_texts(self.texts(conversations, replies))
+
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        """One score per already rendered text, in order (batched longest first)."""
+        import torch
+
+        from charter.trainer.ppo.modeling import pad_rows
+
+        encoded: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        encoded = [row[-self.max_length :] for row in encoded]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        scores: list[float] = [0.0] * len(encoded)
+        pad = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                ids, mask = pad_rows([encoded[i] for i in chunk], pad, left=False)
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                for i, value in zip(chunk, logits[:, 0].float().cpu().tolist(), strict=True):
+                    scores[i] = value
+        return scores
+
+    def close(self) -> None:
+        """Free the model (callers that score with several reward models in turn)."""
+        self.model = None  # type: ignore[assignment]
+
+    def __enter__(self) -> RewardScorer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
