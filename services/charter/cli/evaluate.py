@@ -110,7 +110,7 @@ def judge(
 
 @app.command()
 def policy(
-    spec: Annotated[Path, typer.Argument(help="An eval-policy spec (YAML; see pipelines/eval-policy.yaml).")],
+    spec: Annotated[Path, typer.Argument(help="An eval-policy spec (YAML; docs/evaluation.md).")],
     output: Annotated[Path | None, typer.Option(help="Output folder (overrides the spec's).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
 ) -> None:
@@ -118,10 +118,10 @@ def policy(
     baseline (AI judge, both orders), Bradley–Terry/Elo, red-team harmlessness beside benign-prompt
     refusals, held-out reward, the gold implicit preference accuracy on human pairs and a length check.
     Resumable: re-running the same spec into the same folder reuses what is there."""
+    from transformers.utils import logging as transformers_logging
+
     from charter.evaluation.policy import Hooks, evaluate
     from charter.evaluation.policy_spec import load_eval_spec
-
-    from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the command draws its own progress; errors stay one line
     loaded = load_eval_spec(spec)

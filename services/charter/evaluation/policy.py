@@ -143,9 +143,9 @@ def read_prompts(spec: EvalPolicySpec) -> list[Prompt]:
         if path is None:
             raise InvalidArgument(f"{name}.path: name a prompt file", field=f"{name}.path")
         try:
-            rows = [
-                r for r in read_rows(path, prompt_set.format, prompt_set.limit) if not isinstance(r, RowError)
-            ]
+            limit = prompt_set.skip + prompt_set.limit if prompt_set.limit else None
+            rows = [r for r in read_rows(path, prompt_set.format, limit) if not isinstance(r, RowError)]
+            rows = [r for r in rows if r.index >= prompt_set.skip]
         except NotFound:
             raise NotFound(f"{name}.path: {path} does not exist", field=f"{name}.path") from None
         categories = _categories(path) if path == BENIGN_PROMPTS else {}

@@ -35,6 +35,8 @@ def conversation_keys(path: Path) -> set[str]:
                 row = json.loads(line)
                 if isinstance(row, dict) and "prompt" not in row and isinstance(row.get("chosen"), str):
                     messages = hh_human_turns(row["chosen"])
+                elif isinstance(row, dict) and isinstance(row.get("prompt"), list):  # TRL conversational
+                    messages = row_messages({"messages": row["prompt"]})
                 else:
                     messages = row_messages(row)
             except (ValueError, TypeError):
@@ -54,7 +56,11 @@ def held_out_pairs(spec: EvalPolicySpec) -> tuple[list[PairRow], dict[str, int]]
             )
         excluded |= conversation_keys(path)
     pairs, dropped = [], {"bad_rows": 0, "no_human_label": 0, "in_training_data": 0}
-    for item in read_pairs(spec.gold.path, "auto", spec.gold.limit, seed=spec.seed):
+    gold = spec.gold
+    limit = gold.skip + gold.limit if gold.limit else None
+    for item in read_pairs(gold.path, "auto", limit, seed=spec.seed):
+        if item.index < gold.skip:
+            continue
         if isinstance(item, RowError):
             dropped["bad_rows"] += 1
         elif item.human is None:

@@ -1,13 +1,13 @@
 """The spec of `charter eval policy`: a YAML file, validated with unknown keys rejected and errors
 naming the field (as pipeline specs are).
 
-Example (`pipelines/eval-policy.yaml`)::
+Example (docs/evaluation.md has every field; evaluations/policy/eval.yaml is a real one)::
 
     kind: eval-policy
     name: dpo-vs-base
     models:
       - {name: base, model: embedded}
-      - {name: dpo, run: run_0123abcd}          # a trainer run's final model
+      - {name: dpo, run: r-0123abcd}            # a trainer run's final model
     baseline: base
     red_team: {path: ../shared/data/hh-rlhf/harmless-base-test-dev.jsonl.gz, limit: 64}
     benign: {limit: 60}                          # the project's own benign prompt set
@@ -74,7 +74,10 @@ class PromptSetSpec(_Strict):
     path: Path | None = None
     """Prompts in any pipeline source format; unset for `benign` = the project's benign prompt set."""
     format: Literal["auto", "jsonl", "csv", "parquet", "hh-rlhf"] = "auto"
+    skip: int = Field(default=0, ge=0)
+    """Leave out the first N rows (e.g. the rows a training run's prompts came from)."""
     limit: int | None = Field(default=None, ge=1)
+    """Use at most N rows after the skipped ones."""
     constitution: str | None = None
     """The constitution the judge compares replies by (red_team: `harmless`, benign: `helpful-honest`)."""
 
@@ -98,7 +101,10 @@ class GoldSpec(_Strict):
     """Human-labelled pairs (hh-rlhf or prompt/chosen/rejected) for the implicit preference accuracy."""
 
     path: Path
+    skip: int = Field(default=0, ge=0)
+    """Leave out the first N rows."""
     limit: int | None = Field(default=200, ge=1)
+    """Use at most N rows after the skipped ones (before exclusions)."""
     exclude: tuple[Path, ...] = ()
     """Training data (preference rows, SL-CAI or hh-rlhf files): pairs whose conversation appears in
     any of them are dropped (and counted), so the gold signal is held out."""
