@@ -44,14 +44,16 @@ def run(
     critic_reviser: Annotated[
         str | None, typer.Option(help="Remote mode: the critic-reviser's host:port.")
     ] = None,
-    judge: Annotated[str | None, typer.Option(help="Remote mode: the judge's host:port (rl-cai).")] = None,
+    judge: Annotated[
+        str | None, typer.Option(help="Remote mode: the judge's host:port (rl-cai, best-of-n with a judge).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N source rows.")] = None,
     output: Annotated[Path | None, typer.Option(help="Output folder (overrides the spec).")] = None,
 ) -> None:
-    """Run a pipeline spec (kind sl-cai or rl-cai); run it again after an interruption and it resumes
-    where it stopped."""
-    from charter.pipelines import rl_cai, sl_cai
-    from charter.pipelines.spec import SlCaiSpec, load_spec
+    """Run a pipeline spec (kind sl-cai, rl-cai or best-of-n); run it again after an interruption and
+    it resumes where it stopped."""
+    from charter.pipelines import best_of_n, rl_cai, sl_cai
+    from charter.pipelines.spec import BestOfNSpec, RlCaiSpec, SlCaiSpec, load_spec
 
     spec = load_spec(spec_path)
     changes: dict[str, Any] = {}
@@ -63,10 +65,10 @@ def run(
         )  # fmt: skip
         changes["services"] = services
     if limit is not None:
-        if isinstance(spec, SlCaiSpec):
-            changes["source"] = spec.source.model_copy(update={"limit": limit})
-        else:
+        if isinstance(spec, RlCaiSpec):
             changes["pairs"] = spec.pairs.model_copy(update={"limit": limit})
+        else:
+            changes["source"] = spec.source.model_copy(update={"limit": limit})
     if output is not None:
         changes["output"] = output
     spec = spec.model_copy(update=changes) if changes else spec
@@ -89,18 +91,24 @@ def run(
     def on_start(total: int, done: int) -> None:
         progress.update(task, total=total, completed=done, resumed_at=done)
         progress.start_task(task)
+        progress.start()  # not before: a spec refused up front leaves its one error line, no bar
 
-    pipeline: Any = sl_cai if isinstance(spec, SlCaiSpec) else rl_cai
-    with progress:
+    pipeline: Any = {SlCaiSpec: sl_cai, RlCaiSpec: rl_cai, BestOfNSpec: best_of_n}[type(spec)]
+    try:
         summary = asyncio.run(
             pipeline.run(spec, settings, on_start=on_start, on_progress=lambda n: progress.advance(task, n))
         )
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     report = summary.as_dict()
     (spec.output / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     if isinstance(spec, SlCaiSpec):
         _sl_cai_report(spec, summary, console)
-    else:
+    elif isinstance(spec, RlCaiSpec):
         _rl_cai_report(spec, summary, console)
+    else:
+        _best_of_n_report(spec, summary, console)
 
 
 def _rl_cai_report(spec: Any, summary: Any, console: Console) -> None:
@@ -134,6 +142,26 @@ def _sl_cai_report(spec: Any, summary: Any, console: Console) -> None:
     example = _first_line(spec.output / "sft.jsonl") or _first_line(spec.output / "records.jsonl")
     if example:
         typer.echo("example row:\n" + json.dumps(json.loads(example), indent=2, ensure_ascii=False))
+
+
+def _best_of_n_report(spec: Any, summary: Any, console: Console) -> None:
+    judged = f"; {summary.comparisons} judge comparisons ({summary.unscored_comparisons} unscored)"
+    console.print(
+        f"{summary.written} prompts sampled and scored this run ({summary.already_done} were already done, "
+        f"{summary.total} in all), {summary.row_errors} row errors; "
+        f"prompts by status: {dict(summary.statuses) or '{}'}; {summary.samples} samples "
+        f"({summary.empty_samples} empty, {summary.duplicate_samples} repeats)"
+        f"{judged if spec.scorer.judge is not None else ''}; errors: {dict(summary.errors) or '{}'}; "
+        f"{summary.seconds:.1f} s"
+    )
+    if spec.ledger is not None:
+        target = spec.ledger.database or spec.ledger.address
+        console.print(f"review ledger ({target}): {dict(summary.ledger) or 'nothing new'}")
+    typer.echo(
+        f"datasets: {spec.output / 'sft.jsonl'} ({summary.sft_rows} rows), "
+        f"{spec.output / 'preferences.jsonl'} ({summary.preferences} rows); also their .parquet, "
+        "records.jsonl, records.parquet"
+    )
 
 
 def _first_line(path: Path) -> str | None:

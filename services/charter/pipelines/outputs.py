@@ -13,6 +13,13 @@ RL-CAI (`write_preferences`):
   then `confidence`, `swap_consistent`, `key` and `source_preference_agrees`. Ties, unscorable and
   failed labels stay in `records.jsonl` only.
 - `records.parquet`: every record, the label as JSON text.
+
+Best-of-N (`write_best_of_n`):
+- `sft.jsonl` / `sft.parquet`: SL-CAI's SFT columns — `messages` is the prompt plus the chosen (best)
+  sample — one row per prompt with a best sample, plus its `score`.
+- `preferences.jsonl` / `preferences.parquet`: the preference row of best (chosen) vs worst
+  (rejected), one per prompt with status ok; `label_source` is `ai` for the judge (with its label's
+  provenance) and `reward_model` for a reward model (with its folder and digest).
 """
 
 from __future__ import annotations
@@ -133,3 +140,66 @@ def write_datasets(store: OutputStore) -> dict[str, Path]:
     _write_dataset(paths["sft_jsonl"], paths["sft_parquet"], sft)
     _records_parquet(store, paths["records_parquet"], (), ("samples",))
     return paths
+
+
+def best_of_n_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The SFT rows (the best sample) and preference rows (best vs worst) of best-of-N records."""
+    sft, preferences = [], []
+    for record in records:
+        best = record["chosen_index"]
+        if best is None:
+            continue
+        samples, scorer = record["samples"], record["provenance"]["scorer"]
+        constitution = scorer.get("constitution") or {}
+        principles = sorted({pid for c in record["comparisons"] for pid in c["principle_ids"]})
+        sft.append(
+            {
+                "messages": [*record["prompt"], {"role": "assistant", "content": samples[best]["response"]}],
+                "key": record["key"],
+                "sample_index": best,
+                "constitution_id": constitution.get("id", ""),
+                "constitution_digest": constitution.get("digest", ""),
+                "principle_ids": principles,
+                "score": samples[best]["score"],
+            }
+        )
+        if record["status"] != "ok":
+            continue
+        worst = record["worst_index"]
+        label, judge = record.get("pair_label") or {}, scorer.get("judge") or {}
+        by_judge = scorer["kind"] == "judge"
+        row = preference_row(
+            record["prompt"], samples[best]["response"], samples[worst]["response"], record["p_chosen"], "A",
+            label_source="ai" if by_judge else "reward_model", label_id=label.get("id"),
+            principle_ids=label.get("principle_ids") if by_judge else None,
+            constitution_id=constitution.get("id"), constitution_version=constitution.get("version"),
+            constitution_digest=constitution.get("digest"), judge_model=judge.get("name"),
+            judge_engine=judge.get("engine"), run_id=(label.get("provenance") or {}).get("run_id"),
+            key=record["key"], chosen_index=best, rejected_index=worst,
+            chosen_score=samples[best]["score"], rejected_score=samples[worst]["score"],
+            **({} if by_judge else {"reward_model": scorer["reward_model"],
+                                    "reward_model_digest": scorer["reward_model_digest"]}),
+        )  # fmt: skip
+        assert row is not None
+        preferences.append(row)
+    return sft, preferences
+
+
+def write_best_of_n(store: OutputStore) -> tuple[dict[str, Path], int, int]:
+    """The best-of-N dataset files; returns their paths and the numbers of SFT and preference rows."""
+    folder = store.folder
+    sft, preferences = best_of_n_rows(store.records)
+    paths = {
+        "sft_jsonl": folder / "sft.jsonl",
+        "sft_parquet": folder / "sft.parquet",
+        "preferences_jsonl": folder / "preferences.jsonl",
+        "preferences_parquet": folder / "preferences.parquet",
+        "records_parquet": folder / "records.parquet",
+    }
+    _write_dataset(paths["sft_jsonl"], paths["sft_parquet"], sft)
+    _write_dataset(paths["preferences_jsonl"], paths["preferences_parquet"], preferences)
+    _records_parquet(
+        store, paths["records_parquet"], ("status", "chosen_index", "worst_index", "p_chosen"),
+        ("samples", "comparisons", "pair_label"),
+    )  # fmt: skip
+    return paths, len(sft), len(preferences)

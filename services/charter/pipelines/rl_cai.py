@@ -36,7 +36,7 @@ from charter.datasets.pairs import PairRow, read_pairs
 from charter.datasets.sources import PromptRow, read_rows
 from charter.pipelines import outputs, runner
 from charter.pipelines.runner import Batches
-from charter.pipelines.spec import RlCaiSpec
+from charter.pipelines.spec import BestOfNSpec, RlCaiSpec
 from charter.pipelines.store import OutputStore
 from charter.review.store import Ledger
 from charter.review.types import Route, key
@@ -82,7 +82,7 @@ def judge_options(spec: RlCaiSpec) -> judge_pb2.JudgeOptions:
 class LedgerSink:
     """Submits labels to the review ledger: a database in this process, or a review service."""
 
-    def __init__(self, spec: RlCaiSpec, settings: CharterSettings) -> None:
+    def __init__(self, spec: RlCaiSpec | BestOfNSpec, settings: CharterSettings) -> None:
         assert spec.ledger is not None
         self.spec, self.target = spec, spec.ledger
         self._ledger: Ledger | None = None

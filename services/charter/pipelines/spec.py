@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from charter.core.auth import read_token
 from charter.core.errors import InvalidArgument, NotFound, one_line
@@ -60,7 +68,6 @@ class ServicesSpec(_Strict):
             "timeout": self.timeout_seconds, "retries": self.retries, "backoff_seconds": self.backoff_seconds,
             "token": read_token(self.token_file, "services.token_file") if self.token_file else None,
         }  # fmt: skip
-
 
 
 class InferenceSpec(_Strict):
@@ -180,8 +187,64 @@ class RlCaiSpec(_Strict):
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-Spec = SlCaiSpec | RlCaiSpec
-_KINDS: dict[str, type[SlCaiSpec] | type[RlCaiSpec]] = {"sl-cai": SlCaiSpec, "rl-cai": RlCaiSpec}
+class TournamentSpec(JudgeSpec):
+    """The judge as a best-of-N scorer: a round-robin tournament over a prompt's samples, every pair
+    judged (both presentation orders) under `constitution` with the usual judge options."""
+
+    constitution: str
+
+
+class ScorerSpec(_Strict):
+    """How best-of-N ranks a prompt's samples: exactly one of a reward model or the judge."""
+
+    reward_model: Path | None = None
+    """A reward model folder (config.json, weights, a tokenizer with a chat template), e.g. the `model`
+    folder a `reward-model` training run leaves. Scored in the pipeline's own process."""
+    judge: TournamentSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_scorer(self) -> ScorerSpec:
+        if (self.reward_model is None) == (self.judge is None):
+            raise ValueError("set exactly one of reward_model (a model folder) or judge (a tournament)")
+        return self
+
+
+class BestOfNSpec(_Strict):
+    kind: Literal["best-of-n"]
+    name: str = Field(min_length=1, max_length=128)
+    source: SourceSpec
+    n: int = Field(default=4, ge=2, le=64)
+    """Samples per prompt (one Generate call per batch asks for n each)."""
+    seed: int = Field(default=0, ge=0)
+    generation: SamplingSpec = SamplingSpec(temperature=1.0)
+    scorer: ScorerSpec
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    """Prompts per Generate call (their samples are scored together)."""
+    output: Path
+    services: ServicesSpec = ServicesSpec()
+    inference: InferenceSpec = InferenceSpec()
+    constitutions_dir: Path | None = None
+    ledger: LedgerSpec | None = None
+    """Judge scorer only: submit the judge's label of each prompt's best-vs-worst pair to the ledger."""
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger_needs_the_judge(cls, ledger: LedgerSpec | None, info: ValidationInfo) -> LedgerSpec | None:
+        scorer = info.data.get("scorer")
+        if ledger is not None and scorer is not None and scorer.judge is None:
+            raise ValueError("the ledger holds judge labels: it needs scorer.judge, not a reward model")
+        return ledger
+
+    def digest(self) -> str:
+        keys = {"source": {"path": str(self.source.path), "format": self.source.format}}
+        fixed = self.model_dump(mode="json", include={"n", "seed", "generation", "scorer"})
+        fixed["model"] = self.inference.model
+        text = json.dumps({**keys, **fixed}, sort_keys=True)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+Spec = SlCaiSpec | RlCaiSpec | BestOfNSpec
+_KINDS: dict[str, type[Spec]] = {"sl-cai": SlCaiSpec, "rl-cai": RlCaiSpec, "best-of-n": BestOfNSpec}
 
 
 def load_spec(path: str | Path) -> Spec:
