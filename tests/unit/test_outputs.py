@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from charter.datasets.records import OutputStore
 from charter.pipelines.outputs import write_datasets
-from charter.pipelines.store import OutputStore
 from datasets import load_dataset
 
 

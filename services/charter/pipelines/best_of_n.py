@@ -45,13 +45,13 @@ from charter.client.judge import JudgeClient
 from charter.core.errors import FailedPrecondition, InvalidArgument
 from charter.core.settings import CharterSettings
 from charter.datasets.pairs import PairRow
+from charter.datasets.records import OutputStore
 from charter.datasets.sources import PromptRow, RowError, read_rows
 from charter.pipelines import outputs, runner
 from charter.pipelines.ranking import SCORED, candidates, select, sigmoid, tournament_scores
 from charter.pipelines.rl_cai import LedgerSink
 from charter.pipelines.runner import Batches
 from charter.pipelines.spec import BestOfNSpec
-from charter.pipelines.store import OutputStore
 from charter.review.types import Route, key
 from charter.trainer.scoring import RewardScorer
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from charter.core.files import write_atomic
 from charter.datasets.preference import preference_row
-from charter.pipelines.store import OutputStore
+from charter.datasets.records import OutputStore
 
 
 def sft_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -33,11 +33,11 @@ from charter.core.auth import read_token
 from charter.core.errors import InvalidArgument
 from charter.core.settings import CharterSettings
 from charter.datasets.pairs import PairRow, read_pairs
+from charter.datasets.records import OutputStore
 from charter.datasets.sources import PromptRow, read_rows
 from charter.pipelines import outputs, runner
 from charter.pipelines.runner import Batches
 from charter.pipelines.spec import BestOfNSpec, RlCaiSpec
-from charter.pipelines.store import OutputStore
 from charter.review.store import Ledger
 from charter.review.types import Route, key
 

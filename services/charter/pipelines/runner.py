@@ -24,9 +24,9 @@ from charter.app.local import local_services
 from charter.client.channel import PER_ITEM
 from charter.core.errors import FailedPrecondition, NotFound
 from charter.core.settings import CharterSettings
+from charter.datasets.records import OutputStore
 from charter.datasets.sources import RowError
 from charter.inference.types import InferenceClient
-from charter.pipelines.store import OutputStore
 
 Item = TypeVar("Item")
 

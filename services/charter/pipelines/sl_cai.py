@@ -22,11 +22,11 @@ from charter.client.critic import CriticClient
 from charter.client.generator import GeneratorClient
 from charter.core.errors import InvalidArgument
 from charter.core.settings import CharterSettings
+from charter.datasets.records import OutputStore
 from charter.datasets.sources import PromptRow, read_rows
 from charter.pipelines import outputs, runner
 from charter.pipelines.runner import Batches
 from charter.pipelines.spec import SlCaiSpec
-from charter.pipelines.store import OutputStore
 
 _FINISH = {sampling_pb2.FINISH_REASON_STOP: "stop", sampling_pb2.FINISH_REASON_LENGTH: "length"}
 
