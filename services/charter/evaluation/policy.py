@@ -333,16 +333,18 @@ def reward_scores(
 
 
 async def resolve_reward_models(spec: EvalPolicySpec, settings: CharterSettings) -> list[str]:
-    """Reward model folders (`run:<id>` resolved), each checked by loading it."""
-    from charter.trainer.scoring import RewardScorer
+    """Reward model folders (`run:<id>` resolved; an ensemble folder gives its members), each checked
+    by loading it."""
+    from charter.trainer.scoring import RewardScorer, ensemble_members
 
     folders = []
     for ref in spec.reward_models:
         folder = (
             await resolve_run(ref.removeprefix("run:"), spec, settings) if ref.startswith("run:") else ref
         )
-        await asyncio.to_thread(lambda f=folder: RewardScorer(f).close())
-        folders.append(folder)
+        for member in ensemble_members(folder):
+            await asyncio.to_thread(lambda f=member: RewardScorer(f).close())
+            folders.append(member)
     return folders
 
 

@@ -99,3 +99,52 @@ class RewardScorer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+ENSEMBLE_FILE = "ensemble.json"
+"""In a reward-model ensemble folder: {"kind": "reward-model-ensemble", "members": [sub-folder, ...],
+...} — each member a reward-model folder (a reward-model run with `ensemble` writes one)."""
+
+
+def ensemble_members(folder: str | Path) -> list[str]:
+    """The member folders of an ensemble folder, or [folder] for a single reward model."""
+    import json
+
+    path = Path(folder)
+    manifest = path / ENSEMBLE_FILE
+    if not manifest.exists():
+        return [str(path)]
+    members = json.loads(manifest.read_text(encoding="utf-8")).get("members") or []
+    if not members:
+        raise InvalidArgument(
+            f"reward_model: {folder}: {ENSEMBLE_FILE} lists no members", field="reward_model"
+        )
+    return [str(path / m) for m in members]
+
+
+class RewardEnsemble:
+    """Several reward models scoring the same replies: an ensemble folder, or a list of folders.
+    Members are loaded one at a time (memory stays one model's)."""
+
+    def __init__(self, folders: str | Path | Sequence[str | Path], *, batch_size: int = 8) -> None:
+        listed = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        self.members = [m for f in listed for m in ensemble_members(f)]
+        self.batch_size = batch_size
+
+    def score(self, conversations: Sequence[Conversation], replies: Sequence[str]) -> list[list[float]]:
+        """One list of scores per member, each in reply order."""
+        out = []
+        for member in self.members:
+            with RewardScorer(member, batch_size=self.batch_size) as scorer:
+                out.append(scorer.score(conversations, replies))
+        return out
+
+
+def disagreement(margins: Sequence[float]) -> float:
+    """How much an ensemble disagrees on a pair, from each member's margin r(a) − r(b): twice the share
+    of members on the minority side (0: all prefer the same reply; 1: an even split). A zero margin
+    counts half to each side."""
+    if not margins:
+        return 0.0
+    for_a = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins)
+    return 2 * min(for_a, len(margins) - for_a) / len(margins)
