@@ -20,11 +20,13 @@ from charter.trainer.runs import (
     DataSource,
     EventKind,
     FileSource,
+    JudgeGold,
     LabelFilter,
     LabelStreamSource,
     LogEvent,
     MetricsEvent,
     Resources,
+    RewardWatch,
     Run,
     RunEvent,
     RunSpec,
@@ -124,7 +126,52 @@ def spec_from_proto(spec: tp.RunSpec) -> RunSpec:
         executor=EXECUTOR_NAMES.get(spec.executor, ""),
         resources=Resources(gpus=r.gpus, processes=r.processes, cpu=r.cpu, memory=r.memory),
         seed=spec.seed,
+        watch=watch_from_proto(spec.watch) if spec.HasField("watch") else None,
     )
+
+
+def watch_from_proto(watch: tp.RewardWatch) -> RewardWatch:
+    gold = watch.WhichOneof("gold")
+    judge = watch.gold_judge
+    return RewardWatch(
+        every_steps=watch.every_steps,
+        probe=FileSource(paths=list(watch.probe.paths)) if watch.HasField("probe") else None,
+        probe_size=watch.probe_size,
+        gold_reward_model=watch.gold_reward_model if gold == "gold_reward_model" else None,
+        gold_judge=JudgeGold(judge.address, judge.constitution_id, judge.principles_per_label)
+        if gold == "gold_judge"
+        else None,
+        patience=watch.patience,
+        min_delta=watch.min_delta,
+        stop_on_divergence=watch.stop_on_divergence,
+        max_new_tokens=watch.max_new_tokens,
+    )
+
+
+def watch_to_proto(watch: RewardWatch) -> tp.RewardWatch:
+    out = tp.RewardWatch(
+        every_steps=watch.every_steps,
+        probe_size=watch.probe_size,
+        patience=watch.patience,
+        min_delta=watch.min_delta,
+        stop_on_divergence=watch.stop_on_divergence,
+        max_new_tokens=watch.max_new_tokens,
+    )
+    if watch.probe is not None:
+        out.probe.paths.extend(watch.probe.paths)
+        out.probe.SetInParent()
+    if watch.gold_reward_model is not None:
+        out.gold_reward_model = watch.gold_reward_model
+    elif watch.gold_judge is not None:
+        j = watch.gold_judge
+        out.gold_judge.CopyFrom(
+            tp.JudgeGold(
+                address=j.address,
+                constitution_id=j.constitution_id,
+                principles_per_label=j.principles_per_label,
+            )
+        )
+    return out
 
 
 def spec_to_proto(spec: RunSpec) -> tp.RunSpec:
@@ -165,6 +212,8 @@ def spec_to_proto(spec: RunSpec) -> tp.RunSpec:
         struct = Struct()
         struct.update(spec.hyperparameters)
         out.hyperparameters.CopyFrom(struct)
+    if spec.watch is not None:
+        out.watch.CopyFrom(watch_to_proto(spec.watch))
     return out
 
 

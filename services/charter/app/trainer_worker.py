@@ -2,55 +2,47 @@
 (under `accelerate launch` for several processes/GPUs).
 
 It reads the run spec, fetches the data once (the review stream over the spec's cursor range, or
-files) and caches it in DIR/data, so a resumed run trains on exactly the same rows; trains the
-spec's algorithm with checkpoints in DIR/checkpoints; writes the final model to DIR/model; and
-reports progress as `charter.trainer.events` lines on stdout. The trainer service starts it (a local
-subprocess or a Kubernetes Job) and records what it reports.
+files) and caches it in DIR/data (`charter.app.trainer_data`), so a resumed run trains on exactly the
+same rows; trains the spec's algorithm with checkpoints in DIR/checkpoints; writes the final model to
+DIR/model; and reports progress as `charter.trainer.events` lines on stdout. The trainer service
+starts it (a local subprocess or a Kubernetes Job) and records what it reports. A PPO/GRPO/RLOO spec
+with a `watch` runs the reward-hacking watch (`charter.app.reward_watch`) beside the training.
 
 The review token for a stream source comes from `CHARTER_REVIEW_TOKEN` or the file named by
-`CHARTER_REVIEW_TOKEN_FILE` (a mounted Secret); `CHARTER_TORCH_THREADS` sets torch's thread count.
+`CHARTER_REVIEW_TOKEN_FILE` (a mounted Secret), the watch's judge token from `CHARTER_JUDGE_TOKEN` /
+`CHARTER_JUDGE_TOKEN_FILE`; `CHARTER_TORCH_THREADS` sets torch's thread count.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import random
 import sys
 import traceback
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from charter_proto.trainer.v1 import trainer_pb2
 from google.protobuf.json_format import Parse, ParseError
 from transformers import TrainerCallback
 
 from charter.api.trainer import spec_from_proto
-from charter.core.auth import read_token
+from charter.app.reward_watch import Watch, WatchCallback, checkpoint_step
+from charter.app.trainer_data import DataManifest, load_data, read_label_stream, review_token, split
 from charter.core.errors import CharterError, InvalidArgument
-from charter.core.files import write_atomic
 from charter.trainer import events
-from charter.trainer.executor import CHECKPOINTS_DIR, DATA_DIR, MODEL_DIR
+from charter.trainer.executor import CHECKPOINTS_DIR, MODEL_DIR
 from charter.trainer.spec import CheckedSpec, check, trl_config
 
-if TYPE_CHECKING:
-    from charter.trainer.data import PreferenceData
-
-
-@dataclass
-class DataManifest:
-    """What DIR/data/manifest.json records about the cached rows."""
-
-    kind: str
-    """"preference", "sft" or "prompts"."""
-    rows: int
-    cursor_start: int = 0
-    cursor_end: int = 0
-    labels_read: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
+__all__ = [
+    "DataManifest",
+    "Runner",
+    "last_checkpoint",
+    "load_data",
+    "main",
+    "read_label_stream",
+    "review_token",
+]
 
 
 def last_checkpoint(folder: Path, marker: str | None = None) -> Path | None:
@@ -62,96 +54,6 @@ def last_checkpoint(folder: Path, marker: str | None = None) -> Path | None:
         if path.is_dir() and step.isdigit() and (marker is None or (path / marker).exists()):
             steps.append((int(step), path))
     return max(steps)[1] if steps else None
-
-
-def review_token() -> str:
-    token = os.environ.get("CHARTER_REVIEW_TOKEN", "")
-    token_file = os.environ.get("CHARTER_REVIEW_TOKEN_FILE")
-    if not token and token_file:
-        token = read_token(Path(token_file), "CHARTER_REVIEW_TOKEN_FILE")
-    return token
-
-
-async def read_label_stream(
-    address: str, token: str, from_cursor: int, to_cursor: int | None, flt: Any
-) -> PreferenceData:
-    """Preference rows from the review service's accepted stream after `from_cursor` up to
-    `to_cursor` (None: what is there now; else it waits for labels not accepted yet)."""
-    from charter.api.review import preference_row
-    from charter.client.review import ReviewClient
-    from charter.trainer.data import from_stream
-
-    async with ReviewClient(address, token=token) as review:
-        labels = review.stream_labels(from_cursor, flt, follow=to_cursor is not None)
-        try:
-            rows = ((a.sequence, preference_row(a)) async for a in labels)
-            return await from_stream(rows, from_cursor, to_cursor)
-        finally:
-            await labels.aclose()
-
-
-def load_data(
-    spec: trainer_pb2.RunSpec, algorithm: str, run_dir: Path
-) -> tuple[list[dict[str, Any]], DataManifest, bool]:
-    """(rows, manifest, fetched): the cached rows if DIR/data has them, else fetched and cached."""
-    folder = run_dir / DATA_DIR
-    rows_path, manifest_path = folder / "rows.jsonl", folder / "manifest.json"
-    if manifest_path.exists():
-        manifest = DataManifest(**json.loads(manifest_path.read_text(encoding="utf-8")))
-        with open(rows_path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        return rows, manifest, False
-    source = spec.data
-    if algorithm == "sft":
-        if source.WhichOneof("source") != "files":
-            raise InvalidArgument(
-                "spec.data: SFT trains on SL-CAI outputs: give files (sft.jsonl or an output folder)",
-                field="spec.data",
-            )
-        from charter.trainer.data import sft_rows
-
-        rows = sft_rows(source.files.paths)
-        manifest = DataManifest("sft", len(rows))
-    elif source.WhichOneof("source") == "files":
-        from charter.trainer.data import from_files
-
-        data = from_files(source.files.paths, seed=spec.seed)
-        rows = data.rows
-        manifest = DataManifest("preference", len(rows), labels_read=data.labels_read)
-    else:
-        stream = source.label_stream
-        if not stream.address:
-            raise InvalidArgument(
-                "spec.data.label_stream.address: no review service address (and the trainer has none)",
-                field="spec.data.label_stream.address",
-            )
-        to_cursor = stream.to_cursor.sequence if stream.HasField("to_cursor") else None
-        flt = stream.filter if stream.HasField("filter") else None
-        data = asyncio.run(
-            read_label_stream(stream.address, review_token(), stream.from_cursor.sequence, to_cursor, flt)
-        )
-        rows = data.rows
-        manifest = DataManifest(
-            "preference", len(rows), data.cursor_start, data.cursor_end, data.labels_read, data.skipped
-        )
-    if not rows:
-        raise InvalidArgument("spec.data: the data source holds no usable rows", field="spec.data")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_atomic(manifest_path, json.dumps(asdict(manifest)))
-    return rows, manifest, True
-
-
-def split(
-    rows: list[dict[str, Any]], fraction: float, seed: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, eval): a seeded shuffle, the last `fraction` held out (at least one row if fraction > 0)."""
-    if fraction <= 0 or len(rows) < 2:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
-    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
 
 
 def model_folder(source: str) -> str:
@@ -221,22 +123,41 @@ class Runner:
     def _trl(self, algorithm: str, base: str, rows: list[dict[str, Any]]) -> None:
         tokenizer = _tokenizer(base)
         train_rows, eval_rows = split(rows, self.spec.data.eval_fraction, self.spec.seed)
-        trainer = self._build(algorithm, base, tokenizer, train_rows, eval_rows)
+        watch = self._watch(tokenizer)
+        trainer = self._build(algorithm, base, tokenizer, train_rows, eval_rows, watch)
         trainer.add_callback(_ReportCallback(self.emit))
         # transformers writes trainer_state.json after the weights and optimizer: a folder without it
         # is a save the worker was killed in the middle of
         last = last_checkpoint(self.checkpoints, "trainer_state.json") if self.resume else None
         if last:
             self.emit("log", level="info", message=f"resuming from {last}")
-        trainer.train(resume_from_checkpoint=str(last) if last else None)
+        if watch is not None:  # the reference answers come from the weights before any training
+            watch.prepare(trainer.model)
+            watch.resume(checkpoint_step(last))
+            trainer.add_callback(WatchCallback(watch))
+        if watch is None or not watch.stopped:
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
         if algorithm == "reward-model" and eval_rows:
             from charter.trainer.reward import pairwise_accuracy
 
             accuracy = pairwise_accuracy(trainer.model, tokenizer, eval_rows)
             self.emit("metrics", step=trainer.state.global_step, values={"eval_pairwise_accuracy": accuracy})
+        if watch is not None and watch.stopped:
+            watch.export_best(self.output)
+            return
         trainer.save_model(str(self.output))
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(str(self.output))
+
+    def _watch(self, tokenizer: Any) -> Watch | None:
+        """The run's reward-hacking watch (None without one)."""
+        if self.checked.watch is None:
+            return None
+        prompt_length = getattr(self.config, "max_prompt_length", None)  # PPO's; TRL has none
+        return Watch(
+            self.checked.watch, run_dir=self.run_dir, proxy=self.spec.reward_model, seed=self.spec.seed,
+            tokenizer=tokenizer, emit=self.emit, max_prompt_length=prompt_length,
+        )  # fmt: skip
 
     def _build(
         self,
@@ -245,6 +166,7 @@ class Runner:
         tokenizer: Any,
         train_rows: list[dict[str, Any]],
         eval_rows: list[dict[str, Any]],
+        watch: Watch | None = None,
     ) -> Any:
         from datasets import Dataset
 
@@ -281,14 +203,9 @@ class Runner:
             )  # fmt: skip
         from charter.trainer.online import online_trainer, prompts_from_rows
 
-        return online_trainer(
-            algorithm,
-            _causal_lm(base),
-            tokenizer,
-            self.spec.reward_model,
-            prompts_from_rows(train_rows),
-            config,
-        )
+        prompts = prompts_from_rows(train_rows)
+        prompts = watch.split(prompts) if watch is not None else prompts  # a held-out probe leaves training
+        return online_trainer(algorithm, _causal_lm(base), tokenizer, self.spec.reward_model, prompts, config)
 
     # -- PPO (Charter's own) --------------------------------------------------------------------
 
@@ -300,32 +217,51 @@ class Runner:
         tokenizer = _tokenizer(base)
         policy = PolicyWithValueHead.from_pretrained(base, dtype=TRAIN_DTYPE)
         scorer = RewardModelScorer(self.spec.reward_model)
+        watch = self._watch(tokenizer)
+        prompts = prompts_from_rows(rows)
         texts = [
             tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            for prompt in prompts_from_rows(rows)
+            for prompt in (watch.split(prompts) if watch is not None else prompts)
         ]
         trainer = PPOTrainer(policy, None, tokenizer, scorer, config)
         self.emit = events.Emitter(
             self.emit.stream, enabled=self.emit.enabled and trainer.accelerator.is_main_process
         )
+        if watch is not None:  # the reference answers come from the weights before any training
+            watch.prepare(trainer.unwrapped.pretrained)
         last = last_checkpoint(self.checkpoints) if self.resume else None  # PPO saves atomically
         if last is not None:
             trainer.load(last)
             self.emit("log", level="info", message=f"resuming from {last}")
         self.emit("progress", total_steps=config.total_steps)
-        while trainer.step_count < config.total_steps:
-            chunk = min(
-                config.save_steps - trainer.step_count % config.save_steps,
-                config.total_steps - trainer.step_count,
+        total, unwrapped = config.total_steps, trainer.unwrapped
+
+        def check() -> bool:  # True: the watch stops the run
+            return watch is not None and watch.maybe_check(
+                trainer.step_count, total, unwrapped.pretrained, unwrapped
+            )
+
+        stop = watch is not None and watch.resume(trainer.step_count) or check()
+        while not stop and trainer.step_count < total:
+            step = trainer.step_count  # chunks end at each checkpoint, each check and the last step
+            end = min(
+                step + config.save_steps - step % config.save_steps,
+                total,
+                watch.next_check(step) if watch else total,
             )
             trainer.train(
-                texts,
-                chunk,
+                texts, end - step,
                 on_metrics=lambda m: self.emit("metrics", step=int(m["step"]), values=events.finite(m)),
-            )
-            path = trainer.save(self.checkpoints / f"checkpoint-{trainer.step_count}")
-            self.emit("checkpoint", step=trainer.step_count, path=str(path))
-        if trainer.accelerator.is_main_process:
+            )  # fmt: skip
+            stop = check()
+            if trainer.step_count % config.save_steps == 0 or trainer.step_count == total:
+                path = trainer.save(self.checkpoints / f"checkpoint-{trainer.step_count}")
+                self.emit("checkpoint", step=trainer.step_count, path=str(path))
+                if watch is not None:
+                    watch.saved(trainer.step_count)
+        if watch is not None and watch.stopped:
+            watch.export_best(self.output)
+        elif trainer.accelerator.is_main_process:
             trainer.unwrapped.save_pretrained(self.output)
             tokenizer.save_pretrained(str(self.output))
 

@@ -38,7 +38,8 @@ Token = Annotated[str | None, typer.Option(help="Bearer token, when the service 
 
 def load_spec(path: Path) -> tp.RunSpec:
     """A RunSpec from YAML/JSON: the proto's fields, with `algorithm` also as sft, reward-model, dpo,
-    ppo, grpo or rloo, and cursors also as plain numbers."""
+    ppo, grpo or rloo, cursors also as plain numbers, and the data and watch probe file paths relative
+    to the spec file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
@@ -54,12 +55,16 @@ def load_spec(path: Path) -> tp.RunSpec:
     for key in ("from_cursor", "to_cursor"):
         if isinstance(stream.get(key), int):
             stream[key] = {"sequence": stream[key]}
-    files = (data.get("data") or {}).get("files")
-    if isinstance(files, dict):  # paths relative to the spec file, as a user writes them
-        files["paths"] = [
-            str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
-            for p in files.get("paths", [])
-        ]
+    watch = data.get("watch")
+    for files in (
+        (data.get("data") or {}).get("files"),
+        watch.get("probe") if isinstance(watch, dict) else None,
+    ):
+        if isinstance(files, dict):  # paths relative to the spec file, as a user writes them
+            files["paths"] = [
+                str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
+                for p in files.get("paths", [])
+            ]
     try:
         return ParseDict(data, tp.RunSpec())
     except ParseError as err:

@@ -331,34 +331,20 @@ class RunLifecycle:
                 f"(trainer.executor), not {wanted}",
                 field="spec.executor",
             )
-        reward_model, base_model, data = spec.reward_model, spec.base_model, spec.data
-        if reward_model.startswith("r-"):
-            try:
-                source = await self._db(self.store.get, reward_model)
-            except NotFound:
-                raise InvalidArgument(
-                    f"spec.reward_model: no run {reward_model}", field="spec.reward_model"
-                ) from None
-            if source.spec.algorithm != "reward-model" or source.state != RunState.SUCCEEDED:
-                raise InvalidArgument(
-                    f"spec.reward_model: run {source.id} is not a finished reward-model run "
-                    f"({source.spec.algorithm or 'no algorithm'}, {source.state.label})",
-                    field="spec.reward_model",
-                )
-            reward_model = source.output_dir
-        elif reward_model and self.executor.name == "local" and not Path(reward_model).exists():
-            raise InvalidArgument(
-                f"spec.reward_model: {reward_model} is neither a run id nor a model folder",
-                field="spec.reward_model",
-            )
+        base_model, data, watch = spec.base_model, spec.data, spec.watch
+        reward_model = await self._reward_model(spec.reward_model, "spec.reward_model")
+        if watch is not None and watch.gold_reward_model:
+            gold = await self._reward_model(watch.gold_reward_model, "spec.watch.gold_reward_model")
+            watch = replace(watch, gold_reward_model=gold)
         if self.executor.name == "local":  # the worker runs in the run folder: paths as the service sees them
             if base_model != "embedded":
                 base_model = str(Path(base_model).expanduser().resolve())
-            if reward_model:
-                reward_model = str(Path(reward_model).expanduser().resolve())
             if data.files is not None:
                 paths = [str(Path(p).expanduser().resolve()) for p in data.files.paths]
                 data = replace(data, files=FileSource(paths=paths))
+            if watch is not None and watch.probe is not None:
+                paths = [str(Path(p).expanduser().resolve()) for p in watch.probe.paths]
+                watch = replace(watch, probe=FileSource(paths=paths))
         if data.label_stream is not None and not data.label_stream.address:
             if not self.settings.review_address:
                 raise InvalidArgument(
@@ -367,4 +353,25 @@ class RunLifecycle:
                 )
             stream: LabelStreamSource = replace(data.label_stream, address=self.settings.review_address)
             data = replace(data, label_stream=stream)
-        return replace(spec, reward_model=reward_model, base_model=base_model, data=data)
+        return replace(spec, reward_model=reward_model, base_model=base_model, data=data, watch=watch)
+
+    async def _reward_model(self, value: str, field: str) -> str:
+        """A reward model as the worker gets it: a run id becomes that run's model folder; a folder is
+        checked (local workers) and made absolute."""
+        if value.startswith("r-"):
+            try:
+                source = await self._db(self.store.get, value)
+            except NotFound:
+                raise InvalidArgument(f"{field}: no run {value}", field=field) from None
+            if source.spec.algorithm != "reward-model" or source.state != RunState.SUCCEEDED:
+                raise InvalidArgument(
+                    f"{field}: run {source.id} is not a finished reward-model run "
+                    f"({source.spec.algorithm or 'no algorithm'}, {source.state.label})",
+                    field=field,
+                )
+            return source.output_dir
+        if value and self.executor.name == "local":
+            if not Path(value).exists():
+                raise InvalidArgument(f"{field}: {value} is neither a run id nor a model folder", field=field)
+            return str(Path(value).expanduser().resolve())
+        return value

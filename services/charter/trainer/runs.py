@@ -83,6 +83,41 @@ class Resources:
 
 
 @dataclass
+class JudgeGold:
+    """The AI judge as the watch's gold scorer (the policy's answer against the reference policy's)."""
+
+    address: str = ""
+    constitution_id: str = ""
+    principles_per_label: int = 0
+    """0: the constitution's own."""
+
+
+@dataclass
+class RewardWatch:
+    """The reward-hacking watch of a PPO/GRPO/RLOO run (docs/trainer.md). 0 means "the default" for
+    `probe_size`, `patience` and `max_new_tokens`; `spec.check` fills the defaults in."""
+
+    every_steps: int = 0
+    probe: FileSource | None = None
+    """Prompt files; None: a seeded sample of the run's own prompts, held out of training."""
+    probe_size: int = 0
+    gold_reward_model: str | None = None
+    gold_judge: JudgeGold | None = None
+    """At most one of `gold_reward_model` and `gold_judge` is set."""
+    patience: int = 0
+    min_delta: float = 0.0
+    stop_on_divergence: bool = False
+    max_new_tokens: int = 0
+
+    @property
+    def gold(self) -> str | None:
+        """ "reward_model", "judge", or None when no gold scorer is set."""
+        if self.gold_reward_model is not None:
+            return "reward_model"
+        return "judge" if self.gold_judge is not None else None
+
+
+@dataclass
 class RunSpec:
     name: str = ""
     algorithm: str = ""
@@ -96,6 +131,8 @@ class RunSpec:
     """"local", "kubernetes", or "" (whichever the service runs)."""
     resources: Resources = field(default_factory=Resources)
     seed: int = 0
+    watch: RewardWatch | None = None
+    """None: no reward-hacking watch."""
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """A training run's spec, checked before anything starts (issue 7: "a typo fails at once, not an hour
-in"): the algorithm, the base model, the data source and every hyper-parameter — the last by
+in"): the algorithm, the base model, the data source, the reward watch and every hyper-parameter — the
+last by
 actually constructing the algorithm's config object (TRL's `SFTConfig`, `RewardConfig`, `DPOConfig`,
 `GRPOConfig`, `RLOOConfig`, or Charter's own `PPOConfig`), so an unknown or ill-typed argument is an
 INVALID_ARGUMENT naming `spec.hyperparameters.<name>`. The spec is `charter.trainer.runs.RunSpec`
@@ -8,15 +9,16 @@ INVALID_ARGUMENT naming `spec.hyperparameters.<name>`. The spec is `charter.trai
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from charter.core.errors import InvalidArgument
 from charter.inference.models import is_model_folder
-from charter.trainer.runs import ALGORITHMS, DataSource, RunSpec
+from charter.trainer.runs import ALGORITHMS, DataSource, RewardWatch, RunSpec
 
 __all__ = ["ALGORITHMS", "CheckedSpec", "check", "trl_config"]
 _TRL_CONFIGS = {
@@ -40,6 +42,12 @@ class CheckedSpec:
     hyperparameters: dict[str, Any]
     config: Any
     """The constructed config object (TRL's or Charter's PPOConfig)."""
+    watch: RewardWatch | None = None
+    """The reward-hacking watch with its defaults filled in (`WATCH_DEFAULTS`); None: no watch."""
+
+
+WATCH_DEFAULTS = {"probe_size": 32, "patience": 3}
+"""What 0 means for these `RewardWatch` fields (`max_new_tokens` 0: the run's completion length)."""
 
 
 def _model_source(value: str, field: str) -> str:
@@ -87,6 +95,65 @@ def _data(source: DataSource) -> None:
                 "spec.data.label_stream.to_cursor: before from_cursor",
                 field="spec.data.label_stream.to_cursor",
             )
+
+
+def _watch(spec: RunSpec, config: Any) -> RewardWatch | None:
+    """The watch checked, with its defaults filled in."""
+    watch = spec.watch
+    if watch is None:
+        return None
+    if spec.algorithm not in _NEEDS_REWARD_MODEL:
+        raise InvalidArgument(
+            f"spec.watch: only PPO, GRPO and RLOO runs have a reward watch, not {spec.algorithm}",
+            field="spec.watch",
+        )
+    if watch.every_steps < 1:
+        raise InvalidArgument(
+            "spec.watch.every_steps: how often to check (in steps) must be >= 1",
+            field="spec.watch.every_steps",
+            value=watch.every_steps,
+        )
+    if not (math.isfinite(watch.min_delta) and watch.min_delta >= 0):
+        raise InvalidArgument(
+            f"spec.watch.min_delta: must be a number >= 0 ({watch.min_delta=})",
+            field="spec.watch.min_delta",
+            value=watch.min_delta,
+        )
+    if watch.probe is not None:
+        if not watch.probe.paths:
+            raise InvalidArgument(
+                "spec.watch.probe.paths: name at least one prompt file (or leave probe unset)",
+                field="spec.watch.probe.paths",
+            )
+        for i, p in enumerate(watch.probe.paths):
+            if not Path(p).expanduser().exists():
+                field = f"spec.watch.probe.paths[{i}]"
+                raise InvalidArgument(f"{field}: {p} does not exist", field=field, value=p)
+    if watch.gold is None:
+        raise InvalidArgument(
+            "spec.watch.gold: name a gold scorer: gold_reward_model (a run id or a model folder) or "
+            "gold_judge (address, constitution_id)",
+            field="spec.watch.gold",
+        )
+    if watch.gold_reward_model is not None:
+        if not watch.gold_reward_model:
+            field = "spec.watch.gold_reward_model"
+            raise InvalidArgument(f"{field}: a reward-model run id or a model folder", field=field)
+        if watch.gold_reward_model == spec.reward_model:
+            field = "spec.watch.gold_reward_model"
+            raise InvalidArgument(
+                f"{field}: the run's own reward_model is the proxy; gold must be another scorer",
+                field=field,
+                value=watch.gold_reward_model,
+            )
+    if watch.gold_judge is not None:
+        for name in ("address", "constitution_id"):
+            if not getattr(watch.gold_judge, name):
+                field = f"spec.watch.gold_judge.{name}"
+                raise InvalidArgument(f"{field}: required for the judge as gold scorer", field=field)
+    length = getattr(config, "max_new_tokens", None) or getattr(config, "max_completion_length", None) or 64
+    filled = {k: getattr(watch, k) or v for k, v in WATCH_DEFAULTS.items()}
+    return replace(watch, **filled, max_new_tokens=watch.max_new_tokens or length)
 
 
 def trl_config(
@@ -155,4 +222,4 @@ def check(spec: RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
     }
     with tempfile.TemporaryDirectory(prefix="charter-spec-") as tmp:
         config = trl_config(algorithm, hyperparameters, output_dir=tmp, seed=spec.seed, use_cpu=use_cpu)
-    return CheckedSpec(algorithm, base, hyperparameters, config)
+    return CheckedSpec(algorithm, base, hyperparameters, config, _watch(spec, config))

@@ -220,6 +220,7 @@ class RunSpec(_message.Message):
     EXECUTOR_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    WATCH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     algorithm: Global___Algorithm.ValueType
     base_model: _builtins.str
@@ -236,6 +237,10 @@ class RunSpec(_message.Message):
 
     @_builtins.property
     def resources(self) -> Global___Resources: ...
+    @_builtins.property
+    def watch(self) -> Global___RewardWatch:
+        """The reward-hacking watch (PPO, GRPO and RLOO only); unset = no watch."""
+
     def __init__(
         self,
         *,
@@ -248,14 +253,110 @@ class RunSpec(_message.Message):
         executor: Global___Executor.ValueType = ...,
         resources: Global___Resources | None = ...,
         seed: _builtins.int = ...,
+        watch: Global___RewardWatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "hyperparameters", b"hyperparameters", "resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "hyperparameters", b"hyperparameters", "resources", b"resources", "watch", b"watch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "base_model", b"base_model", "data", b"data", "executor", b"executor", "hyperparameters", b"hyperparameters", "name", b"name", "resources", b"resources", "reward_model", b"reward_model", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "base_model", b"base_model", "data", b"data", "executor", b"executor", "hyperparameters", b"hyperparameters", "name", b"name", "resources", b"resources", "reward_model", b"reward_model", "seed", b"seed", "watch", b"watch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunSpec: _TypeAlias = RunSpec  # noqa: Y015
+
+@_typing.final
+class JudgeGold(_message.Message):
+    """The AI judge as a gold scorer: the policy's answer to each probe prompt against the reference
+    (initial) policy's answer. The worker's token comes from CHARTER_JUDGE_TOKEN or the file named by
+    CHARTER_JUDGE_TOKEN_FILE, never from the spec.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    CONSTITUTION_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPLES_PER_LABEL_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """host:port of the judge service."""
+    constitution_id: _builtins.str
+    principles_per_label: _builtins.int
+    """0 = the constitution's sampling.principles_per_label."""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        constitution_id: _builtins.str = ...,
+        principles_per_label: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "constitution_id", b"constitution_id", "principles_per_label", b"principles_per_label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgeGold: _TypeAlias = JudgeGold  # noqa: Y015
+
+@_typing.final
+class RewardWatch(_message.Message):
+    """Every `every_steps` steps (and at step 0 and the last step) the policy answers a fixed probe set
+    (greedy), and the proxy (the run's reward_model) and a gold scorer score the answers. When the proxy
+    rises while gold falls for `patience` checks, the run logs a warning (docs/trainer.md, "The
+    reward-hacking watch", gives the exact rule).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVERY_STEPS_FIELD_NUMBER: _builtins.int
+    PROBE_FIELD_NUMBER: _builtins.int
+    PROBE_SIZE_FIELD_NUMBER: _builtins.int
+    GOLD_REWARD_MODEL_FIELD_NUMBER: _builtins.int
+    GOLD_JUDGE_FIELD_NUMBER: _builtins.int
+    PATIENCE_FIELD_NUMBER: _builtins.int
+    MIN_DELTA_FIELD_NUMBER: _builtins.int
+    STOP_ON_DIVERGENCE_FIELD_NUMBER: _builtins.int
+    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
+    every_steps: _builtins.int
+    probe_size: _builtins.int
+    """Probe prompts used at most; 0 = 32."""
+    gold_reward_model: _builtins.str
+    """A held-out reward model: a reward-model run id or a model folder (not the run's reward_model)."""
+    patience: _builtins.int
+    """Consecutive diverging checks that raise the warning; 0 = 3."""
+    min_delta: _builtins.float
+    """How far the proxy must rise and gold fall (in each scorer's own units) to count."""
+    stop_on_divergence: _builtins.bool
+    """Stop the run at the warning; its model is then the best-gold check's weights."""
+    max_new_tokens: _builtins.int
+    """Length of the probe answers; 0 = the run's completion length (max_new_tokens, max_completion_length)."""
+    @_builtins.property
+    def probe(self) -> Global___FileSource:
+        """Prompt files (any format the pipelines read: JSONL, CSV, Parquet, hh-rlhf); unset = a seeded
+        sample of the run's own prompts, held out of training.
+        """
+
+    @_builtins.property
+    def gold_judge(self) -> Global___JudgeGold: ...
+    def __init__(
+        self,
+        *,
+        every_steps: _builtins.int = ...,
+        probe: Global___FileSource | None = ...,
+        probe_size: _builtins.int = ...,
+        gold_reward_model: _builtins.str = ...,
+        gold_judge: Global___JudgeGold | None = ...,
+        patience: _builtins.int = ...,
+        min_delta: _builtins.float = ...,
+        stop_on_divergence: _builtins.bool = ...,
+        max_new_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gold", b"gold", "gold_judge", b"gold_judge", "gold_reward_model", b"gold_reward_model", "probe", b"probe"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["every_steps", b"every_steps", "gold", b"gold", "gold_judge", b"gold_judge", "gold_reward_model", b"gold_reward_model", "max_new_tokens", b"max_new_tokens", "min_delta", b"min_delta", "patience", b"patience", "probe", b"probe", "probe_size", b"probe_size", "stop_on_divergence", b"stop_on_divergence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_gold: _TypeAlias = _typing.Literal["gold_reward_model", "gold_judge"]  # noqa: Y015
+    _WhichOneofArgType_gold: _TypeAlias = _typing.Literal["gold", b"gold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_gold) -> _WhichOneofReturnType_gold | None: ...
+
+Global___RewardWatch: _TypeAlias = RewardWatch  # noqa: Y015
 
 @_typing.final
 class Run(_message.Message):
