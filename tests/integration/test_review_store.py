@@ -98,6 +98,37 @@ def test_routing_reasons_are_recorded(ledger_url, pairs):
     ledger.close()
 
 
+def test_requested_and_ensemble_split_labels_are_queued_with_their_reason(tmp_path, pairs):
+    policy = RoutingSettings(audit_rate=0.0, max_ensemble_disagreement=0.5)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", policy)
+    requested = hh_label(pairs[0], 0, confidence=0.95)  # confident, but a person was asked for
+    requested.review_requested = True
+    split = hh_label(pairs[1], 1, confidence=0.9)
+    split.ensemble_disagreement = 2 / 3
+    agreed = hh_label(pairs[2], 2, confidence=0.9)
+    agreed.ensemble_disagreement = 0.5  # at the threshold: accepted
+    results = submit(ledger, [requested, split, agreed])
+    assert [(r.route, r.reason) for r in results] == [
+        (rv.ROUTE_HUMAN_REVIEW, rv.ROUTE_REASON_REQUESTED),
+        (rv.ROUTE_HUMAN_REVIEW, rv.ROUTE_REASON_ENSEMBLE_DISAGREEMENT),
+        (rv.ROUTE_AUTO_ACCEPTED, rv.ROUTE_REASON_CONFIDENT),
+    ]
+    with ledger.engine.connect() as c:
+        stored = dict(c.execute(select(labels.c.label_id, labels.c.reason)).all())
+    assert stored == {"lbl-000000": 6, "lbl-000001": 7, "lbl-000002": 1}
+    claimed = {ledger.claim("alice").item.reason, ledger.claim("bob").item.reason}
+    assert claimed == {rv.ROUTE_REASON_REQUESTED, rv.ROUTE_REASON_ENSEMBLE_DISAGREEMENT}
+    routes = {(r["route"], r["reason"]) for r in ledger.overview()["routes"]}  # the admin page's names
+    assert {("human_review", "requested"), ("human_review", "ensemble_disagreement")} <= routes
+
+    bad = hh_label(pairs[3], 3, confidence=0.9)
+    bad.ensemble_disagreement = 1.5
+    with pytest.raises(InvalidArgument, match=r"labels\[1\].ensemble_disagreement: must lie in \[0, 1\]"):
+        submit(ledger, [hh_label(pairs[4], 4, confidence=0.9), bad])
+    assert counts(ledger)["labels"] == 3
+    ledger.close()
+
+
 def test_audit_rate_sends_a_sample_of_confident_labels_to_people(ledger_url):
     ledger = Ledger(ledger_url, RoutingSettings(audit_rate=0.2, audit_seed="t"))
     results = submit(ledger, hh_labels(300, confidence=0.95))
@@ -110,8 +141,9 @@ def test_audit_rate_sends_a_sample_of_confident_labels_to_people(ledger_url):
 def test_claim_gives_the_most_uncertain_first_and_leases_expire(ledger_url, pairs):
     clock = Clock()
     ledger = Ledger(ledger_url, NO_AUDIT, clock=clock, lease_seconds=60)
-    submit(ledger,
-        [hh_label(p, i, confidence=c) for i, (p, c) in enumerate(zip(pairs, (0.3, 0.05, 0.2), strict=False))]
+    submit(
+        ledger,
+        [hh_label(p, i, confidence=c) for i, (p, c) in enumerate(zip(pairs, (0.3, 0.05, 0.2), strict=False))],
     )
     first = ledger.claim("alice")
     assert first.item.item_id == "lbl-000001" and first.queue_depth == 2
@@ -286,11 +318,12 @@ def test_concurrent_claims_with_overlap_give_each_item_to_k_different_reviewers(
 
 def test_stream_is_ordered_resumable_and_filtered(ledger_url, pairs):
     ledger = Ledger(ledger_url, NO_AUDIT)
-    submit(ledger,
+    submit(
+        ledger,
         [
             hh_label(p, i, confidence=0.9, principle="violence" if i % 2 else "privacy")
             for i, p in enumerate(pairs[:20])
-        ]
+        ],
     )
     submit(ledger, [hh_label(pairs[20], 20, confidence=0.1)])
     item = ledger.claim("alice").item
@@ -306,9 +339,7 @@ def test_stream_is_ordered_resumable_and_filtered(ledger_url, pairs):
     violence = accepted_page(ledger, 0, rv.LabelFilter(principle_ids=["violence"]))  # matched on the labels
     assert len(violence.labels) == 11  # ten odd ones and the human-decided one
     assert ledger.accepted_after(0, LabelQuery(constitution_id="other")).labels == []
-    assert (
-        len(ledger.accepted_after(0, LabelQuery(min_confidence=0.95)).labels) == 1
-    )  # the human's p_a = 1
+    assert len(ledger.accepted_after(0, LabelQuery(min_confidence=0.95)).labels) == 1  # the human's p_a = 1
     ledger.close()
 
 

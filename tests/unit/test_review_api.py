@@ -88,6 +88,20 @@ def test_submission_indexes_the_label_and_keeps_it_whole():
     assert (view.status, view.constitution_version, view.choice) == ("ok", "2", Choice.A)
 
 
+def test_submission_carries_the_ensemble_disagreement_and_the_review_request():
+    plain = api.submission(judged())
+    assert (plain.ensemble_disagreement, plain.review_requested) == (None, False)  # unset: not measured
+    label = judged()
+    label.ensemble_disagreement, label.review_requested = 0.0, True  # measured: all members agree
+    s = api.submission(label)
+    assert (s.ensemble_disagreement, s.review_requested) == (0.0, True)
+    label.ensemble_disagreement = 2 / 3
+    s = api.submission(label)
+    assert s.ensemble_disagreement == pytest.approx(2 / 3)
+    back = api.label_proto(s.payload)
+    assert back == label and back.HasField("ensemble_disagreement") and back.review_requested
+
+
 def test_a_human_decision_overrides_in_the_export_rows():
     label = judged(p_a=0.8)  # the AI preferred A
     decision = HumanDecision("lbl-1", "ann", HumanChoice.B, "B is better", 1_800_000_000.5)

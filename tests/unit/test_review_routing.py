@@ -9,7 +9,14 @@ from charter.review.routing import audit_draw, route
 from charter.review.types import Choice, LabelStatus, Route, RouteReason, Submission
 
 
-def label(confidence: float, consistent: bool = True, status: LabelStatus = LabelStatus.OK, i: int = 0):
+def label(
+    confidence: float,
+    consistent: bool = True,
+    status: LabelStatus = LabelStatus.OK,
+    i: int = 0,
+    disagreement: float | None = None,
+    requested: bool = False,
+):
     return Submission(
         label_id=f"id-{i}",
         constitution_id="",
@@ -20,6 +27,8 @@ def label(confidence: float, consistent: bool = True, status: LabelStatus = Labe
         swap_consistent=consistent,
         status=status,
         payload=b"",
+        ensemble_disagreement=disagreement,
+        review_requested=requested,
     )
 
 
@@ -42,6 +51,44 @@ def test_route(lab, expected):
     r = route(lab, RoutingSettings(audit_rate=0.0))
     assert (r.route, r.reason) == expected
     assert r.queued == (expected[0] != Route.AUTO_ACCEPTED)
+
+
+HUMAN, ACCEPTED = Route.HUMAN_REVIEW, Route.AUTO_ACCEPTED
+
+
+@pytest.mark.parametrize(
+    ("lab", "expected"),
+    [
+        # requested: people decide it however confident; only an unscorable label comes first
+        (label(0.9, requested=True), (HUMAN, RouteReason.REQUESTED)),
+        (label(0.1, consistent=False, requested=True, disagreement=1.0), (HUMAN, RouteReason.REQUESTED)),
+        (label(0.0, status=LabelStatus.TIE, requested=True), (HUMAN, RouteReason.REQUESTED)),
+        (label(0.9, status=LabelStatus.ERROR, requested=True), (Route.REJECTED, RouteReason.UNSCORABLE)),
+        # ensemble disagreement: above the threshold, after uncertain and swap-inconsistent
+        (label(0.9, disagreement=0.5), (HUMAN, RouteReason.ENSEMBLE_DISAGREEMENT)),
+        (label(0.9, disagreement=0.4), (ACCEPTED, RouteReason.CONFIDENT)),  # at the threshold: accepted
+        (label(0.9, disagreement=0.0), (ACCEPTED, RouteReason.CONFIDENT)),
+        (label(0.9, disagreement=None), (ACCEPTED, RouteReason.CONFIDENT)),  # not measured
+        (label(0.2, disagreement=1.0), (HUMAN, RouteReason.UNCERTAIN)),
+        (label(0.9, consistent=False, disagreement=1.0), (HUMAN, RouteReason.SWAP_INCONSISTENT)),
+        (
+            label(0.9, status=LabelStatus.UNSCORABLE, disagreement=1.0),
+            (Route.REJECTED, RouteReason.UNSCORABLE),
+        ),
+    ],
+)
+def test_requested_and_ensemble_disagreement_routes(lab, expected):
+    r = route(lab, RoutingSettings(audit_rate=0.0, max_ensemble_disagreement=0.4))
+    assert (r.route, r.reason) == expected
+
+
+def test_ensemble_disagreement_comes_before_the_audit_and_is_off_by_default():
+    audit_all = RoutingSettings(audit_rate=1.0, max_ensemble_disagreement=0.0)
+    assert route(label(0.9, disagreement=0.1), audit_all).reason == RouteReason.ENSEMBLE_DISAGREEMENT
+    assert route(label(0.9, disagreement=0.0), audit_all).reason == RouteReason.AUDIT
+    default = RoutingSettings(audit_rate=0.0)
+    assert default.max_ensemble_disagreement == 1.0
+    assert route(label(0.9, disagreement=1.0), default).reason == RouteReason.CONFIDENT
 
 
 def test_more_uncertain_labels_come_first():

@@ -69,6 +69,10 @@ def submission(label: label_pb2.PreferenceLabel) -> Submission:
         swap_consistent=label.swap_consistent,
         status=_enum(LabelStatus, label.status),
         payload=label.SerializeToString(),
+        ensemble_disagreement=(
+            label.ensemble_disagreement if label.HasField("ensemble_disagreement") else None
+        ),
+        review_requested=label.review_requested,
     )
 
 

@@ -145,6 +145,10 @@ class RoutingSettings(_Section):
     audit_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     """Fraction of otherwise auto-accepted labels sent to people anyway, to measure the judge."""
     audit_seed: str = Field(default="charter", min_length=1, max_length=64)
+    max_ensemble_disagreement: float = Field(default=1.0, ge=0.0, le=1.0)
+    """A label whose pair a reward-model ensemble disagrees on by more than this (the label's
+    `ensemble_disagreement`: twice the minority share of members, 0..1) goes to human review; labels
+    without the figure are not affected. 1.0 (the default) never routes on it: 0.0 queues any split."""
     overlap: int = Field(default=1, ge=1, le=16)
     """Reviewers who decide each queued item (2+ gives human-human agreement)."""
 

@@ -5,6 +5,12 @@ Pairs come from a file (hh-rlhf, prompt/chosen/rejected or response_a/response_b
 initial vs revision) or from the generator (two sampled responses per prompt). Like SL-CAI it drives
 the services over gRPC — started in this process in local mode — and is resumable: a pair (or, for
 generated pairs, a prompt) already in `records.jsonl` is never judged again.
+
+With `ensemble` in the spec, both responses of every judged pair are also scored by each reward model of
+the ensemble (in this process, off the event loop); the share of members on the minority side of
+r(A) - r(B) becomes the label's `ensemble_disagreement` before the label is submitted or recorded, so the
+review ledger can route the pairs the ensemble disagrees on to people. The members are loaded once
+before the output folder is touched, so a bad folder leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -30,16 +36,17 @@ from charter.client.generator import GeneratorClient
 from charter.client.judge import JudgeClient
 from charter.client.review import ReviewClient
 from charter.core.auth import read_token
-from charter.core.errors import InvalidArgument
+from charter.core.errors import CharterError, InvalidArgument
 from charter.core.settings import CharterSettings
 from charter.datasets.pairs import PairRow, read_pairs
 from charter.datasets.records import OutputStore
 from charter.datasets.sources import PromptRow, read_rows
 from charter.pipelines import outputs, runner
 from charter.pipelines.runner import Batches
-from charter.pipelines.spec import BestOfNSpec, RlCaiSpec
+from charter.pipelines.spec import BestOfNSpec, EnsembleSpec, RlCaiSpec
 from charter.review.store import Ledger
 from charter.review.types import Route, key
+from charter.trainer.scoring import RewardEnsemble, RewardScorer, disagreement
 
 
 @dataclass
@@ -50,10 +57,15 @@ class Summary(runner.Summary):
     judge_seconds: float = 0.0
     ledger: Counter[str] = field(default_factory=Counter)
     """Labels submitted to the review ledger this run, by route (and `duplicate`)."""
+    ensemble_scored: int = 0
+    """Pairs the reward-model ensemble scored this run."""
+    ensemble_split: int = 0
+    """Of those, pairs on which the members did not all prefer the same response (disagreement > 0)."""
+    ensemble_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         labelled = sum(self.statuses.values())
-        return {
+        out = {
             "ledger": dict(self.ledger),
             **super().as_dict(),
             "swap_consistent": self.swap_consistent,
@@ -61,6 +73,13 @@ class Summary(runner.Summary):
             "judge_seconds": round(self.judge_seconds, 2),
             "labels_per_second": round(labelled / self.judge_seconds, 3) if self.judge_seconds else 0.0,
         }
+        if self.ensemble_scored:
+            out["ensemble"] = {
+                "pairs_scored": self.ensemble_scored,
+                "pairs_split": self.ensemble_split,
+                "seconds": round(self.ensemble_seconds, 2),
+            }
+        return out
 
 
 def judge_options(spec: RlCaiSpec) -> judge_pb2.JudgeOptions:
@@ -119,8 +138,12 @@ class RlCai:
     """RL-CAI's steps for `pipelines.runner`: (generate two responses a prompt,) judge, write a record
     a pair, submit the labels to the review ledger when the spec names one."""
 
-    def __init__(self, spec: RlCaiSpec, settings: CharterSettings) -> None:
+    def __init__(
+        self, spec: RlCaiSpec, settings: CharterSettings, ensemble: RewardEnsemble | None = None
+    ) -> None:
         self.spec, self.settings = spec, settings
+        self.ensemble = ensemble
+        """Scores every judged pair (`spec.ensemble`, checked by `load_ensemble`); None: not measured."""
         self.spec_digest = spec.digest()
         self.summary = Summary()
         self.generated = spec.pairs.kind == "generator"
@@ -207,11 +230,20 @@ class RlCai:
         t0 = time.perf_counter()
         labels = await self.judge.compare(pairs, self.options, f"{self.spec.name}:{pairs[0].key}")
         summary.judge_seconds += time.perf_counter() - t0
+        margins: list[list[float]] | None = None
+        if self.ensemble is not None:  # on the labels before they are submitted or recorded
+            t0 = time.perf_counter()
+            margins = await asyncio.to_thread(ensemble_margins, self.ensemble, pairs)
+            summary.ensemble_seconds += time.perf_counter() - t0
+            for i, pair_margins in enumerate(margins):
+                labels[i].ensemble_disagreement = disagreement(pair_margins)
+                summary.ensemble_scored += 1
+                summary.ensemble_split += int(labels[i].ensemble_disagreement > 0)
         if self.ledger is not None:  # before the records: a resumed run re-submits (a no-op), never skips
             for result in await self.ledger.submit([labels[i] for i in range(len(pairs))]):
                 summary.ledger["duplicate" if result.duplicate else key(Route(result.route))] += 1
         for i, pair in enumerate(pairs):
-            self.write(pair, labels[i], started, batches)
+            self.write(pair, labels[i], started, batches, None if margins is None else margins[i])
 
     def write(
         self,
@@ -219,6 +251,7 @@ class RlCai:
         label: label_pb2.PreferenceLabel,
         started: str,
         batches: Batches,
+        margins: list[float] | None = None,
     ) -> None:
         status = STATUS_NAMES[label.status]
         record = {
@@ -233,6 +266,9 @@ class RlCai:
             "label": MessageToDict(
                 label, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             ),
+            "ensemble": None
+            if margins is None
+            else {"margins": margins, "disagreement": label.ensemble_disagreement},
             "provenance": {
                 "pipeline": "rl-cai",
                 "spec_name": self.spec.name,
@@ -240,6 +276,7 @@ class RlCai:
                 "constitution": MessageToDict(label.constitution, preserving_proto_field_name=True),
                 "judge": MessageToDict(label.judge, preserving_proto_field_name=True),
                 "judge_options": MessageToDict(self.options, preserving_proto_field_name=True),
+                "ensemble": None if self.ensemble is None else list(self.ensemble.members),
                 "started_at": started,
                 "completed_at": convert.now().ToJsonString(),
                 "charter_version": __version__,
@@ -251,9 +288,54 @@ class RlCai:
         batches.written(1)
 
 
+def ensemble_margins(ensemble: RewardEnsemble, pairs: Sequence[PairRow]) -> list[list[float]]:
+    """Per pair, every member's margin r(A) - r(B), in member order (one scoring pass per member over
+    both responses of every pair)."""
+    conversations = [[m.model_dump() for m in pair.conversation] for pair in pairs]
+    replies = [pair.response_a for pair in pairs] + [pair.response_b for pair in pairs]
+    scores = ensemble.score(conversations * 2, replies)
+    n = len(pairs)
+    return [[member[i] - member[n + i] for member in scores] for i in range(n)]
+
+
+def load_ensemble(spec: EnsembleSpec) -> RewardEnsemble:
+    """The spec's ensemble, with every member loaded once to check it (without transformers' progress
+    bars, so a bad folder is one error line): a folder that is not a reward model, has no chat template,
+    or holds a tokenizer its model does not match, a malformed `ensemble.json`, or fewer than two members
+    in all are refused before anything is written."""
+    from transformers.utils import logging as hf_logging
+
+    field_name = "ensemble.reward_models"
+    folders = [str(f) for f in spec.reward_models]
+    try:
+        ensemble = RewardEnsemble(spec.reward_models)
+    except (OSError, ValueError, TypeError, AttributeError) as err:  # an unreadable ensemble.json
+        raise InvalidArgument(f"{field_name}: {err}", field=field_name, value=folders) from None
+    if len(ensemble.members) < 2:
+        raise InvalidArgument(
+            f"{field_name}: an ensemble needs at least two reward models ({folders} hold "
+            f"{len(ensemble.members)})",
+            field=field_name,
+            value=folders,
+        )
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        for member in ensemble.members:
+            RewardScorer(member).close()
+    except CharterError as err:
+        raise type(err)(f"{field_name}: {err.message}", field=field_name, value=err.value) from None
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+    return ensemble
+
+
 async def run(spec: RlCaiSpec, settings: CharterSettings, **hooks: Any) -> Summary:
     """Run (or resume) the pipeline; returns what this run did. `hooks`: `runner.run`'s keywords
-    (on_start, on_progress, engine)."""
-    pipeline = RlCai(spec, settings)
+    (on_start, on_progress, engine). The ensemble's reward models are checked before the output folder
+    is touched."""
+    ensemble = None if spec.ensemble is None else await asyncio.to_thread(load_ensemble, spec.ensemble)
+    pipeline = RlCai(spec, settings, ensemble)
     await runner.run(pipeline, settings, **hooks)
     return pipeline.summary

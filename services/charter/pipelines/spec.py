@@ -159,6 +159,15 @@ class LedgerSpec(_Strict):
         return self
 
 
+class EnsembleSpec(_Strict):
+    """Reward models that score both responses of every judged pair: how much they disagree on which is
+    better becomes the label's `ensemble_disagreement` (a routing signal for the review ledger)."""
+
+    reward_models: tuple[Path, ...] = Field(min_length=1)
+    """Reward model folders, or ensemble folders (an `ensemble.json` naming its member folders, as a
+    reward-model run with an ensemble leaves one); at least two members in all."""
+
+
 class RlCaiSpec(_Strict):
     kind: Literal["rl-cai"]
     name: str = Field(min_length=1, max_length=128)
@@ -176,12 +185,17 @@ class RlCaiSpec(_Strict):
     constitutions_dir: Path | None = None
     ledger: LedgerSpec | None = None
     """Also submit every label to the review ledger (unset: files only)."""
+    ensemble: EnsembleSpec | None = None
+    """Score every judged pair with these reward models and set the label's ensemble disagreement
+    (unset: not measured)."""
 
     def digest(self) -> str:
         keys = {"pairs": {"kind": self.pairs.kind, "path": str(self.pairs.path), "format": self.pairs.format}}
         fixed = self.model_dump(mode="json", include={"constitution", "judge", "seed"})
         if self.pairs.kind == "generator":
             fixed["generation"] = self.generation.model_dump(mode="json")
+        if self.ensemble is not None:  # only when set: folders written before it existed still resume
+            fixed["ensemble"] = self.ensemble.model_dump(mode="json")
         fixed["model"] = self.inference.model
         text = json.dumps({**keys, **fixed}, sort_keys=True)
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

@@ -560,6 +560,12 @@ def check_submission(i: int, label: Submission, max_bytes: int) -> None:
         )
     if not 0.0 <= label.p_a <= 1.0 or not 0.0 <= label.confidence <= 1.0:
         raise InvalidArgument(f"{where}: p_a and confidence must lie in [0, 1]", field=f"{where}.p_a")
+    disagreement = label.ensemble_disagreement
+    if disagreement is not None and not 0.0 <= disagreement <= 1.0:
+        raise InvalidArgument(
+            f"{where}.ensemble_disagreement: must lie in [0, 1] ({disagreement=})",
+            field=f"{where}.ensemble_disagreement",
+        )
     if len(label.constitution_id) > 64 or any(len(p) > 64 for p in label.principle_ids):
         raise InvalidArgument(
             f"{where}: constitution and principle ids are at most 64 characters", field=where

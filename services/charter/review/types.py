@@ -34,6 +34,8 @@ class RouteReason(IntEnum):
     SWAP_INCONSISTENT = 3
     AUDIT = 4
     UNSCORABLE = 5
+    REQUESTED = 6
+    ENSEMBLE_DISAGREEMENT = 7
 
 
 class HumanChoice(IntEnum):
@@ -113,6 +115,10 @@ class Submission:
     status: LabelStatus
     payload: bytes
     """The label as submitted (a serialised `PreferenceLabel`), kept as it is."""
+    ensemble_disagreement: float | None = None
+    """How much a reward-model ensemble disagrees on the pair, in [0, 1]; None: not measured."""
+    review_requested: bool = False
+    """The producer asks that a person decide this label, however confident it is."""
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,8 @@ class PreferenceLabel(_message.Message):
     PROVENANCE_FIELD_NUMBER: _builtins.int
     CHAIN_OF_THOUGHT_FIELD_NUMBER: _builtins.int
     STATUS_DETAIL_FIELD_NUMBER: _builtins.int
+    ENSEMBLE_DISAGREEMENT_FIELD_NUMBER: _builtins.int
+    REVIEW_REQUESTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Content-derived id: the same conversation, responses, constitution digest and judge give the same id."""
     response_a: _builtins.str
@@ -155,6 +157,15 @@ class PreferenceLabel(_message.Message):
     """Whether chain-of-thought was used (its probabilities are clamped)."""
     status_detail: _builtins.str
     """Human-readable reason for a non-OK status."""
+    ensemble_disagreement: _builtins.float
+    """How much a reward-model ensemble disagrees on this pair, in [0, 1]: twice the share of members
+    whose margin r(A) - r(B) takes the minority side (0: every member prefers the same response; 1: an
+    even split). Unset: not measured. The review service sends labels above its threshold to people.
+    """
+    review_requested: _builtins.bool
+    """The producer asks that a person decide this label (e.g. a policy evaluation's human sample): the
+    review service queues it for human review however confident it is.
+    """
     @_builtins.property
     def conversation(self) -> _conversation_pb2.Conversation: ...
     @_builtins.property
@@ -189,11 +200,15 @@ class PreferenceLabel(_message.Message):
         provenance: _provenance_pb2.Provenance | None = ...,
         chain_of_thought: _builtins.bool = ...,
         status_detail: _builtins.str = ...,
+        ensemble_disagreement: _builtins.float | None = ...,
+        review_requested: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["constitution", b"constitution", "conversation", b"conversation", "judge", b"judge", "provenance", b"provenance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ensemble_disagreement", b"_ensemble_disagreement", "constitution", b"constitution", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "judge", b"judge", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_of_thought", b"chain_of_thought", "choice", b"choice", "confidence", b"confidence", "constitution", b"constitution", "conversation", b"conversation", "id", b"id", "judge", b"judge", "p_a", b"p_a", "principle_ids", b"principle_ids", "provenance", b"provenance", "raw_text", b"raw_text", "response_a", b"response_a", "response_b", b"response_b", "scores", b"scores", "status", b"status", "status_detail", b"status_detail", "swap_consistent", b"swap_consistent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ensemble_disagreement", b"_ensemble_disagreement", "chain_of_thought", b"chain_of_thought", "choice", b"choice", "confidence", b"confidence", "constitution", b"constitution", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "id", b"id", "judge", b"judge", "p_a", b"p_a", "principle_ids", b"principle_ids", "provenance", b"provenance", "raw_text", b"raw_text", "response_a", b"response_a", "response_b", b"response_b", "review_requested", b"review_requested", "scores", b"scores", "status", b"status", "status_detail", b"status_detail", "swap_consistent", b"swap_consistent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__ensemble_disagreement: _TypeAlias = _typing.Literal["ensemble_disagreement"]  # noqa: Y015
+    _WhichOneofArgType__ensemble_disagreement: _TypeAlias = _typing.Literal["_ensemble_disagreement", b"_ensemble_disagreement"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ensemble_disagreement) -> _WhichOneofReturnType__ensemble_disagreement | None: ...
 
 Global___PreferenceLabel: _TypeAlias = PreferenceLabel  # noqa: Y015

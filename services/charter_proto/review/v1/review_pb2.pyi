@@ -55,6 +55,10 @@ class _RouteReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RouteReas
     ROUTE_REASON_SWAP_INCONSISTENT: _RouteReason.ValueType  # 3
     ROUTE_REASON_AUDIT: _RouteReason.ValueType  # 4
     ROUTE_REASON_UNSCORABLE: _RouteReason.ValueType  # 5
+    ROUTE_REASON_REQUESTED: _RouteReason.ValueType  # 6
+    """The label's producer asked for a person's decision (PreferenceLabel.review_requested)."""
+    ROUTE_REASON_ENSEMBLE_DISAGREEMENT: _RouteReason.ValueType  # 7
+    """A reward-model ensemble disagreed on the pair beyond the routing threshold."""
 
 class RouteReason(_RouteReason, metaclass=_RouteReasonEnumTypeWrapper):
     """Why a label was routed the way it was."""
@@ -65,6 +69,10 @@ ROUTE_REASON_UNCERTAIN: RouteReason.ValueType  # 2
 ROUTE_REASON_SWAP_INCONSISTENT: RouteReason.ValueType  # 3
 ROUTE_REASON_AUDIT: RouteReason.ValueType  # 4
 ROUTE_REASON_UNSCORABLE: RouteReason.ValueType  # 5
+ROUTE_REASON_REQUESTED: RouteReason.ValueType  # 6
+"""The label's producer asked for a person's decision (PreferenceLabel.review_requested)."""
+ROUTE_REASON_ENSEMBLE_DISAGREEMENT: RouteReason.ValueType  # 7
+"""A reward-model ensemble disagreed on the pair beyond the routing threshold."""
 Global___RouteReason: _TypeAlias = RouteReason  # noqa: Y015
 
 class _HumanChoice:
