@@ -31,6 +31,8 @@ from charter.core.interceptors import ServerInterceptor
 from charter.core.metrics import MetricsEndpoint
 from charter.core.settings import ServerSettings
 
+MIN_PING_INTERVAL_MS = 10_000
+"""The most often a client may ping without data before the server counts a strike (gRPC: 5 minutes)."""
 log = structlog.get_logger("charter.server")
 
 
@@ -81,6 +83,12 @@ class CharterServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                # accept the keepalive pings Charter's clients send (every 30 s,
+                # charter.client.channel.ChannelOptions): gRPC's default allows one per 5 minutes
+                # while no data flows and ends a quiet stream (a WatchRun between slow training
+                # steps) with "Too many pings"
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+                ("grpc.keepalive_permit_without_calls", 1),
             ],
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
