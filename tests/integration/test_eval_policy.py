@@ -112,6 +112,7 @@ def charter_eval(spec: dict, tmp_path: Path, *, name: str = "eval.yaml") -> subp
     )  # fmt: skip
 
 
+@pytest.mark.timeout(1200)
 def test_eval_policy_base_vs_dpo_end_to_end_and_resumes(tmp_path, embedded_model):
     torch.set_num_threads(1)
     base = tiny.save_tiny_lm(tmp_path / "base", embedded_model, seed=0)
@@ -130,6 +131,7 @@ def test_eval_policy_base_vs_dpo_end_to_end_and_resumes(tmp_path, embedded_model
         "judge": {"principles_per_label": 1},
         "reward_models": rms,
         "gold": {"path": str(HH_DEV), "limit": 14, "exclude": [str(train_file)]},
+        "review": {"sample": 3, "database": f"sqlite:///{tmp_path / 'review.db'}"},
         "bootstrap_resamples": 100, "batch_size": 4, "output": str(out),
     }  # fmt: skip
     result = charter_eval(spec, tmp_path)
@@ -168,12 +170,42 @@ def test_eval_policy_base_vs_dpo_end_to_end_and_resumes(tmp_path, embedded_model
     for chart in ("winrate.png", "elo.png", "rewards.png"):
         assert (out / chart).stat().st_size > 1000
     assert "| dpo |" in (out / "report.md").read_text()
-    # a second run resumes: nothing generated or judged again, the same figures
+    # people beside the judge: the sample waits in the queue (asked for, whatever the confidence)
+    assert figures["human"]["sampled"] == 3 and figures["human"]["decided"] == 0
+    decided = decide_everything(tmp_path / "review.db")
+    assert len(decided) == 3
+    # a second run resumes: nothing generated or judged again, the same figures, the human decisions read
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/records.jsonl")}
     again = charter_eval(spec, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/records.jsonl")} == before
-    assert json.loads((out / "eval.json").read_text())["figures"]["win_rate"] == figures["win_rate"]
+    second = json.loads((out / "eval.json").read_text())["figures"]
+    assert second["win_rate"] == figures["win_rate"]
+    human = second["human"]["models"]["dpo"]["human"]
+    by_id = {j["label"]["id"]: j for j in judgments if j.get("label")}
+    # every reviewer chose the response shown as A: a win for dpo where dpo was shown first
+    wins = [float(by_id[i]["a_shown_first"] == (by_id[i]["a"] == "dpo")) for i in decided]
+    assert human["n"] == 3 and human["rate"] == pytest.approx(sum(wins) / 3)
+    assert "People beside the AI judge" in (out / "report.md").read_text()
+
+
+def decide_everything(database: Path) -> list[str]:
+    """A reviewer decides every queued item 'A'; returns the label ids, checking each was queued
+    because the evaluation asked for it."""
+    from charter.core.settings import RoutingSettings
+    from charter.review.store import Ledger
+    from charter.review.types import HumanChoice, RouteReason
+
+    ledger = Ledger(f"sqlite:///{database}", RoutingSettings())
+    ids = []
+    try:
+        while (item := ledger.claim("reviewer-1").item) is not None:
+            assert item.reason == RouteReason.REQUESTED
+            ledger.decide("reviewer-1", item.item_id, item.lease_id, HumanChoice.A)
+            ids.append(item.item_id)
+    finally:
+        ledger.close()
+    return ids
 
 
 @pytest.mark.parametrize("case", ["unknown model", "unknown run", "mismatched reward model", "no prompts"])

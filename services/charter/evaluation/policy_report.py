@@ -224,6 +224,21 @@ def markdown(report: Mapping[str, Any]) -> str:
                 continue
             accuracy = f"{_pct(g['accuracy'])}{_ci(g['ci'])} (n={g['n']})"
             lines.append(f"| {name} | {g['reference']} | {accuracy} | {g['mean_margin']:.3f} |")
+    human = figures.get("human")
+    if human:
+        lines += [
+            "",
+            f"**People beside the AI judge**: {human['sampled']} comparisons with the baseline sent to the "
+            f"review queue, {human['decided']} decided so far.",
+            "",
+            "| model | human win rate | AI win rate, same comparisons | AI–human agreement |",
+            "|---|---|---|---|",
+        ]
+        for name, h in human["models"].items():
+            agreement = _pct(h["agreement"])
+            lines.append(
+                f"| {name} | {_win_cell(h, 'human')} | {_win_cell(h, 'ai_same_comparisons')} | {agreement} |"
+            )
     rw = figures.get("reward")
     if rw and rw["by_reward_model"]:
         header = "| reward model | " + " | ".join(config["models"]) + " |"

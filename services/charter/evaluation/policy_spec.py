@@ -111,6 +111,26 @@ class GoldSpec(_Strict):
     max_length: int = Field(default=1024, ge=64)
 
 
+class ReviewSampleSpec(_Strict):
+    """A sample of the comparisons with the baseline for people to decide (the review ledger queues
+    them whatever the judge's confidence); their win rate is reported once decided."""
+
+    sample: int = Field(ge=1, le=100000)
+    database: str | None = None
+    """SQLAlchemy URL of a ledger written in this process (e.g. `sqlite:///out/review.db`)."""
+    address: str | None = None
+    """host:port of a running review service (with `token_file`, a service token)."""
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ReviewSampleSpec:
+        if (self.database is None) == (self.address is None):
+            raise ValueError("set exactly one of database (a ledger URL) or address (a review service)")
+        if self.address is not None and self.token_file is None:
+            raise ValueError("address needs token_file (a service token for the review service)")
+        return self
+
+
 class TrainerSpec(_Strict):
     """Where `run:` ids are looked up: a trainer service, or (unset) the local run store."""
 
@@ -131,6 +151,8 @@ class EvalPolicySpec(_Strict):
     reward_models: tuple[str, ...] = ()
     """Reward model folders or `run:<id>`; each scores every reply, and their spread is reported."""
     gold: GoldSpec | None = None
+    review: ReviewSampleSpec | None = None
+    """People beside the AI judge: a sample of the comparisons goes to the review queue."""
     length_tolerance: float = Field(default=0.1, ge=0.0, le=1.0)
     """Length-matched comparisons: the two replies' token counts differ by at most this share."""
     seed: int = Field(default=0, ge=0)
