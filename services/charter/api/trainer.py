@@ -26,6 +26,7 @@ from charter.trainer.runs import (
     LogEvent,
     MetricsEvent,
     Resources,
+    RewardModelEnsemble,
     RewardWatch,
     Run,
     RunEvent,
@@ -49,6 +50,9 @@ ALGORITHM_NAMES = {
 ALGORITHM_VALUES = {name: value for value, name in ALGORITHM_NAMES.items()}
 EXECUTOR_NAMES = {tp.EXECUTOR_LOCAL: "local", tp.EXECUTOR_KUBERNETES: "kubernetes"}
 EXECUTOR_VALUES = {name: value for value, name in EXECUTOR_NAMES.items()}
+ENSEMBLE_VARY_NAMES = {tp.ENSEMBLE_VARY_SEED: "seed", tp.ENSEMBLE_VARY_SUBSET: "subset"}
+"""EnsembleVary value -> the domain's name."""
+ENSEMBLE_VARY_VALUES = {name: value for value, name in ENSEMBLE_VARY_NAMES.items()}
 
 
 # -- enums ----------------------------------------------------------------------------------------------
@@ -127,7 +131,24 @@ def spec_from_proto(spec: tp.RunSpec) -> RunSpec:
         resources=Resources(gpus=r.gpus, processes=r.processes, cpu=r.cpu, memory=r.memory),
         seed=spec.seed,
         watch=watch_from_proto(spec.watch) if spec.HasField("watch") else None,
+        ensemble=ensemble_from_proto(spec.ensemble) if spec.HasField("ensemble") else None,
     )
+
+
+def ensemble_from_proto(ensemble: tp.RewardModelEnsemble) -> RewardModelEnsemble:
+    """ "" for UNSPECIFIED, the number as text for an unknown value (the spec's check rejects it)."""
+    vary = ensemble.vary
+    return RewardModelEnsemble(
+        size=ensemble.size,
+        vary=ENSEMBLE_VARY_NAMES.get(vary, str(vary) if vary else ""),
+        subset_fraction=ensemble.subset_fraction,
+    )
+
+
+def ensemble_to_proto(ensemble: RewardModelEnsemble) -> tp.RewardModelEnsemble:
+    vary = ensemble.vary
+    value = ENSEMBLE_VARY_VALUES.get(vary, int(vary) if vary.isdigit() else tp.ENSEMBLE_VARY_UNSPECIFIED)
+    return tp.RewardModelEnsemble(size=ensemble.size, vary=value, subset_fraction=ensemble.subset_fraction)
 
 
 def watch_from_proto(watch: tp.RewardWatch) -> RewardWatch:
@@ -214,6 +235,8 @@ def spec_to_proto(spec: RunSpec) -> tp.RunSpec:
         out.hyperparameters.CopyFrom(struct)
     if spec.watch is not None:
         out.watch.CopyFrom(watch_to_proto(spec.watch))
+    if spec.ensemble is not None:
+        out.ensemble.CopyFrom(ensemble_to_proto(spec.ensemble))
     return out
 
 

@@ -6,7 +6,8 @@ files) and caches it in DIR/data (`charter.app.trainer_data`), so a resumed run 
 same rows; trains the spec's algorithm with checkpoints in DIR/checkpoints; writes the final model to
 DIR/model; and reports progress as `charter.trainer.events` lines on stdout. The trainer service
 starts it (a local subprocess or a Kubernetes Job) and records what it reports. A PPO/GRPO/RLOO spec
-with a `watch` runs the reward-hacking watch (`charter.app.reward_watch`) beside the training.
+with a `watch` runs the reward-hacking watch (`charter.app.reward_watch`) beside the training; a
+reward-model spec with an `ensemble` trains its members one after another (`charter.app.reward_ensemble`).
 
 The review token for a stream source comes from `CHARTER_REVIEW_TOKEN` or the file named by
 `CHARTER_REVIEW_TOKEN_FILE` (a mounted Secret), the watch's judge token from `CHARTER_JUDGE_TOKEN` /
@@ -27,6 +28,7 @@ from google.protobuf.json_format import Parse, ParseError
 from transformers import TrainerCallback
 
 from charter.api.trainer import spec_from_proto
+from charter.app.reward_ensemble import NO_EVAL_SPLIT, EnsembleFolder
 from charter.app.reward_watch import Watch, WatchCallback, checkpoint_step
 from charter.app.trainer_data import DataManifest, load_data, read_label_stream, review_token, split
 from charter.core.errors import CharterError, InvalidArgument
@@ -114,6 +116,8 @@ class Runner:
         algorithm = self.checked.algorithm
         if algorithm == "ppo":
             self._ppo(base, rows)
+        elif self.checked.ensemble is not None:
+            self._ensemble(base, rows)
         else:
             self._trl(algorithm, base, rows)
         self.emit("finished", output_dir=str(self.output))
@@ -149,6 +153,51 @@ class Runner:
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(str(self.output))
 
+    def _ensemble(self, base: str, rows: list[dict[str, Any]]) -> None:
+        """A reward-model ensemble: its members one after another, then their spread on the held-out
+        pairs. Member i reports its steps after the members before it (step i·N + its own step, of
+        K·N in all) with a `member` value; a resumed run keeps the members already written."""
+        import gc
+
+        import torch
+        from accelerate import PartialState
+        from transformers import set_seed
+
+        settings = self.checked.ensemble
+        assert settings is not None
+        tokenizer = _tokenizer(base)
+        train_rows, eval_rows = split(rows, self.spec.data.eval_fraction, self.spec.seed)
+        folder = EnsembleFolder(
+            settings, model_dir=self.output, checkpoints=self.checkpoints, seed=self.spec.seed
+        )
+        if not eval_rows:
+            self.emit("log", level="warning", message=NO_EVAL_SPLIT)
+        for i in range(settings.size):
+            if self.resume and folder.finished(i) is not None:
+                self.emit("log", level="info", message=f"member {i} was trained by an earlier attempt: kept")
+                continue
+            seed, member_rows = folder.seed(i), folder.rows(i, train_rows)
+            config = trl_config(
+                "reward-model", self.checked.hyperparameters, output_dir=str(folder.checkpoints(i)),
+                seed=seed, use_cpu=self.use_cpu,
+            )  # fmt: skip
+            set_seed(seed)  # the score head's initialisation is the member's too
+            trainer = self._build("reward-model", base, tokenizer, member_rows, eval_rows, config=config)
+            trainer.add_callback(_ReportCallback(self.emit, member=i, members=settings.size))
+            last = last_checkpoint(folder.checkpoints(i), "trainer_state.json") if self.resume else None
+            if last:
+                self.emit("log", level="info", message=f"member {i}: resuming from {last}")
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
+            folder.save_member(i, trainer, tokenizer, train_rows=len(member_rows))
+            del trainer  # one member in memory at a time
+            gc.collect()
+            if not self.use_cpu:
+                torch.cuda.empty_cache()
+        if PartialState().is_main_process:
+            values = folder.finish(eval_rows, base_model=self.checked.base_model)
+            if values:
+                self.emit("metrics", step=folder.total_steps(), values=values)
+
     def _watch(self, tokenizer: Any) -> Watch | None:
         """The run's reward-hacking watch (None without one)."""
         if self.checked.watch is None:
@@ -167,10 +216,11 @@ class Runner:
         train_rows: list[dict[str, Any]],
         eval_rows: list[dict[str, Any]],
         watch: Watch | None = None,
+        config: Any = None,
     ) -> Any:
         from datasets import Dataset
 
-        config = self.config
+        config = config if config is not None else self.config
         if algorithm == "sft":
             from trl import SFTTrainer
 
@@ -273,26 +323,33 @@ def _causal_lm(folder: str) -> Any:
 
 
 class _ReportCallback(TrainerCallback):
-    """Reports the trainer's logs, checkpoints and length as events; only the main process reports."""
+    """Reports the trainer's logs, checkpoints and length as events; only the main process reports.
 
-    def __init__(self, emit: events.Emitter) -> None:
-        self.emit = emit
+    For member `member` of an ensemble of `members` (each N steps long) the steps are the run's: the
+    member's own step + member·N, of members·N in all, and its metrics carry `member`."""
+
+    def __init__(self, emit: events.Emitter, *, member: int | None = None, members: int = 1) -> None:
+        self.emit, self.member, self.members = emit, member, members
+        self.offset = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.offset = (self.member or 0) * int(state.max_steps)
         if state.is_world_process_zero:
-            self.emit("progress", total_steps=int(state.max_steps))
+            self.emit("progress", total_steps=self.members * int(state.max_steps))
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         values = events.finite(logs or {})
         if state.is_world_process_zero and values:
-            self.emit("metrics", step=int(state.global_step), values=values)
+            if self.member is not None:
+                values["member"] = float(self.member)
+            self.emit("metrics", step=self.offset + int(state.global_step), values=values)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            self.emit("checkpoint", step=int(state.global_step), path=str(path))
+            self.emit("checkpoint", step=self.offset + int(state.global_step), path=str(path))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,8 +38,8 @@ Token = Annotated[str | None, typer.Option(help="Bearer token, when the service 
 
 def load_spec(path: Path) -> tp.RunSpec:
     """A RunSpec from YAML/JSON: the proto's fields, with `algorithm` also as sft, reward-model, dpo,
-    ppo, grpo or rloo, cursors also as plain numbers, and the data and watch probe file paths relative
-    to the spec file."""
+    ppo, grpo or rloo, an ensemble's `vary` also as seed or subset, cursors also as plain numbers, and
+    the data and watch probe file paths relative to the spec file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
@@ -55,6 +55,10 @@ def load_spec(path: Path) -> tp.RunSpec:
     for key in ("from_cursor", "to_cursor"):
         if isinstance(stream.get(key), int):
             stream[key] = {"sequence": stream[key]}
+    ensemble = data.get("ensemble")
+    vary = ensemble.get("vary") if isinstance(ensemble, dict) else None
+    if isinstance(vary, str) and vary.lower() in convert.ENSEMBLE_VARY_VALUES:
+        ensemble["vary"] = convert.ENSEMBLE_VARY_VALUES[vary.lower()]  # type: ignore[index]
     watch = data.get("watch")
     for files in (
         (data.get("data") or {}).get("files"),

@@ -7,7 +7,9 @@ no value head to train and warm up: the reward model's score is the whole signal
 a sequence-classification folder with one logit, as `reward.py` trains it. TRL renders prompt +
 completion with the reward model's own tokenizer and chat template, so the policy and the reward model
 need not share a tokenizer; it scores under `inference_mode` and never hands the reward model to the
-optimiser, so the folder on disk is only read.
+optimiser, so the folder on disk is only read. A reward-model ensemble folder (`ensemble.json`, as an
+ensemble run writes one) rewards with its members' mean: each member is one of TRL's reward functions,
+weighted 1/K (`reward_weights`), so TRL also logs each member's reward (`rewards/member-<i>/mean`).
 
 Example::
 
@@ -26,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -97,7 +100,8 @@ def online_trainer(
     callbacks: list[TrainerCallback] | None = None,
 ) -> GRPOTrainer | RLOOTrainer:
     """TRL's `GRPOTrainer` or `RLOOTrainer` for the policy `model` on conversational `prompts`, rewarded
-    by the reward model folder `reward_model`.
+    by the reward model folder `reward_model` (an ensemble folder: its members' mean; `config` is then
+    copied with `reward_weights` 1/K each, and a `reward_weights` of the caller's is refused).
 
     `config` is the GRPOConfig / RLOOConfig that `spec.trl_config(algorithm, ...)` built, so the spec's
     checks (unknown arguments, batch sizes that do not divide by `num_generations`) ran before any
@@ -130,17 +134,32 @@ def online_trainer(
             f"load the policy with from_pretrained (its source is {source!r}) or set beta=0",
             field="model",
         )
-    reward, reward_tokenizer = load_reward_model(reward_model)
+    from charter.trainer.scoring import ensemble_members
+
+    members = ensemble_members(reward_model)
+    if len(members) > 1:  # an ensemble: the members' mean, as TRL's weighted sum of its reward functions
+        if config.reward_weights is not None:
+            field = "spec.hyperparameters.reward_weights"
+            raise InvalidArgument(
+                f"{field}: {reward_model} is a reward-model ensemble, rewarded with its members' mean; "
+                "leave reward_weights unset",
+                field=field,
+                value=config.reward_weights,
+            )
+        config = copy.copy(config)
+        config.reward_weights = [1.0 / len(members)] * len(members)
+    loaded = [load_reward_model(member) for member in members]
     tokenizer = _with_pad_token(tokenizer)
-    for name, tok in (("tokenizer", tokenizer), ("reward_model", reward_tokenizer)):
+    named = [("tokenizer", tokenizer)] + [("reward_model", tok) for _, tok in loaded]
+    for name, tok in named:
         if not tok.chat_template:  # conversational prompts are rendered by both templates
             raise InvalidArgument(f"{name}: the tokenizer has no chat template for chat prompts", field=name)
     return getattr(trl, trainer_name)(
         model=model,
-        reward_funcs=reward,
+        reward_funcs=[reward for reward, _ in loaded],
         args=config,
         train_dataset=Dataset.from_list([{"prompt": list(p)} for p in prompts]),
         processing_class=tokenizer,
-        reward_processing_classes=reward_tokenizer,
+        reward_processing_classes=[tok for _, tok in loaded],
         callbacks=callbacks,
     )

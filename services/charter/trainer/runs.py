@@ -17,6 +17,8 @@ from typing import Any
 ALGORITHMS = ("sft", "reward-model", "dpo", "ppo", "grpo", "rloo")
 """Every algorithm a run can train, by name."""
 EXECUTORS = ("local", "kubernetes")
+ENSEMBLE_VARY = ("seed", "subset")
+"""How a reward-model ensemble's members differ, by name."""
 
 
 class RunState(enum.IntEnum):
@@ -118,6 +120,18 @@ class RewardWatch:
 
 
 @dataclass
+class RewardModelEnsemble:
+    """K reward models trained one after another as one run (docs/trainer.md, "Reward-model
+    ensembles"). `spec.check` fills the default in (`vary` "" is "seed")."""
+
+    size: int = 0
+    vary: str = ""
+    """One of `ENSEMBLE_VARY`, or "" (unset: "seed")."""
+    subset_fraction: float = 0.0
+    """With vary "subset": the share of the training rows each member samples, in (0, 1]."""
+
+
+@dataclass
 class RunSpec:
     name: str = ""
     algorithm: str = ""
@@ -133,6 +147,8 @@ class RunSpec:
     seed: int = 0
     watch: RewardWatch | None = None
     """None: no reward-hacking watch."""
+    ensemble: RewardModelEnsemble | None = None
+    """None: one reward model (reward-model runs only)."""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A training run's spec, checked before anything starts (issue 7: "a typo fails at once, not an hour
-in"): the algorithm, the base model, the data source, the reward watch and every hyper-parameter — the
-last by
+in"): the algorithm, the base model, the data source, the reward watch, a reward-model ensemble and
+every hyper-parameter — the last by
 actually constructing the algorithm's config object (TRL's `SFTConfig`, `RewardConfig`, `DPOConfig`,
 `GRPOConfig`, `RLOOConfig`, or Charter's own `PPOConfig`), so an unknown or ill-typed argument is an
 INVALID_ARGUMENT naming `spec.hyperparameters.<name>`. The spec is `charter.trainer.runs.RunSpec`
@@ -18,7 +18,15 @@ from typing import Any
 
 from charter.core.errors import InvalidArgument
 from charter.inference.models import is_model_folder
-from charter.trainer.runs import ALGORITHMS, DataSource, RewardWatch, RunSpec
+from charter.trainer.runs import (
+    ALGORITHMS,
+    ENSEMBLE_VARY,
+    DataSource,
+    RewardModelEnsemble,
+    RewardWatch,
+    RunSpec,
+)
+from charter.trainer.scoring import ENSEMBLE_FILE
 
 __all__ = ["ALGORITHMS", "CheckedSpec", "check", "trl_config"]
 _TRL_CONFIGS = {
@@ -44,7 +52,12 @@ class CheckedSpec:
     """The constructed config object (TRL's or Charter's PPOConfig)."""
     watch: RewardWatch | None = None
     """The reward-hacking watch with its defaults filled in (`WATCH_DEFAULTS`); None: no watch."""
+    ensemble: RewardModelEnsemble | None = None
+    """A reward-model ensemble with its default filled in (`vary` "seed"); None: one reward model."""
 
+
+ENSEMBLE_SIZES = (2, 16)
+"""The fewest and the most members a reward-model ensemble may have."""
 
 WATCH_DEFAULTS = {"probe_size": 32, "patience": 3}
 """What 0 means for these `RewardWatch` fields (`max_new_tokens` 0: the run's completion length)."""
@@ -129,6 +142,12 @@ def _watch(spec: RunSpec, config: Any) -> RewardWatch | None:
             if not Path(p).expanduser().exists():
                 field = f"spec.watch.probe.paths[{i}]"
                 raise InvalidArgument(f"{field}: {p} does not exist", field=field, value=p)
+    if spec.reward_model and (Path(spec.reward_model).expanduser() / ENSEMBLE_FILE).exists():
+        raise InvalidArgument(
+            f"spec.watch: the reward watch scores the proxy with one reward model, and {spec.reward_model} "
+            "is an ensemble folder; name one of its members as reward_model, or leave the watch out",
+            field="spec.watch",
+        )
     if watch.gold is None:
         raise InvalidArgument(
             "spec.watch.gold: name a gold scorer: gold_reward_model (a run id or a model folder) or "
@@ -154,6 +173,48 @@ def _watch(spec: RunSpec, config: Any) -> RewardWatch | None:
     length = getattr(config, "max_new_tokens", None) or getattr(config, "max_completion_length", None) or 64
     filled = {k: getattr(watch, k) or v for k, v in WATCH_DEFAULTS.items()}
     return replace(watch, **filled, max_new_tokens=watch.max_new_tokens or length)
+
+
+def _ensemble(spec: RunSpec) -> RewardModelEnsemble | None:
+    """The ensemble section checked, with its default filled in."""
+    ensemble = spec.ensemble
+    if ensemble is None:
+        return None
+    if spec.algorithm != "reward-model":
+        raise InvalidArgument(
+            f"spec.ensemble: only reward-model runs train an ensemble, not {spec.algorithm}",
+            field="spec.ensemble",
+        )
+    low, high = ENSEMBLE_SIZES
+    if not low <= ensemble.size <= high:
+        raise InvalidArgument(
+            f"spec.ensemble.size: an ensemble has {low} to {high} members ({ensemble.size=})",
+            field="spec.ensemble.size",
+            value=ensemble.size,
+        )
+    vary = ensemble.vary or "seed"
+    if vary not in ENSEMBLE_VARY:
+        raise InvalidArgument(
+            f"spec.ensemble.vary: unknown value {ensemble.vary!r}; use one of {', '.join(ENSEMBLE_VARY)}",
+            field="spec.ensemble.vary",
+            value=ensemble.vary,
+        )
+    fraction = ensemble.subset_fraction
+    if vary == "subset" and not (math.isfinite(fraction) and 0 < fraction <= 1):
+        raise InvalidArgument(
+            f"spec.ensemble.subset_fraction: the share of the training rows each member samples must lie "
+            f"in (0, 1] ({fraction=})",
+            field="spec.ensemble.subset_fraction",
+            value=fraction,
+        )
+    if vary == "seed" and fraction != 0:
+        raise InvalidArgument(
+            f"spec.ensemble.subset_fraction: only with vary: subset (members that vary by seed train on "
+            f"every row; {fraction=})",
+            field="spec.ensemble.subset_fraction",
+            value=fraction,
+        )
+    return replace(ensemble, vary=vary)
 
 
 def trl_config(
@@ -222,4 +283,4 @@ def check(spec: RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
     }
     with tempfile.TemporaryDirectory(prefix="charter-spec-") as tmp:
         config = trl_config(algorithm, hyperparameters, output_dir=tmp, seed=spec.seed, use_cpu=use_cpu)
-    return CheckedSpec(algorithm, base, hyperparameters, config, _watch(spec, config))
+    return CheckedSpec(algorithm, base, hyperparameters, config, _watch(spec, config), _ensemble(spec))

@@ -1,5 +1,6 @@
 """PPO's models: the policy with its value head (`PolicyWithValueHead`, saved as a Hugging Face folder plus
-`value_head.safetensors`) and a `reward_fn` from a trained reward model (`RewardModelScorer`)."""
+`value_head.safetensors`) and a `reward_fn` from a trained reward model or a reward-model ensemble
+folder (`RewardModelScorer`)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,9 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> tuple
 
 
 class RewardModelScorer:
-    """A `reward_fn` from a trained reward model (`AutoModelForSequenceClassification`, one logit).
+    """A `reward_fn` from a trained reward model (`AutoModelForSequenceClassification`, one logit), or
+    from a reward-model ensemble folder (`charter.trainer.scoring.ENSEMBLE_FILE`): then every member
+    scores and the reward is the members' mean.
 
     Scores the text prompt + completion, in batches, without gradients; texts longer than `max_length`
     (2048) keep their last tokens: the completion's end is what the model judges.
@@ -94,16 +97,31 @@ class RewardModelScorer:
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
-            model = AutoModelForSequenceClassification.from_pretrained(str(model), num_labels=1)
-        if tokenizer is None:
-            raise InvalidArgument("a reward model object needs its tokenizer", field="tokenizer")
-        if model.config.num_labels != 1:
-            raise InvalidArgument(f"the reward model must have one label ({model.config.num_labels=})")
-        self.pad_id = model.config.get_text_config().pad_token_id
-        if self.pad_id is None:
-            raise InvalidArgument("the reward model's config has no pad_token_id; set the tokenizer's pad id")
-        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+            from charter.trainer.scoring import ensemble_members
+
+            loaded = [
+                (
+                    AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1),
+                    tokenizer or AutoTokenizer.from_pretrained(folder),
+                )
+                for folder in ensemble_members(model)
+            ]
+        else:
+            loaded = [(model, tokenizer)]
+        self.members: list[tuple[nn.Module, Any, int]] = []
+        for member, member_tokenizer in loaded:
+            if member_tokenizer is None:
+                raise InvalidArgument("a reward model object needs its tokenizer", field="tokenizer")
+            if member.config.num_labels != 1:
+                raise InvalidArgument(f"the reward model must have one label ({member.config.num_labels=})")
+            pad_id = member.config.get_text_config().pad_token_id
+            if pad_id is None:
+                raise InvalidArgument(
+                    "the reward model's config has no pad_token_id; set the tokenizer's pad id"
+                )
+            self.members.append((member.eval(), member_tokenizer, pad_id))
+        self.model, self.tokenizer, self.pad_id = self.members[0]
+        self.batch_size = batch_size
         self.max_length = 2048
 
     @torch.no_grad()
@@ -111,12 +129,16 @@ class RewardModelScorer:
         self, prompts: list[str], completions: list[str], completion_ids: list[list[int]] | None = None
     ) -> Tensor:
         texts = [p + c for p, c in zip(prompts, completions, strict=True)]
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        device = next(self.model.parameters()).device
+        scores = [self._score(model, tok, pad_id, texts) for model, tok, pad_id in self.members]
+        return torch.stack(scores).mean(dim=0) if len(scores) > 1 else scores[0]
+
+    def _score(self, model: nn.Module, tokenizer: Any, pad_id: int, texts: list[str]) -> Tensor:
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        device = next(model.parameters()).device
         scores = []
         for start in range(0, len(texts), self.batch_size):
             rows = [row[-self.max_length :] for row in encoded[start : start + self.batch_size]]
-            ids, mask = pad_rows(rows, self.pad_id, left=False)
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            ids, mask = pad_rows(rows, pad_id, left=False)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             scores.append(logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)

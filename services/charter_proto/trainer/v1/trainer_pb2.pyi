@@ -91,6 +91,34 @@ EXECUTOR_KUBERNETES: Executor.ValueType  # 2
 """A Kubernetes batch/v1 Job."""
 Global___Executor: _TypeAlias = Executor  # noqa: Y015
 
+class _EnsembleVary:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EnsembleVaryEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnsembleVary.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENSEMBLE_VARY_UNSPECIFIED: _EnsembleVary.ValueType  # 0
+    """Treated as ENSEMBLE_VARY_SEED."""
+    ENSEMBLE_VARY_SEED: _EnsembleVary.ValueType  # 1
+    """Member i trains on every training row with seed `seed + i` (initialisation and batch order)."""
+    ENSEMBLE_VARY_SUBSET: _EnsembleVary.ValueType  # 2
+    """Member i trains on its own seeded sample (without replacement) of `subset_fraction` of the training
+    rows, with the run's seed.
+    """
+
+class EnsembleVary(_EnsembleVary, metaclass=_EnsembleVaryEnumTypeWrapper):
+    """How the members of a reward-model ensemble differ."""
+
+ENSEMBLE_VARY_UNSPECIFIED: EnsembleVary.ValueType  # 0
+"""Treated as ENSEMBLE_VARY_SEED."""
+ENSEMBLE_VARY_SEED: EnsembleVary.ValueType  # 1
+"""Member i trains on every training row with seed `seed + i` (initialisation and batch order)."""
+ENSEMBLE_VARY_SUBSET: EnsembleVary.ValueType  # 2
+"""Member i trains on its own seeded sample (without replacement) of `subset_fraction` of the training
+rows, with the run's seed.
+"""
+Global___EnsembleVary: _TypeAlias = EnsembleVary  # noqa: Y015
+
 @_typing.final
 class LabelStreamSource(_message.Message):
     """Accepted labels read from the review service's StreamLabels."""
@@ -221,6 +249,7 @@ class RunSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     WATCH_FIELD_NUMBER: _builtins.int
+    ENSEMBLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     algorithm: Global___Algorithm.ValueType
     base_model: _builtins.str
@@ -241,6 +270,10 @@ class RunSpec(_message.Message):
     def watch(self) -> Global___RewardWatch:
         """The reward-hacking watch (PPO, GRPO and RLOO only); unset = no watch."""
 
+    @_builtins.property
+    def ensemble(self) -> Global___RewardModelEnsemble:
+        """Train several reward models as one run (reward-model runs only); unset = one reward model."""
+
     def __init__(
         self,
         *,
@@ -254,14 +287,47 @@ class RunSpec(_message.Message):
         resources: Global___Resources | None = ...,
         seed: _builtins.int = ...,
         watch: Global___RewardWatch | None = ...,
+        ensemble: Global___RewardModelEnsemble | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "hyperparameters", b"hyperparameters", "resources", b"resources", "watch", b"watch"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "ensemble", b"ensemble", "hyperparameters", b"hyperparameters", "resources", b"resources", "watch", b"watch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "base_model", b"base_model", "data", b"data", "executor", b"executor", "hyperparameters", b"hyperparameters", "name", b"name", "resources", b"resources", "reward_model", b"reward_model", "seed", b"seed", "watch", b"watch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "base_model", b"base_model", "data", b"data", "ensemble", b"ensemble", "executor", b"executor", "hyperparameters", b"hyperparameters", "name", b"name", "resources", b"resources", "reward_model", b"reward_model", "seed", b"seed", "watch", b"watch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunSpec: _TypeAlias = RunSpec  # noqa: Y015
+
+@_typing.final
+class RewardModelEnsemble(_message.Message):
+    """K reward models trained one after another in one run (the run group): DIR/model becomes an ensemble
+    folder (ensemble.json naming member-0 … member-(K-1), spread.jsonl with the members' scores of the
+    held-out pairs). docs/trainer.md, "Reward-model ensembles", has the layout.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    VARY_FIELD_NUMBER: _builtins.int
+    SUBSET_FRACTION_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    """Members, 2 to 16."""
+    vary: Global___EnsembleVary.ValueType
+    subset_fraction: _builtins.float
+    """With ENSEMBLE_VARY_SUBSET: the share of the training rows each member samples, in (0, 1]."""
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+        vary: Global___EnsembleVary.ValueType = ...,
+        subset_fraction: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size", "subset_fraction", b"subset_fraction", "vary", b"vary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewardModelEnsemble: _TypeAlias = RewardModelEnsemble  # noqa: Y015
 
 @_typing.final
 class JudgeGold(_message.Message):
