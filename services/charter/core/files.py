@@ -1,8 +1,9 @@
 """Writing a file so that a reader (or a run killed half-way) sees the old version or the new one,
-never a torn one: write beside it, then rename over it."""
+never a torn one: write beside it, then rename over it; and a folder's content digest."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -26,3 +27,15 @@ def write_atomic(path: Path, content: str | Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def folder_digest(folder: Path) -> str:
+    """A folder's identity: sha256 over the names and contents of its files (not sub-folders), e.g. a
+    model folder's config, weights and tokenizer — a model retrained into the same folder differs."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        h.update(f"\x1e{path.name}\x1f".encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()

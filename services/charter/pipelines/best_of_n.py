@@ -23,7 +23,6 @@ are checked before the output folder is created, so a bad one leaves nothing beh
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections import Counter
@@ -43,13 +42,14 @@ from charter.api.judge import STATUS_NAMES
 from charter.client.generator import GeneratorClient
 from charter.client.judge import JudgeClient
 from charter.core.errors import FailedPrecondition, InvalidArgument
+from charter.core.files import folder_digest
 from charter.core.settings import CharterSettings
 from charter.datasets.pairs import PairRow
 from charter.datasets.records import OutputStore
 from charter.datasets.sources import PromptRow, RowError, read_rows
 from charter.pipelines import outputs, runner
 from charter.pipelines.ranking import SCORED, candidates, select, sigmoid, tournament_scores
-from charter.pipelines.rl_cai import LedgerSink
+from charter.pipelines.rl_cai import LedgerSink, judge_options
 from charter.pipelines.runner import Batches
 from charter.pipelines.spec import BestOfNSpec
 from charter.review.types import Route, key
@@ -90,18 +90,6 @@ class Summary(runner.Summary):
             "sft_rows": self.sft_rows,
             "preference_rows": self.preferences,
         }
-
-
-def folder_digest(folder: Path) -> str:
-    """The reward model folder's identity: sha256 over the names and contents of its files (config,
-    weights, tokenizer), so a model retrained into the same folder is a different scorer."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        h.update(f"\x1e{path.name}\x1f".encode())
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 # ---- the pipeline ----------------------------------------------------------------------------------
@@ -145,7 +133,7 @@ class BestOfN:
                 "reward_model_digest": reward_model_digest,
             }
         else:
-            self.options = tournament_options(spec)
+            self.options = judge_options(spec.scorer.judge.constitution, spec.scorer.judge, spec.seed)
         self.generator: GeneratorClient | None = None
         self.judge: JudgeClient | None = None
         self.ledger: LedgerSink | None = None
@@ -358,23 +346,6 @@ class BestOfN:
             else MessageToDict(label.constitution, preserving_proto_field_name=True),
             "judge_options": MessageToDict(self.options, preserving_proto_field_name=True),
         }
-
-
-def tournament_options(spec: BestOfNSpec) -> judge_pb2.JudgeOptions:
-    j = spec.scorer.judge
-    assert j is not None
-    options = judge_pb2.JudgeOptions(
-        constitution_id=j.constitution,
-        principles_per_label=j.principles_per_label,
-        principle_ids=list(j.principle_ids),
-        seed=spec.seed,
-        chain_of_thought=j.chain_of_thought,
-        cot_clamp_low=j.cot_clamp[0],
-        cot_clamp_high=j.cot_clamp[1],
-    )
-    if j.tie_margin is not None:
-        options.tie_margin = j.tie_margin
-    return options
 
 
 # ---- checks before anything is written ------------------------------------------------------------

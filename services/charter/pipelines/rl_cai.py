@@ -43,7 +43,7 @@ from charter.datasets.records import OutputStore
 from charter.datasets.sources import PromptRow, read_rows
 from charter.pipelines import outputs, runner
 from charter.pipelines.runner import Batches
-from charter.pipelines.spec import BestOfNSpec, EnsembleSpec, RlCaiSpec
+from charter.pipelines.spec import BestOfNSpec, EnsembleSpec, JudgeSpec, RlCaiSpec
 from charter.review.store import Ledger
 from charter.review.types import Route, key
 from charter.trainer.scoring import RewardEnsemble, RewardScorer, disagreement
@@ -82,13 +82,13 @@ class Summary(runner.Summary):
         return out
 
 
-def judge_options(spec: RlCaiSpec) -> judge_pb2.JudgeOptions:
-    j = spec.judge
+def judge_options(constitution: str, j: JudgeSpec, seed: int) -> judge_pb2.JudgeOptions:
+    """The judge's options from a spec's `judge` section (RL-CAI's, best-of-N's tournament)."""
     options = judge_pb2.JudgeOptions(
-        constitution_id=spec.constitution,
+        constitution_id=constitution,
         principles_per_label=j.principles_per_label,
         principle_ids=list(j.principle_ids),
-        seed=spec.seed,
+        seed=seed,
         chain_of_thought=j.chain_of_thought,
         cot_clamp_low=j.cot_clamp[0],
         cot_clamp_high=j.cot_clamp[1],
@@ -147,7 +147,7 @@ class RlCai:
         self.spec_digest = spec.digest()
         self.summary = Summary()
         self.generated = spec.pairs.kind == "generator"
-        self.options = judge_options(spec)
+        self.options = judge_options(spec.constitution, spec.judge, spec.seed)
         self.judge: JudgeClient | None = None
         self.generator: GeneratorClient | None = None
         self.ledger: LedgerSink | None = None
