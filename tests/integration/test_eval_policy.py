@@ -144,6 +144,9 @@ def test_eval_policy_base_vs_dpo_end_to_end_and_resumes(tmp_path, embedded_model
             json.loads(x) for x in (out / "generations" / name / "records.jsonl").read_text().splitlines()
         ]
         assert len(records) == 6 and all(r["completion_tokens"] <= 12 for r in records)
+        assert {r["finish_reason"] for r in records} <= {"stop", "length"}
+        cut = [r["completion_tokens"] == 12 for r in records if r["finish_reason"] == "length"]
+        assert all(cut) and figures["length"][name]["cut_at_max_tokens"]["hits"] == len(cut)
     judgments = [json.loads(x) for x in (out / "judgments" / "records.jsonl").read_text().splitlines()]
     assert len(judgments) == 6 and {(j["a"], j["b"]) for j in judgments} == {("base", "dpo")}
     win = figures["win_rate"]["dpo"]

@@ -30,6 +30,8 @@ def enum_names(enum: Any, prefix: str) -> dict[int, str]:
 
 ROLE_NAMES = enum_names(conversation_pb2.Role, "ROLE_")
 STEP_STATUS_NAMES = enum_names(critique_pb2.StepStatus, "STEP_STATUS_")
+FINISH_NAMES = enum_names(sampling_pb2.FinishReason, "FINISH_REASON_")
+"""finish reason -> "stop" | "length" (as `inference.types.Completion` names them)."""
 _ROLES = {v: name for v, name in ROLE_NAMES.items() if v != conversation_pb2.ROLE_UNSPECIFIED}
 _ROLE_VALUES = {v: k for k, v in _ROLES.items()}
 _FINISH = {"stop": sampling_pb2.FINISH_REASON_STOP, "length": sampling_pb2.FINISH_REASON_LENGTH}

@@ -210,7 +210,7 @@ async def generate(
                         "key": p.key, "set": p.set, "category": p.category, "source_index": p.row.index,
                         "prompt": [m.model_dump() for m in p.row.messages], "response": c.text,
                         "completion_tokens": c.completion_tokens,
-                        "finish_reason": c.finish_reason,
+                        "finish_reason": convert.FINISH_NAMES[c.finish_reason],
                         "model": MessageToDict(reply.model, preserving_proto_field_name=True),
                     })  # fmt: skip
                     hooks.on_progress(1)

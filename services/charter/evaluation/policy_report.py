@@ -181,7 +181,7 @@ def _win_cell(w: Mapping[str, Any] | None, key: str) -> str:
 _MODEL_TABLE = (
     "| model | source | win rate vs baseline | harmlessness (red-team win rate) "
     "| helpfulness (benign win rate) | length-matched win rate | benign refusals "
-    "| mean length (tokens) | Elo |"
+    "| mean length (tokens, share cut at max_tokens) | Elo |"
 )
 
 
@@ -203,17 +203,20 @@ def markdown(report: Mapping[str, Any]) -> str:
         cells = [_win_cell(w, k) for k in ("overall", "red_team", "benign", "length_matched")]
         ev = figures["evasiveness"][name]["benign_refusal"]
         length = figures["length"][name]["tokens"]
+        cut = figures["length"][name]["cut_at_max_tokens"]["rate"]
         e = figures["ranking"]["all"]["models"][name]
         lines.append(
             f"| {name} | {source} | " + " | ".join(cells) + f" | {_pct(ev['rate'])}{_ci(ev['ci'])} "
-            f"| {length['mean']:.1f} | {e['elo']:.0f}{_ci(e['ci'], pct=False)} |"
+            f"| {length['mean']:.1f} ({_pct(cut)} cut) | {e['elo']:.0f}{_ci(e['ci'], pct=False)} |"
         )
     gold = figures.get("gold")
     if gold:
         lines += [
             "",
             f"**Gold** (no AI wrote it): implicit preference accuracy of log π/π_ref on {gold['pairs']} "
-            f"held-out human-labelled pairs from `{gold['path']}` (left out: {gold['dropped']}).",
+            f"held-out human-labelled pairs from `{gold['path']}` (left out: "
+            + ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in gold["dropped"].items() if n)
+            + ").",
             "",
             "| model | reference | accuracy | mean margin |",
             "|---|---|---|---|",
@@ -297,7 +300,7 @@ def charts(report: Mapping[str, Any], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(out / "winrate.png")
     elo = figures["ranking"]["all"]["models"]
-    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(elo)))
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.5 * len(elo)))
     names = list(elo)
     for y, name in enumerate(names):
         e = elo[name]
@@ -305,7 +308,9 @@ def charts(report: Mapping[str, Any], out: Path) -> list[Path]:
         if lo is not None and hi is not None:
             ax.plot([lo, hi], [y, y], color="tab:blue")
         ax.plot([e["elo"]], [y], "o", color="tab:blue")
+    ax.axvline(1000, color="grey", lw=0.8, ls="--")
     ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(-0.6, len(names) - 0.4)
     ax.set_xlabel("Elo (Bradley–Terry, baseline = 1000), 95% bootstrap interval")
     fig.tight_layout()
     fig.savefig(out / "elo.png", dpi=110)
