@@ -244,3 +244,35 @@ def test_bad_input_is_one_clear_line_and_nothing_written(tmp_path, embedded_mode
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
     assert not out.exists()
+
+
+@pytest.mark.timeout(900)
+def test_a_model_behind_an_openai_compatible_endpoint(tmp_path, embedded_model, vllm_server):
+    """One model served by a real `vllm serve`, the other a local folder: both generate through the
+    generator service (the openai engine for the endpoint), and the endpoint's model has no weights
+    here, so the gold signal skips it and says why."""
+    from charter.inference.models import EMBEDDED_NAME
+
+    tiny_lm = tiny.save_tiny_lm(tmp_path / "tiny", embedded_model, seed=0)
+    out = tmp_path / "out"
+    spec = {
+        "kind": "eval-policy", "name": "endpoint",
+        "models": [
+            {"name": "served", "openai_url": vllm_server, "served_model_name": EMBEDDED_NAME, "tokenizer": "embedded"},
+            {"name": "tiny", "model": str(tiny_lm)},
+        ],
+        "red_team": {"path": str(HH_DEV), "limit": 2}, "benign": {"limit": 2},
+        "generation": {"max_tokens": 8, "temperature": 0.0}, "judge": {"principles_per_label": 1},
+        "gold": {"path": str(HH_DEV), "limit": 3},
+        "bootstrap_resamples": 50, "output": str(out),
+    }  # fmt: skip
+    result = charter_eval(spec, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    served = [
+        json.loads(x) for x in (out / "generations" / "served" / "records.jsonl").read_text().splitlines()
+    ]
+    assert len(served) == 4 and {r["model"]["engine"] for r in served} == {"openai"}
+    assert {r["model"]["name"] for r in served} == {EMBEDDED_NAME}
+    figures = json.loads((out / "eval.json").read_text())["figures"]
+    assert figures["win_rate"]["tiny"]["comparisons"] == 4
+    assert "no local model folder" in figures["gold"]["models"]["tiny"]["skipped"]  # π_ref is the endpoint
