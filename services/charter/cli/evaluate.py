@@ -17,6 +17,7 @@ app = typer.Typer(help="Evaluate Charter's components against human labels.", no
 
 Engine = Literal["auto", "vllm", "openai", "transformers"]
 Dtype = Literal["bfloat16", "float16", "float32"]
+Split = Literal["all", "tune", "report"]
 
 
 @app.command()
@@ -51,6 +52,14 @@ def judge(
     principles_per_label: Annotated[int, typer.Option(help="Principles averaged per label.")] = 1,
     chain_of_thought: Annotated[bool, typer.Option(help="Rationale first, clamped probabilities.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per judge call.")] = 64,
+    split: Annotated[
+        Split,
+        typer.Option(
+            help="tune | report: one half of a seeded 50/50 split of the pairs (choose a method "
+            "on tune, report it on report); all: every pair."
+        ),
+    ] = "all",
+    split_seed: Annotated[int, typer.Option(help="Seed of the tune/report split.")] = 0,
     output: Annotated[Path, typer.Option(help="Folder for eval.json, labels.jsonl and the PNGs.")] = Path(
         "out/eval-judge"
     ),
@@ -83,6 +92,8 @@ def judge(
         batch_size=batch_size,
         judge=judge_address,
         token=token,
+        split=split,
+        split_seed=split_seed,
     )
     console = Console(stderr=True)
     progress = Progress(
@@ -103,6 +114,7 @@ def judge(
         f"judge {judge_ref.get('name')} ({judge_ref.get('engine')}), constitution "
         f"{report['config']['constitution'].get('id')} {report['config']['constitution'].get('version')}, "
         f"{report['config']['pairs']} pairs from {data}"
+        + (f" (the {split} half, split seed {split_seed})" if split != "all" else "")
     )
     typer.echo(format_table(report["summary"]))
     typer.echo(f"written: {output / 'eval.json'}, labels.jsonl, reliability.png, principles.png")

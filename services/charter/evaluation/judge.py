@@ -9,6 +9,7 @@ versions), `labels.jsonl` (one record per pair), `reliability.png` and `principl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 import time
@@ -16,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from charter_proto.common.v1 import label_pb2
@@ -32,6 +33,8 @@ from charter.datasets.pairs import PairRow, read_pairs
 from charter.datasets.sources import RowError
 from charter.evaluation.environment import machine, versions
 from charter.judge import metrics, plots
+
+Split = Literal["all", "tune", "report"]
 
 # published reference points for HH harmless-base (docs/evaluation.md), drawn on the per-principle chart
 REFERENCES = {
@@ -55,6 +58,10 @@ class EvalOptions:
     """host:port of a running judge service; None = start one in this process."""
     token: str | None = None
     """Bearer token for `judge` (a service with `judge.tokens` set)."""
+    split: Split = "all"
+    """tune | report: only that half of the pairs (`split_of`), so a method is chosen on one half and
+    reported on the other; all: every pair."""
+    split_seed: int = 0
 
 
 def record(pair: PairRow, label: label_pb2.PreferenceLabel) -> metrics.EvalRecord:
@@ -73,18 +80,27 @@ def record(pair: PairRow, label: label_pb2.PreferenceLabel) -> metrics.EvalRecor
     )
 
 
-def load(options: EvalOptions) -> tuple[list[PairRow], list[RowError]]:
-    pairs, errors = [], []
+def split_of(key: str, seed: int) -> str:
+    """ "tune" or "report": a pair's half of a seeded 50/50 split, fixed by its content-derived key and
+    the seed alone — the same pair lands in the same half whatever the limit, order or sampling seed."""
+    return "tune" if hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()[0] % 2 == 0 else "report"
+
+
+def load(options: EvalOptions) -> tuple[list[PairRow], list[RowError], int]:
+    """(the pairs to judge, bad rows, pairs left out as the other half of the split)."""
+    pairs, errors, other = [], [], 0
     for item in read_pairs(options.data, "auto", options.limit, seed=options.seed):
         if isinstance(item, RowError):
             errors.append(item)
         elif item.human is None:
             errors.append(RowError(item.index, "no human preference (needs chosen/rejected or preferred)"))
+        elif options.split != "all" and split_of(item.key, options.split_seed) != options.split:
+            other += 1
         else:
             pairs.append(item)
     if not pairs:
         raise InvalidArgument(f"{options.data}: no human-labelled pairs to evaluate on", field="data")
-    return pairs, errors
+    return pairs, errors, other
 
 
 async def judge_pairs(
@@ -121,7 +137,7 @@ async def evaluate(
         import matplotlib  # noqa: F401
     except ImportError:
         raise FailedPrecondition("charter eval needs matplotlib: pip install 'charter[eval]'") from None
-    pairs, errors = load(options)
+    pairs, errors, other_half = load(options)
     on_start(len(pairs))
     context: Any = (
         contextlib.nullcontext(options.judge) if options.judge else local_services(settings, ("judge",))
@@ -141,6 +157,9 @@ async def evaluate(
             "skipped_rows": len(errors),
             "skipped_reasons": dict(Counter(e.reason for e in errors)),
             "limit": options.limit,
+            "split": options.split,
+            "split_seed": options.split_seed,
+            "pairs_in_other_half": other_half,
             "seed": options.seed,
             "constitution": MessageToDict(first.constitution, preserving_proto_field_name=True),
             "judge": MessageToDict(first.judge, preserving_proto_field_name=True),
