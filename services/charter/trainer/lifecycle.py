@@ -76,7 +76,10 @@ def build_executor(settings: TrainerSettings) -> Executor:
 
 
 def apply_event(run: Run, event: dict[str, Any]) -> list[EventKind]:
-    """Fold one worker event into the run; the store events that record it."""
+    """Fold one worker event into the run; the store events that record it. A run that has ended
+    (cancelled while its worker still wrote) records nothing more: its end is its last event."""
+    if run.state in TERMINAL:
+        return []
     kind = event["type"]
     if kind == "metrics":
         values = events.finite(event.get("values", {}))
