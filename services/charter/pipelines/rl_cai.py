@@ -46,7 +46,7 @@ from charter.pipelines.runner import Batches
 from charter.pipelines.spec import BestOfNSpec, EnsembleSpec, JudgeSpec, RlCaiSpec
 from charter.review.store import Ledger
 from charter.review.types import Route, key
-from charter.trainer.scoring import RewardEnsemble, RewardScorer, disagreement
+from charter.trainer.scoring import RewardEnsemble, disagreement
 
 
 @dataclass
@@ -187,6 +187,8 @@ class RlCai:
                 await client.close()
         if self.ledger is not None:
             await self.ledger.close()
+        if self.ensemble is not None:
+            self.ensemble.close()
 
     def finalise(self, store: OutputStore) -> None:
         _, self.summary.preferences = outputs.write_preferences(store)
@@ -321,8 +323,7 @@ def load_ensemble(spec: EnsembleSpec) -> RewardEnsemble:
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        for member in ensemble.members:
-            RewardScorer(member).close()
+        ensemble.load()  # kept loaded for the run's batches
     except CharterError as err:
         raise type(err)(f"{field_name}: {err.message}", field=field_name, value=err.value) from None
     finally:

@@ -124,20 +124,28 @@ def ensemble_members(folder: str | Path) -> list[str]:
 
 class RewardEnsemble:
     """Several reward models scoring the same replies: an ensemble folder, or a list of folders.
-    Members are loaded one at a time (memory stays one model's)."""
+    Each member is loaded once, on first use (`load`), and kept: a pipeline scores batch after batch."""
 
     def __init__(self, folders: str | Path | Sequence[str | Path], *, batch_size: int = 8) -> None:
         listed = [folders] if isinstance(folders, (str, Path)) else list(folders)
         self.members = [m for f in listed for m in ensemble_members(f)]
         self.batch_size = batch_size
+        self._scorers: list[RewardScorer] = []
+
+    def load(self) -> list[RewardScorer]:
+        """Every member's scorer (loading the ones not loaded yet; a bad folder raises)."""
+        for member in self.members[len(self._scorers) :]:
+            self._scorers.append(RewardScorer(member, batch_size=self.batch_size))
+        return self._scorers
 
     def score(self, conversations: Sequence[Conversation], replies: Sequence[str]) -> list[list[float]]:
         """One list of scores per member, each in reply order."""
-        out = []
-        for member in self.members:
-            with RewardScorer(member, batch_size=self.batch_size) as scorer:
-                out.append(scorer.score(conversations, replies))
-        return out
+        return [scorer.score(conversations, replies) for scorer in self.load()]
+
+    def close(self) -> None:
+        for scorer in self._scorers:
+            scorer.close()
+        self._scorers = []
 
 
 def disagreement(margins: Sequence[float]) -> float:
