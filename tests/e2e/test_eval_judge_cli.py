@@ -84,3 +84,29 @@ def test_eval_without_human_labels_is_one_clear_error(tmp_path: Path) -> None:
     result = evaluate("--data", str(data), "--output", str(tmp_path / "eval"), *ENGINE)
     assert result.returncode == 1
     assert "no human-labelled pairs to evaluate on" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compare_runs_every_variant_on_the_same_pairs(tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    variants = "multiple_choice,calibrated,contrastive"
+    result = evaluate("--data", str(HH), "--limit", "6", "--compare", variants, "--output", str(out), *ENGINE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "compare.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert list(rows) == variants.split(",") and report["config"]["pairs"] == 6
+    for name, row in rows.items():
+        assert row["labels"] == 6 and 0.0 <= row["agreement"] <= 1.0 and row["labels_per_second"] > 0
+        labels = [json.loads(line) for line in (out / name / "labels.jsonl").read_text().splitlines()]
+        assert {r["label"]["method"] for r in labels} == {f"JUDGE_METHOD_{name.upper()}"}
+        assert json.loads((out / name / "eval.json").read_text())["config"]["method"] == name
+    keys = [[json.loads(x)["key"] for x in (out / n / "labels.jsonl").read_text().splitlines()] for n in rows]
+    assert keys[0] == keys[1] == keys[2]  # the same pairs
+    assert rows["multiple_choice"]["same_position_rate"] is not None
+    assert rows["contrastive"]["same_position_rate"] is None  # no slots to prefer
+    assert rows["contrastive"]["contrastive_beta"] is not None
+    calibrated = [json.loads(x) for x in (out / "calibrated" / "labels.jsonl").read_text().splitlines()]
+    assert all("prior_first" in s for r in calibrated for s in r["label"]["scores"])
+    table = (out / "compare.md").read_text()
+    assert table.count("\n") == 2 + 3 and "contrastive" in table and "none (no slots)" in table
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "variant" in result.stdout

@@ -211,3 +211,48 @@ def test_eval_command_runs_unchanged_against_an_openai_compatible_vllm_server(
     assert report["config"]["judge"]["engine"] == "openai"
     assert report["summary"]["labels"] == 4 and report["summary"]["scored"] == 4
     assert report["summary"]["position_pairs"] == 4
+
+
+@pytest.mark.timeout(600)
+async def test_calibration_moves_p_against_the_measured_slot_prior(stub) -> None:
+    """A constructed biased case: the same reply in both slots, one order. Whatever the judge says here
+    is position bias; calibration divides out the prior it measured and lands nearer to no preference."""
+    reply = "I am not sure, but I will try to help you with that."
+    same = [item([Message(role="user", content="Can you help me plan a birthday party?")], reply, reply + " ")]
+    base = {"constitution_id": "harmless", "seed": 4, "single_order": True, "principles_per_label": 2}
+    raw = await stub.Compare(
+        judge_pb2.CompareRequest(items=same, options=judge_pb2.JudgeOptions(**base)), timeout=300
+    )
+    calibrated = await stub.Compare(
+        judge_pb2.CompareRequest(
+            items=same,
+            options=judge_pb2.JudgeOptions(**base, method=label_pb2.JUDGE_METHOD_CALIBRATED),
+        ),
+        timeout=300,
+    )
+    [r], [c] = raw.labels, calibrated.labels
+    assert c.method == label_pb2.JUDGE_METHOD_CALIBRATED and r.method == label_pb2.JUDGE_METHOD_MULTIPLE_CHOICE
+    for plain, fixed in zip(r.scores, c.scores, strict=True):
+        assert fixed.HasField("prior_first") and not plain.HasField("prior_first")
+        prior = fixed.prior_first
+        # the right direction: against the slot the prior favours
+        assert (fixed.p_first - plain.p_first) * (0.5 - prior) > 0
+    assert abs(c.p_a - 0.5) < abs(r.p_a - 0.5)
+
+
+@pytest.mark.timeout(600)
+async def test_contrastive_scoring_is_invariant_to_the_order_of_a_and_b(stub) -> None:
+    items = hh_items(3)
+    swapped = [item(list(p.conversation), p.response_b, p.response_a) for p in hh_pairs(3)]
+    options = judge_pb2.JudgeOptions(
+        constitution_id="harmless", seed=2, principles_per_label=2,
+        method=label_pb2.JUDGE_METHOD_CONTRASTIVE, contrastive_beta=4.0,
+    )  # fmt: skip
+    ab = await stub.Compare(judge_pb2.CompareRequest(items=items, options=options), timeout=300)
+    ba = await stub.Compare(judge_pb2.CompareRequest(items=swapped, options=options), timeout=300)
+    for x, y in zip(ab.labels, ba.labels, strict=True):
+        assert x.status == label_pb2.LABEL_STATUS_OK and x.method == label_pb2.JUDGE_METHOD_CONTRASTIVE
+        assert x.contrastive_beta == 4.0 and len(x.scores) == 2
+        assert all(len(s.option_logprobs) == 4 and not s.swapped for s in x.scores)
+        assert y.p_a == pytest.approx(1 - x.p_a, abs=1e-4)
+        assert x.p_a != pytest.approx(0.5, abs=1e-6)  # the responses differ: some margin

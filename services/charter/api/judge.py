@@ -29,8 +29,9 @@ STATUS = {
 STATUS_NAMES = convert.enum_names(label_pb2.LabelStatus, "LABEL_STATUS_")
 """Proto status -> the lower-case names used in records and summaries ("ok", "tie", ...)."""
 CHOICE = {"A": label_pb2.CHOICE_A, "B": label_pb2.CHOICE_B, "TIE": label_pb2.CHOICE_TIE}
-
-
+METHOD_NAMES = convert.enum_names(label_pb2.JudgeMethod, "JUDGE_METHOD_")
+"""Proto method -> the domain's names ("multiple_choice", "calibrated", "contrastive"; 0 -> "unspecified")."""
+METHODS = {name: value for value, name in METHOD_NAMES.items() if value != label_pb2.JUDGE_METHOD_UNSPECIFIED}
 
 
 def config(
@@ -40,6 +41,8 @@ def config(
     tie_margin: float,
     few_shot_limit: int | None,
     cot_max_tokens: int,
+    method: str = "multiple_choice",
+    contrastive_beta: float = 1.0,
 ) -> JudgeConfig:
     """The judge's configuration for one request; `loaded` is the constitution `options` names."""
     low = options.cot_clamp_low if options.HasField("cot_clamp_low") else DEFAULT_CLAMP[0]
@@ -56,6 +59,10 @@ def config(
             tie_margin=options.tie_margin if options.HasField("tie_margin") else tie_margin,
             few_shot_limit=few_shot_limit,
             cot_max_tokens=cot_max_tokens,
+            method=METHOD_NAMES.get(options.method, str(options.method)) if options.method else method,  # type: ignore[arg-type]
+            contrastive_beta=(
+                options.contrastive_beta if options.HasField("contrastive_beta") else contrastive_beta
+            ),
         )
     except InvalidArgument as err:
         raise InvalidArgument(f"options.{err}", field=f"options.{err.field}") from None
@@ -99,6 +106,7 @@ def label_proto(
                 option_logprobs=list(o.logprobs),
                 principle_id=o.principle_id,
                 rationale=o.rationale,
+                prior_first=o.prior_first,
             )
             for o in label.orders
         ],
@@ -112,6 +120,8 @@ def label_proto(
         ),
         chain_of_thought=config.chain_of_thought,
         status_detail=label.detail,
+        method=METHODS[config.method],
+        contrastive_beta=config.contrastive_beta if config.method == "contrastive" else None,
     )
 
 

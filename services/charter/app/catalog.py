@@ -101,6 +101,8 @@ def _judge(resources: Resources, access: AccessPolicy) -> Any:
         few_shot_limit=s.few_shot_limit,
         cot_max_tokens=s.cot_max_tokens,
         max_requests_in_flight=s.max_requests_in_flight,
+        method=s.method,
+        contrastive_beta=s.contrastive_beta,
     )
 
 

@@ -18,6 +18,7 @@ app = typer.Typer(help="Evaluate Charter's components against human labels.", no
 Engine = Literal["auto", "vllm", "openai", "transformers"]
 Dtype = Literal["bfloat16", "float16", "float32"]
 Split = Literal["all", "tune", "report"]
+Method = Literal["multiple_choice", "calibrated", "contrastive"]
 
 
 @app.command()
@@ -51,6 +52,26 @@ def judge(
     seed: Annotated[int, typer.Option(help="Seed for principle sampling and A/B placement.")] = 0,
     principles_per_label: Annotated[int, typer.Option(help="Principles averaged per label.")] = 1,
     chain_of_thought: Annotated[bool, typer.Option(help="Rationale first, clamped probabilities.")] = False,
+    method: Annotated[
+        Method | None,
+        typer.Option(
+            help="Scoring method (default: the judge's judge.method setting); see docs/evaluation.md."
+        ),
+    ] = None,
+    contrastive_beta: Annotated[
+        float | None,
+        typer.Option(
+            help="β of the contrastive method (default: judge.contrastive_beta); eval.json reports "
+            "the β that fits the data."
+        ),
+    ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare judge variants on the same pairs in one run: comma-separated METHOD[+cot][@K], "
+            "e.g. multiple_choice,calibrated,contrastive,multiple_choice+cot,calibrated@4."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per judge call.")] = 64,
     split: Annotated[
         Split,
@@ -66,8 +87,11 @@ def judge(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
 ) -> None:
     """Agreement with the human choice (95% CI), swap-consistent agreement, position consistency,
-    calibration (ECE, reliability diagram), agreement per principle, and labels/s."""
+    calibration (ECE, reliability diagram), agreement per principle, and labels/s — or, with --compare,
+    those figures for several judge variants on the same pairs, in one table and chart."""
     from charter.evaluation.judge import EvalOptions, evaluate
+    from charter.evaluation.judge_compare import compare as compare_variants
+    from charter.evaluation.judge_compare import table
     from charter.judge.metrics import format_table
 
     inference: dict[str, Any] = {
@@ -94,12 +118,36 @@ def judge(
         token=token,
         split=split,
         split_seed=split_seed,
+        method=method,
+        contrastive_beta=contrastive_beta,
+        compare=tuple(v for v in (compare or "").split(",") if v.strip()),
     )
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("[bold]judging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        TextColumn("[bold]judging {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
     )
-    task = progress.add_task("judge", total=None)
+    task = progress.add_task("", total=None)
+    if options.compare:
+        with progress:
+            result = asyncio.run(
+                compare_variants(
+                    options,
+                    settings,
+                    on_start=lambda name, total: progress.reset(task, total=total, description=name),
+                    on_progress=lambda n: progress.advance(task, n),
+                )
+            )
+        typer.echo(
+            f"{result['config']['pairs']} pairs from {data}"
+            + (f" (the {split} half, split seed {split_seed})" if split != "all" else "")
+        )
+        typer.echo(table(result["rows"]))
+        typer.echo(f"written: {output / 'compare.json'}, compare.md, compare.png and one folder per variant")
+        return
     with progress:
         report = asyncio.run(
             evaluate(

@@ -130,6 +130,11 @@ class JudgeSettings(_Guarded):
     """Labelled comparison examples shown per prompt (unset = all that apply to the principle)."""
     cot_max_tokens: int = Field(default=192, ge=1, le=4096)
     """Length of a chain-of-thought rationale."""
+    method: Literal["multiple_choice", "calibrated", "contrastive"] = "multiple_choice"
+    """Scoring method when a request leaves it unset (docs/evaluation.md, "Judge methods")."""
+    contrastive_beta: float = Field(default=1.0, gt=0.0, le=1000.0)
+    """The contrastive method's scale when a request leaves it unset: p_a = sigmoid(beta * margin).
+    Fit it for your judge model with `charter eval judge --method contrastive --split tune`."""
     max_requests_in_flight: int = Field(default=512, ge=2)
     """Scoring requests one judge keeps in the engine at once (at most half of `inference.max_pending`:
     a finished batch counts there until the engine books it); larger calls wait their turn."""

@@ -3,7 +3,10 @@
 The pairs go through the real judge over gRPC — started in this process on the configured engine, or
 a remote judge given by address — exactly as the RL-CAI pipeline sends them, so what is measured is
 what the pipeline produces. Writes `eval.json` (every figure, the configuration, machine and
-versions), `labels.jsonl` (one record per pair), `reliability.png` and `principles.png`.
+versions), `labels.jsonl` (one record per pair), `reliability.png` and `principles.png`. With
+`compare`, several judge variants (method, chain of thought, principles per label) label the same pairs
+on the same judge in one run: one such folder per variant, plus `compare.json`, `compare.md` and
+`compare.png` side by side (`judge_compare`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from charter_proto.common.v1 import label_pb2
 from charter_proto.judge.v1 import judge_pb2
 from google.protobuf.json_format import MessageToDict
 
-from charter.api.judge import STATUS_NAMES
+from charter.api.judge import METHOD_NAMES, METHODS, STATUS_NAMES
 from charter.app.local import local_services
 from charter.client.judge import JudgeClient
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -32,7 +35,7 @@ from charter.core.settings import CharterSettings
 from charter.datasets.pairs import PairRow, read_pairs
 from charter.datasets.sources import RowError
 from charter.evaluation.environment import machine, versions
-from charter.judge import metrics, plots
+from charter.judge import contrastive, metrics, plots
 
 Split = Literal["all", "tune", "report"]
 
@@ -62,15 +65,23 @@ class EvalOptions:
     """tune | report: only that half of the pairs (`split_of`), so a method is chosen on one half and
     reported on the other; all: every pair."""
     split_seed: int = 0
+    method: str | None = None
+    """multiple_choice | calibrated | contrastive; None = the judge service's default."""
+    contrastive_beta: float | None = None
+    """None = the judge service's default."""
+    compare: tuple[str, ...] = ()
+    """Variants to run side by side on the same pairs (`judge_compare.parse_variant`); empty = one run."""
 
 
 def record(pair: PairRow, label: label_pb2.PreferenceLabel) -> metrics.EvalRecord:
+    """The label as an evaluation record. Contrastive labels have no presentation orders, so they add
+    nothing to the position figures (their scores are per principle, not per order)."""
     status = STATUS_NAMES[label.status]
-    scored = status in ("ok", "tie")
+    scored = status in ("ok", "tie") and label.method != label_pb2.JUDGE_METHOD_CONTRASTIVE
     assert pair.human is not None
     return metrics.EvalRecord(
         human=pair.human,
-        p_a=label.p_a if scored else None,
+        p_a=label.p_a if status in ("ok", "tie") else None,
         status=status,
         swap_consistent=label.swap_consistent,
         principle_ids=tuple(label.principle_ids),
@@ -111,6 +122,8 @@ async def judge_pairs(
         principles_per_label=options.principles_per_label,
         seed=options.seed,
         chain_of_thought=options.chain_of_thought,
+        method=METHODS[options.method] if options.method else label_pb2.JUDGE_METHOD_UNSPECIFIED,
+        contrastive_beta=options.contrastive_beta,
     )
     labels: dict[int, label_pb2.PreferenceLabel] = {}
     async with JudgeClient(address, token=options.token) as judge:
@@ -126,6 +139,75 @@ async def judge_pairs(
     return [labels[i] for i in range(len(pairs))]
 
 
+def contrastive_margin(label: label_pb2.PreferenceLabel) -> float | None:
+    """A contrastive label's margin Δ_A − Δ_B (averaged over its principles), from its scores."""
+    margins = [
+        (s.option_logprobs[0] - s.option_logprobs[2]) - (s.option_logprobs[1] - s.option_logprobs[3])
+        for s in label.scores
+        if len(s.option_logprobs) == 4
+    ]
+    return sum(margins) / len(margins) if margins else None
+
+
+def beta_fit(pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]) -> dict[str, Any] | None:
+    """For contrastive labels: the β that would fit these pairs best (maximum likelihood), and the
+    calibration it would give here — in-sample: fit it on the tune split, use it on the report split."""
+    rows = [
+        (m, p, label)
+        for p, label in zip(pairs, labels, strict=True)
+        if label.method == label_pb2.JUDGE_METHOD_CONTRASTIVE
+        and STATUS_NAMES[label.status] in ("ok", "tie")
+        and (m := contrastive_margin(label)) is not None
+    ]
+    if not rows:
+        return None
+    beta = contrastive.fit_beta([m for m, _, _ in rows], [p.human == "A" for _, p, _ in rows])
+    if beta is None:
+        return {"beta": None, "pairs": len(rows), "note": "the margins do not lean toward the human choice"}
+    refit = [
+        metrics.EvalRecord(p.human or "A", contrastive.sigmoid(beta * m), "ok", True, ()) for m, p, _ in rows
+    ]
+    summary = metrics.summarise(refit, seconds=1.0)
+    return {
+        "beta": beta,
+        "pairs": len(rows),
+        "ece_in_sample": summary["ece"],
+        "brier_in_sample": summary["brier"],
+    }
+
+
+async def run_judge(
+    address: str, pairs: list[PairRow], options: EvalOptions, on_progress: Callable[[int], None]
+) -> tuple[list[label_pb2.PreferenceLabel], dict[str, Any]]:
+    """Label `pairs` with one judge variant: (labels, summary)."""
+    started = time.perf_counter()
+    labels = await judge_pairs(address, pairs, options, on_progress)
+    seconds = time.perf_counter() - started
+    records = [record(p, label) for p, label in zip(pairs, labels, strict=True)]
+    summary = metrics.summarise(records, seconds=seconds)
+    first = labels[0]
+    summary["method"] = METHOD_NAMES.get(first.method, "unspecified")
+    if first.HasField("contrastive_beta"):
+        summary["contrastive_beta"] = first.contrastive_beta
+    if (fit := beta_fit(pairs, labels)) is not None:
+        summary["beta_fit"] = fit
+    return labels, summary
+
+
+def check_plotting() -> None:
+    try:  # the plots come last: fail before an hour of judging, not after
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise FailedPrecondition("charter eval needs matplotlib: pip install 'charter[eval]'") from None
+
+
+def judge_context(options: EvalOptions, settings: CharterSettings) -> Any:
+    """The judge's address: the running service given, or one started in this process."""
+    if options.judge:
+        return contextlib.nullcontext(options.judge)
+    return local_services(settings, ("judge",))
+
+
 async def evaluate(
     options: EvalOptions,
     settings: CharterSettings,
@@ -133,23 +215,27 @@ async def evaluate(
     on_start: Callable[[int], None] = lambda total: None,
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
-    try:  # the plots come last: fail before an hour of judging, not after
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise FailedPrecondition("charter eval needs matplotlib: pip install 'charter[eval]'") from None
+    check_plotting()
     pairs, errors, other_half = load(options)
     on_start(len(pairs))
-    context: Any = (
-        contextlib.nullcontext(options.judge) if options.judge else local_services(settings, ("judge",))
-    )
-    async with context as address:
-        started = time.perf_counter()
-        labels = await judge_pairs(address, pairs, options, on_progress)
-        seconds = time.perf_counter() - started
-    records = [record(p, label) for p, label in zip(pairs, labels, strict=True)]
-    summary = metrics.summarise(records, seconds=seconds)
+    async with judge_context(options, settings) as address:
+        labels, summary = await run_judge(address, pairs, options, on_progress)
+    report = build_report(options, settings, pairs, errors, other_half, labels, summary)
+    write(options.output, report, pairs, labels)
+    return report
+
+
+def build_report(
+    options: EvalOptions,
+    settings: CharterSettings,
+    pairs: list[PairRow],
+    errors: list[RowError],
+    other_half: int,
+    labels: list[label_pb2.PreferenceLabel],
+    summary: dict[str, Any],
+) -> dict[str, Any]:
     first = labels[0]
-    report = {
+    return {
         "summary": summary,
         "config": {
             "data": str(options.data),
@@ -166,6 +252,8 @@ async def evaluate(
             "judge_address": options.judge or "in-process",
             "principles_per_label": options.principles_per_label,
             "chain_of_thought": options.chain_of_thought,
+            "method": summary["method"],
+            "contrastive_beta": summary.get("contrastive_beta"),
             "inference": settings.inference.model_dump(mode="json", exclude={"openai": {"api_key"}}),
             "command": " ".join(sys.argv),
         },
@@ -173,7 +261,13 @@ async def evaluate(
         "machine": machine(),
         "versions": versions(),
     }
-    out = options.output
+
+
+def write(
+    out: Path, report: dict[str, Any], pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]
+) -> None:
+    """eval.json, labels.jsonl, reliability.png and principles.png into `out`."""
+    summary = report["summary"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     with (out / "labels.jsonl").open("w", encoding="utf-8") as f:
@@ -185,4 +279,3 @@ async def evaluate(
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     plots.reliability_png(summary, out / "reliability.png")
     plots.principles_png(summary, out / "principles.png", references=REFERENCES)
-    return report

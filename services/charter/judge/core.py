@@ -1,5 +1,9 @@
 """Judging pairs: principle sampling, prompt plans for both orders, scoring, and the verdicts.
 
+Three scoring methods (`JudgeConfig.method`): multiple choice (the option log-probabilities of "(A)"
+and "(B)", both orders averaged), the same with contextual calibration (`calibration`: each
+principle's option prior divided out), and contrastive likelihood (`contrastive`: no A/B slots).
+
 Engine-neutral (any `InferenceClient`) and protocol-neutral (the servicer converts). Each item's
 scoring prompts go to the engine as one call; the calls of a batch are issued together, so the
 engine batches them, and one item's bad input (longer than the context, …) fails only that item.
@@ -13,6 +17,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from charter.constitution.registry import LoadedConstitution
 from charter.constitution.sampling import eligible, rng_for, sample
@@ -34,8 +39,11 @@ from charter.inference.types import (
     Sampling,
     ScoreRequest,
 )
-from charter.judge import prompts
+from charter.judge import calibration, contrastive, prompts
 from charter.judge.labels import OrderOutcome, Verdict, check_clamp, combine
+
+Method = Literal["multiple_choice", "calibrated", "contrastive"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 DEFAULT_CLAMP = (0.4, 0.6)
 _TRANSIENT = (Unavailable, DeadlineExceeded, ResourceExhausted)
@@ -74,6 +82,9 @@ class JudgeConfig:
     cot_max_tokens: int = 192
     defended: bool = True
     """Escape and fence model text in the prompt (see `prompts`); off only to measure the defence."""
+    method: Method = "multiple_choice"
+    contrastive_beta: float = 1.0
+    """The contrastive method's scale: p_a = sigmoid(beta * margin)."""
 
     def __post_init__(self) -> None:
         """Every option checked before any work starts; errors name the option."""
@@ -81,6 +92,18 @@ class JudgeConfig:
             check_clamp(*self.clamp)
         except ValueError as err:
             raise InvalidArgument(f"cot_clamp_low/high: {err}", field="cot_clamp_low") from None
+        if self.method not in METHODS:
+            raise InvalidArgument(f"method: must be one of {METHODS}, got {self.method!r}", field="method")
+        if self.chain_of_thought and self.method != "multiple_choice":
+            raise InvalidArgument(
+                f"chain_of_thought: works with the multiple_choice method only, not {self.method}",
+                field="chain_of_thought",
+            )
+        if self.single_order and self.method == "contrastive":
+            raise InvalidArgument(
+                "single_order: the contrastive method has no presentation order", field="single_order"
+            )
+        contrastive.check_beta(self.contrastive_beta)
         if not 0.0 <= self.tie_margin < 0.5:
             raise InvalidArgument(
                 f"tie_margin: must be in [0, 0.5), got {self.tie_margin}", field="tie_margin"
@@ -133,6 +156,11 @@ def label_id(pair: Pair, config: JudgeConfig, model: ModelInfo) -> str:
         "options": [config.k, list(config.principle_ids), config.seed, config.chain_of_thought,
                     list(config.clamp) if config.chain_of_thought else None, config.single_order],
     }  # fmt: skip
+    if config.method != "multiple_choice":  # ids of multiple-choice labels stay as they always were
+        payload["method"] = [
+            config.method,
+            config.contrastive_beta if config.method == "contrastive" else None,
+        ]
     text = json.dumps(payload, ensure_ascii=False, sort_keys=True)
     return "lbl_" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -166,16 +194,26 @@ def _plans(pair: Pair, config: JudgeConfig) -> list[_Plan]:
     return plans
 
 
-def _outcome(plan: _Plan, scores: OptionScores, rationale: str = "") -> OrderOutcome:
+def _outcome(
+    plan: _Plan, scores: OptionScores, rationale: str = "", prior_first: float | None = None
+) -> OrderOutcome:
     finite = all(math.isfinite(lp) for lp in scores.logprobs) and all(math.isfinite(p) for p in scores.probs)
+    p_first = scores.probs[0] if finite else None
+    if p_first is not None and prior_first is not None:
+        p_first = calibration.calibrate(p_first, prior_first)
     return OrderOutcome(
         principle_id=plan.principle.id,
         swapped=plan.swapped,
-        p_first=scores.probs[0] if finite else None,
+        p_first=p_first,
         logprobs=scores.logprobs,
         rationale=rationale,
         detail="" if finite else f"non-finite option scores {scores.logprobs}",
+        prior_first=prior_first,
     )
+
+
+def _prior_key(principle: Principle, config: JudgeConfig) -> tuple[str, ...]:
+    return (config.constitution.digest, principle.id, str(config.few_shot_limit), str(config.defended))
 
 
 class _Budget:
@@ -204,6 +242,38 @@ class Judge:
     def __init__(self, client: InferenceClient, *, max_requests_in_flight: int = 512) -> None:
         self.client = client
         self._budget = _Budget(max_requests_in_flight)
+        self._priors: dict[tuple[str, ...], float] = {}
+        """Calibration priors by (constitution digest, principle, few-shot options): measured once."""
+        self._priors_lock = asyncio.Lock()
+
+    async def prepare(self, pairs: Sequence[Pair], config: JudgeConfig, timeout: float | None = None) -> None:
+        """Measure what judging `pairs` needs once: the calibration prior of every principle they will
+        draw that is not known yet (calibrated method; nothing otherwise). `label` calls it too."""
+        if config.method != "calibrated":
+            return
+        async with self._priors_lock:
+            missing: dict[tuple[str, ...], Principle] = {}
+            for pair in pairs:
+                for principle in draw_principles(pair, config):
+                    key = _prior_key(principle, config)
+                    if key not in self._priors:
+                        missing[key] = principle
+            if not missing:
+                return
+            constitution = config.constitution.constitution
+            requests = [
+                calibration.prior_requests(
+                    constitution, p, few_shot_limit=config.few_shot_limit, defended=config.defended
+                )
+                for p in missing.values()
+            ]
+            scores = await self.client.score_options(
+                [r for group in requests for r in group], timeout=timeout
+            )
+            start = 0
+            for key, group in zip(missing, requests, strict=True):
+                self._priors[key] = calibration.prior(scores[start : start + len(group)])
+                start += len(group)
 
     async def _rationales(self, plans: list[_Plan], config: JudgeConfig, timeout: float | None) -> list[str]:
         sampling = Sampling(
@@ -215,12 +285,54 @@ class Judge:
         return [r.completions[0].text for r in results]
 
     async def _one(self, pair: Pair, config: JudgeConfig, timeout: float | None) -> Label:
+        if config.method == "contrastive":
+            principles = draw_principles(pair, config)
+            taken = await self._budget.take(2 * len(principles))
+            try:
+                return await self._contrastive(pair, principles, config, timeout)
+            finally:
+                await self._budget.give(taken)
         plans = _plans(pair, config)
         taken = await self._budget.take(len(plans))
         try:
             return await self._judge(pair, plans, config, timeout)
         finally:
             await self._budget.give(taken)
+
+    async def _contrastive(
+        self, pair: Pair, principles: list[Principle], config: JudgeConfig, timeout: float | None
+    ) -> Label:
+        if pair.response_a.strip() == pair.response_b.strip():  # nothing to tell apart: no engine call
+            orders = [OrderOutcome(p.id, False, 0.5) for p in principles]
+            verdict = Verdict(
+                0.5, "TIE", 0.0, False, "tie", tuple(p.id for p in principles), "identical responses"
+            )
+            return Label(
+                pair, verdict, orders, "tie", verdict.detail, label_id(pair, config, self.client.model)
+            )
+        try:
+            requests = [
+                r
+                for p in principles
+                for r in contrastive.requests(
+                    pair.conversation, pair.response_a, pair.response_b, p, defended=config.defended
+                )
+            ]
+            scores = await self.client.score_options(requests, timeout=timeout)
+        except InvalidArgument as err:
+            return self._failed(pair, config, [], "invalid_input", str(err), principles)
+        verdict, orders = contrastive.verdict(
+            principles, scores, beta=config.contrastive_beta, tie_margin=config.tie_margin
+        )
+        return Label(
+            pair=pair,
+            verdict=verdict,
+            orders=orders,
+            status=verdict.status,
+            detail=verdict.detail,
+            id=label_id(pair, config, self.client.model),
+            prompt_tokens=sum(s.prompt_tokens for s in scores),
+        )
 
     async def _judge(
         self, pair: Pair, plans: list[_Plan], config: JudgeConfig, timeout: float | None
@@ -236,7 +348,13 @@ class Judge:
             scores = await self.client.score_options(requests, timeout=timeout)
         except InvalidArgument as err:
             return self._failed(pair, config, plans, "invalid_input", str(err))
-        orders = [_outcome(p, s, r or "") for p, s, r in zip(plans, scores, rationales, strict=True)]
+        priors = [
+            self._priors[_prior_key(p.principle, config)] if config.method == "calibrated" else None
+            for p in plans
+        ]
+        orders = [
+            _outcome(p, s, r or "", q) for p, s, r, q in zip(plans, scores, rationales, priors, strict=True)
+        ]
         verdict = combine(
             orders,
             tie_margin=config.tie_margin,
@@ -257,8 +375,16 @@ class Judge:
             prompt_tokens=sum(s.prompt_tokens for s in scores),
         )
 
-    def _failed(self, pair: Pair, config: JudgeConfig, plans: list[_Plan], status: str, detail: str) -> Label:
-        ids = tuple(dict.fromkeys(p.principle.id for p in plans))
+    def _failed(
+        self,
+        pair: Pair,
+        config: JudgeConfig,
+        plans: list[_Plan],
+        status: str,
+        detail: str,
+        principles: Sequence[Principle] = (),
+    ) -> Label:
+        ids = tuple(dict.fromkeys([*(p.principle.id for p in plans), *(p.id for p in principles)]))
         return Label(
             pair=pair,
             verdict=Verdict(0.5, "TIE", 0.0, False, "unscorable", ids, detail),
@@ -273,13 +399,25 @@ class Judge:
     ) -> list[Label]:
         """One label per pair, in order. Input errors and per-item engine failures become labels
         with a status; an engine that is down raises (the caller retries the batch)."""
+        if config.method == "calibrated":
+            try:
+                await self.prepare(pairs, config, timeout)
+            except CharterError as err:
+                if isinstance(err, _TRANSIENT):
+                    raise
+                detail = f"calibration prior: {err}"
+                return [
+                    self._failed(p, config, [], "error", detail, draw_principles(p, config)) for p in pairs
+                ]
         results = await asyncio.gather(
             *(self._one(p, config, timeout) for p in pairs), return_exceptions=True
         )
         labels: list[Label] = []
         for pair, result in zip(pairs, results, strict=True):
             if isinstance(result, CharterError) and not isinstance(result, _TRANSIENT):
-                labels.append(self._failed(pair, config, _plans(pair, config), "error", str(result)))
+                labels.append(
+                    self._failed(pair, config, [], "error", str(result), draw_principles(pair, config))
+                )
             elif isinstance(result, BaseException):
                 raise result
             else:

@@ -30,6 +30,8 @@ class OrderOutcome:
     rationale: str = ""
     detail: str = ""
     """Why the order could not be scored."""
+    prior_first: float | None = None
+    """Calibrated method: the principle's content-free prior for the first slot (p_first is corrected)."""
 
     @property
     def p_a(self) -> float | None:

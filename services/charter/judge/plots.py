@@ -6,7 +6,7 @@ costs nothing; it comes with the `eval` extra.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,54 @@ def principles_png(
     ax.set_title(f"Judge agreement by principle (n={summary.get('labels', 0)} labels)")
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     ax.grid(alpha=0.3, axis="x")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def compare_png(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Judge variants side by side (`evaluation.judge_compare.row`): agreement and consistent-only
+    agreement with 95% CIs, same-position rate, ECE and labels/s, one bar per variant."""
+    path = Path(path)
+    names = [r["variant"] for r in rows]
+    ys = list(range(len(rows)))
+    fig = _figure(15.0, max(2.8, 1.4 + 0.45 * len(rows)))
+    axes = fig.subplots(1, 5, sharey=True)
+
+    def with_ci(ax: Any, key: str, title: str) -> None:
+        values = [r[key] if r[key] is not None else 0.0 for r in rows]
+        lows = [
+            max(0.0, v - r[f"{key}_ci95"][0]) if r[key] is not None else 0.0
+            for v, r in zip(values, rows, strict=True)
+        ]
+        highs = [
+            max(0.0, r[f"{key}_ci95"][1] - v) if r[key] is not None else 0.0
+            for v, r in zip(values, rows, strict=True)
+        ]
+        ax.barh(ys, values, xerr=[lows, highs], color="tab:blue", alpha=0.7, capsize=4, ecolor="black")
+        ax.axvline(0.5, color="red", linestyle="--")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_title(title, fontsize="medium")
+
+    def plain(ax: Any, key: str, title: str, color: str, limit: float | None = None) -> None:
+        values = [r[key] for r in rows]
+        ax.barh(ys, [v or 0.0 for v in values], color=color, alpha=0.7)
+        for y, v in zip(ys, values, strict=True):
+            ax.text(0.0, y, " n/a" if v is None else f" {v:.3g}", va="center", fontsize="small")
+        if limit is not None:
+            ax.set_xlim(0.0, limit)
+        ax.set_title(title, fontsize="medium")
+
+    with_ci(axes[0], "agreement", "agreement (95% CI)")
+    with_ci(axes[1], "consistent_agreement", "consistent-only agreement")
+    plain(axes[2], "same_position_rate", "same-position rate", "tab:orange", 1.0)
+    plain(axes[3], "ece", "ECE", "tab:purple")
+    plain(axes[4], "labels_per_second", "labels/s", "tab:green")
+    axes[0].set_yticks(ys, names)
+    axes[0].invert_yaxis()
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"Judge variants on the same {rows[0]['labels'] if rows else 0} pairs")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path

@@ -59,14 +59,14 @@ def escape(text: str) -> str:
 
 
 @cache
-def _template(folder: str) -> jinja2.Template:
+def _template(folder: str, name: str = "compare.j2") -> jinja2.Template:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
         autoescape=False,  # chat text, not HTML; escaping is `escape` above
     )
-    return environment.get_template("compare.j2")
+    return environment.get_template(name)
 
 
 def render_conversation(conversation: Sequence[Message]) -> str:
@@ -92,6 +92,12 @@ def render_question(
         defended=defended,
         chain_of_thought=chain_of_thought,
     )
+
+
+def contrast_instruction(question: str, *, follow: bool, folder: Path = TEMPLATES) -> str:
+    """The contrastive method's system message: the principle's question as an instruction to
+    follow, or as its negation (`templates/contrast.j2`)."""
+    return _template(str(folder), "contrast.j2").render(question=question.strip(), follow=follow).strip()
 
 
 def examples_for(

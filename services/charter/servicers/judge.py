@@ -13,7 +13,13 @@ from grpc import aio
 
 from charter.api import judge as api
 from charter.constitution.registry import ConstitutionRegistry
-from charter.core.errors import InvalidArgument
+from charter.core.errors import (
+    CharterError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from charter.inference.deadlines import as_completed_within
 from charter.inference.types import InferenceClient
 from charter.judge.core import Judge, JudgeConfig, Label
@@ -29,6 +35,8 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         few_shot_limit: int | None = None,
         cot_max_tokens: int = 192,
         max_requests_in_flight: int = 512,
+        method: str = "multiple_choice",
+        contrastive_beta: float = 1.0,
     ) -> None:
         self.judge = Judge(client, max_requests_in_flight=max_requests_in_flight)
         self.client = client
@@ -36,6 +44,8 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         self.tie_margin = tie_margin
         self.few_shot_limit = few_shot_limit
         self.cot_max_tokens = cot_max_tokens
+        self.method = method
+        self.contrastive_beta = contrastive_beta
 
     def config(self, options: judge_pb2.JudgeOptions) -> JudgeConfig:
         if not options.constitution_id:
@@ -46,6 +56,8 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             tie_margin=self.tie_margin,
             few_shot_limit=self.few_shot_limit,
             cot_max_tokens=self.cot_max_tokens,
+            method=self.method,
+            contrastive_beta=self.contrastive_beta,
         )
 
     async def Compare(
@@ -66,6 +78,12 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
     ) -> AsyncIterator[judge_pb2.CompareStreamResponse]:
         config = self.config(request.options)
         pairs = api.pairs(request.items)
+        try:  # calibration priors once for the whole request, not item by item
+            await self.judge.prepare(pairs, config)
+        except (Unavailable, DeadlineExceeded, ResourceExhausted):
+            raise
+        except CharterError:
+            pass  # not the engine being down: each item reports it as its label's status
 
         async def one(i: int) -> tuple[int, Label]:
             return i, (await self.judge.label([pairs[i]], config))[0]

@@ -28,19 +28,21 @@ from charter_proto.common.v1 import provenance_pb2 as charter_dot_common_dot_v1_
 from charter_proto.common.v1 import sampling_pb2 as charter_dot_common_dot_v1_dot_sampling__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63harter/common/v1/label.proto\x12\x11\x63harter.common.v1\x1a$charter/common/v1/constitution.proto\x1a$charter/common/v1/conversation.proto\x1a\"charter/common/v1/provenance.proto\x1a charter/common/v1/sampling.proto\"p\n\nOrderScore\x12\x0f\n\x07swapped\x18\x01 \x01(\x08\x12\x0f\n\x07p_first\x18\x02 \x01(\x01\x12\x17\n\x0foption_logprobs\x18\x03 \x03(\x01\x12\x14\n\x0cprinciple_id\x18\x04 \x01(\t\x12\x11\n\trationale\x18\x05 \x01(\t\"\x8b\x05\n\x0fPreferenceLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x1f.charter.common.v1.Conversation\x12\x12\n\nresponse_a\x18\x03 \x01(\t\x12\x12\n\nresponse_b\x18\x04 \x01(\t\x12\x0b\n\x03p_a\x18\x05 \x01(\x01\x12)\n\x06\x63hoice\x18\x06 \x01(\x0e\x32\x19.charter.common.v1.Choice\x12\x12\n\nconfidence\x18\x07 \x01(\x01\x12\x17\n\x0fswap_consistent\x18\x08 \x01(\x08\x12-\n\x06scores\x18\t \x03(\x0b\x32\x1d.charter.common.v1.OrderScore\x12\x15\n\rprinciple_ids\x18\n \x03(\t\x12.\n\x06status\x18\x0b \x01(\x0e\x32\x1e.charter.common.v1.LabelStatus\x12\x10\n\x08raw_text\x18\x0c \x01(\t\x12*\n\x05judge\x18\r \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\x12\x38\n\x0c\x63onstitution\x18\x0e \x01(\x0b\x32\".charter.common.v1.ConstitutionRef\x12\x31\n\nprovenance\x18\x0f \x01(\x0b\x32\x1d.charter.common.v1.Provenance\x12\x18\n\x10\x63hain_of_thought\x18\x10 \x01(\x08\x12\x15\n\rstatus_detail\x18\x11 \x01(\t\x12\"\n\x15\x65nsemble_disagreement\x18\x12 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x10review_requested\x18\x13 \x01(\x08\x42\x18\n\x16_ensemble_disagreement*L\n\x06\x43hoice\x12\x16\n\x12\x43HOICE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43HOICE_A\x10\x01\x12\x0c\n\x08\x43HOICE_B\x10\x02\x12\x0e\n\nCHOICE_TIE\x10\x03*\xab\x01\n\x0bLabelStatus\x12\x1c\n\x18LABEL_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fLABEL_STATUS_OK\x10\x01\x12\x14\n\x10LABEL_STATUS_TIE\x10\x02\x12\x1b\n\x17LABEL_STATUS_UNSCORABLE\x10\x03\x12\x16\n\x12LABEL_STATUS_ERROR\x10\x04\x12\x1e\n\x1aLABEL_STATUS_INVALID_INPUT\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63harter/common/v1/label.proto\x12\x11\x63harter.common.v1\x1a$charter/common/v1/constitution.proto\x1a$charter/common/v1/conversation.proto\x1a\"charter/common/v1/provenance.proto\x1a charter/common/v1/sampling.proto\"\x9a\x01\n\nOrderScore\x12\x0f\n\x07swapped\x18\x01 \x01(\x08\x12\x0f\n\x07p_first\x18\x02 \x01(\x01\x12\x17\n\x0foption_logprobs\x18\x03 \x03(\x01\x12\x14\n\x0cprinciple_id\x18\x04 \x01(\t\x12\x11\n\trationale\x18\x05 \x01(\t\x12\x18\n\x0bprior_first\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x0e\n\x0c_prior_first\"\xef\x05\n\x0fPreferenceLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x1f.charter.common.v1.Conversation\x12\x12\n\nresponse_a\x18\x03 \x01(\t\x12\x12\n\nresponse_b\x18\x04 \x01(\t\x12\x0b\n\x03p_a\x18\x05 \x01(\x01\x12)\n\x06\x63hoice\x18\x06 \x01(\x0e\x32\x19.charter.common.v1.Choice\x12\x12\n\nconfidence\x18\x07 \x01(\x01\x12\x17\n\x0fswap_consistent\x18\x08 \x01(\x08\x12-\n\x06scores\x18\t \x03(\x0b\x32\x1d.charter.common.v1.OrderScore\x12\x15\n\rprinciple_ids\x18\n \x03(\t\x12.\n\x06status\x18\x0b \x01(\x0e\x32\x1e.charter.common.v1.LabelStatus\x12\x10\n\x08raw_text\x18\x0c \x01(\t\x12*\n\x05judge\x18\r \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\x12\x38\n\x0c\x63onstitution\x18\x0e \x01(\x0b\x32\".charter.common.v1.ConstitutionRef\x12\x31\n\nprovenance\x18\x0f \x01(\x0b\x32\x1d.charter.common.v1.Provenance\x12\x18\n\x10\x63hain_of_thought\x18\x10 \x01(\x08\x12\x15\n\rstatus_detail\x18\x11 \x01(\t\x12\"\n\x15\x65nsemble_disagreement\x18\x12 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x10review_requested\x18\x13 \x01(\x08\x12.\n\x06method\x18\x14 \x01(\x0e\x32\x1e.charter.common.v1.JudgeMethod\x12\x1d\n\x10\x63ontrastive_beta\x18\x15 \x01(\x01H\x01\x88\x01\x01\x42\x18\n\x16_ensemble_disagreementB\x13\n\x11_contrastive_beta*L\n\x06\x43hoice\x12\x16\n\x12\x43HOICE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43HOICE_A\x10\x01\x12\x0c\n\x08\x43HOICE_B\x10\x02\x12\x0e\n\nCHOICE_TIE\x10\x03*\x88\x01\n\x0bJudgeMethod\x12\x1c\n\x18JUDGE_METHOD_UNSPECIFIED\x10\x00\x12 \n\x1cJUDGE_METHOD_MULTIPLE_CHOICE\x10\x01\x12\x1b\n\x17JUDGE_METHOD_CALIBRATED\x10\x02\x12\x1c\n\x18JUDGE_METHOD_CONTRASTIVE\x10\x03*\xab\x01\n\x0bLabelStatus\x12\x1c\n\x18LABEL_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fLABEL_STATUS_OK\x10\x01\x12\x14\n\x10LABEL_STATUS_TIE\x10\x02\x12\x1b\n\x17LABEL_STATUS_UNSCORABLE\x10\x03\x12\x16\n\x12LABEL_STATUS_ERROR\x10\x04\x12\x1e\n\x1aLABEL_STATUS_INVALID_INPUT\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'charter_proto.common.v1.label_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHOICE']._serialized_start=966
-  _globals['_CHOICE']._serialized_end=1042
-  _globals['_LABELSTATUS']._serialized_start=1045
-  _globals['_LABELSTATUS']._serialized_end=1216
-  _globals['_ORDERSCORE']._serialized_start=198
-  _globals['_ORDERSCORE']._serialized_end=310
-  _globals['_PREFERENCELABEL']._serialized_start=313
-  _globals['_PREFERENCELABEL']._serialized_end=964
+  _globals['_CHOICE']._serialized_start=1109
+  _globals['_CHOICE']._serialized_end=1185
+  _globals['_JUDGEMETHOD']._serialized_start=1188
+  _globals['_JUDGEMETHOD']._serialized_end=1324
+  _globals['_LABELSTATUS']._serialized_start=1327
+  _globals['_LABELSTATUS']._serialized_end=1498
+  _globals['_ORDERSCORE']._serialized_start=199
+  _globals['_ORDERSCORE']._serialized_end=353
+  _globals['_PREFERENCELABEL']._serialized_start=356
+  _globals['_PREFERENCELABEL']._serialized_end=1107
 # @@protoc_insertion_point(module_scope)

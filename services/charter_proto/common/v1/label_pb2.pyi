@@ -16,10 +16,10 @@ import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
+if sys.version_info >= (3, 10):
+    from typing import TypeAlias as _TypeAlias
 else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+    from typing_extensions import TypeAlias as _TypeAlias
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -42,6 +42,42 @@ CHOICE_A: Choice.ValueType  # 1
 CHOICE_B: Choice.ValueType  # 2
 CHOICE_TIE: Choice.ValueType  # 3
 Global___Choice: _TypeAlias = Choice  # noqa: Y015
+
+class _JudgeMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JudgeMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JudgeMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JUDGE_METHOD_UNSPECIFIED: _JudgeMethod.ValueType  # 0
+    """In a request: the judge service's configured default. In a label: not recorded (older labels)."""
+    JUDGE_METHOD_MULTIPLE_CHOICE: _JudgeMethod.ValueType  # 1
+    """Multiple choice: the option log-probabilities of "(A)"/"(B)", both orders averaged."""
+    JUDGE_METHOD_CALIBRATED: _JudgeMethod.ValueType  # 2
+    """Multiple choice with contextual calibration: each principle's option prior, measured on
+    content-free inputs, is divided out of every order's probabilities before averaging.
+    """
+    JUDGE_METHOD_CONTRASTIVE: _JudgeMethod.ValueType  # 3
+    """Contrastive likelihood: each response's per-token log-likelihood under the principle stated as
+    an instruction minus under its negation; p_a = sigmoid(beta * (delta_a - delta_b)). No A/B slots.
+    """
+
+class JudgeMethod(_JudgeMethod, metaclass=_JudgeMethodEnumTypeWrapper):
+    """How the judge turned a pair into a probability (docs/evaluation.md, "Judge methods")."""
+
+JUDGE_METHOD_UNSPECIFIED: JudgeMethod.ValueType  # 0
+"""In a request: the judge service's configured default. In a label: not recorded (older labels)."""
+JUDGE_METHOD_MULTIPLE_CHOICE: JudgeMethod.ValueType  # 1
+"""Multiple choice: the option log-probabilities of "(A)"/"(B)", both orders averaged."""
+JUDGE_METHOD_CALIBRATED: JudgeMethod.ValueType  # 2
+"""Multiple choice with contextual calibration: each principle's option prior, measured on
+content-free inputs, is divided out of every order's probabilities before averaging.
+"""
+JUDGE_METHOD_CONTRASTIVE: JudgeMethod.ValueType  # 3
+"""Contrastive likelihood: each response's per-token log-likelihood under the principle stated as
+an instruction minus under its negation; p_a = sigmoid(beta * (delta_a - delta_b)). No A/B slots.
+"""
+Global___JudgeMethod: _TypeAlias = JudgeMethod  # noqa: Y015
 
 class _LabelStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -86,6 +122,7 @@ class OrderScore(_message.Message):
     OPTION_LOGPROBS_FIELD_NUMBER: _builtins.int
     PRINCIPLE_ID_FIELD_NUMBER: _builtins.int
     RATIONALE_FIELD_NUMBER: _builtins.int
+    PRIOR_FIRST_FIELD_NUMBER: _builtins.int
     swapped: _builtins.bool
     """True when response B was shown in position (A)."""
     p_first: _builtins.float
@@ -93,6 +130,10 @@ class OrderScore(_message.Message):
     principle_id: _builtins.str
     rationale: _builtins.str
     """Chain-of-thought rationale generated before scoring (CoT mode only)."""
+    prior_first: _builtins.float
+    """Calibrated method: the principle's option prior P(first slot) on content-free inputs, which
+    p_first has been corrected for (p_first is the calibrated probability). Unset otherwise.
+    """
     @_builtins.property
     def option_logprobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Raw log-probabilities of the option continuations, in display order."""
@@ -105,12 +146,15 @@ class OrderScore(_message.Message):
         option_logprobs: _abc.Iterable[_builtins.float] | None = ...,
         principle_id: _builtins.str = ...,
         rationale: _builtins.str = ...,
+        prior_first: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_prior_first", b"_prior_first", "prior_first", b"prior_first"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["option_logprobs", b"option_logprobs", "p_first", b"p_first", "principle_id", b"principle_id", "rationale", b"rationale", "swapped", b"swapped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prior_first", b"_prior_first", "option_logprobs", b"option_logprobs", "p_first", b"p_first", "principle_id", b"principle_id", "prior_first", b"prior_first", "rationale", b"rationale", "swapped", b"swapped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__prior_first: _TypeAlias = _typing.Literal["prior_first"]  # noqa: Y015
+    _WhichOneofArgType__prior_first: _TypeAlias = _typing.Literal["_prior_first", b"_prior_first"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prior_first) -> _WhichOneofReturnType__prior_first | None: ...
 
 Global___OrderScore: _TypeAlias = OrderScore  # noqa: Y015
 
@@ -139,6 +183,8 @@ class PreferenceLabel(_message.Message):
     STATUS_DETAIL_FIELD_NUMBER: _builtins.int
     ENSEMBLE_DISAGREEMENT_FIELD_NUMBER: _builtins.int
     REVIEW_REQUESTED_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CONTRASTIVE_BETA_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Content-derived id: the same conversation, responses, constitution digest and judge give the same id."""
     response_a: _builtins.str
@@ -166,6 +212,14 @@ class PreferenceLabel(_message.Message):
     """The producer asks that a person decide this label (e.g. a policy evaluation's human sample): the
     review service queues it for human review however confident it is.
     """
+    method: Global___JudgeMethod.ValueType
+    """The scoring method. Contrastive labels have one score per principle (swapped false, p_first =
+    that principle's P(A), option_logprobs = per-token log-likelihoods [A under the principle, B under
+    the principle, A under its negation, B under its negation]); they have no presentation order, so
+    swap_consistent is true whenever the label is not a tie.
+    """
+    contrastive_beta: _builtins.float
+    """Contrastive method: the beta that scaled the margin."""
     @_builtins.property
     def conversation(self) -> _conversation_pb2.Conversation: ...
     @_builtins.property
@@ -202,13 +256,20 @@ class PreferenceLabel(_message.Message):
         status_detail: _builtins.str = ...,
         ensemble_disagreement: _builtins.float | None = ...,
         review_requested: _builtins.bool = ...,
+        method: Global___JudgeMethod.ValueType = ...,
+        contrastive_beta: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ensemble_disagreement", b"_ensemble_disagreement", "constitution", b"constitution", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "judge", b"judge", "provenance", b"provenance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_ensemble_disagreement", b"_ensemble_disagreement", "constitution", b"constitution", "contrastive_beta", b"contrastive_beta", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "judge", b"judge", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ensemble_disagreement", b"_ensemble_disagreement", "chain_of_thought", b"chain_of_thought", "choice", b"choice", "confidence", b"confidence", "constitution", b"constitution", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "id", b"id", "judge", b"judge", "p_a", b"p_a", "principle_ids", b"principle_ids", "provenance", b"provenance", "raw_text", b"raw_text", "response_a", b"response_a", "response_b", b"response_b", "review_requested", b"review_requested", "scores", b"scores", "status", b"status", "status_detail", b"status_detail", "swap_consistent", b"swap_consistent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_ensemble_disagreement", b"_ensemble_disagreement", "chain_of_thought", b"chain_of_thought", "choice", b"choice", "confidence", b"confidence", "constitution", b"constitution", "contrastive_beta", b"contrastive_beta", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "id", b"id", "judge", b"judge", "method", b"method", "p_a", b"p_a", "principle_ids", b"principle_ids", "provenance", b"provenance", "raw_text", b"raw_text", "response_a", b"response_a", "response_b", b"response_b", "review_requested", b"review_requested", "scores", b"scores", "status", b"status", "status_detail", b"status_detail", "swap_consistent", b"swap_consistent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__contrastive_beta: _TypeAlias = _typing.Literal["contrastive_beta"]  # noqa: Y015
+    _WhichOneofArgType__contrastive_beta: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta"]  # noqa: Y015
     _WhichOneofReturnType__ensemble_disagreement: _TypeAlias = _typing.Literal["ensemble_disagreement"]  # noqa: Y015
     _WhichOneofArgType__ensemble_disagreement: _TypeAlias = _typing.Literal["_ensemble_disagreement", b"_ensemble_disagreement"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__contrastive_beta) -> _WhichOneofReturnType__contrastive_beta | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ensemble_disagreement) -> _WhichOneofReturnType__ensemble_disagreement | None: ...
 
 Global___PreferenceLabel: _TypeAlias = PreferenceLabel  # noqa: Y015

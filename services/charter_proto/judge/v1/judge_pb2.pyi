@@ -59,6 +59,8 @@ class JudgeOptions(_message.Message):
     COT_CLAMP_HIGH_FIELD_NUMBER: _builtins.int
     SINGLE_ORDER_FIELD_NUMBER: _builtins.int
     TIE_MARGIN_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CONTRASTIVE_BETA_FIELD_NUMBER: _builtins.int
     constitution_id: _builtins.str
     principles_per_label: _builtins.int
     """Principles averaged per label; 0 = the constitution's sampling.principles_per_label."""
@@ -72,6 +74,10 @@ class JudgeOptions(_message.Message):
     """Score only the given order (no position debiasing); for measurements only."""
     tie_margin: _builtins.float
     """|p_a - 0.5| below this is a tie; unset = service default."""
+    method: _label_pb2.JudgeMethod.ValueType
+    """Scoring method; unspecified = the service's `judge.method` setting."""
+    contrastive_beta: _builtins.float
+    """Contrastive method: the scale of the margin; unset = the service's `judge.contrastive_beta`."""
     @_builtins.property
     def principle_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Restrict sampling to these principles (empty = all)."""
@@ -88,11 +94,15 @@ class JudgeOptions(_message.Message):
         cot_clamp_high: _builtins.float | None = ...,
         single_order: _builtins.bool = ...,
         tie_margin: _builtins.float | None = ...,
+        method: _label_pb2.JudgeMethod.ValueType = ...,
+        contrastive_beta: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cot_clamp_high", b"_cot_clamp_high", "_cot_clamp_low", b"_cot_clamp_low", "_seed", b"_seed", "_tie_margin", b"_tie_margin", "cot_clamp_high", b"cot_clamp_high", "cot_clamp_low", b"cot_clamp_low", "seed", b"seed", "tie_margin", b"tie_margin"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_cot_clamp_high", b"_cot_clamp_high", "_cot_clamp_low", b"_cot_clamp_low", "_seed", b"_seed", "_tie_margin", b"_tie_margin", "contrastive_beta", b"contrastive_beta", "cot_clamp_high", b"cot_clamp_high", "cot_clamp_low", b"cot_clamp_low", "seed", b"seed", "tie_margin", b"tie_margin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cot_clamp_high", b"_cot_clamp_high", "_cot_clamp_low", b"_cot_clamp_low", "_seed", b"_seed", "_tie_margin", b"_tie_margin", "chain_of_thought", b"chain_of_thought", "constitution_id", b"constitution_id", "cot_clamp_high", b"cot_clamp_high", "cot_clamp_low", b"cot_clamp_low", "principle_ids", b"principle_ids", "principles_per_label", b"principles_per_label", "seed", b"seed", "single_order", b"single_order", "tie_margin", b"tie_margin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_cot_clamp_high", b"_cot_clamp_high", "_cot_clamp_low", b"_cot_clamp_low", "_seed", b"_seed", "_tie_margin", b"_tie_margin", "chain_of_thought", b"chain_of_thought", "constitution_id", b"constitution_id", "contrastive_beta", b"contrastive_beta", "cot_clamp_high", b"cot_clamp_high", "cot_clamp_low", b"cot_clamp_low", "method", b"method", "principle_ids", b"principle_ids", "principles_per_label", b"principles_per_label", "seed", b"seed", "single_order", b"single_order", "tie_margin", b"tie_margin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__contrastive_beta: _TypeAlias = _typing.Literal["contrastive_beta"]  # noqa: Y015
+    _WhichOneofArgType__contrastive_beta: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta"]  # noqa: Y015
     _WhichOneofReturnType__cot_clamp_high: _TypeAlias = _typing.Literal["cot_clamp_high"]  # noqa: Y015
     _WhichOneofArgType__cot_clamp_high: _TypeAlias = _typing.Literal["_cot_clamp_high", b"_cot_clamp_high"]  # noqa: Y015
     _WhichOneofReturnType__cot_clamp_low: _TypeAlias = _typing.Literal["cot_clamp_low"]  # noqa: Y015
@@ -101,6 +111,8 @@ class JudgeOptions(_message.Message):
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__tie_margin: _TypeAlias = _typing.Literal["tie_margin"]  # noqa: Y015
     _WhichOneofArgType__tie_margin: _TypeAlias = _typing.Literal["_tie_margin", b"_tie_margin"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__contrastive_beta) -> _WhichOneofReturnType__contrastive_beta | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cot_clamp_high) -> _WhichOneofReturnType__cot_clamp_high | None: ...
     @_typing.overload
