@@ -18,7 +18,7 @@ app = typer.Typer(help="Evaluate Charter's components against human labels.", no
 Engine = Literal["auto", "vllm", "openai", "transformers"]
 Dtype = Literal["bfloat16", "float16", "float32"]
 Split = Literal["all", "tune", "report"]
-Method = Literal["multiple_choice", "calibrated", "contrastive"]
+Method = Literal["multiple_choice", "calibrated", "contrastive", "reward_model"]
 
 
 @app.command()
@@ -65,11 +65,19 @@ def judge(
             "the β that fits the data."
         ),
     ] = None,
+    reward_model: Annotated[
+        str | None,
+        typer.Option(
+            help="A trained reward model as the judge: its folder, or run:ID (a trainer run's final "
+            "model); p_a = sigmoid(r(A) - r(B)). Implies --method reward_model unless --compare."
+        ),
+    ] = None,
     compare: Annotated[
         str | None,
         typer.Option(
             help="Compare judge variants on the same pairs in one run: comma-separated METHOD[+cot][@K], "
-            "e.g. multiple_choice,calibrated,contrastive,multiple_choice+cot,calibrated@4."
+            "e.g. multiple_choice,calibrated,contrastive,multiple_choice+cot,calibrated@4, and "
+            "reward_model (with --reward-model)."
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per judge call.")] = 64,
@@ -120,6 +128,7 @@ def judge(
         split_seed=split_seed,
         method=method,
         contrastive_beta=contrastive_beta,
+        reward_model=reward_model,
         compare=tuple(v for v in (compare or "").split(",") if v.strip()),
     )
     console = Console(stderr=True)

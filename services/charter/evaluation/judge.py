@@ -11,13 +11,15 @@ on the same judge in one run: one such folder per variant, plus `compare.json`, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,8 @@ from charter.evaluation.environment import machine, versions
 from charter.judge import contrastive, metrics, plots
 
 Split = Literal["all", "tune", "report"]
+ORDERLESS = (label_pb2.JUDGE_METHOD_CONTRASTIVE, label_pb2.JUDGE_METHOD_REWARD_MODEL)
+"""Methods without presentation orders: their labels add nothing to the position figures."""
 
 # published reference points for HH harmless-base (docs/evaluation.md), drawn on the per-principle chart
 REFERENCES = {
@@ -66,7 +70,10 @@ class EvalOptions:
     reported on the other; all: every pair."""
     split_seed: int = 0
     method: str | None = None
-    """multiple_choice | calibrated | contrastive; None = the judge service's default."""
+    """multiple_choice | calibrated | contrastive | reward_model; None = the judge service's default (or
+    reward_model when `reward_model` is set)."""
+    reward_model: str | None = None
+    """A reward model folder or `run:<id>` (a trainer run's final model) for the reward_model method."""
     contrastive_beta: float | None = None
     """None = the judge service's default."""
     compare: tuple[str, ...] = ()
@@ -77,7 +84,7 @@ def record(pair: PairRow, label: label_pb2.PreferenceLabel) -> metrics.EvalRecor
     """The label as an evaluation record. Contrastive labels have no presentation orders, so they add
     nothing to the position figures (their scores are per principle, not per order)."""
     status = STATUS_NAMES[label.status]
-    scored = status in ("ok", "tie") and label.method != label_pb2.JUDGE_METHOD_CONTRASTIVE
+    scored = status in ("ok", "tie") and label.method not in ORDERLESS
     assert pair.human is not None
     return metrics.EvalRecord(
         human=pair.human,
@@ -115,8 +122,20 @@ def load(options: EvalOptions) -> tuple[list[PairRow], list[RowError], int]:
 
 
 async def judge_pairs(
-    address: str, pairs: list[PairRow], options: EvalOptions, on_progress: Callable[[int], None]
+    address: str | None,
+    pairs: list[PairRow],
+    options: EvalOptions,
+    on_progress: Callable[[int], None],
+    reward: Any = None,
 ) -> list[label_pb2.PreferenceLabel]:
+    if options.method == "reward_model":  # in this process: the judge service does not load reward models
+        out: list[label_pb2.PreferenceLabel] = []
+        for start in range(0, len(pairs), options.batch_size):
+            batch = pairs[start : start + options.batch_size]
+            out += await asyncio.to_thread(reward.label, batch, f"eval:{batch[0].key}")
+            on_progress(len(batch))
+        return out
+    assert address is not None
     judge_options = judge_pb2.JudgeOptions(
         constitution_id=options.constitution,
         principles_per_label=options.principles_per_label,
@@ -177,11 +196,16 @@ def beta_fit(pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]) -> d
 
 
 async def run_judge(
-    address: str, pairs: list[PairRow], options: EvalOptions, on_progress: Callable[[int], None]
+    address: str | None,
+    pairs: list[PairRow],
+    options: EvalOptions,
+    on_progress: Callable[[int], None],
+    reward: Any = None,
 ) -> tuple[list[label_pb2.PreferenceLabel], dict[str, Any]]:
-    """Label `pairs` with one judge variant: (labels, summary)."""
+    """Label `pairs` with one judge variant: (labels, summary). `reward`: the `RewardModelJudge` of the
+    reward_model method."""
     started = time.perf_counter()
-    labels = await judge_pairs(address, pairs, options, on_progress)
+    labels = await judge_pairs(address, pairs, options, on_progress, reward)
     seconds = time.perf_counter() - started
     records = [record(p, label) for p, label in zip(pairs, labels, strict=True)]
     summary = metrics.summarise(records, seconds=seconds)
@@ -201,8 +225,11 @@ def check_plotting() -> None:
         raise FailedPrecondition("charter eval needs matplotlib: pip install 'charter[eval]'") from None
 
 
-def judge_context(options: EvalOptions, settings: CharterSettings) -> Any:
-    """The judge's address: the running service given, or one started in this process."""
+def judge_context(options: EvalOptions, settings: CharterSettings, *, needed: bool = True) -> Any:
+    """The judge's address: the running service given, or one started in this process (None when no
+    variant needs the service)."""
+    if not needed:
+        return contextlib.nullcontext(None)
     if options.judge:
         return contextlib.nullcontext(options.judge)
     return local_services(settings, ("judge",))
@@ -216,13 +243,45 @@ async def evaluate(
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
     check_plotting()
+    if options.reward_model and options.method is None:
+        options = dataclasses.replace(options, method="reward_model")
     pairs, errors, other_half = load(options)
     on_start(len(pairs))
-    async with judge_context(options, settings) as address:
-        labels, summary = await run_judge(address, pairs, options, on_progress)
+    async with (
+        reward_judge(options, settings, needed=options.method == "reward_model") as reward,
+        judge_context(options, settings, needed=options.method != "reward_model") as address,
+    ):
+        labels, summary = await run_judge(address, pairs, options, on_progress, reward)
     report = build_report(options, settings, pairs, errors, other_half, labels, summary)
     write(options.output, report, pairs, labels)
     return report
+
+
+@contextlib.asynccontextmanager
+async def reward_judge(
+    options: EvalOptions, settings: CharterSettings, *, needed: bool
+) -> AsyncIterator[Any]:
+    """The reward-model judge of `options.reward_model` (loaded once), or None when not `needed`."""
+    if not needed:
+        yield None
+        return
+    if not options.reward_model:
+        raise InvalidArgument(
+            "the reward_model method needs --reward-model (a folder or run:ID)", field="reward_model"
+        )
+    from charter.app.reward_judge import RewardModelJudge
+    from charter.app.trainer_runs import model_folder
+    from charter.constitution.registry import ConstitutionRegistry
+
+    folder = await model_folder(options.reward_model, settings, field="reward_model")
+    registry = ConstitutionRegistry(settings.constitutions.directory)
+    registry.refresh()
+    loaded = registry.get(options.constitution)
+    judge = await asyncio.to_thread(RewardModelJudge, folder, loaded, name=options.reward_model)
+    try:
+        yield judge
+    finally:
+        judge.close()
 
 
 def build_report(
@@ -254,6 +313,7 @@ def build_report(
             "chain_of_thought": options.chain_of_thought,
             "method": summary["method"],
             "contrastive_beta": summary.get("contrastive_beta"),
+            "reward_model": options.reward_model if options.method == "reward_model" else None,
             "inference": settings.inference.model_dump(mode="json", exclude={"openai": {"api_key"}}),
             "command": " ".join(sys.argv),
         },

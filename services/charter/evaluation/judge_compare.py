@@ -2,11 +2,12 @@
 
 A variant is a scoring method with optional chain of thought and principles per label, written
 `METHOD[+cot][@K]`: `multiple_choice`, `calibrated`, `contrastive`, `multiple_choice+cot`,
-`calibrated@4`. All variants label the same pairs (same split, seed and principle draws) through the
-same judge — one engine start — so their figures differ by the method alone. Each variant gets the
-single-run folder (`eval.json`, `labels.jsonl`, PNGs) under `<output>/<variant>/`; the comparison is
-`compare.json` (every summary, the configuration, machine and versions), `compare.md` (one table) and
-`compare.png` (agreement with 95% CIs, consistent-only agreement, same-position rate, ECE, labels/s).
+`calibrated@4`, and `reward_model` (the model of `--reward-model`). All variants label the same pairs
+(same split, seed and principle draws) through the same judge — one engine start — so their figures
+differ by the method alone. Each variant gets the single-run folder (`eval.json`, `labels.jsonl`,
+PNGs) under `<output>/<variant>/`; the comparison is `compare.json` (every summary, the configuration,
+machine and versions), `compare.md` (one table) and `compare.png` (agreement with 95% CIs,
+consistent-only agreement, same-position rate, ECE, labels/s).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from charter.evaluation.judge import (
     check_plotting,
     judge_context,
     load,
+    reward_judge,
     run_judge,
     write,
 )
 from charter.judge import plots
-from charter.judge.core import METHODS
+from charter.judge.core import METHODS as JUDGE_METHODS
 
+METHODS = (*JUDGE_METHODS, "reward_model")
 _VARIANT = re.compile(r"^(?P<method>[a-z_]+)(?P<cot>\+cot)?(?:@(?P<k>[1-9][0-9]*))?$")
 
 
@@ -89,9 +92,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     ]
     for r in rows:
         same = r["same_position_rate"]
-        same_text = (
-            "none (no slots)" if same is None and r["variant"].startswith("contrastive") else _pct(same)
-        )
+        orderless = r["variant"].startswith(("contrastive", "reward_model"))
+        same_text = "none (no slots)" if same is None and orderless else _pct(same)
         ece = "—" if r["ece"] is None else f"{r['ece']:.3f}"
         brier = "—" if r["brier"] is None else f"{r['brier']:.3f}"
         beta = (
@@ -122,19 +124,31 @@ async def compare(
         raise InvalidArgument(f"--compare: a variant repeats: {names}", field="compare")
     pairs, errors, other_half = load(options)
     rows, reports = [], {}
-    async with judge_context(options, settings) as address:
+    methods = {v.method for v in variants}
+    async with (
+        reward_judge(options, settings, needed="reward_model" in methods) as reward,
+        judge_context(options, settings, needed=bool(methods - {"reward_model"})) as address,
+    ):
         for name, variant in zip(names, variants, strict=True):
             on_start(name, len(pairs))
-            labels, summary = await run_judge(address, pairs, variant, on_progress)
+            labels, summary = await run_judge(address, pairs, variant, on_progress, reward)
             report = build_report(variant, settings, pairs, errors, other_half, labels, summary)
             write(variant.output, report, pairs, labels)
             reports[name] = report
-            rows.append(row(name, summary))
+            rows.append({**row(name, summary), "judge": report["config"]["judge"]})
     first = reports[names[0]]
     config = {
         k: v
         for k, v in first["config"].items()
-        if k not in ("method", "chain_of_thought", "principles_per_label", "contrastive_beta")
+        if k
+        not in (
+            "method",
+            "chain_of_thought",
+            "principles_per_label",
+            "contrastive_beta",
+            "reward_model",
+            "judge",
+        )
     }
     result = {"rows": rows, "config": config, "machine": first["machine"], "versions": first["versions"]}
     out = options.output

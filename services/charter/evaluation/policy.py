@@ -75,32 +75,10 @@ class Hooks:
 
 async def resolve_run(run_id: str, spec: EvalPolicySpec, settings: CharterSettings) -> str:
     """A trainer run's final model folder (the run must have succeeded)."""
-    from charter_proto.trainer.v1 import trainer_pb2
+    from charter.app.trainer_runs import final_model
 
-    from charter.client.trainer import TrainerClient
-
-    async with contextlib.AsyncExitStack() as stack:
-        if spec.trainer.address:
-            token = (
-                read_token(spec.trainer.token_file, "trainer.token_file") if spec.trainer.token_file else None
-            )
-            client: Any = await stack.enter_async_context(TrainerClient(spec.trainer.address, token=token))
-            run = await client.get_run(run_id)
-            succeeded, output = run.state == trainer_pb2.RunState.RUN_STATE_SUCCEEDED, run.output_dir
-        else:
-            from charter.api.trainer import run_store
-
-            store = run_store(settings.trainer.database_url.get_secret_value())
-            stack.callback(store.close)
-            try:
-                run = store.get(run_id)
-            except NotFound:
-                raise NotFound(f"models: run {run_id!r}: no such trainer run", field="models") from None
-            succeeded, output = run.state.label == "succeeded", run.output_dir
-    model = Path(output) / "model"
-    if not succeeded or not (model / "config.json").exists():
-        raise FailedPrecondition(f"models: run {run_id!r} has no final model (it has not succeeded)")
-    return str(model)
+    token = read_token(spec.trainer.token_file, "trainer.token_file") if spec.trainer.token_file else None
+    return await final_model(run_id, settings, address=spec.trainer.address, token=token)
 
 
 async def resolve(spec: EvalPolicySpec, settings: CharterSettings) -> list[Resolved]:

@@ -11,6 +11,10 @@ the ensemble (in this process, off the event loop); the share of members on the 
 r(A) - r(B) becomes the label's `ensemble_disagreement` before the label is submitted or recorded, so the
 review ledger can route the pairs the ensemble disagrees on to people. The members are loaded once
 before the output folder is touched, so a bad folder leaves nothing behind.
+
+With `judge.method: reward_model` a trained reward model labels the pairs instead of the judge service
+(`app.reward_judge`: p_a = σ(r(A) − r(B)), in this process, off the event loop) — an RM from an
+earlier round labelling the next round's pairs; it is loaded before the output folder is touched too.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from google.protobuf.json_format import MessageToDict
 from charter import __version__
 from charter.api import common as convert
 from charter.api import review as review_api
-from charter.api.judge import STATUS_NAMES
+from charter.api.judge import METHODS, STATUS_NAMES
+from charter.app.reward_judge import RewardModelJudge
+from charter.app.trainer_runs import model_folder
 from charter.client.generator import GeneratorClient
 from charter.client.judge import JudgeClient
 from charter.client.review import ReviewClient
@@ -95,6 +101,10 @@ def judge_options(constitution: str, j: JudgeSpec, seed: int) -> judge_pb2.Judge
     )
     if j.tie_margin is not None:
         options.tie_margin = j.tie_margin
+    if j.method is not None:
+        options.method = METHODS[j.method]
+    if j.contrastive_beta is not None:
+        options.contrastive_beta = j.contrastive_beta
     return options
 
 
@@ -139,10 +149,16 @@ class RlCai:
     a pair, submit the labels to the review ledger when the spec names one."""
 
     def __init__(
-        self, spec: RlCaiSpec, settings: CharterSettings, ensemble: RewardEnsemble | None = None
+        self,
+        spec: RlCaiSpec,
+        settings: CharterSettings,
+        ensemble: RewardEnsemble | None = None,
+        reward_judge: RewardModelJudge | None = None,
     ) -> None:
         self.spec, self.settings = spec, settings
         self.ensemble = ensemble
+        self.reward_judge = reward_judge
+        """Labels the pairs instead of the judge service (`judge.method: reward_model`)."""
         """Scores every judged pair (`spec.ensemble`, checked by `load_ensemble`); None: not measured."""
         self.spec_digest = spec.digest()
         self.summary = Summary()
@@ -166,16 +182,19 @@ class RlCai:
         return read_pairs(source.path, source.format, source.limit, seed=self.spec.seed)  # type: ignore[arg-type]
 
     def local_services(self) -> tuple[str, ...]:
-        return ("generator", "judge") if self.generated else ("judge",)
+        judge = () if self.reward_judge is not None else ("judge",)
+        return ("generator", *judge) if self.generated else judge
 
     def connect(self, address: str | None) -> None:
         s = self.spec.services
-        judge = address or s.judge
+        judge = None if self.reward_judge is not None else (address or s.judge)
         generator = (address or s.generator) if self.generated else None
-        if not judge or (self.generated and not generator):
-            need = "judge and generator addresses" if self.generated else "a judge address"
+        if (not judge and self.reward_judge is None) or (self.generated and not generator):
+            need = "a generator address" if self.reward_judge is not None else "a judge address"
+            need = "judge and generator addresses" if self.generated and self.reward_judge is None else need
             raise InvalidArgument(f"services: remote mode needs {need}")
-        self.judge = JudgeClient(judge, **s.client_options())
+        if judge:
+            self.judge = JudgeClient(judge, **s.client_options())
         if generator:
             self.generator = GeneratorClient(generator, **s.client_options())
         if self.spec.ledger is not None:
@@ -189,6 +208,8 @@ class RlCai:
             await self.ledger.close()
         if self.ensemble is not None:
             self.ensemble.close()
+        if self.reward_judge is not None:
+            self.reward_judge.close()
 
     def finalise(self, store: OutputStore) -> None:
         _, self.summary.preferences = outputs.write_preferences(store)
@@ -226,11 +247,15 @@ class RlCai:
 
     async def _judge_batch(self, pairs: list[PairRow], batches: Batches) -> None:
         """Judge and write a batch."""
-        assert self.judge is not None
         summary = self.summary
         started = convert.now().ToJsonString()
         t0 = time.perf_counter()
-        labels = await self.judge.compare(pairs, self.options, f"{self.spec.name}:{pairs[0].key}")
+        request_id = f"{self.spec.name}:{pairs[0].key}"
+        if self.reward_judge is not None:
+            labels = await asyncio.to_thread(self.reward_judge.label, pairs, request_id)
+        else:
+            assert self.judge is not None
+            labels = await self.judge.compare(pairs, self.options, request_id)
         summary.judge_seconds += time.perf_counter() - t0
         margins: list[list[float]] | None = None
         if self.ensemble is not None:  # on the labels before they are submitted or recorded
@@ -332,11 +357,35 @@ def load_ensemble(spec: EnsembleSpec) -> RewardEnsemble:
     return ensemble
 
 
+async def load_reward_judge(spec: RlCaiSpec, settings: CharterSettings) -> RewardModelJudge | None:
+    """The reward model of `judge.method: reward_model` (a folder or run:ID), loaded and checked."""
+    if spec.judge.reward_model is None:
+        return None
+    from charter.constitution.registry import ConstitutionRegistry
+
+    field_name = "judge.reward_model"
+    folder = await model_folder(spec.judge.reward_model, settings, field=field_name)
+    registry = ConstitutionRegistry(settings.constitutions.directory)
+    registry.refresh()
+    loaded = registry.get(spec.constitution)
+    try:
+        return await asyncio.to_thread(
+            RewardModelJudge,
+            folder,
+            loaded,
+            name=spec.judge.reward_model,
+            tie_margin=spec.judge.tie_margin or 0.0,
+        )
+    except CharterError as err:
+        raise type(err)(f"{field_name}: {err.message}", field=field_name, value=err.value) from None
+
+
 async def run(spec: RlCaiSpec, settings: CharterSettings, **hooks: Any) -> Summary:
     """Run (or resume) the pipeline; returns what this run did. `hooks`: `runner.run`'s keywords
     (on_start, on_progress, engine). The ensemble's reward models are checked before the output folder
     is touched."""
     ensemble = None if spec.ensemble is None else await asyncio.to_thread(load_ensemble, spec.ensemble)
-    pipeline = RlCai(spec, settings, ensemble)
+    reward_judge = await load_reward_judge(spec, settings)
+    pipeline = RlCai(spec, settings, ensemble, reward_judge)
     await runner.run(pipeline, settings, **hooks)
     return pipeline.summary

@@ -136,6 +136,31 @@ class JudgeSpec(_Strict):
     cot_clamp: tuple[float, float] = (0.4, 0.6)
     tie_margin: float | None = Field(default=None, ge=0.0, lt=0.5)
     """Unset = the judge service's setting."""
+    method: Literal["multiple_choice", "calibrated", "contrastive", "reward_model"] | None = None
+    """Scoring method (docs/evaluation.md, "Judge methods"); unset = the judge service's `judge.method`.
+    reward_model: label with `reward_model` in this process instead of the judge service."""
+    contrastive_beta: float | None = Field(default=None, gt=0.0, le=1000.0)
+    """The contrastive method's β; unset = the judge service's `judge.contrastive_beta`."""
+    reward_model: str | None = None
+    """For method reward_model: a reward model folder, or `run:<id>` (a trainer run's final model, from
+    the local run store, `trainer.database_url`)."""
+
+    @model_validator(mode="after")
+    def _reward_model_method(self) -> JudgeSpec:
+        if (self.method == "reward_model") != (self.reward_model is not None):
+            raise ValueError("method reward_model and reward_model (a folder or run:ID) go together")
+        if self.method == "reward_model" and self.chain_of_thought:
+            raise ValueError("chain_of_thought: a reward model has no rationale to write")
+        return self
+
+    def fixed(self) -> dict[str, object]:
+        """What a resumed run must share (fields added since folders were first written count only when
+        set, so older output folders still resume)."""
+        out = self.model_dump(mode="json")
+        for name in ("method", "contrastive_beta", "reward_model"):
+            if out[name] is None:
+                del out[name]
+        return out
 
 
 class LedgerSpec(_Strict):
@@ -191,7 +216,8 @@ class RlCaiSpec(_Strict):
 
     def digest(self) -> str:
         keys = {"pairs": {"kind": self.pairs.kind, "path": str(self.pairs.path), "format": self.pairs.format}}
-        fixed = self.model_dump(mode="json", include={"constitution", "judge", "seed"})
+        fixed = self.model_dump(mode="json", include={"constitution", "seed"})
+        fixed["judge"] = self.judge.fixed()
         if self.pairs.kind == "generator":
             fixed["generation"] = self.generation.model_dump(mode="json")
         if self.ensemble is not None:  # only when set: folders written before it existed still resume
@@ -206,6 +232,14 @@ class TournamentSpec(JudgeSpec):
     judged (both presentation orders) under `constitution` with the usual judge options."""
 
     constitution: str
+
+    @model_validator(mode="after")
+    def _judge_service(self) -> TournamentSpec:
+        if self.method == "reward_model":
+            raise ValueError(
+                "a tournament is judged by the judge service: for a reward model use scorer.reward_model"
+            )
+        return self
 
 
 class ScorerSpec(_Strict):
@@ -252,6 +286,8 @@ class BestOfNSpec(_Strict):
     def digest(self) -> str:
         keys = {"source": {"path": str(self.source.path), "format": self.source.format}}
         fixed = self.model_dump(mode="json", include={"n", "seed", "generation", "scorer"})
+        if self.scorer.judge is not None:
+            fixed["scorer"]["judge"] = self.scorer.judge.fixed()
         fixed["model"] = self.inference.model
         text = json.dumps({**keys, **fixed}, sort_keys=True)
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

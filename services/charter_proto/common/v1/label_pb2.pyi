@@ -61,6 +61,10 @@ class _JudgeMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JudgeMeth
     """Contrastive likelihood: each response's per-token log-likelihood under the principle stated as
     an instruction minus under its negation; p_a = sigmoid(beta * (delta_a - delta_b)). No A/B slots.
     """
+    JUDGE_METHOD_REWARD_MODEL: _JudgeMethod.ValueType  # 4
+    """A trained reward model (a run of the trainer): p_a = sigmoid(r(A) - r(B)). Made by the pipelines
+    and `charter eval judge --reward-model`, which load the model themselves; the judge service does not.
+    """
 
 class JudgeMethod(_JudgeMethod, metaclass=_JudgeMethodEnumTypeWrapper):
     """How the judge turned a pair into a probability (docs/evaluation.md, "Judge methods")."""
@@ -76,6 +80,10 @@ content-free inputs, is divided out of every order's probabilities before averag
 JUDGE_METHOD_CONTRASTIVE: JudgeMethod.ValueType  # 3
 """Contrastive likelihood: each response's per-token log-likelihood under the principle stated as
 an instruction minus under its negation; p_a = sigmoid(beta * (delta_a - delta_b)). No A/B slots.
+"""
+JUDGE_METHOD_REWARD_MODEL: JudgeMethod.ValueType  # 4
+"""A trained reward model (a run of the trainer): p_a = sigmoid(r(A) - r(B)). Made by the pipelines
+and `charter eval judge --reward-model`, which load the model themselves; the judge service does not.
 """
 Global___JudgeMethod: _TypeAlias = JudgeMethod  # noqa: Y015
 
@@ -216,7 +224,9 @@ class PreferenceLabel(_message.Message):
     """The scoring method. Contrastive labels have one score per principle (swapped false, p_first =
     that principle's P(A), option_logprobs = per-token log-likelihoods [A under the principle, B under
     the principle, A under its negation, B under its negation]); they have no presentation order, so
-    swap_consistent is true whenever the label is not a tie.
+    swap_consistent is true whenever the label is not a tie. Reward-model labels have one score
+    (swapped false, principle_id empty, option_logprobs = [r(A), r(B)], the model's rewards) and are
+    order-invariant in the same way.
     """
     contrastive_beta: _builtins.float
     """Contrastive method: the beta that scaled the margin."""
