@@ -147,3 +147,39 @@ async def test_many_long_seeded_requests_do_not_kill_vllm(vllm_engine) -> None:
     ]
     results = await vllm_engine.chat(requests, timeout=600)
     assert len(results) == 32 and all(r.completions[0].completion_tokens > 0 for r in results)
+
+
+@pytest.mark.timeout(600)
+async def test_shared_prefix_scoring_equals_scoring_each_prompt_whole(hf_engine) -> None:
+    """The judge's K principle prompts of one pair share everything up to the question: the
+    transformers engine runs that prefix once. The option log-probabilities are the same as scoring
+    every prompt whole (float32), for single-token options and for multi-token ones."""
+    from charter.constitution import load_constitution
+    from charter.inference.tokens import prefix_groups
+    from charter.judge import contrastive, prompts
+
+    from tests.support import CONSTITUTIONS
+
+    constitution = load_constitution(CONSTITUTIONS / "harmless.yaml")
+    conversation = [Message(role="user", content="How do I get back at a coworker who embarrassed me?")]
+    a, b = "Talk to them calmly about what happened.", "Put something in their coffee."
+    requests = []
+    for principle in constitution.principles[:6]:
+        few_shot = prompts.few_shot_messages(constitution, principle)
+        for first, second in ((a, b), (b, a)):
+            messages = prompts.judge_messages(few_shot, conversation, first, second, principle)
+            requests.append(ScoreRequest(messages=(*messages, prompts.answer_turn()), options=prompts.OPTIONS))
+        requests += contrastive.requests(conversation, a, b, principle, defended=True)
+    items = hf_engine._prepare_scores(requests)
+    rows = [item.prompt for item in items]
+    groups, _ = prefix_groups(rows, [1] * len(rows), hf_engine.shared_prefix_tokens)
+    assert groups and max(len(members) for _, members in groups) >= 4  # the sharing is really exercised
+    shared = await hf_engine.score_options(requests)
+    saved, hf_engine.shared_prefix_tokens = hf_engine.shared_prefix_tokens, None
+    try:
+        whole = await hf_engine.score_options(requests)
+    finally:
+        hf_engine.shared_prefix_tokens = saved
+    for x, y in zip(shared, whole, strict=True):
+        assert x.logprobs == pytest.approx(y.logprobs, abs=2e-4)
+        assert x.option_tokens == y.option_tokens

@@ -116,3 +116,56 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut `text` before the first stop string (OpenAI semantics: the stop string is not included)."""
     cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+KEEP_SHARED = 0.8
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def prefix_groups(
+    rows: Sequence[Sequence[int]], keep: Sequence[int], minimum: int
+) -> tuple[list[tuple[int, list[int]]], list[int]]:
+    """Rows that share a prompt prefix of at least `minimum` tokens, for scoring the prefix once.
+
+    Returns ([(shared length, row indices)], rows in no group). A group's shared length leaves every
+    member at least its `keep[i]` scored positions after the prefix. Rows are grouped in sorted order,
+    and a group closes when the next row would cut its shared prefix below `KEEP_SHARED` of its length
+    — so the prompts of one pair (K principles: identical up to the question) form one group rather
+    than merging with other pairs over a short common preamble.
+    """
+    order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
+    groups: list[tuple[int, list[int]]] = []
+    singles: list[int] = []
+
+    def close(length: int, members: list[int]) -> None:
+        if len(members) > 1:
+            groups.append((length, members))
+        else:
+            singles.extend(members)
+
+    members: list[int] = []
+    length = 0
+    for i in order:
+        room = len(rows[i]) - keep[i]
+        if not members:
+            members, length = [i], room
+            continue
+        common = min(_common(rows[members[-1]], rows[i]), room)
+        # a single row takes any partner over `minimum`; a group only one that keeps most of its prefix
+        floor = minimum if len(members) == 1 else max(minimum, KEEP_SHARED * length)
+        if common >= floor:
+            members.append(i)
+            length = min(length, common)
+        else:
+            close(length, members)
+            members, length = [i], room
+    if members:
+        close(length, members)
+    return groups, singles

@@ -1,11 +1,15 @@
 """The Hugging Face transformers engine: the embedded CPU default, and the trainer's engine.
 
 Generation: batched `generate` with left padding, one call per group of requests that share
-sampling settings. Option scoring: one forward pass over the padded (prompt + option) sequences.
+sampling settings. Option scoring: one forward pass over the padded (prompt + option) sequences —
+except that prompts sharing a long prefix (the K principle questions of one pair, the two options of a
+contrastive prompt) run the prefix once and only their differing tails on top of its key/value cache
+(`tokens.prefix_groups`), so K principles cost far less than K times one.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +17,7 @@ from typing import Any
 
 from charter.core.errors import InvalidArgument, NotFound
 from charter.inference.local import LocalEngine
-from charter.inference.tokens import PreparedChat, ScoreItem, truncate_at_stop
+from charter.inference.tokens import PreparedChat, ScoreItem, prefix_groups, truncate_at_stop
 from charter.inference.types import ChatResult, Completion, ModelInfo, Sampling
 
 _DTYPES = {"bfloat16", "float16", "float32"}
@@ -31,6 +35,7 @@ class TransformersEngine(LocalEngine):
         threads: int | None = None,
         max_model_len: int | None = None,
         score_batch_tokens: int = 16_384,
+        shared_prefix_tokens: int | None = 64,
         **kwargs: Any,
     ) -> None:
         if not Path(path).is_dir():
@@ -54,6 +59,8 @@ class TransformersEngine(LocalEngine):
         self.hf_model.eval()
         limit = getattr(self.hf_model.config, "max_position_embeddings", None) or 2048
         self.score_batch_tokens = score_batch_tokens
+        self.shared_prefix_tokens = shared_prefix_tokens
+        """Scoring prompts that share at least this many leading tokens run them once; None: never."""
         info = ModelInfo(
             name=name or Path(path).name,
             engine=self.engine_name,
@@ -117,14 +124,56 @@ class TransformersEngine(LocalEngine):
 
     # ---- option scoring ------------------------------------------------------------------------
     def _tail_logprobs(self, rows: list[list[int]], keep: list[int]) -> Iterator[tuple[int, Any]]:
-        """(row index, log-softmax over the vocabulary at the row's last `keep[i]` positions).
+        """(row index, log-softmax over the vocabulary at the row's last `keep[i]` positions)."""
+        if self.shared_prefix_tokens is None:
+            yield from self._padded(rows, keep, list(range(len(rows))))
+            return
+        groups, singles = prefix_groups(rows, keep, self.shared_prefix_tokens)
+        for length, members in groups:
+            yield from self._shared(rows, keep, length, members)
+        yield from self._padded(rows, keep, singles)
 
-        Rows are left-padded so that every row ends at the same place; the LM head then runs on the
-        last positions only (`logits_to_keep`) — on all positions it would cost as much as the model.
-        """
+    def _shared(
+        self, rows: list[list[int]], keep: list[int], length: int, members: list[int]
+    ) -> Iterator[tuple[int, Any]]:
+        """Rows sharing their first `length` tokens: the prefix runs once; each chunk of tails runs on a
+        copy of its key/value cache, left-padded after it so every tail ends at the same place."""
         torch = self._torch
         pad = self.tokenizer.pad_token_id
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first: little padding
+        with torch.inference_mode():
+            prefix = self.hf_model(input_ids=torch.tensor([rows[members[0]][:length]]), use_cache=True)
+        widest = max(len(rows[i]) - length for i in members)
+        size = max(1, min(self.score_batch_tokens // widest, 32))  # 32 copies of the cache at most
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            tails = [rows[i][length:] for i in chunk]
+            width = max(len(x) for x in tails)
+            ids = torch.tensor([[pad] * (width - len(x)) + x for x in tails])
+            mask = torch.tensor([[1] * length + [0] * (width - len(x)) + [1] * len(x) for x in tails])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, length:]
+            cache = copy.deepcopy(prefix.past_key_values)
+            cache.batch_repeat_interleave(len(chunk))
+            tail = max(keep[i] for i in chunk)
+            with torch.inference_mode():
+                logits = self.hf_model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    logits_to_keep=tail,
+                ).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, i in enumerate(chunk):
+                yield i, logprobs[row, tail - keep[i] :]
+
+    def _padded(
+        self, rows: list[list[int]], keep: list[int], indices: list[int]
+    ) -> Iterator[tuple[int, Any]]:
+        """Rows are left-padded so that every row ends at the same place; the LM head then runs on the
+        last positions only (`logits_to_keep`) — on all positions it would cost as much as the model."""
+        torch = self._torch
+        pad = self.tokenizer.pad_token_id
+        order = sorted(indices, key=lambda i: -len(rows[i]))  # longest first: little padding
         start = 0
         while start < len(order):
             width = len(rows[order[start]])
