@@ -117,6 +117,8 @@ async def test_contrastive_margin_order_invariance_and_beta() -> None:
     asked = len(client.requests)
     [same] = await judge.label([Pair(conversation, "kind reply", "kind reply ")], config)
     assert same.status == "tie" and same.verdict.p_a == 0.5 and len(client.requests) == asked
+    [escaped] = await judge.label([Pair(conversation, "(A) kind reply", "[A] kind reply")], config)
+    assert escaped.status == "tie" and len(client.requests) == asked  # the same text once escaped
 
 
 async def test_contrastive_needs_a_conversation_ending_with_the_user() -> None:

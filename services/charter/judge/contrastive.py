@@ -23,21 +23,29 @@ from charter.judge.labels import OrderOutcome, Verdict, choose
 MAX_BETA = 1000.0
 
 
+def options(response_a: str, response_b: str, *, defended: bool) -> tuple[str, str]:
+    """The two responses as they are scored (stripped; escaped like all model text when defended)."""
+    clean = prompts.escape if defended else (lambda s: s)
+    return clean(response_a.strip()), clean(response_b.strip())
+
+
 def requests(
     conversation: Sequence[Message], response_a: str, response_b: str, principle: Principle, *, defended: bool
 ) -> list[ScoreRequest]:
-    """[under the principle, under its negation]; each scores (A, B) as the assistant's next turn."""
+    """[under the principle, under its negation]; each scores (A, B) as the assistant's next turn.
+    The responses must differ as scored (`options`); a conversation's own system messages give way to
+    the instruction."""
     if not conversation or conversation[-1].role != "user":
         raise InvalidArgument("the contrastive judge needs a conversation that ends with a user turn")
     clean = prompts.escape if defended else (lambda s: s)
     turns = tuple(Message(role=m.role, content=clean(m.content)) for m in conversation if m.role != "system")
-    options = (clean(response_a.strip()), clean(response_b.strip()))
+    scored = options(response_a, response_b, defended=defended)
     out = []
     for follow in (True, False):
-        system = Message(
-            role="system", content=prompts.contrast_instruction(principle.comparison_question, follow=follow)
+        instruction = prompts.contrast_instruction(principle.comparison_question, follow=follow)
+        out.append(
+            ScoreRequest(messages=(Message(role="system", content=instruction), *turns), options=scored)
         )
-        out.append(ScoreRequest(messages=(system, *turns), options=options))
     return out
 
 

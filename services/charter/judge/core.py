@@ -40,6 +40,7 @@ from charter.inference.types import (
     ScoreRequest,
 )
 from charter.judge import calibration, contrastive, prompts
+from charter.judge.budget import Budget
 from charter.judge.labels import OrderOutcome, Verdict, check_clamp, combine
 
 Method = Literal["multiple_choice", "calibrated", "contrastive"]
@@ -216,32 +217,10 @@ def _prior_key(principle: Principle, config: JudgeConfig) -> tuple[str, ...]:
     return (config.constitution.digest, principle.id, str(config.few_shot_limit), str(config.defended))
 
 
-class _Budget:
-    """At most `size` scoring requests in flight: a call with thousands of items is fed to the
-    engine a few hundred requests at a time instead of overflowing its queue (`max_pending`)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.free = size
-        self._changed = asyncio.Condition()
-
-    async def take(self, n: int) -> int:
-        n = min(n, self.size)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.free >= n)
-            self.free -= n
-        return n
-
-    async def give(self, n: int) -> None:
-        async with self._changed:
-            self.free += n
-            self._changed.notify_all()
-
-
 class Judge:
     def __init__(self, client: InferenceClient, *, max_requests_in_flight: int = 512) -> None:
         self.client = client
-        self._budget = _Budget(max_requests_in_flight)
+        self._budget = Budget(max_requests_in_flight)
         self._priors: dict[tuple[str, ...], float] = {}
         """Calibration priors by (constitution digest, principle, few-shot options): measured once."""
         self._priors_lock = asyncio.Lock()
@@ -302,7 +281,8 @@ class Judge:
     async def _contrastive(
         self, pair: Pair, principles: list[Principle], config: JudgeConfig, timeout: float | None
     ) -> Label:
-        if pair.response_a.strip() == pair.response_b.strip():  # nothing to tell apart: no engine call
+        a, b = contrastive.options(pair.response_a, pair.response_b, defended=config.defended)
+        if a == b:  # nothing to tell apart: no engine call
             orders = [OrderOutcome(p.id, False, 0.5) for p in principles]
             verdict = Verdict(
                 0.5, "TIE", 0.0, False, "tie", tuple(p.id for p in principles), "identical responses"
