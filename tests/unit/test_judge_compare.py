@@ -1,0 +1,40 @@
+"""`charter eval judge --compare`: variant names, and the comparison table from summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from charter.core.errors import InvalidArgument
+from charter.evaluation.judge import EvalOptions
+from charter.evaluation.judge_compare import parse_variant, row, table
+from charter.judge.metrics import EvalRecord, OrderProb, summarise
+
+BASE = EvalOptions(data=Path("pairs.jsonl"), constitution="harmless", output=Path("out"), principles_per_label=1)
+
+
+def test_variants_parse_to_options() -> None:
+    cot = parse_variant("multiple_choice+cot", BASE)
+    assert cot.method == "multiple_choice" and cot.chain_of_thought and cot.output == Path("out/multiple_choice+cot")
+    k4 = parse_variant("calibrated@4", BASE)
+    assert k4.method == "calibrated" and k4.principles_per_label == 4 and not k4.chain_of_thought
+    assert parse_variant("reward_model", BASE).method == "reward_model"
+    assert parse_variant(" contrastive ", BASE).principles_per_label == 1
+    for bad in ("majority", "contrastive@0", "calibrated@x", "cot", ""):
+        with pytest.raises(InvalidArgument, match="METHOD"):
+            parse_variant(bad, BASE)
+
+
+def test_the_table_has_one_row_per_variant_and_says_when_there_are_no_slots() -> None:
+    both = (OrderProb("p", False, 0.3), OrderProb("p", True, 0.2))  # the second slot both times
+    mc = summarise([EvalRecord("A", 0.55, "ok", False, ("p",), both)] * 3, seconds=2.0)
+    contrastive = summarise([EvalRecord("B", 0.2, "ok", True, ("p",))] * 3, seconds=1.0)
+    contrastive["contrastive_beta"] = 2.0
+    contrastive["beta_fit"] = {"beta": 3.5}
+    rows = [row("multiple_choice", mc), row("contrastive", contrastive)]
+    text = table(rows)
+    lines = text.strip().splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| multiple_choice |") and "100.0%" in lines[2]
+    assert "none (no slots)" in lines[3] and "β 2; fitted here 3.5" in lines[3]
+    assert rows[0]["same_position_rate"] == 1.0 and rows[1]["same_position_rate"] is None
+    assert rows[0]["labels_per_second"] == pytest.approx(1.5)
