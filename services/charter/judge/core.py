@@ -304,15 +304,7 @@ class Judge:
         verdict, orders = contrastive.verdict(
             principles, scores, beta=config.contrastive_beta, tie_margin=config.tie_margin
         )
-        return Label(
-            pair=pair,
-            verdict=verdict,
-            orders=orders,
-            status=verdict.status,
-            detail=verdict.detail,
-            id=label_id(pair, config, self.client.model),
-            prompt_tokens=sum(s.prompt_tokens for s in scores),
-        )
+        return self._scored(pair, config, verdict, orders, scores)
 
     async def _judge(
         self, pair: Pair, plans: list[_Plan], config: JudgeConfig, timeout: float | None
@@ -344,6 +336,17 @@ class Judge:
         if verdict.status == "unscorable":
             raw = json.dumps([{"principle_id": o.principle_id, "swapped": o.swapped, "logprobs": o.logprobs,
                                "rationale": o.rationale} for o in orders])  # fmt: skip
+        return self._scored(pair, config, verdict, orders, scores, raw)
+
+    def _scored(
+        self,
+        pair: Pair,
+        config: JudgeConfig,
+        verdict: Verdict,
+        orders: list[OrderOutcome],
+        scores: Sequence[OptionScores],
+        raw: str = "",
+    ) -> Label:
         return Label(
             pair=pair,
             verdict=verdict,
