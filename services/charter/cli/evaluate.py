@@ -75,7 +75,8 @@ def judge(
     compare: Annotated[
         str | None,
         typer.Option(
-            help="Compare judge variants on the same pairs in one run: comma-separated METHOD[+cot][@K], "
+            help="Compare judge variants on the same pairs in one run: comma-separated variants METHOD, "
+            "METHOD+cot (chain of thought) or METHOD@K (K principles), "
             "e.g. multiple_choice,calibrated,contrastive,multiple_choice+cot,calibrated@4, and "
             "reward_model (with --reward-model)."
         ),
