@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -24,8 +25,10 @@ from charter_proto.common.v1 import label_pb2, sampling_pb2
 
 from charter.api import common as convert
 from charter.api.judge import CHOICE, STATUS
-from charter.constitution.registry import LoadedConstitution
+from charter.constitution.registry import ConstitutionRegistry, LoadedConstitution
+from charter.core.errors import CharterError
 from charter.core.files import folder_digest
+from charter.core.settings import CharterSettings
 from charter.datasets.pairs import PairRow
 from charter.inference.types import ModelInfo, Sampling
 from charter.judge.contrastive import sigmoid
@@ -110,3 +113,20 @@ class RewardModelJudge:
 
     def close(self) -> None:
         self.scorer.close()
+
+
+async def load(
+    ref: str, constitution_id: str, settings: CharterSettings, *, field: str, tie_margin: float = 0.0
+) -> RewardModelJudge:
+    """The judge of `ref` (a reward model folder or `run:<id>`, from the local run store) under the
+    constitution `constitution_id`, loaded and checked (off the event loop); errors name `field`."""
+    from charter.app.trainer_runs import model_folder
+
+    folder = await model_folder(ref, settings, field=field)
+    registry = ConstitutionRegistry(settings.constitutions.directory)
+    registry.refresh()
+    loaded = registry.get(constitution_id)
+    try:
+        return await asyncio.to_thread(RewardModelJudge, folder, loaded, name=ref, tie_margin=tie_margin)
+    except CharterError as err:
+        raise type(err)(f"{field}: {err.message}", field=field, value=err.value) from None

@@ -269,15 +269,9 @@ async def reward_judge(
         raise InvalidArgument(
             "the reward_model method needs --reward-model (a folder or run:ID)", field="reward_model"
         )
-    from charter.app.reward_judge import RewardModelJudge
-    from charter.app.trainer_runs import model_folder
-    from charter.constitution.registry import ConstitutionRegistry
+    from charter.app import reward_judge as rm
 
-    folder = await model_folder(options.reward_model, settings, field="reward_model")
-    registry = ConstitutionRegistry(settings.constitutions.directory)
-    registry.refresh()
-    loaded = registry.get(options.constitution)
-    judge = await asyncio.to_thread(RewardModelJudge, folder, loaded, name=options.reward_model)
+    judge = await rm.load(options.reward_model, options.constitution, settings, field="reward_model")
     try:
         yield judge
     finally:

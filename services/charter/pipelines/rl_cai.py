@@ -36,8 +36,8 @@ from charter import __version__
 from charter.api import common as convert
 from charter.api import review as review_api
 from charter.api.judge import METHODS, STATUS_NAMES
+from charter.app import reward_judge as rm_judge
 from charter.app.reward_judge import RewardModelJudge
-from charter.app.trainer_runs import model_folder
 from charter.client.generator import GeneratorClient
 from charter.client.judge import JudgeClient
 from charter.client.review import ReviewClient
@@ -361,23 +361,13 @@ async def load_reward_judge(spec: RlCaiSpec, settings: CharterSettings) -> Rewar
     """The reward model of `judge.method: reward_model` (a folder or run:ID), loaded and checked."""
     if spec.judge.reward_model is None:
         return None
-    from charter.constitution.registry import ConstitutionRegistry
-
-    field_name = "judge.reward_model"
-    folder = await model_folder(spec.judge.reward_model, settings, field=field_name)
-    registry = ConstitutionRegistry(settings.constitutions.directory)
-    registry.refresh()
-    loaded = registry.get(spec.constitution)
-    try:
-        return await asyncio.to_thread(
-            RewardModelJudge,
-            folder,
-            loaded,
-            name=spec.judge.reward_model,
-            tie_margin=spec.judge.tie_margin or 0.0,
-        )
-    except CharterError as err:
-        raise type(err)(f"{field_name}: {err.message}", field=field_name, value=err.value) from None
+    return await rm_judge.load(
+        spec.judge.reward_model,
+        spec.constitution,
+        settings,
+        field="judge.reward_model",
+        tie_margin=spec.judge.tie_margin or 0.0,
+    )
 
 
 async def run(spec: RlCaiSpec, settings: CharterSettings, **hooks: Any) -> Summary:
