@@ -242,8 +242,8 @@ async def test_calibration_moves_p_against_the_measured_slot_prior(stub) -> None
 
 @pytest.mark.timeout(600)
 async def test_contrastive_scoring_is_invariant_to_the_order_of_a_and_b(stub) -> None:
-    items = hh_items(3)
-    swapped = [item(list(p.conversation), p.response_b, p.response_a) for p in hh_pairs(3)]
+    items = hh_items(2)
+    swapped = [item(list(p.conversation), p.response_b, p.response_a) for p in hh_pairs(2)]
     options = judge_pb2.JudgeOptions(
         constitution_id="harmless", seed=2, principles_per_label=2,
         method=label_pb2.JUDGE_METHOD_CONTRASTIVE, contrastive_beta=4.0,
