@@ -264,17 +264,17 @@ class Judge:
         return [r.completions[0].text for r in results]
 
     async def _one(self, pair: Pair, config: JudgeConfig, timeout: float | None) -> Label:
-        if config.method == "contrastive":
+        if config.method == "contrastive":  # two requests a principle: under it, under its negation
             principles = draw_principles(pair, config)
-            taken = await self._budget.take(2 * len(principles))
-            try:
-                return await self._contrastive(pair, principles, config, timeout)
-            finally:
-                await self._budget.give(taken)
-        plans = _plans(pair, config)
-        taken = await self._budget.take(len(plans))
+            requests = 2 * len(principles)
+            work = lambda: self._contrastive(pair, principles, config, timeout)  # noqa: E731
+        else:
+            plans = _plans(pair, config)
+            requests = len(plans)
+            work = lambda: self._judge(pair, plans, config, timeout)  # noqa: E731
+        taken = await self._budget.take(requests)
         try:
-            return await self._judge(pair, plans, config, timeout)
+            return await work()
         finally:
             await self._budget.give(taken)
 
