@@ -214,28 +214,29 @@ class LocalEngine(ABC):
         if not live:
             return
         started = time.perf_counter()
+        outcome: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             if live[0].kind == "chat":
                 flat = [p for job in live for p in job.prepared]
                 results = self._generate(flat)
                 offset = 0
                 for job in live:
-                    _resolve(job, results[offset : offset + len(job.items)])
+                    outcome.append((job, results[offset : offset + len(job.items)], None))
                     offset += len(job.items)
             else:
                 values = self._score([item for job in live for item in job.prepared])
                 offset = 0
                 for job in live:
                     count = len(job.prepared)
-                    _resolve(job, collect_scores(job.prepared, values[offset : offset + count]))
+                    outcome.append((job, collect_scores(job.prepared, values[offset : offset + count]), None))
                     offset += count
         except CharterError as err:
-            for job in live:
-                _resolve(job, error=err)
+            outcome = [(job, None, err) for job in live]
         except Exception as err:
             log.exception("inference.batch.failed", engine=self.engine_name)
-            for job in live:
-                _resolve(job, error=Unavailable(f"the {self.engine_name} engine failed on this batch: {err}"))
+            failure = Unavailable(f"the {self.engine_name} engine failed on this batch: {err}")
+            outcome = [(job, None, failure) for job in live]
+        # logged before any caller wakes, so whoever awaited the batch sees its record
         log.debug(
             "inference.batch.done",
             engine=self.engine_name,
@@ -244,3 +245,5 @@ class LocalEngine(ABC):
             jobs=len(live),
             seconds=round(time.perf_counter() - started, 3),
         )
+        for job, result, error in outcome:
+            _resolve(job, result, error)
