@@ -256,3 +256,21 @@ async def test_contrastive_scoring_is_invariant_to_the_order_of_a_and_b(stub) ->
         assert all(len(s.option_logprobs) == 4 and not s.swapped for s in x.scores)
         assert y.p_a == pytest.approx(1 - x.p_a, abs=1e-4)
         assert x.p_a != pytest.approx(0.5, abs=1e-6)  # the responses differ: some margin
+
+
+async def test_a_logit_scale_rescales_the_labels_probability(stub) -> None:
+    from charter.judge.labels import rescale
+
+    base = {"constitution_id": "harmless", "seed": 5, "single_order": True, "principles_per_label": 1}
+    raw = await stub.Compare(
+        judge_pb2.CompareRequest(items=hh_items(1), options=judge_pb2.JudgeOptions(**base)), timeout=300
+    )
+    scaled = await stub.Compare(
+        judge_pb2.CompareRequest(items=hh_items(1), options=judge_pb2.JudgeOptions(**base, logit_scale=0.25)),
+        timeout=300,
+    )
+    [r], [s] = raw.labels, scaled.labels
+    assert not r.HasField("logit_scale") and s.logit_scale == 0.25
+    assert s.p_a == pytest.approx(rescale(r.p_a, 0.25), abs=1e-6) and r.p_a != pytest.approx(0.5)
+    assert abs(s.p_a - 0.5) < abs(r.p_a - 0.5) and s.id != r.id
+    assert [x.p_first for x in s.scores] == [x.p_first for x in r.scores]  # the orders as scored

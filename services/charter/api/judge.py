@@ -43,10 +43,14 @@ def config(
     cot_max_tokens: int,
     method: str = "multiple_choice",
     contrastive_beta: float = 1.0,
+    logit_scale: float = 1.0,
 ) -> JudgeConfig:
     """The judge's configuration for one request; `loaded` is the constitution `options` names."""
     low = options.cot_clamp_low if options.HasField("cot_clamp_low") else DEFAULT_CLAMP[0]
     high = options.cot_clamp_high if options.HasField("cot_clamp_high") else DEFAULT_CLAMP[1]
+    chosen = METHOD_NAMES.get(options.method, str(options.method)) if options.method else method
+    if chosen == "contrastive":  # scaled by its beta: the service's logit scale is for the others
+        logit_scale = 1.0
     try:
         return JudgeConfig(
             constitution=loaded,
@@ -59,10 +63,11 @@ def config(
             tie_margin=options.tie_margin if options.HasField("tie_margin") else tie_margin,
             few_shot_limit=few_shot_limit,
             cot_max_tokens=cot_max_tokens,
-            method=METHOD_NAMES.get(options.method, str(options.method)) if options.method else method,  # type: ignore[arg-type]
+            method=chosen,  # type: ignore[arg-type]
             contrastive_beta=(
                 options.contrastive_beta if options.HasField("contrastive_beta") else contrastive_beta
             ),
+            logit_scale=options.logit_scale if options.HasField("logit_scale") else logit_scale,
         )
     except InvalidArgument as err:
         raise InvalidArgument(f"options.{err}", field=f"options.{err.field}") from None
@@ -122,6 +127,7 @@ def label_proto(
         status_detail=label.detail,
         method=METHODS[config.method],
         contrastive_beta=config.contrastive_beta if config.method == "contrastive" else None,
+        logit_scale=config.logit_scale if config.logit_scale != 1.0 else None,
     )
 
 

@@ -103,6 +103,7 @@ def _judge(resources: Resources, access: AccessPolicy) -> Any:
         max_requests_in_flight=s.max_requests_in_flight,
         method=s.method,
         contrastive_beta=s.contrastive_beta,
+        logit_scale=s.logit_scale,
     )
 
 

@@ -65,6 +65,15 @@ def judge(
             "the β that fits the data."
         ),
     ] = None,
+    logit_scale: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            max=1000.0,
+            help="Multiple-choice methods: p_a on the logit scale times this (default: "
+            "judge.logit_scale); eval.json reports the scale that fits the data (summary.scale_fit).",
+        ),
+    ] = None,
     reward_model: Annotated[
         str | None,
         typer.Option(
@@ -129,6 +138,7 @@ def judge(
         split_seed=split_seed,
         method=method,
         contrastive_beta=contrastive_beta,
+        logit_scale=logit_scale,
         reward_model=reward_model,
         compare=tuple(v for v in (compare or "").split(",") if v.strip()),
     )

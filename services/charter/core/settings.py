@@ -135,6 +135,10 @@ class JudgeSettings(_Guarded):
     contrastive_beta: float = Field(default=1.0, gt=0.0, le=1000.0)
     """The contrastive method's scale when a request leaves it unset: p_a = sigmoid(beta * margin).
     Fit it for your judge model with `charter eval judge --method contrastive --split tune`."""
+    logit_scale: float = Field(default=1.0, gt=0.0, le=1000.0)
+    """Multiple-choice and calibrated methods, when a request leaves it unset: the label's p_a on the
+    logit scale times this (Platt scaling without intercept; 1 = none). Fit it for your judge model
+    with `charter eval judge --split tune` (eval.json summary.scale_fit), report with --split report."""
     max_requests_in_flight: int = Field(default=512, ge=2)
     """Scoring requests one judge keeps in the engine at once (at most half of `inference.max_pending`:
     a finished batch counts there until the engine books it); larger calls wait their turn."""

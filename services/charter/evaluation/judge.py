@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -40,6 +41,8 @@ from charter.evaluation.environment import machine, versions
 from charter.judge import contrastive, metrics, plots
 
 Split = Literal["all", "tune", "report"]
+SCALED_OTHERWISE = ("contrastive", "reward_model")
+"""Methods with a scale of their own (β; the reward model's reward gap): no logit scale."""
 ORDERLESS = (label_pb2.JUDGE_METHOD_CONTRASTIVE, label_pb2.JUDGE_METHOD_REWARD_MODEL)
 """Methods without presentation orders: their labels add nothing to the position figures."""
 
@@ -76,6 +79,9 @@ class EvalOptions:
     """A reward model folder or `run:<id>` (a trainer run's final model) for the reward_model method."""
     contrastive_beta: float | None = None
     """None = the judge service's default."""
+    logit_scale: float | None = None
+    """Multiple-choice methods: the logit scale of p_a (`judge.logit_scale`); None = the service's
+    default. With `compare`, it applies to the multiple-choice variants only."""
     compare: tuple[str, ...] = ()
     """Variants to run side by side on the same pairs (`judge_compare.parse_variant`); empty = one run."""
 
@@ -143,6 +149,7 @@ async def judge_pairs(
         chain_of_thought=options.chain_of_thought,
         method=METHODS[options.method] if options.method else label_pb2.JUDGE_METHOD_UNSPECIFIED,
         contrastive_beta=options.contrastive_beta,
+        logit_scale=options.logit_scale if options.method not in SCALED_OTHERWISE else None,
     )
     labels: dict[int, label_pb2.PreferenceLabel] = {}
     async with JudgeClient(address, token=options.token) as judge:
@@ -195,6 +202,36 @@ def beta_fit(pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]) -> d
     }
 
 
+def scale_fit(pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]) -> dict[str, Any] | None:
+    """For multiple-choice labels: the logit scale s that fits these pairs best (p_a -> σ(s·logit p_a),
+    maximum likelihood, the same one-parameter fit as β) and the calibration it would give here. In
+    sample: fit it on the tune split, set `judge.logit_scale` to `logit_scale`, measure on report."""
+    rows = [
+        (math.log(label.p_a / (1.0 - label.p_a)), p.human == "A", p)
+        for p, label in zip(pairs, labels, strict=True)
+        if label.method not in ORDERLESS
+        and STATUS_NAMES[label.status] in ("ok", "tie")
+        and 0.0 < label.p_a < 1.0
+    ]
+    if not rows:
+        return None
+    scale = contrastive.fit_beta([z for z, _, _ in rows], [a for _, a, _ in rows])
+    applied = labels[0].logit_scale if labels[0].HasField("logit_scale") else 1.0
+    if scale is None:
+        return {"scale": None, "pairs": len(rows), "note": "p_a does not lean toward the human choice"}
+    refit = [
+        metrics.EvalRecord(p.human or "A", contrastive.sigmoid(scale * z), "ok", True, ()) for z, _, p in rows
+    ]
+    summary = metrics.summarise(refit, seconds=1.0)
+    return {
+        "scale": scale,
+        "logit_scale": scale * applied,
+        "pairs": len(rows),
+        "ece_in_sample": summary["ece"],
+        "brier_in_sample": summary["brier"],
+    }
+
+
 async def run_judge(
     address: str | None,
     pairs: list[PairRow],
@@ -213,8 +250,12 @@ async def run_judge(
     summary["method"] = METHOD_NAMES.get(first.method, "unspecified")
     if first.HasField("contrastive_beta"):
         summary["contrastive_beta"] = first.contrastive_beta
+    if first.HasField("logit_scale"):
+        summary["logit_scale"] = first.logit_scale
     if (fit := beta_fit(pairs, labels)) is not None:
         summary["beta_fit"] = fit
+    if (fit := scale_fit(pairs, labels)) is not None:
+        summary["scale_fit"] = fit
     return labels, summary
 
 
@@ -245,6 +286,10 @@ async def evaluate(
     check_plotting()
     if options.reward_model and options.method is None:
         options = dataclasses.replace(options, method="reward_model")
+    if options.logit_scale is not None and options.method in SCALED_OTHERWISE:
+        raise InvalidArgument(
+            f"--logit-scale: the {options.method} method has its own scale", field="logit_scale"
+        )
     pairs, errors, other_half = load(options)
     on_start(len(pairs))
     async with (
@@ -307,6 +352,7 @@ def build_report(
             "chain_of_thought": options.chain_of_thought,
             "method": summary["method"],
             "contrastive_beta": summary.get("contrastive_beta"),
+            "logit_scale": summary.get("logit_scale"),
             "reward_model": options.reward_model if options.method == "reward_model" else None,
             "inference": settings.inference.model_dump(mode="json", exclude={"openai": {"api_key"}}),
             "command": " ".join(sys.argv),

@@ -58,6 +58,7 @@ def parse_variant(text: str, base: EvalOptions) -> EvalOptions:
 def row(name: str, summary: dict[str, Any]) -> dict[str, Any]:
     """The comparison's figures of one variant."""
     fit = summary.get("beta_fit") or {}
+    scaled = summary.get("scale_fit") or {}
     return {
         "variant": name,
         "labels": summary["labels"],
@@ -72,6 +73,9 @@ def row(name: str, summary: dict[str, Any]) -> dict[str, Any]:
         "labels_per_second": summary["labels_per_second"],
         "contrastive_beta": summary.get("contrastive_beta"),
         "fitted_beta": fit.get("beta"),
+        "logit_scale": summary.get("logit_scale"),
+        "fitted_scale": scaled.get("logit_scale"),
+        "fitted_scale_ece": scaled.get("ece_in_sample"),
     }
 
 
@@ -99,6 +103,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         beta = (
             f" (β {r['contrastive_beta']:.3g}; fitted here {r['fitted_beta']:.3g})"
             if r.get("fitted_beta")
+            else f" (logit scale {r.get('logit_scale') or 1:.3g}; fitted here {r['fitted_scale']:.3g})"
+            if r.get("fitted_scale")
             else ""
         )
         lines.append(
@@ -146,6 +152,7 @@ async def compare(
             "chain_of_thought",
             "principles_per_label",
             "contrastive_beta",
+            "logit_scale",
             "reward_model",
             "judge",
         )

@@ -86,6 +86,9 @@ class JudgeConfig:
     method: Method = "multiple_choice"
     contrastive_beta: float = 1.0
     """The contrastive method's scale: p_a = sigmoid(beta * margin)."""
+    logit_scale: float = 1.0
+    """Multiple-choice methods: the label's p_a on the logit scale times this (`labels.rescale`), fitted
+    on human labels for calibration (`charter eval judge` reports the fit as summary.scale_fit)."""
 
     def __post_init__(self) -> None:
         """Every option checked before any work starts; errors name the option."""
@@ -105,6 +108,15 @@ class JudgeConfig:
                 "single_order: the contrastive method has no presentation order", field="single_order"
             )
         contrastive.check_beta(self.contrastive_beta)
+        if not 0.0 < self.logit_scale <= contrastive.MAX_BETA:
+            raise InvalidArgument(
+                f"logit_scale: must be in (0, {contrastive.MAX_BETA:g}], got {self.logit_scale}",
+                field="logit_scale",
+            )
+        if self.logit_scale != 1.0 and self.method == "contrastive":
+            raise InvalidArgument(
+                "logit_scale: the contrastive method is scaled by contrastive_beta", field="logit_scale"
+            )
         if not 0.0 <= self.tie_margin < 0.5:
             raise InvalidArgument(
                 f"tie_margin: must be in [0, 0.5), got {self.tie_margin}", field="tie_margin"
@@ -162,6 +174,8 @@ def label_id(pair: Pair, config: JudgeConfig, model: ModelInfo) -> str:
             config.method,
             config.contrastive_beta if config.method == "contrastive" else None,
         ]
+    if config.logit_scale != 1.0:
+        payload["logit_scale"] = config.logit_scale
     text = json.dumps(payload, ensure_ascii=False, sort_keys=True)
     return "lbl_" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -331,6 +345,7 @@ class Judge:
             orders,
             tie_margin=config.tie_margin,
             clamp_range=config.clamp if config.chain_of_thought else None,
+            logit_scale=config.logit_scale,
         )
         raw = ""
         if verdict.status == "unscorable":

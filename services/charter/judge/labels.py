@@ -63,6 +63,15 @@ def check_clamp(low: float, high: float) -> None:
         raise ValueError(f"clamp range [{low}, {high}] must satisfy 0 <= low < 0.5 < high <= 1")
 
 
+def rescale(p: float, scale: float) -> float:
+    """p on the logit scale multiplied by `scale` (Platt scaling without intercept): 1 leaves p as it
+    is, below 1 pulls it toward 0.5, above 1 pushes it out. The side of 0.5 never changes."""
+    if scale == 1.0 or p in (0.0, 1.0) or p == 0.5:
+        return p
+    z = scale * math.log(p / (1.0 - p))
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
 def side(p: float) -> int:
     """+1 prefers A, -1 prefers B, 0 neither."""
     return (p > 0.5) - (p < 0.5)
@@ -79,8 +88,9 @@ def combine(
     *,
     tie_margin: float = 0.0,
     clamp_range: tuple[float, float] | None = None,
+    logit_scale: float = 1.0,
 ) -> Verdict:
-    """Debias over orders, average over principles, decide.
+    """Debias over orders, average over principles, rescale (`rescale`, a fitted calibration), decide.
 
     A principle contributes only when every order asked for it was scored (averaging one order of a
     two-order principle would bring back the position bias it is there to remove). No principle left
@@ -109,7 +119,7 @@ def combine(
             consistent = False
     if not means:
         return Verdict(0.5, "TIE", 0.0, False, "unscorable", (), "; ".join(problems) or "nothing scored")
-    p_a = sum(means) / len(means)
+    p_a = rescale(sum(means) / len(means), logit_scale)
     choice = choose(p_a, tie_margin)
     detail = ("dropped " + "; ".join(problems)) if problems else ""
     return Verdict(

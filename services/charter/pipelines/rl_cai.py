@@ -105,6 +105,8 @@ def judge_options(constitution: str, j: JudgeSpec, seed: int) -> judge_pb2.Judge
         options.method = METHODS[j.method]
     if j.contrastive_beta is not None:
         options.contrastive_beta = j.contrastive_beta
+    if j.logit_scale is not None:
+        options.logit_scale = j.logit_scale
     return options
 
 

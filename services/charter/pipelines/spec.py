@@ -141,6 +141,9 @@ class JudgeSpec(_Strict):
     reward_model: label with `reward_model` in this process instead of the judge service."""
     contrastive_beta: float | None = Field(default=None, gt=0.0, le=1000.0)
     """The contrastive method's β; unset = the judge service's `judge.contrastive_beta`."""
+    logit_scale: float | None = Field(default=None, gt=0.0, le=1000.0)
+    """Multiple-choice methods: the fitted logit scale of p_a; unset = the judge service's
+    `judge.logit_scale`."""
     reward_model: str | None = None
     """For method reward_model: a reward model folder, or `run:<id>` (a trainer run's final model, from
     the local run store, `trainer.database_url`)."""
@@ -151,13 +154,15 @@ class JudgeSpec(_Strict):
             raise ValueError("method reward_model and reward_model (a folder or run:ID) go together")
         if self.method == "reward_model" and self.chain_of_thought:
             raise ValueError("chain_of_thought: a reward model has no rationale to write")
+        if self.logit_scale is not None and self.method in ("contrastive", "reward_model"):
+            raise ValueError(f"logit_scale: the {self.method} method has its own scale")
         return self
 
     def fixed(self) -> dict[str, object]:
         """What a resumed run must share (fields added since folders were first written count only when
         set, so older output folders still resume)."""
         out = self.model_dump(mode="json")
-        for name in ("method", "contrastive_beta", "reward_model"):
+        for name in ("method", "contrastive_beta", "logit_scale", "reward_model"):
             if out[name] is None:
                 del out[name]
         return out

@@ -37,6 +37,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         max_requests_in_flight: int = 512,
         method: str = "multiple_choice",
         contrastive_beta: float = 1.0,
+        logit_scale: float = 1.0,
     ) -> None:
         self.judge = Judge(client, max_requests_in_flight=max_requests_in_flight)
         self.client = client
@@ -46,6 +47,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         self.cot_max_tokens = cot_max_tokens
         self.method = method
         self.contrastive_beta = contrastive_beta
+        self.logit_scale = logit_scale
 
     def config(self, options: judge_pb2.JudgeOptions) -> JudgeConfig:
         if not options.constitution_id:
@@ -58,6 +60,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             cot_max_tokens=self.cot_max_tokens,
             method=self.method,
             contrastive_beta=self.contrastive_beta,
+            logit_scale=self.logit_scale,
         )
 
     async def Compare(

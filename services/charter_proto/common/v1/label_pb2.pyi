@@ -193,6 +193,7 @@ class PreferenceLabel(_message.Message):
     REVIEW_REQUESTED_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     CONTRASTIVE_BETA_FIELD_NUMBER: _builtins.int
+    LOGIT_SCALE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Content-derived id: the same conversation, responses, constitution digest and judge give the same id."""
     response_a: _builtins.str
@@ -230,6 +231,8 @@ class PreferenceLabel(_message.Message):
     """
     contrastive_beta: _builtins.float
     """Contrastive method: the beta that scaled the margin."""
+    logit_scale: _builtins.float
+    """Multiple-choice methods: the logit scale p_a was calibrated with; unset = 1 (none)."""
     @_builtins.property
     def conversation(self) -> _conversation_pb2.Conversation: ...
     @_builtins.property
@@ -268,18 +271,23 @@ class PreferenceLabel(_message.Message):
         review_requested: _builtins.bool = ...,
         method: Global___JudgeMethod.ValueType = ...,
         contrastive_beta: _builtins.float | None = ...,
+        logit_scale: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_ensemble_disagreement", b"_ensemble_disagreement", "constitution", b"constitution", "contrastive_beta", b"contrastive_beta", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "judge", b"judge", "provenance", b"provenance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_ensemble_disagreement", b"_ensemble_disagreement", "_logit_scale", b"_logit_scale", "constitution", b"constitution", "contrastive_beta", b"contrastive_beta", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "judge", b"judge", "logit_scale", b"logit_scale", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_ensemble_disagreement", b"_ensemble_disagreement", "chain_of_thought", b"chain_of_thought", "choice", b"choice", "confidence", b"confidence", "constitution", b"constitution", "contrastive_beta", b"contrastive_beta", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "id", b"id", "judge", b"judge", "method", b"method", "p_a", b"p_a", "principle_ids", b"principle_ids", "provenance", b"provenance", "raw_text", b"raw_text", "response_a", b"response_a", "response_b", b"response_b", "review_requested", b"review_requested", "scores", b"scores", "status", b"status", "status_detail", b"status_detail", "swap_consistent", b"swap_consistent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_ensemble_disagreement", b"_ensemble_disagreement", "_logit_scale", b"_logit_scale", "chain_of_thought", b"chain_of_thought", "choice", b"choice", "confidence", b"confidence", "constitution", b"constitution", "contrastive_beta", b"contrastive_beta", "conversation", b"conversation", "ensemble_disagreement", b"ensemble_disagreement", "id", b"id", "judge", b"judge", "logit_scale", b"logit_scale", "method", b"method", "p_a", b"p_a", "principle_ids", b"principle_ids", "provenance", b"provenance", "raw_text", b"raw_text", "response_a", b"response_a", "response_b", b"response_b", "review_requested", b"review_requested", "scores", b"scores", "status", b"status", "status_detail", b"status_detail", "swap_consistent", b"swap_consistent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__contrastive_beta: _TypeAlias = _typing.Literal["contrastive_beta"]  # noqa: Y015
     _WhichOneofArgType__contrastive_beta: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta"]  # noqa: Y015
     _WhichOneofReturnType__ensemble_disagreement: _TypeAlias = _typing.Literal["ensemble_disagreement"]  # noqa: Y015
     _WhichOneofArgType__ensemble_disagreement: _TypeAlias = _typing.Literal["_ensemble_disagreement", b"_ensemble_disagreement"]  # noqa: Y015
+    _WhichOneofReturnType__logit_scale: _TypeAlias = _typing.Literal["logit_scale"]  # noqa: Y015
+    _WhichOneofArgType__logit_scale: _TypeAlias = _typing.Literal["_logit_scale", b"_logit_scale"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__contrastive_beta) -> _WhichOneofReturnType__contrastive_beta | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ensemble_disagreement) -> _WhichOneofReturnType__ensemble_disagreement | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logit_scale) -> _WhichOneofReturnType__logit_scale | None: ...
 
 Global___PreferenceLabel: _TypeAlias = PreferenceLabel  # noqa: Y015

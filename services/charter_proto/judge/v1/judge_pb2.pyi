@@ -61,6 +61,7 @@ class JudgeOptions(_message.Message):
     TIE_MARGIN_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     CONTRASTIVE_BETA_FIELD_NUMBER: _builtins.int
+    LOGIT_SCALE_FIELD_NUMBER: _builtins.int
     constitution_id: _builtins.str
     principles_per_label: _builtins.int
     """Principles averaged per label; 0 = the constitution's sampling.principles_per_label."""
@@ -78,6 +79,10 @@ class JudgeOptions(_message.Message):
     """Scoring method; unspecified = the service's `judge.method` setting."""
     contrastive_beta: _builtins.float
     """Contrastive method: the scale of the margin; unset = the service's `judge.contrastive_beta`."""
+    logit_scale: _builtins.float
+    """Multiple-choice methods: p_a on the logit scale times this (a fitted calibration, see
+    `charter eval judge` summary.scale_fit); unset = the service's `judge.logit_scale`.
+    """
     @_builtins.property
     def principle_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Restrict sampling to these principles (empty = all)."""
@@ -96,10 +101,11 @@ class JudgeOptions(_message.Message):
         tie_margin: _builtins.float | None = ...,
         method: _label_pb2.JudgeMethod.ValueType = ...,
         contrastive_beta: _builtins.float | None = ...,
+        logit_scale: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_cot_clamp_high", b"_cot_clamp_high", "_cot_clamp_low", b"_cot_clamp_low", "_seed", b"_seed", "_tie_margin", b"_tie_margin", "contrastive_beta", b"contrastive_beta", "cot_clamp_high", b"cot_clamp_high", "cot_clamp_low", b"cot_clamp_low", "seed", b"seed", "tie_margin", b"tie_margin"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_cot_clamp_high", b"_cot_clamp_high", "_cot_clamp_low", b"_cot_clamp_low", "_logit_scale", b"_logit_scale", "_seed", b"_seed", "_tie_margin", b"_tie_margin", "contrastive_beta", b"contrastive_beta", "cot_clamp_high", b"cot_clamp_high", "cot_clamp_low", b"cot_clamp_low", "logit_scale", b"logit_scale", "seed", b"seed", "tie_margin", b"tie_margin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_cot_clamp_high", b"_cot_clamp_high", "_cot_clamp_low", b"_cot_clamp_low", "_seed", b"_seed", "_tie_margin", b"_tie_margin", "chain_of_thought", b"chain_of_thought", "constitution_id", b"constitution_id", "contrastive_beta", b"contrastive_beta", "cot_clamp_high", b"cot_clamp_high", "cot_clamp_low", b"cot_clamp_low", "method", b"method", "principle_ids", b"principle_ids", "principles_per_label", b"principles_per_label", "seed", b"seed", "single_order", b"single_order", "tie_margin", b"tie_margin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta", "_cot_clamp_high", b"_cot_clamp_high", "_cot_clamp_low", b"_cot_clamp_low", "_logit_scale", b"_logit_scale", "_seed", b"_seed", "_tie_margin", b"_tie_margin", "chain_of_thought", b"chain_of_thought", "constitution_id", b"constitution_id", "contrastive_beta", b"contrastive_beta", "cot_clamp_high", b"cot_clamp_high", "cot_clamp_low", b"cot_clamp_low", "logit_scale", b"logit_scale", "method", b"method", "principle_ids", b"principle_ids", "principles_per_label", b"principles_per_label", "seed", b"seed", "single_order", b"single_order", "tie_margin", b"tie_margin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__contrastive_beta: _TypeAlias = _typing.Literal["contrastive_beta"]  # noqa: Y015
     _WhichOneofArgType__contrastive_beta: _TypeAlias = _typing.Literal["_contrastive_beta", b"_contrastive_beta"]  # noqa: Y015
@@ -107,6 +113,8 @@ class JudgeOptions(_message.Message):
     _WhichOneofArgType__cot_clamp_high: _TypeAlias = _typing.Literal["_cot_clamp_high", b"_cot_clamp_high"]  # noqa: Y015
     _WhichOneofReturnType__cot_clamp_low: _TypeAlias = _typing.Literal["cot_clamp_low"]  # noqa: Y015
     _WhichOneofArgType__cot_clamp_low: _TypeAlias = _typing.Literal["_cot_clamp_low", b"_cot_clamp_low"]  # noqa: Y015
+    _WhichOneofReturnType__logit_scale: _TypeAlias = _typing.Literal["logit_scale"]  # noqa: Y015
+    _WhichOneofArgType__logit_scale: _TypeAlias = _typing.Literal["_logit_scale", b"_logit_scale"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__tie_margin: _TypeAlias = _typing.Literal["tie_margin"]  # noqa: Y015
@@ -117,6 +125,8 @@ class JudgeOptions(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cot_clamp_high) -> _WhichOneofReturnType__cot_clamp_high | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cot_clamp_low) -> _WhichOneofReturnType__cot_clamp_low | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logit_scale) -> _WhichOneofReturnType__logit_scale | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
