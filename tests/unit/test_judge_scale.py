@@ -12,7 +12,7 @@ from charter.core.errors import InvalidArgument
 from charter.datasets.pairs import PairRow
 from charter.evaluation.judge import scale_fit
 from charter.inference.types import Message, ModelInfo
-from charter.judge.core import JudgeConfig, Pair, label_id
+from charter.judge.config import JudgeConfig, Pair, label_id
 from charter.judge.labels import OrderOutcome, combine, rescale
 from charter.judge.metrics import EvalRecord, summarise
 from charter.pipelines.rl_cai import judge_options

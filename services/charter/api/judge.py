@@ -15,7 +15,8 @@ from charter.constitution.registry import LoadedConstitution
 from charter.core.errors import InvalidArgument
 from charter.datasets.pairs import PairRow
 from charter.inference.types import InferenceClient, Sampling
-from charter.judge.core import DEFAULT_CLAMP, JudgeConfig, Label, Pair
+from charter.judge.config import DEFAULT_CLAMP, JudgeConfig, Pair
+from charter.judge.core import Label
 
 MAX_ITEMS = 4096
 

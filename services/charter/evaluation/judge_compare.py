@@ -31,7 +31,7 @@ from charter.evaluation.judge import (
     write,
 )
 from charter.judge import plots
-from charter.judge.core import METHODS as JUDGE_METHODS
+from charter.judge.config import METHODS as JUDGE_METHODS
 
 METHODS = (*JUDGE_METHODS, "reward_model")
 _VARIANT = re.compile(r"^(?P<method>[a-z_]+)(?P<cot>\+cot)?(?:@(?P<k>[1-9][0-9]*))?$")

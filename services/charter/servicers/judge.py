@@ -22,7 +22,8 @@ from charter.core.errors import (
 )
 from charter.inference.deadlines import as_completed_within
 from charter.inference.types import InferenceClient
-from charter.judge.core import Judge, JudgeConfig, Label
+from charter.judge.config import JudgeConfig
+from charter.judge.core import Judge, Label
 
 
 class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
