@@ -175,31 +175,48 @@ def contrastive_margin(label: label_pb2.PreferenceLabel) -> float | None:
     return sum(margins) / len(margins) if margins else None
 
 
+def _fit(xs: list[float], humans: list[str], name: str, why_not: str) -> dict[str, Any]:
+    """The maximum-likelihood scale c of p_a = σ(c·x) for the human choices, and the calibration it
+    gives on the same pairs (in sample)."""
+    scale = contrastive.fit_beta(xs, [h == "A" for h in humans])
+    if scale is None:
+        return {name: None, "pairs": len(xs), "note": why_not}
+    refit = [
+        metrics.EvalRecord(h, contrastive.sigmoid(scale * x), "ok", True, ())
+        for x, h in zip(xs, humans, strict=True)
+    ]
+    summary = metrics.summarise(refit, seconds=1.0)
+    return {
+        name: scale,
+        "pairs": len(xs),
+        "ece_in_sample": summary["ece"],
+        "brier_in_sample": summary["brier"],
+    }
+
+
+def _scored(
+    pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]
+) -> list[tuple[PairRow, label_pb2.PreferenceLabel]]:
+    return [
+        (p, label)
+        for p, label in zip(pairs, labels, strict=True)
+        if STATUS_NAMES[label.status] in ("ok", "tie")
+    ]
+
+
 def beta_fit(pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]) -> dict[str, Any] | None:
     """For contrastive labels: the β that would fit these pairs best (maximum likelihood), and the
     calibration it would give here — in-sample: fit it on the tune split, use it on the report split."""
     rows = [
-        (m, p, label)
-        for p, label in zip(pairs, labels, strict=True)
-        if label.method == label_pb2.JUDGE_METHOD_CONTRASTIVE
-        and STATUS_NAMES[label.status] in ("ok", "tie")
-        and (m := contrastive_margin(label)) is not None
+        (m, p.human or "A")
+        for p, label in _scored(pairs, labels)
+        if label.method == label_pb2.JUDGE_METHOD_CONTRASTIVE and (m := contrastive_margin(label)) is not None
     ]
     if not rows:
         return None
-    beta = contrastive.fit_beta([m for m, _, _ in rows], [p.human == "A" for _, p, _ in rows])
-    if beta is None:
-        return {"beta": None, "pairs": len(rows), "note": "the margins do not lean toward the human choice"}
-    refit = [
-        metrics.EvalRecord(p.human or "A", contrastive.sigmoid(beta * m), "ok", True, ()) for m, p, _ in rows
-    ]
-    summary = metrics.summarise(refit, seconds=1.0)
-    return {
-        "beta": beta,
-        "pairs": len(rows),
-        "ece_in_sample": summary["ece"],
-        "brier_in_sample": summary["brier"],
-    }
+    return _fit(
+        [m for m, _ in rows], [h for _, h in rows], "beta", "the margins do not lean toward the human choice"
+    )
 
 
 def scale_fit(pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]) -> dict[str, Any] | None:
@@ -207,29 +224,19 @@ def scale_fit(pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]) -> 
     maximum likelihood, the same one-parameter fit as β) and the calibration it would give here. In
     sample: fit it on the tune split, set `judge.logit_scale` to `logit_scale`, measure on report."""
     rows = [
-        (math.log(label.p_a / (1.0 - label.p_a)), p.human == "A", p)
-        for p, label in zip(pairs, labels, strict=True)
-        if label.method not in ORDERLESS
-        and STATUS_NAMES[label.status] in ("ok", "tie")
-        and 0.0 < label.p_a < 1.0
+        (math.log(label.p_a / (1.0 - label.p_a)), p.human or "A")
+        for p, label in _scored(pairs, labels)
+        if label.method not in ORDERLESS and 0.0 < label.p_a < 1.0
     ]
     if not rows:
         return None
-    scale = contrastive.fit_beta([z for z, _, _ in rows], [a for _, a, _ in rows])
-    applied = labels[0].logit_scale if labels[0].HasField("logit_scale") else 1.0
-    if scale is None:
-        return {"scale": None, "pairs": len(rows), "note": "p_a does not lean toward the human choice"}
-    refit = [
-        metrics.EvalRecord(p.human or "A", contrastive.sigmoid(scale * z), "ok", True, ()) for z, _, p in rows
-    ]
-    summary = metrics.summarise(refit, seconds=1.0)
-    return {
-        "scale": scale,
-        "logit_scale": scale * applied,
-        "pairs": len(rows),
-        "ece_in_sample": summary["ece"],
-        "brier_in_sample": summary["brier"],
-    }
+    fit = _fit(
+        [z for z, _ in rows], [h for _, h in rows], "scale", "p_a does not lean toward the human choice"
+    )
+    if fit["scale"] is not None:  # labels made with a scale already: the fit multiplies into it
+        applied = labels[0].logit_scale if labels[0].HasField("logit_scale") else 1.0
+        fit["logit_scale"] = fit["scale"] * applied
+    return fit
 
 
 async def run_judge(
