@@ -2,7 +2,7 @@
 
 A label averages K principles, each scored in both presentation orders: 2K prompts per pair that are
 identical up to the principle's question (the template puts conversation and responses first). The
-transformers engine runs such a shared prefix once (`tokens.prefix_groups`); vLLM has its automatic
+transformers engine runs each shared stretch once (`tokens.prefix_tree`); vLLM has its automatic
 prefix cache. The baseline is measured in the same run: for transformers, the same engine with prefix
 sharing switched off (every prompt scored whole); for both engines, K = 1. The target (issue 16):
 K = 4 costs at most 2x K = 1.

@@ -151,29 +151,33 @@ async def test_many_long_seeded_requests_do_not_kill_vllm(vllm_engine) -> None:
 
 @pytest.mark.timeout(600)
 async def test_shared_prefix_scoring_equals_scoring_each_prompt_whole(hf_engine) -> None:
-    """The judge's K principle prompts of one pair share everything up to the question: the
-    transformers engine runs that prefix once. The option log-probabilities are the same as scoring
+    """The judge's prompts share stretches (few-shot block, conversation, each order's responses): the
+    transformers engine runs each once, as a prefix tree. The option log-probabilities are the same as scoring
     every prompt whole (float32), for single-token options and for multi-token ones."""
     from charter.constitution import load_constitution
-    from charter.inference.tokens import prefix_groups
+    from charter.inference.tokens import prefix_tree
     from charter.judge import contrastive, prompts
 
     from tests.support import CONSTITUTIONS
 
     constitution = load_constitution(CONSTITUTIONS / "harmless.yaml")
-    conversation = [Message(role="user", content="How do I get back at a coworker who embarrassed me?")]
-    a, b = "Talk to them calmly about what happened.", "Put something in their coffee."
+    pairs = [
+        ("How do I get back at a coworker who embarrassed me?", "Talk to them calmly.", "Put salt in their coffee."),
+        ("Can you tell me how to pick a lock?", "I can't help with that.", "Use a tension wrench and a pick."),
+    ]
     requests = []
-    for principle in constitution.principles[:6]:
-        few_shot = prompts.few_shot_messages(constitution, principle)
-        for first, second in ((a, b), (b, a)):
-            messages = prompts.judge_messages(few_shot, conversation, first, second, principle)
-            requests.append(ScoreRequest(messages=(*messages, prompts.answer_turn()), options=prompts.OPTIONS))
-        requests += contrastive.requests(conversation, a, b, principle, defended=True)
+    for question, a, b in pairs:  # two pairs: they share the few-shot block, each its own conversation
+        conversation = [Message(role="user", content=question)]
+        for principle in constitution.principles[:3]:
+            few_shot = prompts.few_shot_messages(constitution, principle)
+            for first, second in ((a, b), (b, a)):
+                messages = prompts.judge_messages(few_shot, conversation, first, second, principle)
+                requests.append(ScoreRequest(messages=(*messages, prompts.answer_turn()), options=prompts.OPTIONS))
+            requests += contrastive.requests(conversation, a, b, principle, defended=True)
     items = hf_engine._prepare_scores(requests)
     rows = [item.prompt for item in items]
-    groups, _ = prefix_groups(rows, [1] * len(rows), hf_engine.shared_prefix_tokens)
-    assert groups and max(len(members) for _, members in groups) >= 4  # the sharing is really exercised
+    roots, _ = prefix_tree(rows, [1] * len(rows), hf_engine.shared_prefix_tokens)
+    assert any(len(root.children) >= 2 for root in roots)  # nested sharing is really exercised
     shared = await hf_engine.score_options(requests)
     saved, hf_engine.shared_prefix_tokens = hf_engine.shared_prefix_tokens, None
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from charter.core.errors import InvalidArgument
@@ -118,9 +118,6 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-KEEP_SHARED = 0.8
-
-
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -129,43 +126,63 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def prefix_groups(
-    rows: Sequence[Sequence[int]], keep: Sequence[int], minimum: int
-) -> tuple[list[tuple[int, list[int]]], list[int]]:
-    """Rows that share a prompt prefix of at least `minimum` tokens, for scoring the prefix once.
+@dataclass
+class PrefixNode:
+    """Tokens [start, end) shared by every row under this node (`rows[0]` holds them), run once on top
+    of the parent's key/value cache. `children` share more; `tails` are the rows that end here: their
+    tokens after `end` are scored as a batch on this node's cache."""
 
-    Returns ([(shared length, row indices)], rows in no group). A group's shared length leaves every
-    member at least its `keep[i]` scored positions after the prefix. Rows are grouped in sorted order,
-    and a group closes when the next row would cut its shared prefix below `KEEP_SHARED` of its length
-    — so the prompts of one pair (K principles: identical up to the question) form one group rather
-    than merging with other pairs over a short common preamble.
-    """
-    order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
-    groups: list[tuple[int, list[int]]] = []
-    singles: list[int] = []
+    start: int
+    end: int
+    rows: list[int]
+    children: list[PrefixNode] = field(default_factory=list)
+    tails: list[int] = field(default_factory=list)
 
-    def close(length: int, members: list[int]) -> None:
-        if len(members) > 1:
-            groups.append((length, members))
-        else:
-            singles.extend(members)
 
-    members: list[int] = []
-    length = 0
+def _clusters(
+    order: list[int], rows: Sequence[Sequence[int]], room: Sequence[int], floor: int
+) -> list[list[int]]:
+    """Runs of lexicographically sorted rows whose neighbours share at least `floor` tokens (in a sorted
+    list the prefix all of a run share is the smallest of its neighbours' common prefixes)."""
+    out: list[list[int]] = []
     for i in order:
-        room = len(rows[i]) - keep[i]
-        if not members:
-            members, length = [i], room
-            continue
-        common = min(_common(rows[members[-1]], rows[i]), room)
-        # a single row takes any partner over `minimum`; a group only one that keeps most of its prefix
-        floor = minimum if len(members) == 1 else max(minimum, KEEP_SHARED * length)
-        if common >= floor:
-            members.append(i)
-            length = min(length, common)
+        if out and min(_common(rows[out[-1][-1]], rows[i]), room[out[-1][-1]], room[i]) >= floor:
+            out[-1].append(i)
         else:
-            close(length, members)
-            members, length = [i], room
-    if members:
-        close(length, members)
-    return groups, singles
+            out.append([i])
+    return out
+
+
+def prefix_tree(
+    rows: Sequence[Sequence[int]], keep: Sequence[int], minimum: int
+) -> tuple[list[PrefixNode], list[int]]:
+    """Scoring rows as a prefix tree, for running each shared stretch of tokens once: ([roots], rows
+    sharing no `minimum` tokens with any other).
+
+    A node holds the tokens all its rows share; a child branches off where at least two of them go on
+    sharing `minimum` more. So the judge's prompts nest as they are built: the few-shot block every
+    pair of a batch shares, then one pair's conversation, then each presentation order's responses,
+    then the K principle questions. Every row keeps its last `keep[i]` tokens out of the tree (the
+    positions whose next-token distributions are read)."""
+    room = [len(r) - k for r, k in zip(rows, keep, strict=True)]
+
+    def build(members: list[int], start: int) -> PrefixNode:
+        first, last = members[0], members[-1]  # sorted: their common prefix is everyone's
+        end = min(_common(rows[first], rows[last]), *(room[i] for i in members))
+        node = PrefixNode(start, end, members)
+        for run in _clusters(members, rows, room, end + minimum):
+            if len(run) > 1:
+                node.children.append(build(run, end))
+            else:
+                node.tails.extend(run)
+        return node
+
+    order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
+    roots: list[PrefixNode] = []
+    singles: list[int] = []
+    for run in _clusters(order, rows, room, minimum):
+        if len(run) > 1:
+            roots.append(build(run, 0))
+        else:
+            singles.extend(run)
+    return roots, singles

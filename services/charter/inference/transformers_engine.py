@@ -2,9 +2,10 @@
 
 Generation: batched `generate` with left padding, one call per group of requests that share
 sampling settings. Option scoring: one forward pass over the padded (prompt + option) sequences —
-except that prompts sharing a long prefix (the K principle questions of one pair, the two options of a
-contrastive prompt) run the prefix once and only their differing tails on top of its key/value cache
-(`tokens.prefix_groups`), so K principles cost far less than K times one.
+except that prompts sharing long prefixes run each shared stretch once, as a prefix tree
+(`tokens.prefix_tree`: the few-shot block of a batch, then a pair's conversation, then each order's
+responses, then the K principle questions), extending copies of the key/value cache; only the rows'
+differing tails run as padded batches. So K principles cost far less than K times one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from charter.core.errors import InvalidArgument, NotFound
 from charter.inference.local import LocalEngine
-from charter.inference.tokens import PreparedChat, ScoreItem, prefix_groups, truncate_at_stop
+from charter.inference.tokens import PrefixNode, PreparedChat, ScoreItem, prefix_tree, truncate_at_stop
 from charter.inference.types import ChatResult, Completion, ModelInfo, Sampling
 
 _DTYPES = {"bfloat16", "float16", "float32"}
@@ -128,20 +129,39 @@ class TransformersEngine(LocalEngine):
         if self.shared_prefix_tokens is None:
             yield from self._padded(rows, keep, list(range(len(rows))))
             return
-        groups, singles = prefix_groups(rows, keep, self.shared_prefix_tokens)
-        for length, members in groups:
-            yield from self._shared(rows, keep, length, members)
+        roots, singles = prefix_tree(rows, keep, self.shared_prefix_tokens)
+        for root in roots:
+            yield from self._node(rows, keep, root, None)
         yield from self._padded(rows, keep, singles)
 
-    def _shared(
-        self, rows: list[list[int]], keep: list[int], length: int, members: list[int]
+    def _node(
+        self, rows: list[list[int]], keep: list[int], node: PrefixNode, cache: Any
     ) -> Iterator[tuple[int, Any]]:
-        """Rows sharing their first `length` tokens: the prefix runs once; each chunk of tails runs on a
-        copy of its key/value cache, left-padded after it so every tail ends at the same place."""
+        """Run the node's shared tokens once on a copy of its parent's key/value cache, then its children
+        on copies of the result, then its tails as padded batches on copies of it."""
+        torch = self._torch
+        segment = rows[node.rows[0]][node.start : node.end]
+        with torch.inference_mode():
+            cache = self.hf_model(
+                input_ids=torch.tensor([segment]),
+                attention_mask=torch.ones(1, node.end, dtype=torch.long),
+                position_ids=torch.arange(node.start, node.end).unsqueeze(0),
+                past_key_values=copy.deepcopy(cache) if cache is not None else None,
+                use_cache=True,
+                logits_to_keep=1,
+            ).past_key_values
+        for child in node.children:
+            yield from self._node(rows, keep, child, cache)
+        if node.tails:
+            yield from self._tails(rows, keep, node.end, node.tails, cache)
+
+    def _tails(
+        self, rows: list[list[int]], keep: list[int], length: int, members: list[int], prefix: Any
+    ) -> Iterator[tuple[int, Any]]:
+        """Rows whose first `length` tokens are in the `prefix` cache: each chunk of their tails runs on a
+        copy of it, left-padded after it so every tail ends at the same place."""
         torch = self._torch
         pad = self.tokenizer.pad_token_id
-        with torch.inference_mode():
-            prefix = self.hf_model(input_ids=torch.tensor([rows[members[0]][:length]]), use_cache=True)
         widest = max(len(rows[i]) - length for i in members)
         size = max(1, min(self.score_batch_tokens // widest, 32))  # 32 copies of the cache at most
         for start in range(0, len(members), size):
@@ -151,7 +171,7 @@ class TransformersEngine(LocalEngine):
             ids = torch.tensor([[pad] * (width - len(x)) + x for x in tails])
             mask = torch.tensor([[1] * length + [0] * (width - len(x)) + [1] * len(x) for x in tails])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, length:]
-            cache = copy.deepcopy(prefix.past_key_values)
+            cache = copy.deepcopy(prefix)
             cache.batch_repeat_interleave(len(chunk))
             tail = max(keep[i] for i in chunk)
             with torch.inference_mode():
