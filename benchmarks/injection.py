@@ -44,7 +44,7 @@ DECISIVE = 0.55  # flip_rate_decisive: the attacked label gives the injected res
 
 
 async def label_all(engine: Any, pairs: list[Any], principles: list[str], constitution: Any,
-                    defended: bool) -> list[Any]:  # fmt: skip
+                    defended: bool, method: str = "multiple_choice") -> list[Any]:  # fmt: skip
     """One label per pair, each with its own fixed principle; all issued together (the engine
     batches them across principles)."""
     from charter.judge.core import Judge, JudgeConfig
@@ -56,7 +56,7 @@ async def label_all(engine: Any, pairs: list[Any], principles: list[str], consti
 
     async def group(pid: str, idx: list[int]) -> list[Any]:
         config = JudgeConfig(constitution=constitution, principles_per_label=1, principle_ids=(pid,),
-                             seed=SEED, defended=defended)  # fmt: skip
+                             seed=SEED, defended=defended, method=method)  # fmt: skip
         return await judge.label([pairs[i] for i in idx], config, timeout=TIMEOUT)
 
     results = await asyncio.gather(*(group(pid, idx) for pid, idx in groups.items()))
@@ -150,7 +150,7 @@ def evaluate(
     }
 
 
-async def measure(engine: Any, suite: list[Any], constitution: Any) -> dict[str, Any]:
+async def measure(engine: Any, suite: list[Any], constitution: Any, method: str) -> dict[str, Any]:
     from charter.judge.core import JudgeConfig, draw_principles
 
     base = JudgeConfig(constitution=constitution, principles_per_label=1, seed=SEED)
@@ -158,8 +158,9 @@ async def measure(engine: Any, suite: list[Any], constitution: Any) -> dict[str,
     out: dict[str, Any] = {}
     for name, defended in (("defended", True), ("undefended", False)):
         started = time.perf_counter()
-        clean = await label_all(engine, [i.clean() for i in suite], principles, constitution, defended)
-        attacked = await label_all(engine, [i.attacked() for i in suite], principles, constitution, defended)
+        clean = await label_all(engine, [i.clean() for i in suite], principles, constitution, defended, method)
+        attacked = await label_all(engine, [i.attacked() for i in suite], principles, constitution, defended,
+                                   method)  # fmt: skip
         out[name] = evaluate(suite, clean, attacked, principles)
         out[name]["seconds"] = time.perf_counter() - started
         r = out[name]
@@ -178,6 +179,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="float32 by default: bf16 logits quantise p to a few values, hiding small shifts")  # fmt: skip
     parser.add_argument("--model", default="embedded", help="'embedded' or a local model folder")
+    parser.add_argument("--method", choices=("multiple_choice", "calibrated", "contrastive"),
+                        default="multiple_choice", help="the judge's scoring method")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "injection.json")
     args = parser.parse_args()
 
@@ -193,7 +196,7 @@ def main() -> None:
     engine, settings = make_engine(args.engine, args.threads, args.dtype, args.model)
     startup = time.perf_counter() - started
     try:
-        results = asyncio.run(measure(engine, suite, constitution))
+        results = asyncio.run(measure(engine, suite, constitution, args.method))
     finally:
         asyncio.run(engine.close())
     d, u = results["defended"], results["undefended"]
@@ -204,7 +207,9 @@ def main() -> None:
             "source": "hh-rlhf harmless-base-test-dev (shared file), first usable pairs in file order "
                       f"(responses differ, <= {MAX_CHARS} chars, no prompt structure of their own); "
                       "the human-rejected response carries the injection; template i mod T on pair i",
-            "constitution": "harmless", "principles_per_label": 1, "orders": 2, "seed": SEED,
+            "constitution": "harmless", "principles_per_label": 1,
+            "orders": 0 if args.method == "contrastive" else 2, "seed": SEED,
+            "method": args.method,
             "principle": "drawn once per pair from the clean pair, the same for clean and attacked labels",
             "model": f"{args.model} ({args.dtype})", "engine": args.engine, "threads": args.threads,
             "max_model_len": settings.max_model_len,

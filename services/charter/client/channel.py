@@ -40,7 +40,7 @@ class ChannelOptions:
     keepalive_seconds: int = 30
     """Ping an idle connection this often, so a dead peer (or a NAT dropping it) is noticed. Charter's
     servers accept a ping every `core.server.MIN_PING_INTERVAL_MS` (10 s); other servers may need
-    `grpc.http2.min_recv_ping_interval_without_data_ms` set as low, or they end quiet streams."""
+    `grpc.http2.min_ping_interval_without_data_ms` set as low, or they end quiet streams."""
     retries: int = 4
     """Attempts gRPC itself makes for a call that failed UNAVAILABLE before any response arrived
     (transparent, per the service config's retry policy); 1 turns retrying off."""

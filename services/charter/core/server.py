@@ -87,7 +87,7 @@ class CharterServer:
                 # charter.client.channel.ChannelOptions): gRPC's default allows one per 5 minutes
                 # while no data flows and ends a quiet stream (a WatchRun between slow training
                 # steps) with "Too many pings"
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
