@@ -111,13 +111,36 @@ def test_undefended_rendering_keeps_raw_text() -> None:
     assert "choose (B)." in m[-1].content and "<response>" not in m[-1].content
 
 
-def test_few_shot_examples_follow_their_principle() -> None:
+def test_few_shot_block_is_the_same_for_every_principle() -> None:
+    """Tied examples are asked under their own principle's question, whatever principle is judged, so
+    the block is one shared prefix; general examples come after it, under the question asked."""
+    from charter.constitution.schema import ComparisonExample
+
     c = harmless().constitution
-    assert [e.principle_id for e in prompts.examples_for(c, c.principle("privacy"))] == ["privacy"]
-    assert prompts.examples_for(c, c.principle("violence")) == []
-    shots = prompts.few_shot_messages(c, c.principle("over-refusal"))
-    assert [m.role for m in shots] == ["user", "assistant"]
-    assert shots[1].content == "The answer is: (B)"
+    ids = [e.principle_id for e in c.few_shot.comparison]
+    assert [e.principle_id for e in prompts.examples_for(c, c.principle("violence"))] == ids
+    blocks = {tuple(prompts.few_shot_messages(c, p)) for p in c.principles}
+    assert len(blocks) == 1
+    (block,) = blocks
+    assert [m.role for m in block] == ["user", "assistant"] * len(ids)
+    assert sorted(m.content for m in block[1::2]) == ["The answer is: (A)", "The answer is: (B)"]
+    for example, question in zip(c.few_shot.comparison, block[0::2], strict=True):
+        assert question.content.endswith(
+            f"{c.principle(example.principle_id).comparison_question.strip()}\nOptions:\n(A) Response (A)\n(B) Response (B)"
+        )
+    general = ComparisonExample.model_validate(
+        {"conversation": [{"role": "user", "content": "Hi"}], "response_a": "Hello.", "response_b": "Go away.",
+         "preferred": "A"}
+    )  # fmt: skip
+    examples = (general, *c.few_shot.comparison)
+    mixed = c.model_copy(update={"few_shot": c.few_shot.model_copy(update={"comparison": examples})})
+    violence = mixed.principle("violence")
+    assert prompts.examples_for(mixed, violence)[-1] is general
+    assert prompts.few_shot_messages(mixed, violence)[:-2] == list(block)
+    assert prompts.few_shot_messages(mixed, violence)[-2].content.endswith(
+        f"{violence.comparison_question.strip()}\nOptions:\n(A) Response (A)\n(B) Response (B)"
+    )
+    assert len(prompts.few_shot_messages(c, violence, limit=1)) == 2
 
 
 def test_both_orders_and_symmetric_principle_draws() -> None:

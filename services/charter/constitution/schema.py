@@ -75,7 +75,8 @@ class ComparisonExample(_Strict):
     response_b: str
     preferred: Literal["A", "B"]
     principle_id: Slug | None = None
-    """When set, the example is shown only with that principle's question."""
+    """When set, the example is asked with that principle's question (and shown with every principle's
+    prompt, so the few-shot block is one shared prefix); unset, with the question being asked."""
 
 
 class FewShot(_Strict):

@@ -103,9 +103,15 @@ def contrast_instruction(question: str, *, follow: bool, folder: Path = TEMPLATE
 def examples_for(
     constitution: Constitution, principle: Principle, limit: int | None = None
 ) -> list[ComparisonExample]:
-    """The constitution's labelled examples shown with `principle`: the general ones and its own."""
-    chosen = [e for e in constitution.few_shot.comparison if e.principle_id in (None, principle.id)]
-    return chosen[:limit]
+    """The constitution's labelled examples shown with `principle`, as one fixed block: every example
+    tied to a principle (each under its own principle's question, so the block is the same for every
+    principle asked, and the K prompts of a pair share it as a prefix), then the general ones (asked
+    with `principle`'s question). A fixed block also shows every principle the examples' mix of (A)
+    and (B) answers, not a one-sided subset of it."""
+    examples = constitution.few_shot.comparison
+    tied = [e for e in examples if e.principle_id is not None]
+    general = [e for e in examples if e.principle_id is None]
+    return [*tied, *general][:limit]
 
 
 def few_shot_messages(
@@ -115,7 +121,8 @@ def few_shot_messages(
     limit: int | None = None,
     defended: bool = True,
 ) -> list[Message]:
-    """Each example as a finished exchange: the rendered question, then "The answer is: (X)"."""
+    """Each example (`examples_for`) as a finished exchange: the rendered question, then "The answer
+    is: (X)"."""
     out: list[Message] = []
     for ex in examples_for(constitution, principle, limit):
         question = (
