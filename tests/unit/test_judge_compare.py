@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,11 @@ def test_variants_parse_to_options() -> None:
     assert k4.method == "calibrated" and k4.principles_per_label == 4 and not k4.chain_of_thought
     assert parse_variant("reward_model", BASE).method == "reward_model"
     assert parse_variant(" contrastive ", BASE).principles_per_label == 1
+    scaled = dataclasses.replace(BASE, logit_scale=5.5, contrastive_beta=40.0)
+    assert parse_variant("calibrated", scaled).logit_scale == 5.5  # the fitted scales go where they apply
+    assert parse_variant("contrastive", scaled).logit_scale is None
+    assert parse_variant("contrastive", scaled).contrastive_beta == 40.0
+    assert parse_variant("reward_model", scaled).logit_scale is None
     for bad in ("majority", "contrastive@0", "calibrated@x", "cot", ""):
         with pytest.raises(InvalidArgument, match="METHOD"):
             parse_variant(bad, BASE)

@@ -21,6 +21,7 @@ from typing import Any
 from charter.core.errors import InvalidArgument
 from charter.core.settings import CharterSettings
 from charter.evaluation.judge import (
+    SCALED_OTHERWISE,
     EvalOptions,
     build_report,
     check_plotting,
@@ -38,7 +39,8 @@ _VARIANT = re.compile(r"^(?P<method>[a-z_]+)(?P<cot>\+cot)?(?:@(?P<k>[1-9][0-9]*
 
 
 def parse_variant(text: str, base: EvalOptions) -> EvalOptions:
-    """`METHOD[+cot][@K]` -> the options of that variant (the rest as in `base`)."""
+    """`METHOD[+cot][@K]` -> the options of that variant (the rest as in `base`; `--logit-scale` goes to
+    the multiple-choice variants only, as `--contrastive-beta` goes to the contrastive ones)."""
     match = _VARIANT.match(text.strip())
     if not match or match["method"] not in METHODS:
         raise InvalidArgument(
@@ -50,6 +52,7 @@ def parse_variant(text: str, base: EvalOptions) -> EvalOptions:
         method=match["method"],
         chain_of_thought=match["cot"] is not None,
         principles_per_label=int(match["k"]) if match["k"] else base.principles_per_label,
+        logit_scale=None if match["method"] in SCALED_OTHERWISE else base.logit_scale,
         output=base.output / text.strip(),
         compare=(),
     )
