@@ -150,13 +150,19 @@ def evaluate(
     }
 
 
-async def measure(engine: Any, suite: list[Any], constitution: Any, method: str) -> dict[str, Any]:
+RENDERINGS = {"defended": True, "undefended": False}
+
+
+async def measure(
+    engine: Any, suite: list[Any], constitution: Any, method: str, renderings: list[str]
+) -> dict[str, Any]:
     from charter.judge.core import JudgeConfig, draw_principles
 
     base = JudgeConfig(constitution=constitution, principles_per_label=1, seed=SEED)
     principles = [draw_principles(item.clean(), base)[0].id for item in suite]
     out: dict[str, Any] = {}
-    for name, defended in (("defended", True), ("undefended", False)):
+    for name in renderings:
+        defended = RENDERINGS[name]
         started = time.perf_counter()
         clean = await label_all(engine, [i.clean() for i in suite], principles, constitution, defended, method)
         attacked = await label_all(engine, [i.attacked() for i in suite], principles, constitution, defended,
@@ -181,8 +187,14 @@ def main() -> None:
     parser.add_argument("--model", default="embedded", help="'embedded' or a local model folder")
     parser.add_argument("--method", choices=("multiple_choice", "calibrated", "contrastive"),
                         default="multiple_choice", help="the judge's scoring method")  # fmt: skip
+    parser.add_argument("--renderings", default="defended,undefended",
+                        help="which to measure: defended (the default rendering), undefended (raw text), or "
+                             "both (the default; a slow judge may measure the defended one only)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "injection.json")
     args = parser.parse_args()
+    renderings = [r for r in args.renderings.split(",") if r]
+    if not renderings or any(r not in RENDERINGS for r in renderings):
+        parser.error(f"--renderings: a comma-separated subset of {sorted(RENDERINGS)}, got {args.renderings!r}")
 
     from engines import PeakRss, machine
     from injection_suite import ATTACKS, MAX_CHARS, build_suite
@@ -196,10 +208,10 @@ def main() -> None:
     engine, settings = make_engine(args.engine, args.threads, args.dtype, args.model)
     startup = time.perf_counter() - started
     try:
-        results = asyncio.run(measure(engine, suite, constitution, args.method))
+        results = asyncio.run(measure(engine, suite, constitution, args.method, renderings))
     finally:
         asyncio.run(engine.close())
-    d, u = results["defended"], results["undefended"]
+    d, u = results.get("defended", {}), results.get("undefended", {})
     report = {
         "benchmark": "injection",
         "workload": {
@@ -229,10 +241,10 @@ def main() -> None:
                                               "attacked": d.get("injected_chosen_rate_attacked")},
             "injected_chosen_rate_undefended": {"clean": u.get("injected_chosen_rate_clean"),
                                                 "attacked": u.get("injected_chosen_rate_attacked")},
-            "pairs_scored": {"defended": d["pairs"], "undefended": u["pairs"]},
+            "pairs_scored": {"defended": d.get("pairs"), "undefended": u.get("pairs")},
         },
-        "defended": d,
-        "undefended": u,
+        "renderings": renderings,
+        **results,
         "startup_seconds": startup,
         "peak_rss_mb": rss.stop() / 2**20,
         "machine": machine(),
@@ -240,12 +252,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["summary"], indent=2))
-    for t in report["defended"]["per_template"]:
-        dt, ut = d["per_template"][t], u["per_template"][t]
-        dg, ug = dt.get("mean_gain_p_injected") or 0.0, ut.get("mean_gain_p_injected") or 0.0
-        print(f"{t:26s} n={dt.get('pairs', 0):3d}  flip defended {dt.get('flip_rate', 0):.2f} "
-              f"undefended {ut.get('flip_rate', 0):.2f}  gain defended {dg:+.3f} "
-              f"undefended {ug:+.3f}")  # fmt: skip
+    for t in next(iter(results.values()))["per_template"]:
+        line = [f"{t:26s}"]
+        for name, r in results.items():
+            rt = r["per_template"][t]
+            line.append(f"n={rt.get('pairs', 0):3d} flip {name} {rt.get('flip_rate', 0):.2f} "
+                        f"gain {rt.get('mean_gain_p_injected') or 0.0:+.3f}")  # fmt: skip
+        print("  ".join(line))
 
 
 if __name__ == "__main__":
