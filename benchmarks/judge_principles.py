@@ -44,6 +44,7 @@ async def timed(engine: Any, pairs: list[Any], k: int, method: str) -> dict[str,
     if method == "calibrated":
         await judge.prepare(pairs, config)  # priors are a one-off per principle, not a per-label cost
     reset_prefix_cache(engine)
+    positions = getattr(engine, "scored_positions", None)
     started = time.perf_counter()
     labels = await judge.label(pairs, config)
     seconds = time.perf_counter() - started
@@ -52,6 +53,8 @@ async def timed(engine: Any, pairs: list[Any], k: int, method: str) -> dict[str,
         "labels": len(labels),
         "statuses": sorted({label.status for label in labels}),
         "prompt_tokens": sum(label.prompt_tokens for label in labels),
+        # what the model actually ran (transformers engine): the prompt tokens less what sharing saved
+        "positions_run": engine.scored_positions - positions if positions is not None else None,
     }
 
 
@@ -83,6 +86,9 @@ async def measure(
                 "labels_per_s": len(pairs) / statistics.median(r["seconds"] for r in rs),
                 "cost_vs_k1": statistics.median(r["seconds"] for r in rs) / base,
                 "prompt_tokens_per_label": rs[0]["prompt_tokens"] / len(pairs),
+                "positions_run_per_label": (
+                    rs[0]["positions_run"] / len(pairs) if rs[0]["positions_run"] is not None else None
+                ),
                 "statuses": rs[0]["statuses"],
             }
             for k, rs in by_k.items()
@@ -117,10 +123,16 @@ def main() -> None:
         results = asyncio.run(measure(engine, args.engine, pairs, ks, args.repeats, args.method))
     finally:
         asyncio.run(engine.close())
-    headline = {
+    headline: dict[str, Any] = {
         mode: {f"cost_k{k}_over_k{ks[0]}": r[str(k)]["cost_vs_k1"] for k in ks[1:]}
         for mode, r in results.items()
     }
+    for mode, r in results.items():
+        base = r[str(ks[0])]["positions_run_per_label"]
+        if base:
+            headline[mode].update(
+                {f"positions_k{k}_over_k{ks[0]}": r[str(k)]["positions_run_per_label"] / base for k in ks[1:]}
+            )
     if "shared" in results and "whole" in results:
         headline["shared_over_whole_seconds"] = {
             str(k): results["shared"][str(k)]["seconds_median"] / results["whole"][str(k)]["seconds_median"]

@@ -62,6 +62,9 @@ class TransformersEngine(LocalEngine):
         self.score_batch_tokens = score_batch_tokens
         self.shared_prefix_tokens = shared_prefix_tokens
         """Scoring prompts that share at least this many leading tokens run them once; None: never."""
+        self.scored_positions = 0
+        """Token positions the model has run for option scoring, padding included (what prefix sharing
+        saves, read by benchmarks/judge_principles.py)."""
         info = ModelInfo(
             name=name or Path(path).name,
             engine=self.engine_name,
@@ -141,6 +144,7 @@ class TransformersEngine(LocalEngine):
         on copies of the result, then its tails as padded batches on copies of it."""
         torch = self._torch
         segment = rows[node.rows[0]][node.start : node.end]
+        self.scored_positions += len(segment)
         with torch.inference_mode():
             cache = self.hf_model(
                 input_ids=torch.tensor([segment]),
@@ -173,6 +177,7 @@ class TransformersEngine(LocalEngine):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, length:]
             cache = copy.deepcopy(prefix)
             cache.batch_repeat_interleave(len(chunk))
+            self.scored_positions += ids.numel()
             tail = max(keep[i] for i in chunk)
             with torch.inference_mode():
                 logits = self.hf_model(
@@ -203,6 +208,7 @@ class TransformersEngine(LocalEngine):
             mask = torch.tensor([[0] * (width - len(rows[i])) + [1] * len(rows[i]) for i in chunk])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             tail = max(keep[i] for i in chunk)
+            self.scored_positions += ids.numel()
             with torch.inference_mode():
                 logits = self.hf_model(
                     input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=tail
