@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from charter.core.errors import InvalidArgument
 from charter.evaluation.judge import EvalOptions
-from charter.evaluation.judge_compare import parse_variant, row, table
-from charter.judge.metrics import EvalRecord, OrderProb, summarise
+from charter.evaluation.judge_compare import baseline_line, parse_variant, row, table
+from charter.judge.metrics import EvalRecord, OrderProb, shorter_reply, summarise
 
 BASE = EvalOptions(data=Path("pairs.jsonl"), constitution="harmless", output=Path("out"), principles_per_label=1)
 
@@ -44,3 +44,19 @@ def test_the_table_has_one_row_per_variant_and_says_when_there_are_no_slots() ->
     assert "none (no slots)" in lines[3] and "β 2; fitted here 3.5" in lines[3]
     assert rows[0]["same_position_rate"] == 1.0 and rows[1]["same_position_rate"] is None
     assert rows[0]["labels_per_second"] == pytest.approx(1.5)
+
+
+def test_the_shorter_reply_baseline_counts_equal_lengths_as_half_and_skips_unlabelled_pairs() -> None:
+    pairs = [
+        ("no", "sure, here is how", "A"),  # shorter is A, human A: a hit
+        ("long reply here", "no", "A"),  # shorter is B, human A: a miss
+        ("same", "size", "B"),  # equal length: half
+        ("x", "yy", None),  # no human label: not counted
+    ]
+    b = shorter_reply(pairs)
+    assert b["pairs"] == 3 and b["equal_length"] == 1
+    assert b["agreement"] == pytest.approx(1.5 / 3)
+    assert 0.0 <= b["agreement_ci95"][0] < b["agreement"] < b["agreement_ci95"][1] <= 1.0
+    line = baseline_line({"shorter_reply": b})
+    assert "the shorter reply: 50.0%" in line and "1 of 3 pairs of equal length" in line
+    assert shorter_reply([])["agreement"] is None

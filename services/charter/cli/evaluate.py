@@ -108,8 +108,8 @@ def judge(
     calibration (ECE, reliability diagram), agreement per principle, and labels/s — or, with --compare,
     those figures for several judge variants on the same pairs, in one table and chart."""
     from charter.evaluation.judge import EvalOptions, evaluate
+    from charter.evaluation.judge_compare import baseline_line, table
     from charter.evaluation.judge_compare import compare as compare_variants
-    from charter.evaluation.judge_compare import table
     from charter.judge.metrics import format_table
 
     inference: dict[str, Any] = {
@@ -165,7 +165,7 @@ def judge(
             f"{result['config']['pairs']} pairs from {data}"
             + (f" (the {split} half, split seed {split_seed})" if split != "all" else "")
         )
-        typer.echo(table(result["rows"]))
+        typer.echo(table(result["rows"]) + baseline_line(result["baselines"]))
         typer.echo(f"written: {output / 'compare.json'}, compare.md, compare.png and one folder per variant")
         return
     with progress:
@@ -184,7 +184,7 @@ def judge(
         f"{report['config']['pairs']} pairs from {data}"
         + (f" (the {split} half, split seed {split_seed})" if split != "all" else "")
     )
-    typer.echo(format_table(report["summary"]))
+    typer.echo(format_table(report["summary"]) + baseline_line(report["baselines"]))
     typer.echo(f"written: {output / 'eval.json'}, labels.jsonl, reliability.png, principles.png")
 
 

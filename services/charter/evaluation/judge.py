@@ -330,6 +330,11 @@ async def reward_judge(
         judge.close()
 
 
+def baselines(pairs: list[PairRow]) -> dict[str, Any]:
+    """What the same pairs give without a judge model (`metrics.shorter_reply`)."""
+    return {"shorter_reply": metrics.shorter_reply([(p.response_a, p.response_b, p.human) for p in pairs])}
+
+
 def build_report(
     options: EvalOptions,
     settings: CharterSettings,
@@ -342,6 +347,7 @@ def build_report(
     first = labels[0]
     return {
         "summary": summary,
+        "baselines": baselines(pairs),
         "config": {
             "data": str(options.data),
             "pairs": len(pairs),

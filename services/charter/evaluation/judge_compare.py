@@ -118,6 +118,15 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def baseline_line(baselines: dict[str, Any]) -> str:
+    """The no-model baseline under the table."""
+    b = baselines["shorter_reply"]
+    return (
+        f"\nNo-model baseline on the same pairs — the shorter reply: {_pct(b['agreement'])} "
+        f"({_ci(b['agreement_ci95'])}; {b['equal_length']} of {b['pairs']} pairs of equal length).\n"
+    )
+
+
 async def compare(
     options: EvalOptions,
     settings: CharterSettings,
@@ -160,10 +169,16 @@ async def compare(
             "judge",
         )
     }
-    result = {"rows": rows, "config": config, "machine": first["machine"], "versions": first["versions"]}
+    result = {
+        "rows": rows,
+        "baselines": first["baselines"],
+        "config": config,
+        "machine": first["machine"],
+        "versions": first["versions"],
+    }
     out = options.output
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "compare.md").write_text(table(rows))
+    (out / "compare.md").write_text(table(rows) + baseline_line(first["baselines"]))
     plots.compare_png(rows, out / "compare.png")
     return result

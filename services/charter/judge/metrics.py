@@ -124,6 +124,28 @@ def _proportion(hits: int, n: int) -> dict[str, Any]:
     return {"value": _rate(hits, n), "ci95": list(wilson(hits, n))}
 
 
+def shorter_reply(pairs: Sequence[tuple[str, str, str | None]]) -> dict[str, Any]:
+    """A no-model baseline: choose the shorter reply (characters; equal length counts half). Each item is
+    (response_a, response_b, human choice). On hh-rlhf harmless data the less harmful reply is often
+    the shorter one, so a judge must beat this, not 50%, to show it reads the replies."""
+    hits = ties = n = 0
+    for a, b, human in pairs:
+        if human is None:
+            continue
+        n += 1
+        if len(a) == len(b):
+            ties += 1
+        elif ("A" if len(a) < len(b) else "B") == human:
+            hits += 1
+    # a tie is a coin flip: half credit, and the interval counts it as half a success (rounded down)
+    return {
+        "agreement": _rate(hits + ties / 2, n),
+        "agreement_ci95": list(wilson(hits + ties // 2, n)),
+        "pairs": n,
+        "equal_length": ties,
+    }
+
+
 def _side(p: float) -> int:
     return (p > 0.5) - (p < 0.5)
 
