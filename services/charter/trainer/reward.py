@@ -7,7 +7,9 @@ human decision) — so the loss here is the cross-entropy against that target:
     loss = −[p · log σ(Δ) + (1 − p) · log σ(−Δ)],   Δ = r_chosen − r_rejected
 
 which equals TRL's when p = 1 and pushes Δ toward logit(p) otherwise (a 0.6 label asks for a small
-margin, not an infinite one). The soft label rides through TRL's collator in its `margin` slot.
+margin, not an infinite one; `charter.trainer.soft_labels`). The soft label rides through TRL's
+collator in its `margin` slot (`reward_dataset` puts it there); a batch without it is an error, never
+a fall-back to the hard loss.
 """
 
 from __future__ import annotations
@@ -15,18 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from trl import RewardTrainer
+
+from charter.trainer.soft_labels import soft_bt_loss, take_soft_label
+
+__all__ = ["SOFT_COLUMN", "SoftRewardTrainer", "pairwise_accuracy", "reward_dataset", "soft_bt_loss"]
 
 SOFT_COLUMN = "margin"
 """The collator column that carries p_chosen (TRL's collator passes `margin` through as a float)."""
-
-
-def soft_bt_loss(delta: torch.Tensor, p_chosen: torch.Tensor | None) -> torch.Tensor:
-    if p_chosen is None:
-        return -nn.functional.logsigmoid(delta).mean()
-    p = p_chosen.to(delta.dtype)
-    return -(p * nn.functional.logsigmoid(delta) + (1 - p) * nn.functional.logsigmoid(-delta)).mean()
 
 
 class SoftRewardTrainer(RewardTrainer):
@@ -34,7 +32,7 @@ class SoftRewardTrainer(RewardTrainer):
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         mode = "train" if self.model.training else "eval"
-        p_chosen = inputs.pop(SOFT_COLUMN, None)
+        p_chosen = take_soft_label(inputs, SOFT_COLUMN, type(self).__name__, "reward_dataset(rows)")
         outputs = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
         )
