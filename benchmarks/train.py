@@ -7,9 +7,10 @@ judge-like soft labels (p_chosen cycling 0.95 / 0.85 / 0.75 / 0.65). Every job s
 
 - **rm**: TRL's stock `RewardTrainer` (hard Bradley-Terry labels; the baseline) and Charter's
   `SoftRewardTrainer` on `reward_dataset(rows)` (soft labels): ratio of seconds per step.
-- **dpo**: TRL's `DPOTrainer` on the rows as they are (the baseline) and on Charter's soft-oriented
-  rows, `dpo_dataset(rows, seed=0)` (a seeded swap per pair): ratio of seconds per step (≈ 1 expected).
-  Reference model: a frozen copy, one forward per step.
+- **dpo**: TRL's `DPOTrainer` on the rows as they are (the baseline, hard labels) and Charter's
+  `SoftDPOTrainer` on `dpo_dataset(rows)` (each row's p_chosen in the loss): ratio of seconds per
+  step (≈ 1 expected). Reference model: a frozen copy, one forward per step. (Results before the
+  per-row soft loss timed TRL's trainer on coin-oriented rows instead.)
 - **ppo**: Charter's `PPOTrainer` (policy + value head, frozen reference, a `RewardModelScorer` on a
   second copy of the model): a step is one rollout (generation, the policy's and reference's
   log-probs and values, the reward model's scores) and `--ppo-epochs` passes of mini-batch updates.
@@ -256,7 +257,7 @@ def step_clock(device: str) -> Any:
 def run_trl(spec: dict[str, Any], job: str, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """rm-trl / rm-charter / dpo-trl / dpo-charter: `warmup` + `steps` optimizer steps through TRL's
     trainer; the timed figure is from the end of the last warm-up step to the end of the last step."""
-    from charter.trainer.dpo import dpo_dataset
+    from charter.trainer.dpo import SoftDPOTrainer, dpo_dataset
     from charter.trainer.reward import SoftRewardTrainer, reward_dataset
     from datasets import Dataset
 
@@ -282,8 +283,12 @@ def run_trl(spec: dict[str, Any], job: str, tokenizer: Any, rows: list[dict[str,
 
             model = load_model(spec, "lm", tokenizer.pad_token_id)
             reference = copy.deepcopy(model).requires_grad_(False).eval()
-            dataset = Dataset.from_list(plain) if job == "dpo-trl" else dpo_dataset(rows, seed=0)
-            trainer = DPOTrainer(
+            trainer_cls, dataset = (
+                (DPOTrainer, Dataset.from_list(plain))
+                if job == "dpo-trl"
+                else (SoftDPOTrainer, dpo_dataset(rows))
+            )
+            trainer = trainer_cls(
                 model=model, ref_model=reference, args=trl_args(spec, DPOConfig, tmp, beta=0.1),
                 train_dataset=dataset, processing_class=tokenizer, callbacks=[timer],
             )  # fmt: skip
@@ -297,9 +302,6 @@ def run_trl(spec: dict[str, Any], job: str, tokenizer: Any, rows: list[dict[str,
     pair_tokens = statistics.fmean(r["tokens"][1] + r["tokens"][2] for r in rows)
     result = rates(timed, {"pairs": spec["batch"], "tokens": spec["batch"] * pair_tokens})
     result.update(warmup_seconds=ends[spec["warmup"] - 1] - timer.start, memory=peak)
-    if job.startswith("dpo"):
-        swapped = sum(d["chosen"] != r["chosen"] for d, r in zip(dataset, rows, strict=True))
-        result["pairs_swapped"] = swapped
     del trainer, model
     return result
 

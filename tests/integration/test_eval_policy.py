@@ -74,9 +74,9 @@ def test_implicit_accuracy_equals_a_hand_computed_value(tmp_path, embedded_model
 
 
 def short_dpo(base: Path, rows: list[dict], out: Path) -> Path:
-    from charter.trainer.dpo import dpo_dataset
+    from charter.trainer.dpo import SoftDPOTrainer, dpo_dataset
     from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
 
     torch.manual_seed(0)
     tok = tiny.tokenizer(base)
@@ -86,10 +86,10 @@ def short_dpo(base: Path, rows: list[dict], out: Path) -> Path:
     )  # fmt: skip
     for i, row in enumerate(rows):
         row["p_chosen"], row["label_id"] = 1.0, f"hh-{i}"
-    trainer = DPOTrainer(
+    trainer = SoftDPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
         args=args,
-        train_dataset=dpo_dataset(rows, seed=0),
+        train_dataset=dpo_dataset(rows),
         processing_class=tok,
     )
     trainer.train()

@@ -45,7 +45,7 @@ def spec(algorithm=tp.ALGORITHM_DPO, hyperparameters=None, **changes) -> tp.RunS
             "center_rewards_coefficient",
             0.01,
         ),
-        (tp.ALGORITHM_DPO, {"beta": 0.2, "label_smoothing": 0.1}, "label_smoothing", 0.1),
+        (tp.ALGORITHM_DPO, {"beta": 0.2, "max_length": 128}, "beta", 0.2),
     ],
 )
 def test_good_specs_build_the_trl_config(algorithm, hyperparameters, attribute, expected):

@@ -242,14 +242,12 @@ class Runner:
                 eval_dataset=reward_dataset(eval_rows) if eval_rows else None,
             )  # fmt: skip
         if algorithm == "dpo":
-            from trl import DPOTrainer
+            from charter.trainer.dpo import SoftDPOTrainer, dpo_dataset
 
-            from charter.trainer.dpo import dpo_dataset
-
-            return DPOTrainer(
+            return SoftDPOTrainer(
                 model=_causal_lm(base), args=config, processing_class=tokenizer,
-                train_dataset=dpo_dataset(train_rows, self.spec.seed),
-                eval_dataset=dpo_dataset(eval_rows, self.spec.seed) if eval_rows else None,
+                train_dataset=dpo_dataset(train_rows),
+                eval_dataset=dpo_dataset(eval_rows) if eval_rows else None,
             )  # fmt: skip
         from charter.trainer.online import online_trainer, prompts_from_rows
 

@@ -3,8 +3,9 @@ in"): the algorithm, the base model, the data source, the reward watch, a reward
 every hyper-parameter — the last by
 actually constructing the algorithm's config object (TRL's `SFTConfig`, `RewardConfig`, `DPOConfig`,
 `GRPOConfig`, `RLOOConfig`, or Charter's own `PPOConfig`), so an unknown or ill-typed argument is an
-INVALID_ARGUMENT naming `spec.hyperparameters.<name>`. The spec is `charter.trainer.runs.RunSpec`
-(`charter.api.trainer.spec_from_proto` converts the proto's).
+INVALID_ARGUMENT naming `spec.hyperparameters.<name>` (as is a DPOConfig setting that Charter's
+soft-label DPO loss does not implement: `charter.trainer.dpo.check_config`). The spec is
+`charter.trainer.runs.RunSpec` (`charter.api.trainer.spec_from_proto` converts the proto's).
 """
 
 from __future__ import annotations
@@ -283,4 +284,8 @@ def check(spec: RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
     }
     with tempfile.TemporaryDirectory(prefix="charter-spec-") as tmp:
         config = trl_config(algorithm, hyperparameters, output_dir=tmp, seed=spec.seed, use_cpu=use_cpu)
+    if algorithm == "dpo":  # the soft-label loss implements TRL's sigmoid loss only
+        from charter.trainer.dpo import check_config
+
+        check_config(config)
     return CheckedSpec(algorithm, base, hyperparameters, config, _watch(spec, config), _ensemble(spec))
