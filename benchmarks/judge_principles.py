@@ -36,10 +36,12 @@ from judge import SEED, as_pair, load_rows  # noqa: E402
 from judge_engine import harmless, make_engine, quiet_logs, reset_prefix_cache  # noqa: E402
 
 
-async def timed(engine: Any, pairs: list[Any], k: int, method: str) -> dict[str, Any]:
+async def timed(engine: Any, pairs: list[Any], k: int, method: str, few_shot: int | None) -> dict[str, Any]:
     from charter.judge.core import Judge, JudgeConfig
 
-    config = JudgeConfig(constitution=harmless(), principles_per_label=k, seed=SEED, method=method)  # type: ignore[arg-type]
+    config = JudgeConfig(
+        constitution=harmless(), principles_per_label=k, seed=SEED, method=method, few_shot_limit=few_shot  # type: ignore[arg-type]
+    )
     judge = Judge(engine)
     if method == "calibrated":
         await judge.prepare(pairs, config)  # priors are a one-off per principle, not a per-label cost
@@ -63,9 +65,9 @@ def modes(engine_name: str) -> list[str | None]:
 
 
 async def measure(
-    engine: Any, engine_name: str, pairs: list[Any], ks: list[int], repeats: int, method: str
+    engine: Any, engine_name: str, pairs: list[Any], ks: list[int], repeats: int, method: str, few_shot: int | None
 ) -> dict[str, Any]:
-    await timed(engine, pairs[:2], 1, method)  # warm-up
+    await timed(engine, pairs[:2], 1, method, few_shot)  # warm-up
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for repeat in range(repeats):
         order = ks if repeat % 2 == 0 else list(reversed(ks))
@@ -73,7 +75,7 @@ async def measure(
             if mode is not None:
                 engine.shared_prefix_tokens = 64 if mode == "shared" else None
             for k in order:
-                run = await timed(engine, pairs, k, method)
+                run = await timed(engine, pairs, k, method, few_shot)
                 runs.setdefault(mode or "prefix cache", {}).setdefault(k, []).append(run)
                 print(f"{mode or engine_name} K={k}: {run['seconds']:.1f} s", file=sys.stderr)
     out: dict[str, Any] = {}
@@ -110,8 +112,17 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="float32")
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--few-shot-limit",
+        type=int,
+        default=-1,
+        help="labelled examples per prompt (default: the judge's judge.few_shot_limit default; -1 = that)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "judge_principles.json")
     args = parser.parse_args()
+    from charter.core.settings import JudgeSettings
+
+    few_shot = JudgeSettings().few_shot_limit if args.few_shot_limit < 0 else args.few_shot_limit
     ks = [int(k) for k in args.ks.split(",")]
 
     from engines import machine
@@ -120,7 +131,7 @@ def main() -> None:
     pairs = [as_pair(row) for row in load_rows(args.pairs)]
     engine, settings = make_engine(args.engine, args.threads, args.dtype, args.model)
     try:
-        results = asyncio.run(measure(engine, args.engine, pairs, ks, args.repeats, args.method))
+        results = asyncio.run(measure(engine, args.engine, pairs, ks, args.repeats, args.method, few_shot))
     finally:
         asyncio.run(engine.close())
     headline: dict[str, Any] = {
@@ -142,6 +153,7 @@ def main() -> None:
         "benchmark": "judge_principles",
         "workload": {
             "pairs": args.pairs, "ks": ks, "repeats": args.repeats, "method": args.method, "seed": SEED,
+            "few_shot_limit": few_shot,
             "constitution": "harmless", "orders": 2, "engine": args.engine, "model": f"{args.model} ({args.dtype})",
             "threads": args.threads, "max_model_len": settings.max_model_len,
             "modes": "shared: prompts with a common prefix of >= 64 tokens run it once; whole: every prompt "

@@ -115,6 +115,14 @@ class _Guarded(_Section):
 class GeneratorSettings(_Guarded):
     default_max_tokens: int = Field(default=256, ge=1)
     """New tokens when a request leaves sampling.max_tokens unset."""
+    swap_drain_seconds: float = Field(default=600.0, gt=0.0, le=86_400.0)
+    """SwapModel: how long new calls are held while the calls in flight finish on the old model; past
+    it the swap fails (UNAVAILABLE) and the old model keeps serving."""
+    trainer_address: str = ""
+    """The trainer service (host:port) that resolves `SwapModel(model="run:<id>")` to the run's final
+    model folder; empty: the local run store (`trainer.database_url`)."""
+    trainer_token_file: Path | None = None
+    """A `service` token for `trainer_address`."""
 
 
 class CriticSettings(_Guarded):
@@ -126,8 +134,10 @@ class CriticSettings(_Guarded):
 class JudgeSettings(_Guarded):
     tie_margin: float = Field(default=0.0, ge=0.0, lt=0.5)
     """|p_a - 0.5| at or below this is a tie, unless the request sets its own margin."""
-    few_shot_limit: int | None = Field(default=None, ge=0)
-    """Labelled comparison examples shown per prompt (unset = all that apply to the principle)."""
+    few_shot_limit: int | None = Field(default=0, ge=0)
+    """Labelled comparison examples shown per prompt (0, the default: none; unset = all the constitution
+    has). None by default because, measured on the embedded model, the `harmless` examples turned the
+    judge into a longer-reply detector (docs/evaluation.md, "The few-shot block")."""
     cot_max_tokens: int = Field(default=192, ge=1, le=4096)
     """Length of a chain-of-thought rationale."""
     method: Literal["multiple_choice", "calibrated", "contrastive"] = "multiple_choice"

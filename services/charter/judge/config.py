@@ -51,7 +51,8 @@ class JudgeConfig:
     """Chain-of-thought probabilities are clamped to this range (CAI §4.1)."""
     single_order: bool = False
     tie_margin: float = 0.0
-    few_shot_limit: int | None = None
+    few_shot_limit: int | None = 0
+    """Labelled examples shown per prompt: 0 none (the judge.few_shot_limit default), None all."""
     cot_max_tokens: int = 192
     defended: bool = True
     """Escape and fence model text in the prompt (see `prompts`); off only to measure the defence."""
