@@ -18,12 +18,12 @@ class FakeEngine(LocalEngine):
 
     engine_name = "fake"
 
-    def __init__(self, delay: float = 0.0, **kwargs) -> None:
+    def __init__(self, delay: float = 0.0, *, name: str = "fake", path: str = "-", **kwargs) -> None:
         self.delay = delay
         self.calls: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
-        super().__init__(ModelInfo("fake", "fake", "-", 100), **kwargs)
+        super().__init__(ModelInfo(name, "fake", path, 100), **kwargs)
 
     def _prepare_chat(self, requests: Sequence[ChatRequest]) -> list[ChatRequest]:
         for r in requests:

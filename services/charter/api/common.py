@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from charter import __version__
 from charter.constitution.registry import LoadedConstitution
 from charter.core.errors import InvalidArgument
+from charter.inference.policy import PolicyVersion
 from charter.inference.types import Completion, Message, ModelInfo, Sampling
 
 
@@ -97,8 +98,14 @@ def completion_proto(c: Completion) -> sampling_pb2.Completion:
     )
 
 
-def model_proto(info: ModelInfo) -> sampling_pb2.ModelRef:
-    return sampling_pb2.ModelRef(name=info.name, engine=info.engine, revision=info.revision)
+def model_proto(info: ModelInfo, version: PolicyVersion | None = None) -> sampling_pb2.ModelRef:
+    """The model that produced an artifact; with the generator's `version`, its digest and id too."""
+    if version is None:
+        return sampling_pb2.ModelRef(name=info.name, engine=info.engine, revision=info.revision)
+    revision = version.digest or info.revision
+    return sampling_pb2.ModelRef(
+        name=info.name, engine=info.engine, revision=revision, policy_version=version.id
+    )
 
 
 def constitution_ref(loaded: LoadedConstitution) -> constitution_pb2.ConstitutionRef:

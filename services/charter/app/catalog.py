@@ -10,6 +10,7 @@ unless `trainer.allow_unauthenticated` is set.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from charter_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from grpc import aio
 
 from charter.constitution.registry import ConstitutionRegistry
-from charter.core.auth import AccessPolicy, access_policy
+from charter.core.auth import AccessPolicy, access_policy, read_token
 from charter.core.errors import InvalidArgument
 from charter.core.server import Registration
 from charter.core.settings import CharterSettings
@@ -36,14 +37,33 @@ class Resources:
         self.settings = settings
         self._engine = engine
         self._owns_engine = engine is None
+        self._users = 0
         self._registry: ConstitutionRegistry | None = None
 
     def engine(self) -> InferenceClient:
+        """The shared engine, built on first use; each service that takes it counts as a user."""
         if self._engine is None:
             from charter.inference.factory import build_engine
 
             self._engine = build_engine(self.settings.inference)
+        self._users += 1
         return self._engine
+
+    def engine_on(self, folder: str, name: str) -> InferenceClient:
+        """A new engine of the configured kind and settings on another model folder (the generator's
+        swap); the caller owns it."""
+        from charter.inference.factory import build_engine
+
+        return build_engine(self.settings.inference.model_copy(update={"model": folder}), name=name)
+
+    async def release_engine(self, engine: InferenceClient) -> bool:
+        """A service is done with the shared engine: it is closed (True) when these resources built it
+        and no other service took it; otherwise it stays loaded (False)."""
+        if engine is not self._engine or not self._owns_engine or self._users > 1:
+            return False
+        self._engine, self._users = None, 0
+        await engine.close()
+        return True
 
     def registry(self) -> ConstitutionRegistry:
         if self._registry is None:
@@ -59,11 +79,31 @@ class Resources:
 
 
 def _generator(resources: Resources, access: AccessPolicy) -> Any:
+    from charter.inference.policy import ServedPolicy
     from charter.servicers.generator import GeneratorServicer
 
-    return GeneratorServicer(
-        resources.engine(), default_max_tokens=resources.settings.generator.default_max_tokens
+    s = resources.settings.generator
+    policy = ServedPolicy(
+        resources.engine(),
+        build=resources.engine_on,
+        retire=resources.release_engine,
+        drain_seconds=s.swap_drain_seconds,
     )
+    return GeneratorServicer(
+        policy,
+        default_max_tokens=s.default_max_tokens,
+        resolve=functools.partial(_policy_folder, resources.settings),
+    )
+
+
+async def _policy_folder(settings: CharterSettings, ref: str) -> str:
+    """A `SwapModel` reference -> its model folder: `run:<id>` through the trainer service
+    (`generator.trainer_address`) or the local run store; a folder as it is."""
+    from charter.app.trainer_runs import model_folder
+
+    g = settings.generator
+    token = read_token(g.trainer_token_file, "generator.trainer_token_file") if g.trainer_token_file else None
+    return await model_folder(ref, settings, address=g.trainer_address or None, token=token, field="model")
 
 
 def _critic(resources: Resources, access: AccessPolicy) -> Any:
@@ -109,9 +149,10 @@ def _judge(resources: Resources, access: AccessPolicy) -> Any:
 
 SERVICE = ("service",)
 REVIEWER = ("reviewer",)
+ADMIN = ("admin",)
 
 ROLES: dict[str, dict[str, tuple[str, ...]]] = {
-    "generator": {"Generate": SERVICE},
+    "generator": {"Generate": SERVICE, "SwapModel": ADMIN},
     "critic-reviser": {"CritiqueRevise": SERVICE, "CritiqueReviseStream": SERVICE},
     "judge": {"Compare": SERVICE, "CompareStream": SERVICE},
     "review": {

@@ -15,8 +15,9 @@ def choose_engine(settings: InferenceSettings) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
-def build_engine(settings: InferenceSettings) -> InferenceClient:
-    """Load the model and start the engine (this takes seconds to minutes: do it once per process)."""
+def build_engine(settings: InferenceSettings, *, name: str | None = None) -> InferenceClient:
+    """Load the model and start the engine (this takes seconds to minutes: do it once per process).
+    `name`: what responses call the model (default: the `model` setting; the embedded model's name)."""
     engine = choose_engine(settings)
     common = {
         "max_batch": settings.max_batch,
@@ -36,7 +37,7 @@ def build_engine(settings: InferenceSettings) -> InferenceClient:
             default_timeout=settings.timeout_seconds,
         )
     path = models.prepare(settings.model, cache_dir=settings.cache_dir)
-    name = _served_name(settings.model)
+    name = name or _served_name(settings.model)
     if engine == "vllm":
         from charter.inference.vllm_engine import VllmEngine
 

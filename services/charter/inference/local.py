@@ -55,6 +55,8 @@ def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) 
 
 class LocalEngine(ABC):
     engine_name = "local"
+    swap_mode = "beside"
+    """How the generator swaps models on this engine (`inference.policy`): load the new one beside it."""
     tokenizer: Any
 
     def __init__(

@@ -25,6 +25,7 @@ def on_cpu() -> bool:
 
 class VllmEngine(LocalEngine):
     engine_name = "vllm"
+    swap_mode = "in_place"  # its KV cache takes most of the memory: a second engine would not fit
 
     def __init__(
         self,

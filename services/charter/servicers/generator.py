@@ -1,29 +1,62 @@
-"""`GeneratorService`: thin — convert, delegate to the shared engine, stream back.
+"""`GeneratorService`: thin — convert, delegate to the served policy's engine, stream back.
 
 Every prompt of a request is submitted to the engine at once and concurrent requests land in the
 same engine batches (the in-process engines merge waiting jobs), so the service never serialises
 prompts; each (prompt, sample) streams back as soon as its prompt is done.
+
+A call holds a lease on the served policy (`inference.policy.ServedPolicy`) from its first prompt to
+its last reply, so all its replies come from one model and carry that model's policy version;
+`SwapModel` waits for those leases (the drain) before it replaces the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import structlog
 from charter_proto.generator.v1 import generator_pb2, generator_pb2_grpc
 from grpc import aio
 
 from charter.api import common as convert
 from charter.core.errors import CharterError, InvalidArgument
 from charter.inference.deadlines import as_completed_within
-from charter.inference.types import ChatRequest, ChatResult, InferenceClient
+from charter.inference.policy import ServedPolicy
+from charter.inference.types import ChatRequest, ChatResult
 
 MAX_PROMPTS = 4096
+log = structlog.get_logger("charter.generator")
+
+
+async def _as_folder(ref: str) -> str:
+    return ref
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    def __init__(self, client: InferenceClient, *, default_max_tokens: int = 256) -> None:
-        self.client = client
+    """`resolve`: a `SwapModel` model reference (a folder, `run:<id>`) -> the model folder to load."""
+
+    def __init__(
+        self,
+        policy: ServedPolicy,
+        *,
+        default_max_tokens: int = 256,
+        resolve: Callable[[str], Awaitable[str]] = _as_folder,
+    ) -> None:
+        self.policy = policy
         self.default_max_tokens = default_max_tokens
+        self.resolve = resolve
+
+    # -- lifecycle (charter.core.server.Lifecycle) ----------------------------------------------
+
+    async def start(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self.policy.close()
+
+    # -- RPCs -----------------------------------------------------------------------------------
 
     async def Generate(
         self, request: generator_pb2.GenerateRequest, context: aio.ServicerContext
@@ -39,23 +72,43 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             ChatRequest(messages=tuple(convert.messages(p, f"prompts[{i}]")), sampling=sampling)
             for i, p in enumerate(request.prompts)
         ]
-        model = convert.model_proto(self.client.model)
-        timeout = context.time_remaining()
+        async with self.policy.lease(context.time_remaining()) as (engine, version):
+            model = convert.model_proto(engine.model, version)
+            timeout = context.time_remaining()
 
-        async def one(i: int, chat: ChatRequest) -> tuple[int, ChatResult]:
-            try:
-                [result] = await self.client.chat([chat], timeout=timeout)
-            except CharterError as err:
-                raise type(err)(f"prompts[{i}]: {err.message}", field=f"prompts[{i}]") from None
-            return i, result
+            async def one(i: int, chat: ChatRequest) -> tuple[int, ChatResult]:
+                try:
+                    [result] = await engine.chat([chat], timeout=timeout)
+                except CharterError as err:
+                    raise type(err)(f"prompts[{i}]: {err.message}", field=f"prompts[{i}]") from None
+                return i, result
 
-        async for i, result in as_completed_within([one(i, c) for i, c in enumerate(chats)], None):
-            for s, completion in enumerate(result.completions):
-                yield generator_pb2.GenerateResponse(
-                    prompt_index=i,
-                    conversation_id=request.prompts[i].id,
-                    sample_index=s,
-                    completion=convert.completion_proto(completion),
-                    model=model,
-                )
+            async for i, result in as_completed_within([one(i, c) for i, c in enumerate(chats)], None):
+                for s, completion in enumerate(result.completions):
+                    yield generator_pb2.GenerateResponse(
+                        prompt_index=i,
+                        conversation_id=request.prompts[i].id,
+                        sample_index=s,
+                        completion=convert.completion_proto(completion),
+                        model=model,
+                    )
 
+    async def SwapModel(
+        self, request: generator_pb2.SwapModelRequest, context: aio.ServicerContext
+    ) -> generator_pb2.SwapModelResponse:
+        ref = request.model.strip()
+        if not ref:
+            raise InvalidArgument("model: name a model folder or run:<id> to serve", field="model")
+        folder = await self.resolve(ref)
+        outcome = await self.policy.swap(folder, ref)
+        log.info(
+            "generator.policy.swapped",
+            version=outcome.version.id,
+            previous=outcome.previous.id,
+            paused_seconds=round(outcome.paused_seconds, 3),
+        )
+        return generator_pb2.SwapModelResponse(
+            model=convert.model_proto(outcome.engine.model, outcome.version),
+            previous=convert.model_proto(outcome.previous_engine.model, outcome.previous),
+            paused_seconds=outcome.paused_seconds,
+        )

@@ -131,22 +131,28 @@ class ModelRef(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name or path as configured (e.g. "smollm2-135m-instruct")."""
     engine: _builtins.str
     """Engine: "vllm", "openai", "transformers"."""
     revision: _builtins.str
     """Content digest or revision of the weights, when known."""
+    policy_version: _builtins.str
+    """The generator's policy version: the served weights' identity ("<name>@sha256:<16 hex>"), which
+    changes when the generator swaps its model (SwapModel). Empty where no generator served it.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         engine: _builtins.str = ...,
         revision: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "name", b"name", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "name", b"name", "policy_version", b"policy_version", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

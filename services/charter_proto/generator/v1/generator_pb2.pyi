@@ -82,3 +82,61 @@ class GenerateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
+
+@_typing.final
+class SwapModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """A model folder on the generator's machine, or "run:<id>": a trainer run's final model."""
+    request_id: _builtins.str
+    """Echoed into logs; generated when empty."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwapModelRequest: _TypeAlias = SwapModelRequest  # noqa: Y015
+
+@_typing.final
+class SwapModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    PAUSED_SECONDS_FIELD_NUMBER: _builtins.int
+    paused_seconds: _builtins.float
+    """How long new calls waited: the drain of the calls in flight, plus the load when the engine
+    cannot hold two models (vLLM in-process).
+    """
+    @_builtins.property
+    def model(self) -> _sampling_pb2.ModelRef:
+        """What the generator serves now; model.policy_version tags every response from here on."""
+
+    @_builtins.property
+    def previous(self) -> _sampling_pb2.ModelRef:
+        """What it served before."""
+
+    def __init__(
+        self,
+        *,
+        model: _sampling_pb2.ModelRef | None = ...,
+        previous: _sampling_pb2.ModelRef | None = ...,
+        paused_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "previous", b"previous"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "paused_seconds", b"paused_seconds", "previous", b"previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwapModelResponse: _TypeAlias = SwapModelResponse  # noqa: Y015

@@ -40,6 +40,11 @@ class GeneratorServiceStub:
                 request_serializer=charter_dot_generator_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=charter_dot_generator_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.SwapModel = channel.unary_unary(
+                '/charter.generator.v1.GeneratorService/SwapModel',
+                request_serializer=charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelRequest.SerializeToString,
+                response_deserializer=charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServiceServicer:
@@ -53,6 +58,14 @@ class GeneratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SwapModel(self, request, context):
+        """Serves another model from now on (admin): new calls wait while calls in flight finish on the old
+        model, then they run on the new one. A model that fails to load leaves the old one serving.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=charter_dot_generator_dot_v1_dot_generator__pb2.GenerateRequest.FromString,
                     response_serializer=charter_dot_generator_dot_v1_dot_generator__pb2.GenerateResponse.SerializeToString,
+            ),
+            'SwapModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwapModel,
+                    request_deserializer=charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelRequest.FromString,
+                    response_serializer=charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class GeneratorService:
             '/charter.generator.v1.GeneratorService/Generate',
             charter_dot_generator_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
             charter_dot_generator_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwapModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/charter.generator.v1.GeneratorService/SwapModel',
+            charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelRequest.SerializeToString,
+            charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,10 @@ class GeneratorServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GeneratorServiceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_generator_pb2.GenerateRequest, _generator_pb2.GenerateResponse]
     """Streams one response per (prompt, sample) as each finishes."""
+    SwapModel: _grpc.UnaryUnaryMultiCallable[_generator_pb2.SwapModelRequest, _generator_pb2.SwapModelResponse]
+    """Serves another model from now on (admin): new calls wait while calls in flight finish on the old
+    model, then they run on the new one. A model that fails to load leaves the old one serving.
+    """
 
 @_typing.type_check_only
 class GeneratorServiceAsyncStub(GeneratorServiceStub):
@@ -43,6 +47,10 @@ class GeneratorServiceAsyncStub(GeneratorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_generator_pb2.GenerateRequest, _generator_pb2.GenerateResponse]  # type: ignore[assignment]
     """Streams one response per (prompt, sample) as each finishes."""
+    SwapModel: _aio.UnaryUnaryMultiCallable[_generator_pb2.SwapModelRequest, _generator_pb2.SwapModelResponse]  # type: ignore[assignment]
+    """Serves another model from now on (admin): new calls wait while calls in flight finish on the old
+    model, then they run on the new one. A model that fails to load leaves the old one serving.
+    """
 
 class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Completions for prompts, N samples each. Concurrent requests are batched together by the engine."""
@@ -54,5 +62,15 @@ class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_generator_pb2.GenerateResponse], _abc.AsyncIterator[_generator_pb2.GenerateResponse]]:
         """Streams one response per (prompt, sample) as each finishes."""
+
+    @_abc_1.abstractmethod
+    def SwapModel(
+        self,
+        request: _generator_pb2.SwapModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generator_pb2.SwapModelResponse, _abc.Awaitable[_generator_pb2.SwapModelResponse]]:
+        """Serves another model from now on (admin): new calls wait while calls in flight finish on the old
+        model, then they run on the new one. A model that fails to load leaves the old one serving.
+        """
 
 def add_GeneratorServiceServicer_to_server(servicer: GeneratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
