@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import grpc
 import pytest
 from charter.api.common import conversation_proto
+from charter.app.catalog import SERVICES
 from charter.app.local import local_services
 from charter.client.generator import GeneratorClient
-from charter.core.settings import CharterSettings, OpenAISettings, load_settings
+from charter.core.server import CharterServer
+from charter.core.settings import (
+    CharterSettings,
+    GeneratorSettings,
+    OpenAISettings,
+    ServerSettings,
+    load_settings,
+)
 from charter.inference.types import Message
 from charter_proto.common.v1 import sampling_pb2
 from charter_proto.generator.v1 import generator_pb2
+from charter_proto.trainer.v1 import trainer_pb2 as tp
+from charter_proto.trainer.v1 import trainer_pb2_grpc
+from structlog.testing import capture_logs
 
 from tests.support import tiny
 
@@ -186,3 +198,82 @@ async def test_pipeline_records_carry_the_policy_version(
     records = [json.loads(line) for line in (spec.output / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2
     assert {r["provenance"]["model"]["policy_version"] for r in records} == {reply.model.policy_version}
+
+
+class Runs(trainer_pb2_grpc.TrainerServiceServicer):
+    """A trainer service that lists the runs a test puts in `runs` (newest first)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tp.Run] = []
+        self.polls = 0
+
+    async def ListRuns(self, request: tp.ListRunsRequest, context: object) -> tp.ListRunsResponse:
+        self.polls += 1
+        runs = [r for r in self.runs if not request.states or r.state in request.states]
+        return tp.ListRunsResponse(runs=runs[: request.page_size or 100])
+
+
+def trained(root: Path, run_id: str, model: Path | None, *, name: str = "policy",
+            algorithm: int = tp.Algorithm.ALGORITHM_DPO) -> tp.Run:  # fmt: skip
+    """A succeeded run whose final model is a copy of `model` (None: no model folder at all)."""
+    if model is not None:
+        shutil.copytree(model, root / run_id / "model")
+    return tp.Run(id=run_id, spec=tp.RunSpec(name=name, algorithm=algorithm),
+                  state=tp.RunState.RUN_STATE_SUCCEEDED, output_dir=str(root / run_id))  # fmt: skip
+
+
+async def test_a_following_generator_serves_each_newer_run_of_its_name(
+    models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    a, b = models
+    runs = Runs()
+    trainer = CharterServer(ServerSettings(host="127.0.0.1", port=0, metrics_port=None, drain_seconds=0),
+                            [SERVICES["trainer"].registration(runs)])  # fmt: skip
+    port = await trainer.start()
+    settings = settings_for(a, tmp_path).model_copy(
+        update={"generator": GeneratorSettings(follow_run_name="policy", trainer_address=f"127.0.0.1:{port}",
+                                               follow_poll_seconds=0.05)}  # fmt: skip
+    )
+
+    async def served(client: GeneratorClient, prefix: str) -> generator_pb2.GenerateResponse:
+        for _ in range(600):
+            [reply] = await client.generate(request(0))
+            if reply.model.policy_version.startswith(prefix):
+                return reply
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never served {prefix}; last {reply.model.policy_version}")
+
+    try:
+        with capture_logs() as logs:
+            async with (
+                local_services(settings, ["generator"]) as address,
+                GeneratorClient(address, timeout=60) as client,
+            ):
+                first = await served(client, f"{a}@")
+                runs.runs = [trained(tmp_path, "rm-1", a, algorithm=tp.Algorithm.ALGORITHM_REWARD_MODEL),
+                             trained(tmp_path, "other-1", a, name="other")]  # fmt: skip
+                polls = runs.polls
+                await eventually(lambda: runs.polls >= polls + 3)
+                [still] = await client.generate(request(0))
+                assert still.model.policy_version == first.model.policy_version  # not its runs
+
+                runs.runs.insert(0, trained(tmp_path, "r1", b))
+                r1 = await served(client, "run:r1@")
+                assert r1.completion.text == "" and r1.model.name == "run:r1"
+
+                runs.runs.insert(0, trained(tmp_path, "r2", a, algorithm=tp.Algorithm.ALGORITHM_GRPO))
+                r2 = await served(client, "run:r2@")
+                assert r2.completion.text == first.completion.text != ""  # the same weights as a
+                assert r2.model.revision == first.model.revision
+
+                runs.runs.insert(0, trained(tmp_path, "r3", None))  # succeeded, and its model is gone
+                polls = runs.polls
+                await eventually(lambda: runs.polls >= polls + 5)
+                [after] = await client.generate(request(0))
+                assert after.model.policy_version == r2.model.policy_version
+    finally:
+        await trainer.stop(0)
+    failures = [e for e in logs if e["event"] == "generator.follow.failed"]
+    assert len(failures) == 1 and "r3" in failures[0]["error"]  # a bad model is not tried again
+    swaps = [e["run_id"] for e in logs if e["event"] == "generator.follow.swapped"]
+    assert swaps == ["r1", "r2"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from charter_proto.critic.v1 import critic_pb2, critic_pb2_grpc
@@ -89,11 +90,27 @@ def _generator(resources: Resources, access: AccessPolicy) -> Any:
         retire=resources.release_engine,
         drain_seconds=s.swap_drain_seconds,
     )
+    follow = None
+    if s.follow_run_name:
+        from charter.app.policy_follow import follow_trainer
+
+        follow = functools.partial(
+            follow_trainer,
+            address=s.trainer_address,
+            token=_trainer_token(s.trainer_token_file),
+            run_name=s.follow_run_name,
+            poll_seconds=s.follow_poll_seconds,
+        )
     return GeneratorServicer(
         policy,
         default_max_tokens=s.default_max_tokens,
         resolve=functools.partial(_policy_folder, resources.settings),
+        follow=follow,
     )
+
+
+def _trainer_token(path: Path | None) -> str | None:
+    return read_token(path, "generator.trainer_token_file") if path else None
 
 
 async def _policy_folder(settings: CharterSettings, ref: str) -> str:
@@ -102,7 +119,7 @@ async def _policy_folder(settings: CharterSettings, ref: str) -> str:
     from charter.app.trainer_runs import model_folder
 
     g = settings.generator
-    token = read_token(g.trainer_token_file, "generator.trainer_token_file") if g.trainer_token_file else None
+    token = _trainer_token(g.trainer_token_file)
     return await model_folder(ref, settings, address=g.trainer_address or None, token=token, field="model")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from charter.core.errors import InvalidArgument, one_line
@@ -123,6 +123,21 @@ class GeneratorSettings(_Guarded):
     model folder; empty: the local run store (`trainer.database_url`)."""
     trainer_token_file: Path | None = None
     """A `service` token for `trainer_address`."""
+    follow_run_name: str = ""
+    """Follow the trainer: serve the final model of the newest succeeded run with this spec name (a
+    policy: not a reward-model run), swapping to each newer one as it succeeds. Needs
+    `trainer_address`; empty: off."""
+    follow_poll_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """How often the generator asks the trainer for a newer run when following one."""
+
+    @model_validator(mode="after")
+    def _follow_needs_a_trainer(self) -> GeneratorSettings:
+        if self.follow_run_name and not self.trainer_address:
+            raise ValueError(
+                f"generator.follow_run_name={self.follow_run_name!r} needs generator.trainer_address "
+                "(the trainer service to ask)"
+            )
+        return self
 
 
 class CriticSettings(_Guarded):

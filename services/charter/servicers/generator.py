@@ -11,6 +11,8 @@ its last reply, so all its replies come from one model and carry that model's po
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -32,7 +34,9 @@ async def _as_folder(ref: str) -> str:
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    """`resolve`: a `SwapModel` model reference (a folder, `run:<id>`) -> the model folder to load."""
+    """`resolve`: a `SwapModel` model reference (a folder, `run:<id>`) -> the model folder to load;
+    `follow`: background work on the policy while the service serves (following the trainer's runs),
+    started with the server and cancelled when it drains."""
 
     def __init__(
         self,
@@ -40,20 +44,29 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         *,
         default_max_tokens: int = 256,
         resolve: Callable[[str], Awaitable[str]] = _as_folder,
+        follow: Callable[[ServedPolicy], Awaitable[None]] | None = None,
     ) -> None:
         self.policy = policy
         self.default_max_tokens = default_max_tokens
         self.resolve = resolve
+        self.follow = follow
+        self._following: asyncio.Task[None] | None = None
 
     # -- lifecycle (charter.core.server.Lifecycle) ----------------------------------------------
 
     async def start(self) -> None:
-        pass
+        if self.follow is not None:
+            self._following = asyncio.create_task(self.follow(self.policy))
 
     async def drain(self) -> None:
-        pass
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+            self._following = None
 
     async def stop(self) -> None:
+        await self.drain()
         await self.policy.close()
 
     # -- RPCs -----------------------------------------------------------------------------------
