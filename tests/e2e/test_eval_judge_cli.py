@@ -106,7 +106,9 @@ def test_compare_runs_every_variant_on_the_same_pairs(tmp_path: Path) -> None:
     assert rows["contrastive"]["contrastive_beta"] is not None
     calibrated = [json.loads(x) for x in (out / "calibrated" / "labels.jsonl").read_text().splitlines()]
     assert all("prior_first" in s for r in calibrated for s in r["label"]["scores"])
-    table = (out / "compare.md").read_text()
-    assert table.count("\n") == 2 + 3 and "contrastive" in table and "none (no slots)" in table
+    table, baseline = (out / "compare.md").read_text().split("\n\n")
+    assert table.count("\n") == 2 + 2 and "contrastive" in table and "none (no slots)" in table
+    shorter = report["baselines"]["shorter_reply"]
+    assert shorter["pairs"] == 6 and "the shorter reply" in baseline and "the shorter reply" in result.stdout
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "variant" in result.stdout

@@ -9,7 +9,7 @@ import pytest
 from charter.core.errors import InvalidArgument
 from charter.evaluation.judge import EvalOptions
 from charter.evaluation.judge_compare import baseline_line, parse_variant, row, table
-from charter.judge.metrics import EvalRecord, OrderProb, shorter_reply, summarise
+from charter.judge.metrics import EvalRecord, OrderProb, picks_shorter, shorter_reply, summarise
 
 BASE = EvalOptions(data=Path("pairs.jsonl"), constitution="harmless", output=Path("out"), principles_per_label=1)
 
@@ -60,3 +60,17 @@ def test_the_shorter_reply_baseline_counts_equal_lengths_as_half_and_skips_unlab
     line = baseline_line({"shorter_reply": b})
     assert "the shorter reply: 50.0%" in line and "1 of 3 pairs of equal length" in line
     assert shorter_reply([])["agreement"] is None
+
+
+def test_how_often_a_judge_picks_the_shorter_reply() -> None:
+    items = [
+        ("no", "a longer reply", 0.8),  # picks A, the shorter
+        ("no", "a longer reply", 0.3),  # picks B, the longer
+        ("a longer reply", "no", 0.2),  # picks B, the shorter
+        ("same", "size", 0.9),  # equal length: left out
+        ("no", "longer", 0.5),  # no side: left out
+        ("no", "longer", None),  # unscored: left out
+    ]
+    picks = picks_shorter(items)
+    assert picks["labels"] == 3 and picks["rate"] == pytest.approx(2 / 3)
+    assert picks_shorter([])["rate"] is None

@@ -330,9 +330,15 @@ async def reward_judge(
         judge.close()
 
 
-def baselines(pairs: list[PairRow]) -> dict[str, Any]:
-    """What the same pairs give without a judge model (`metrics.shorter_reply`)."""
-    return {"shorter_reply": metrics.shorter_reply([(p.response_a, p.response_b, p.human) for p in pairs])}
+def baselines(pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]) -> dict[str, Any]:
+    """What the same pairs give without a judge model (`metrics.shorter_reply`), and how often the judge
+    chose the shorter reply itself (`metrics.picks_shorter`)."""
+    shorter = metrics.shorter_reply([(p.response_a, p.response_b, p.human) for p in pairs])
+    shorter["judge_picks_it"] = metrics.picks_shorter(
+        [(p.response_a, p.response_b, label.p_a if label.HasField("p_a") else None)
+         for p, label in zip(pairs, labels, strict=True)]
+    )  # fmt: skip
+    return {"shorter_reply": shorter}
 
 
 def build_report(
@@ -347,7 +353,7 @@ def build_report(
     first = labels[0]
     return {
         "summary": summary,
-        "baselines": baselines(pairs),
+        "baselines": baselines(pairs, labels),
         "config": {
             "data": str(options.data),
             "pairs": len(pairs),

@@ -94,8 +94,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per variant."""
     lines = [
         "| variant | agreement (95% CI) | consistent-only agreement (share of labels) "
-        "| same-position rate | ECE | Brier | labels/s |",
-        "|---|---|---|---|---|---|---|",
+        "| same-position rate | ECE | Brier | labels/s | chose the shorter reply |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         same = r["same_position_rate"]
@@ -113,18 +113,25 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['variant']}{beta} | {_pct(r['agreement'])} ({_ci(r['agreement_ci95'])}) | "
             f"{_pct(r['consistent_agreement'])} ({_pct(r['consistent_fraction'])}) | {same_text} | "
-            f"{ece} | {brier} | {r['labels_per_second']:.2f} |"
+            f"{ece} | {brier} | {r['labels_per_second']:.2f} | {_pct(r.get('picks_shorter'))} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
+
+
 def baseline_line(baselines: dict[str, Any]) -> str:
-    """The no-model baseline under the table."""
+    """The no-model baseline under the table (and, for one run, how often the judge chose it)."""
     b = baselines["shorter_reply"]
-    return (
+    line = (
         f"\nNo-model baseline on the same pairs — the shorter reply: {_pct(b['agreement'])} "
-        f"({_ci(b['agreement_ci95'])}; {b['equal_length']} of {b['pairs']} pairs of equal length).\n"
+        f"({_ci(b['agreement_ci95'])}; {b['equal_length']} of {b['pairs']} pairs of equal length)."
     )
+    if (picks := b.get("judge_picks_it")) is not None:
+        line += f" The judge chose the shorter reply in {_pct(picks['rate'])} of its decided labels."
+    return line + "\n"
 
 
 async def compare(
@@ -153,7 +160,8 @@ async def compare(
             report = build_report(variant, settings, pairs, errors, other_half, labels, summary)
             write(variant.output, report, pairs, labels)
             reports[name] = report
-            rows.append({**row(name, summary), "judge": report["config"]["judge"]})
+            picks = report["baselines"]["shorter_reply"]["judge_picks_it"]["rate"]
+            rows.append({**row(name, summary), "picks_shorter": picks, "judge": report["config"]["judge"]})
     first = reports[names[0]]
     config = {
         k: v
@@ -171,7 +179,7 @@ async def compare(
     }
     result = {
         "rows": rows,
-        "baselines": first["baselines"],
+        "baselines": {"shorter_reply": without(first["baselines"]["shorter_reply"], "judge_picks_it")},
         "config": config,
         "machine": first["machine"],
         "versions": first["versions"],

@@ -146,6 +146,19 @@ def shorter_reply(pairs: Sequence[tuple[str, str, str | None]]) -> dict[str, Any
     }
 
 
+def picks_shorter(items: Sequence[tuple[str, str, float | None]]) -> dict[str, Any]:
+    """How often a judge's hard choice is the shorter reply: each item is (response_a, response_b, p_a);
+    pairs of equal length and labels without a side (no p_a, or exactly 0.5) are left out. Near 1 (or 0)
+    means the labels follow length whatever the principle."""
+    hits = n = 0
+    for a, b, p_a in items:
+        if p_a is None or p_a == 0.5 or len(a) == len(b):
+            continue
+        n += 1
+        hits += (p_a > 0.5) == (len(a) < len(b))
+    return {"rate": _rate(hits, n), "ci95": list(wilson(hits, n)), "labels": n}
+
+
 def _side(p: float) -> int:
     return (p > 0.5) - (p < 0.5)
 
