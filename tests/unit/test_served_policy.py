@@ -31,14 +31,16 @@ class InPlaceEngine(FakeEngine):
 
 
 class Builds:
-    """The policy's `build`: a scripted engine on the folder, or the failure of a folder named `bad`."""
+    """The policy's `build`: a scripted engine on the folder, or a failure for the folders named in
+    `failing`."""
 
     def __init__(self, engine_type: type[FakeEngine] = FakeEngine) -> None:
         self.engine_type = engine_type
         self.built: list[FakeEngine] = []
+        self.failing = {"bad"}
 
     def __call__(self, folder: str, name: str) -> FakeEngine:
-        if Path(folder).name == "bad":
+        if Path(folder).name in self.failing:
             raise ValueError("the weights do not match the config")
         engine = self.engine_type(name=name, path=folder)
         self.built.append(engine)
@@ -146,6 +148,24 @@ async def test_in_place_the_old_model_is_shut_down_first_and_restarted_when_the_
     assert await call(policy) == (outcome.version.id, "b")
     await policy.close()
     assert builds.built[1]._closed
+
+
+async def test_when_the_old_model_does_not_restart_calls_are_unavailable_until_a_swap_succeeds(
+    tmp_path: Path,
+) -> None:
+    a = model_folder(tmp_path, "a", b"weights of a")
+    bad = model_folder(tmp_path, "bad", b"garbage")
+    b = model_folder(tmp_path, "b", b"weights of b")
+    builds = Builds(InPlaceEngine)
+    policy = ServedPolicy(InPlaceEngine(name="a", path=str(a)), build=builds, retire=Retired())
+    builds.failing.add("a")  # the old model's folder went bad too
+    with pytest.raises(FailedPrecondition, match="could not be loaded"):
+        await policy.swap(str(bad), "bad")
+    with pytest.raises(Unavailable, match="has no model"):
+        await call(policy)
+    outcome = await policy.swap(str(b), "b")
+    assert await call(policy) == (outcome.version.id, "b")
+    await policy.close()
 
 
 async def test_a_drain_that_takes_too_long_gives_up_and_keeps_the_old_model(tmp_path: Path) -> None:

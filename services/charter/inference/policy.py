@@ -146,9 +146,12 @@ class ServedPolicy:
     ) -> AsyncIterator[tuple[InferenceClient, PolicyVersion]]:
         """The engine and its version, held until the block ends (a swap waits for it). While a swap
         is under way this waits, at most `timeout` seconds (then DEADLINE_EXCEEDED)."""
-        if not self._open.is_set():
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self._open.is_set():  # checked again on waking: another swap may have begun
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
             try:
-                await asyncio.wait_for(self._open.wait(), timeout)
+                await asyncio.wait_for(self._open.wait(), remaining)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"the generator was still swapping its model after {timeout:.1f} s; retry"
@@ -201,7 +204,7 @@ class ServedPolicy:
             await new.close()
             raise
         old, previous = self._engine, self._version
-        self._engine, self._version = new, policy_version(new.model, digest)
+        self._engine, self._version, self._broken = new, policy_version(new.model, digest), None
         paused = time.monotonic() - started
         self._open.set()
         await self._let_go(old)
@@ -218,7 +221,7 @@ class ServedPolicy:
                 if closed:
                     await self._restore(previous)
                 raise
-            self._engine, self._version = new, policy_version(new.model, digest)
+            self._engine, self._version, self._broken = new, policy_version(new.model, digest), None
             return SwapOutcome(self._version, previous, new, old, time.monotonic() - started)
         finally:
             self._open.set()
@@ -275,6 +278,6 @@ class ServedPolicy:
 
 
 def _log_orphan(task: asyncio.Task[SwapOutcome]) -> None:
-    """A swap whose caller went away still ends; its failure is logged (and so retrieved)."""
+    """A swap whose caller went away still ends: its failure is logged here (and so retrieved)."""
     if not task.cancelled() and (err := task.exception()) is not None:
-        log.info("generator.policy.swap_ended", error=str(err))
+        log.info("generator.policy.swap_failed", error=str(err))
