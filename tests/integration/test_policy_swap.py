@@ -277,3 +277,21 @@ async def test_a_following_generator_serves_each_newer_run_of_its_name(
     assert len(failures) == 1 and "r3" in failures[0]["error"]  # a bad model is not tried again
     swaps = [e["run_id"] for e in logs if e["event"] == "generator.follow.swapped"]
     assert swaps == ["r1", "r2"]
+
+
+async def test_the_shared_engine_is_closed_on_a_swap_only_when_no_other_service_uses_it(
+    models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from charter.app.catalog import Resources
+
+    shared = Resources(settings_for(models[0], tmp_path))
+    engine = shared.engine()
+    assert shared.engine() is engine  # the generator's and another service's
+    assert not await shared.release_engine(engine) and not engine._closed  # the other still uses it
+    await shared.close()
+    assert engine._closed
+
+    alone = Resources(settings_for(models[0], tmp_path))
+    only = alone.engine()
+    assert await alone.release_engine(only) and only._closed  # the generator was its one user
+    await alone.close()
