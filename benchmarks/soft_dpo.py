@@ -37,16 +37,13 @@ reported as paired differences.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -304,32 +301,16 @@ METHODS = ("coin", "soft")
 
 
 def machine(threads: int) -> dict[str, Any]:
-    import importlib.metadata as md
-
     import psutil
+    from engines import machine as base
 
-    cpu = ""
-    with contextlib.suppress(OSError, StopIteration):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-
-    def version(name: str) -> str | None:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    packages = ("charter", "torch", "transformers", "trl", "accelerate", "datasets", "tokenizers")
     return {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-        "cpus": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_at_start": list(os.getloadavg()), "torch_threads": threads,
-        "versions": {n: version(n) for n in ("charter", "torch", "transformers", "trl", "accelerate", "datasets",
-                                               "tokenizers")},
-        "commit": commit or None,
-    }  # fmt: skip
+        **base(packages),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_at_start": list(os.getloadavg()),
+        "torch_threads": threads,
+    }
 
 
 def main() -> None:
