@@ -74,3 +74,22 @@ def test_how_often_a_judge_picks_the_shorter_reply() -> None:
     picks = picks_shorter(items)
     assert picks["labels"] == 3 and picks["rate"] == pytest.approx(2 / 3)
     assert picks_shorter([])["rate"] is None
+
+
+def test_the_baselines_of_a_run_read_real_labels() -> None:
+    from charter.datasets.pairs import PairRow
+    from charter.evaluation.judge import baselines
+    from charter_proto.common.v1 import label_pb2
+
+    def pair(i: int, a: str, b: str, human: str) -> PairRow:
+        return PairRow(index=i, key=f"k{i}", conversation=(), response_a=a, response_b=b, human=human)  # type: ignore[arg-type]
+
+    pairs = [pair(0, "no", "a longer reply", "A"), pair(1, "a longer reply", "no", "A"), pair(2, "no", "longer", "B")]
+    labels = [
+        label_pb2.PreferenceLabel(p_a=0.7, status=label_pb2.LABEL_STATUS_OK),  # the shorter
+        label_pb2.PreferenceLabel(p_a=0.6, status=label_pb2.LABEL_STATUS_OK),  # the longer
+        label_pb2.PreferenceLabel(status=label_pb2.LABEL_STATUS_UNSCORABLE),  # no side
+    ]
+    b = baselines(pairs, labels)["shorter_reply"]
+    assert b["pairs"] == 3 and b["agreement"] == pytest.approx(1 / 3)
+    assert b["judge_picks_it"]["labels"] == 2 and b["judge_picks_it"]["rate"] == pytest.approx(0.5)

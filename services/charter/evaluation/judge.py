@@ -335,9 +335,8 @@ def baselines(pairs: list[PairRow], labels: list[label_pb2.PreferenceLabel]) -> 
     chose the shorter reply itself (`metrics.picks_shorter`)."""
     shorter = metrics.shorter_reply([(p.response_a, p.response_b, p.human) for p in pairs])
     shorter["judge_picks_it"] = metrics.picks_shorter(
-        [(p.response_a, p.response_b, label.p_a if label.HasField("p_a") else None)
-         for p, label in zip(pairs, labels, strict=True)]
-    )  # fmt: skip
+        [(p.response_a, p.response_b, record(p, label).p_a) for p, label in zip(pairs, labels, strict=True)]
+    )
     return {"shorter_reply": shorter}
 
 
