@@ -31,7 +31,11 @@ def test_buf_lint_passes() -> None:
         ("critic-reviser", {"CritiqueRevise", "CritiqueReviseStream"}, {"CritiqueReviseStream"}),
         ("judge", {"Compare", "CompareStream"}, {"CompareStream"}),
         ("review", {"Submit", "Claim", "Decide", "Release", "StreamLabels", "Stats"}, {"StreamLabels"}),
-        ("trainer", {"StartRun", "WatchRun", "GetRun", "ListRuns", "CancelRun", "ResumeRun"}, {"WatchRun"}),
+        (
+            "trainer",
+            {"StartRun", "WatchRun", "GetRun", "ListRuns", "CancelRun", "ResumeRun", "ListRounds"},
+            {"WatchRun"},
+        ),
     ],
 )
 def test_service_contracts(service: str, rpcs: set[str], streaming: set[str]) -> None:

@@ -16,6 +16,7 @@ from google.protobuf.struct_pb2 import Struct
 from charter.api import common
 from charter.trainer.runs import (
     CheckpointEvent,
+    ContinuousTraining,
     DataEvent,
     DataSource,
     EventKind,
@@ -28,6 +29,7 @@ from charter.trainer.runs import (
     Resources,
     RewardModelEnsemble,
     RewardWatch,
+    Round,
     Run,
     RunEvent,
     RunSpec,
@@ -132,6 +134,15 @@ def spec_from_proto(spec: tp.RunSpec) -> RunSpec:
         seed=spec.seed,
         watch=watch_from_proto(spec.watch) if spec.HasField("watch") else None,
         ensemble=ensemble_from_proto(spec.ensemble) if spec.HasField("ensemble") else None,
+        continuous=continuous_from_proto(spec.continuous) if spec.HasField("continuous") else None,
+    )
+
+
+def continuous_from_proto(continuous: tp.ContinuousTraining) -> ContinuousTraining:
+    return ContinuousTraining(
+        round_labels=continuous.round_labels,
+        round_seconds=continuous.round_seconds,
+        max_rounds=continuous.max_rounds,
     )
 
 
@@ -237,6 +248,13 @@ def spec_to_proto(spec: RunSpec) -> tp.RunSpec:
         out.watch.CopyFrom(watch_to_proto(spec.watch))
     if spec.ensemble is not None:
         out.ensemble.CopyFrom(ensemble_to_proto(spec.ensemble))
+    if spec.continuous is not None:
+        c = spec.continuous
+        out.continuous.CopyFrom(
+            tp.ContinuousTraining(
+                round_labels=c.round_labels, round_seconds=c.round_seconds, max_rounds=c.max_rounds
+            )
+        )
     return out
 
 
@@ -267,6 +285,7 @@ def run_from_proto(run: tp.Run) -> Run:
         job_name=run.job_name,
         attempt=run.attempt,
         rows=run.rows,
+        latest_round=run.latest_round,
     )
 
 
@@ -284,6 +303,7 @@ def run_to_proto(run: Run) -> tp.Run:
         job_name=run.job_name,
         attempt=run.attempt,
         rows=run.rows,
+        latest_round=run.latest_round,
     )
     for name in ("created_at", "started_at", "finished_at"):
         seconds = getattr(run, name)
@@ -309,7 +329,11 @@ def event_kind_to_proto(kind: EventKind) -> tuple[str, Any]:
         return "state", tp.StateEvent(state=int(kind.state), reason=kind.reason)
     if isinstance(kind, LogEvent):
         return "log", tp.LogEvent(level=kind.level, message=kind.message)
-    message = tp.DataEvent(rows=kind.rows, labels_read=kind.labels_read, skipped=kind.skipped)
+    if isinstance(kind, Round):
+        return "round", round_to_proto(kind)
+    message = tp.DataEvent(
+        rows=kind.rows, labels_read=kind.labels_read, skipped=kind.skipped, round=kind.round
+    )
     message.cursor_start.sequence = kind.cursor_start
     message.cursor_end.sequence = kind.cursor_end
     return "data", message
@@ -331,8 +355,31 @@ def event_kind_from_proto(event: tp.RunEvent) -> EventKind:
             rows=d.rows,
             labels_read=d.labels_read,
             skipped=dict(d.skipped),
+            round=d.round,
         )
+    if kind == "round":
+        return round_from_proto(event.round)
     return LogEvent(level=event.log.level, message=event.log.message)
+
+
+def round_to_proto(r: Round) -> tp.Round:
+    out = tp.Round(
+        run_id=r.run_id, round=r.round, rows=r.rows, labels_read=r.labels_read, skipped=r.skipped,
+        model_dir=r.model_dir, step=r.step,
+    )  # fmt: skip
+    out.cursor_start.sequence = r.cursor_start
+    out.cursor_end.sequence = r.cursor_end
+    if r.published_at is not None:
+        out.published_at.CopyFrom(common.timestamp(r.published_at))
+    return out
+
+
+def round_from_proto(r: tp.Round) -> Round:
+    return Round(
+        run_id=r.run_id, round=r.round, cursor_start=r.cursor_start.sequence,
+        cursor_end=r.cursor_end.sequence, rows=r.rows, labels_read=r.labels_read, skipped=dict(r.skipped),
+        model_dir=r.model_dir, step=r.step, published_at=common.seconds(r, "published_at"),
+    )  # fmt: skip
 
 
 def event_to_proto(event: RunEvent) -> tp.RunEvent:

@@ -181,7 +181,8 @@ ROLES: dict[str, dict[str, tuple[str, ...]]] = {
         "Stats": ("reviewer", "service"),
     },
     "trainer": {
-        name: SERVICE for name in ("StartRun", "WatchRun", "GetRun", "ListRuns", "CancelRun", "ResumeRun")
+        name: SERVICE
+        for name in ("StartRun", "WatchRun", "GetRun", "ListRuns", "CancelRun", "ResumeRun", "ListRounds")
     },
 }
 """Who may call what, by service and method; admin may call everything, a method not listed only admin."""

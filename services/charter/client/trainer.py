@@ -53,3 +53,8 @@ class TrainerClient(ServiceClient):
     async def resume_run(self, run_id: str) -> tp.Run:
         """Start a new attempt of a failed or cancelled run from its last checkpoint."""
         return (await self.stub.ResumeRun(tp.ResumeRunRequest(run_id=run_id), timeout=self.timeout)).run
+
+    async def list_rounds(self, run_id: str) -> list[tp.Round]:
+        """The rounds a continuous run has published, oldest first."""
+        request = tp.ListRoundsRequest(run_id=run_id)
+        return list((await self.call(lambda: self.stub.ListRounds(request, timeout=self.timeout))).rounds)

@@ -70,6 +70,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         run = await self.runs.resume(request.run_id)
         return trainer_pb2.ResumeRunResponse(run=convert.run_to_proto(run))
 
+    async def ListRounds(self, request: trainer_pb2.ListRoundsRequest, context: aio.ServicerContext) -> Any:
+        rounds = await self.runs.rounds(request.run_id)
+        return trainer_pb2.ListRoundsResponse(rounds=[convert.round_to_proto(r) for r in rounds])
+
     async def WatchRun(
         self, request: trainer_pb2.WatchRunRequest, context: aio.ServicerContext
     ) -> AsyncIterator[trainer_pb2.WatchRunResponse]:

@@ -10,7 +10,9 @@ Types and their fields:
 - `checkpoint`: `step`, `path` (a folder the run can resume from)
 - `progress`: `total_steps`
 - `data`: `cursor_start`, `cursor_end` (review-stream positions the run trains on), `rows`,
-  `labels_read`, `skipped` (reason → count)
+  `labels_read`, `skipped` (reason → count), `round` (continuous runs: the round it is for)
+- `round`: a continuous run published a round — `round`, `cursor_start`, `cursor_end`, `rows`,
+  `labels_read`, `skipped`, `model_dir`, `step` (`charter.trainer.rounds.Published`)
 - `log`: `level`, `message`
 - `error`: `message` (why the worker is about to exit non-zero)
 - `finished`: `output_dir` (the trained model)
@@ -24,7 +26,7 @@ import sys
 from typing import Any, TextIO
 
 PREFIX = "@charter-event "
-TYPES = ("metrics", "checkpoint", "progress", "data", "log", "error", "finished")
+TYPES = ("metrics", "checkpoint", "progress", "data", "round", "log", "error", "finished")
 
 
 def encode(kind: str, **fields: Any) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 
 ALGORITHMS = ("sft", "reward-model", "dpo", "ppo", "grpo", "rloo")
 """Every algorithm a run can train, by name."""
+CONTINUOUS_ALGORITHMS = ("dpo", "reward-model")
+"""The algorithms a continuous run (`RunSpec.continuous`) trains."""
 EXECUTORS = ("local", "kubernetes")
 ENSEMBLE_VARY = ("seed", "subset")
 """How a reward-model ensemble's members differ, by name."""
@@ -132,6 +134,16 @@ class RewardModelEnsemble:
 
 
 @dataclass
+class ContinuousTraining:
+    """A continuous run's rounds (docs/trainer.md, "Continuous runs"; the trigger is
+    `charter.trainer.rounds.RoundTrigger`). 0 means "not this trigger" / "no limit"."""
+
+    round_labels: int = 0
+    round_seconds: float = 0.0
+    max_rounds: int = 0
+
+
+@dataclass
 class RunSpec:
     name: str = ""
     algorithm: str = ""
@@ -149,6 +161,8 @@ class RunSpec:
     """None: no reward-hacking watch."""
     ensemble: RewardModelEnsemble | None = None
     """None: one reward model (reward-model runs only)."""
+    continuous: ContinuousTraining | None = None
+    """None: one bounded run; else the run follows the label stream and trains in rounds."""
 
 
 @dataclass
@@ -170,6 +184,8 @@ class Run:
     job_name: str = ""
     attempt: int = 0
     rows: int = 0
+    latest_round: int = 0
+    """Continuous runs: the newest published round (0: none yet)."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +213,24 @@ class DataEvent:
     rows: int = 0
     labels_read: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    round: int = 0
+    """Continuous runs: the round the data is for; 0: a bounded run."""
+
+
+@dataclass(frozen=True)
+class Round:
+    """A published round of a continuous run (also the event that publishes it)."""
+
+    run_id: str = ""
+    round: int = 0
+    cursor_start: int = 0
+    cursor_end: int = 0
+    rows: int = 0
+    labels_read: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    model_dir: str = ""
+    step: int = 0
+    published_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +239,7 @@ class LogEvent:
     message: str = ""
 
 
-EventKind = MetricsEvent | CheckpointEvent | StateEvent | DataEvent | LogEvent
+EventKind = MetricsEvent | CheckpointEvent | StateEvent | DataEvent | LogEvent | Round
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@
   `handle` (the executor's name for the current worker), `attempt` (1 + resumes) and `events_seen`
   (worker events of this attempt already recorded, so a restarted service skips them).
 - `run_events`: every event of every run, append-only, numbered per run from 1.
+- `run_rounds`: the rounds continuous runs published, one row per (run, round): the cursor range each
+  trained on and its model folder (`skipped` is JSON: reason -> count). Written in the transaction
+  that records the round's event, at most once per round.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -49,4 +53,19 @@ run_events = Table(
     Column("run_id", String(64), primary_key=True),
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("payload", LargeBinary, nullable=False),
+)
+
+run_rounds = Table(
+    "run_rounds",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("round", Integer, primary_key=True, autoincrement=False),
+    Column("cursor_start", BigInteger, nullable=False),
+    Column("cursor_end", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("labels_read", BigInteger, nullable=False),
+    Column("skipped", Text, nullable=False),
+    Column("model_dir", String(1024), nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("published_at", Float, nullable=False),
 )

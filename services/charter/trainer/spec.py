@@ -21,7 +21,9 @@ from charter.core.errors import InvalidArgument
 from charter.inference.models import is_model_folder
 from charter.trainer.runs import (
     ALGORITHMS,
+    CONTINUOUS_ALGORITHMS,
     ENSEMBLE_VARY,
+    ContinuousTraining,
     DataSource,
     RewardModelEnsemble,
     RewardWatch,
@@ -55,6 +57,8 @@ class CheckedSpec:
     """The reward-hacking watch with its defaults filled in (`WATCH_DEFAULTS`); None: no watch."""
     ensemble: RewardModelEnsemble | None = None
     """A reward-model ensemble with its default filled in (`vary` "seed"); None: one reward model."""
+    continuous: ContinuousTraining | None = None
+    """A continuous run's rounds; None: one bounded run."""
 
 
 ENSEMBLE_SIZES = (2, 16)
@@ -218,6 +222,52 @@ def _ensemble(spec: RunSpec) -> RewardModelEnsemble | None:
     return replace(ensemble, vary=vary)
 
 
+def _continuous(spec: RunSpec) -> ContinuousTraining | None:
+    """The continuous section checked: DPO or reward-model runs on an open label stream, one round
+    trigger at least."""
+    continuous = spec.continuous
+    if continuous is None:
+        return None
+    if spec.algorithm not in CONTINUOUS_ALGORITHMS:
+        raise InvalidArgument(
+            f"spec.continuous: only {' and '.join(CONTINUOUS_ALGORITHMS)} runs train continuously, not "
+            f"{spec.algorithm} (PPO, GRPO and RLOO can take a continuous reward-model run's latest round "
+            "as reward_model: ID@latest)",
+            field="spec.continuous",
+        )
+    stream = spec.data.label_stream
+    if stream is None:
+        raise InvalidArgument(
+            "spec.data: a continuous run follows the review service's label stream; set label_stream",
+            field="spec.data",
+        )
+    if stream.to_cursor is not None:
+        raise InvalidArgument(
+            "spec.data.label_stream.to_cursor: a continuous run has no end cursor (stop it with CancelRun "
+            "or continuous.max_rounds)",
+            field="spec.data.label_stream.to_cursor",
+            value=stream.to_cursor,
+        )
+    if spec.ensemble is not None:
+        raise InvalidArgument(
+            "spec.ensemble: a continuous run trains one reward model per round, not an ensemble",
+            field="spec.ensemble",
+        )
+    seconds = continuous.round_seconds
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise InvalidArgument(
+            f"spec.continuous.round_seconds: must be a number >= 0 ({seconds=})",
+            field="spec.continuous.round_seconds",
+            value=seconds,
+        )
+    if continuous.round_labels <= 0 and seconds == 0:
+        raise InvalidArgument(
+            "spec.continuous.round_labels: set round_labels, round_seconds or both (when a round closes)",
+            field="spec.continuous.round_labels",
+        )
+    return continuous
+
+
 def trl_config(
     algorithm: str, hyperparameters: dict[str, Any], *, output_dir: str, seed: int, use_cpu: bool
 ) -> Any:
@@ -271,6 +321,7 @@ def check(spec: RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
         )
     base = _model_source(spec.base_model, "spec.base_model")
     _data(spec.data)
+    continuous = _continuous(spec)
     if algorithm in _NEEDS_REWARD_MODEL and not spec.reward_model:
         raise InvalidArgument(
             f"spec.reward_model: {algorithm} needs a reward model (a run id or a model path)",
@@ -288,4 +339,6 @@ def check(spec: RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
         from charter.trainer.dpo import check_config
 
         check_config(config)
-    return CheckedSpec(algorithm, base, hyperparameters, config, _watch(spec, config), _ensemble(spec))
+    return CheckedSpec(
+        algorithm, base, hyperparameters, config, _watch(spec, config), _ensemble(spec), continuous
+    )

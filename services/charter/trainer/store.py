@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,8 +25,18 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from charter.core import db
 from charter.core.errors import InvalidArgument, NotFound
-from charter.trainer.runs import ACTIVE, TERMINAL, EventKind, Run, RunEvent, RunSpec, RunState, StateEvent
-from charter.trainer.schema import run_events, runs
+from charter.trainer.runs import (
+    ACTIVE,
+    TERMINAL,
+    EventKind,
+    Round,
+    Run,
+    RunEvent,
+    RunSpec,
+    RunState,
+    StateEvent,
+)
+from charter.trainer.schema import run_events, run_rounds, runs
 
 __all__ = ["ACTIVE", "TERMINAL", "RunCodec", "RunRecord", "RunStore", "migrate"]
 _MIGRATE_LOCK = 0x63747261  # advisory lock key: replicas migrate one at a time
@@ -169,7 +180,9 @@ class RunStore:
         events_seen: int | None = None,
     ) -> tuple[Run, list[RunEvent]]:
         """Apply `mutate` to the run in one transaction; it returns the events (MetricsEvent,
-        CheckpointEvent, StateEvent, LogEvent, DataEvent of `charter.trainer.runs`) to append."""
+        CheckpointEvent, StateEvent, LogEvent, DataEvent, Round of `charter.trainer.runs`) to append.
+        A `Round` is recorded in `run_rounds` too, once: a round already recorded (a resumed worker
+        reports the rounds it finished again) appends nothing."""
         with self._write() as conn:
             query = select(runs).where(runs.c.id == run_id)
             if self.dialect == "postgresql":
@@ -179,7 +192,7 @@ class RunStore:
                 raise NotFound(f"run {run_id} does not exist", field="run_id", value=run_id)
             run = self.codec.load_run(row.payload)
             now = self.clock()
-            kinds = list(mutate(run))
+            kinds = self._rounds(conn, run_id, list(mutate(run)), now)
             for kind in kinds:
                 if isinstance(kind, StateEvent):
                     run.state = RunState(kind.state)
@@ -200,6 +213,62 @@ class RunStore:
             conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
             appended = self._append(conn, run_id, kinds, now)
         return run, appended
+
+    # -- rounds (continuous runs) ---------------------------------------------------------------
+
+    def _rounds(self, conn: Connection, run_id: str, kinds: list[EventKind], now: float) -> list[EventKind]:
+        out: list[EventKind] = []
+        for kind in kinds:
+            if not isinstance(kind, Round):
+                out.append(kind)
+                continue
+            known = conn.execute(
+                select(run_rounds.c.round).where(
+                    run_rounds.c.run_id == run_id, run_rounds.c.round == kind.round
+                )
+            ).first()
+            if known is not None:
+                continue
+            kind = replace(kind, run_id=run_id, published_at=now)
+            conn.execute(
+                insert(run_rounds).values(
+                    run_id=run_id,
+                    round=kind.round,
+                    cursor_start=kind.cursor_start,
+                    cursor_end=kind.cursor_end,
+                    rows=kind.rows,
+                    labels_read=kind.labels_read,
+                    skipped=json.dumps(kind.skipped, sort_keys=True),
+                    model_dir=kind.model_dir,
+                    step=kind.step,
+                    published_at=now,
+                )  # fmt: skip
+            )
+            out.append(kind)
+        return out
+
+    def rounds(self, run_id: str) -> list[Round]:
+        """The rounds run `run_id` published, oldest first (NOT_FOUND for an unknown run)."""
+        self.record(run_id)
+        with self._db.reader.connect() as conn:
+            rows = conn.execute(
+                select(run_rounds).where(run_rounds.c.run_id == run_id).order_by(run_rounds.c.round)
+            ).all()
+        return [
+            Round(
+                run_id=r.run_id,
+                round=r.round,
+                cursor_start=r.cursor_start,
+                cursor_end=r.cursor_end,
+                rows=r.rows,
+                labels_read=r.labels_read,
+                skipped=json.loads(r.skipped),
+                model_dir=r.model_dir,
+                step=r.step,
+                published_at=r.published_at,
+            )  # fmt: skip
+            for r in rows
+        ]
 
     # -- events ---------------------------------------------------------------------------------
 

@@ -250,6 +250,7 @@ class RunSpec(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     WATCH_FIELD_NUMBER: _builtins.int
     ENSEMBLE_FIELD_NUMBER: _builtins.int
+    CONTINUOUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     algorithm: Global___Algorithm.ValueType
     base_model: _builtins.str
@@ -274,6 +275,12 @@ class RunSpec(_message.Message):
     def ensemble(self) -> Global___RewardModelEnsemble:
         """Train several reward models as one run (reward-model runs only); unset = one reward model."""
 
+    @_builtins.property
+    def continuous(self) -> Global___ContinuousTraining:
+        """Follow the label stream without an end cursor and train in rounds (DPO and reward-model runs fed
+        by a label_stream without to_cursor); unset = one bounded run.
+        """
+
     def __init__(
         self,
         *,
@@ -288,14 +295,50 @@ class RunSpec(_message.Message):
         seed: _builtins.int = ...,
         watch: Global___RewardWatch | None = ...,
         ensemble: Global___RewardModelEnsemble | None = ...,
+        continuous: Global___ContinuousTraining | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "ensemble", b"ensemble", "hyperparameters", b"hyperparameters", "resources", b"resources", "watch", b"watch"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["continuous", b"continuous", "data", b"data", "ensemble", b"ensemble", "hyperparameters", b"hyperparameters", "resources", b"resources", "watch", b"watch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "base_model", b"base_model", "data", b"data", "ensemble", b"ensemble", "executor", b"executor", "hyperparameters", b"hyperparameters", "name", b"name", "resources", b"resources", "reward_model", b"reward_model", "seed", b"seed", "watch", b"watch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "base_model", b"base_model", "continuous", b"continuous", "data", b"data", "ensemble", b"ensemble", "executor", b"executor", "hyperparameters", b"hyperparameters", "name", b"name", "resources", b"resources", "reward_model", b"reward_model", "seed", b"seed", "watch", b"watch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunSpec: _TypeAlias = RunSpec  # noqa: Y015
+
+@_typing.final
+class ContinuousTraining(_message.Message):
+    """A continuous run (docs/trainer.md, "Continuous runs"): it reads the accepted-label stream from
+    from_cursor on; a round closes once `round_labels` labels have been read or `round_seconds` have passed
+    since the round began (whichever comes first; a round never closes without a usable row), then trains
+    on that round's labels only, starting from the previous round's model, and publishes the model as
+    round N (`run:ID@N`). The hyper-parameters (max_steps, num_train_epochs, ...) apply to each round.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_LABELS_FIELD_NUMBER: _builtins.int
+    ROUND_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_ROUNDS_FIELD_NUMBER: _builtins.int
+    round_labels: _builtins.int
+    """Labels read that close a round; 0 = rounds close by time only."""
+    round_seconds: _builtins.float
+    """Seconds after which a round closes (with at least one usable row); 0 = by label count only."""
+    max_rounds: _builtins.int
+    """The run succeeds after this many rounds; 0 = it trains until CancelRun."""
+    def __init__(
+        self,
+        *,
+        round_labels: _builtins.int = ...,
+        round_seconds: _builtins.float = ...,
+        max_rounds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_rounds", b"max_rounds", "round_labels", b"round_labels", "round_seconds", b"round_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContinuousTraining: _TypeAlias = ContinuousTraining  # noqa: Y015
 
 @_typing.final
 class RewardModelEnsemble(_message.Message):
@@ -465,6 +508,7 @@ class Run(_message.Message):
     JOB_NAME_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    LATEST_ROUND_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___RunState.ValueType
     reason: _builtins.str
@@ -479,6 +523,8 @@ class Run(_message.Message):
     """1 for the first start, +1 for each resume."""
     rows: _builtins.int
     """Training rows the run's data held (pairs, conversations or prompts)."""
+    latest_round: _builtins.int
+    """Continuous runs: the newest published round (0 = none yet)."""
     @_builtins.property
     def spec(self) -> Global___RunSpec: ...
     @_builtins.property
@@ -515,14 +561,92 @@ class Run(_message.Message):
         job_name: _builtins.str = ...,
         attempt: _builtins.int = ...,
         rows: _builtins.int = ...,
+        latest_round: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "finished_at", b"finished_at", "id", b"id", "job_name", b"job_name", "last_checkpoint", b"last_checkpoint", "last_metrics", b"last_metrics", "output_dir", b"output_dir", "reason", b"reason", "rows", b"rows", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "finished_at", b"finished_at", "id", b"id", "job_name", b"job_name", "last_checkpoint", b"last_checkpoint", "last_metrics", b"last_metrics", "latest_round", b"latest_round", "output_dir", b"output_dir", "reason", b"reason", "rows", b"rows", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class Round(_message.Message):
+    """One published round of a continuous run: the labels it trained on and its model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SkippedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    CURSOR_START_FIELD_NUMBER: _builtins.int
+    CURSOR_END_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    LABELS_READ_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    MODEL_DIR_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    round: _builtins.int
+    """1, 2, ... in order."""
+    rows: _builtins.int
+    labels_read: _builtins.int
+    model_dir: _builtins.str
+    """The round's model folder (loadable as `run:ID@ROUND`)."""
+    step: _builtins.int
+    """The run's step count when the round's model was written."""
+    @_builtins.property
+    def cursor_start(self) -> _review_pb2.LabelCursor:
+        """The round trained on accepted labels after cursor_start up to cursor_end."""
+
+    @_builtins.property
+    def cursor_end(self) -> _review_pb2.LabelCursor: ...
+    @_builtins.property
+    def skipped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def published_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        cursor_start: _review_pb2.LabelCursor | None = ...,
+        cursor_end: _review_pb2.LabelCursor | None = ...,
+        rows: _builtins.int = ...,
+        labels_read: _builtins.int = ...,
+        skipped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        model_dir: _builtins.str = ...,
+        step: _builtins.int = ...,
+        published_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "published_at", b"published_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "labels_read", b"labels_read", "model_dir", b"model_dir", "published_at", b"published_at", "round", b"round", "rows", b"rows", "run_id", b"run_id", "skipped", b"skipped", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Round: _TypeAlias = Round  # noqa: Y015
 
 @_typing.final
 class MetricsEvent(_message.Message):
@@ -644,8 +768,11 @@ class DataEvent(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     LABELS_READ_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
     rows: _builtins.int
     labels_read: _builtins.int
+    round: _builtins.int
+    """Continuous runs: the round this data is for (1, 2, ...); 0 for a bounded run."""
     @_builtins.property
     def cursor_start(self) -> _review_pb2.LabelCursor:
         """Review-stream positions: the run trained on accepted labels after cursor_start up to cursor_end."""
@@ -664,10 +791,11 @@ class DataEvent(_message.Message):
         rows: _builtins.int = ...,
         labels_read: _builtins.int = ...,
         skipped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        round: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cursor_end", b"cursor_end", "cursor_start", b"cursor_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "labels_read", b"labels_read", "rows", b"rows", "skipped", b"skipped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "labels_read", b"labels_read", "round", b"round", "rows", b"rows", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -707,6 +835,7 @@ class RunEvent(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     sequence: _builtins.int
     @_builtins.property
@@ -721,6 +850,10 @@ class RunEvent(_message.Message):
     def log(self) -> Global___LogEvent: ...
     @_builtins.property
     def data(self) -> Global___DataEvent: ...
+    @_builtins.property
+    def round(self) -> Global___Round:
+        """A continuous run published a round."""
+
     def __init__(
         self,
         *,
@@ -732,12 +865,13 @@ class RunEvent(_message.Message):
         state: Global___StateEvent | None = ...,
         log: Global___LogEvent | None = ...,
         data: Global___DataEvent | None = ...,
+        round: Global___Round | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "data", b"data", "kind", b"kind", "log", b"log", "metrics", b"metrics", "state", b"state", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "data", b"data", "kind", b"kind", "log", b"log", "metrics", b"metrics", "round", b"round", "state", b"state", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "data", b"data", "kind", b"kind", "log", b"log", "metrics", b"metrics", "run_id", b"run_id", "sequence", b"sequence", "state", b"state", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "data", b"data", "kind", b"kind", "log", b"log", "metrics", b"metrics", "round", b"round", "run_id", b"run_id", "sequence", b"sequence", "state", b"state", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["metrics", "checkpoint", "state", "log", "data"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["metrics", "checkpoint", "state", "log", "data", "round"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1000,3 +1134,42 @@ class ResumeRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResumeRunResponse: _TypeAlias = ResumeRunResponse  # noqa: Y015
+
+@_typing.final
+class ListRoundsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoundsRequest: _TypeAlias = ListRoundsRequest  # noqa: Y015
+
+@_typing.final
+class ListRoundsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Round]: ...
+    def __init__(
+        self,
+        *,
+        rounds: _abc.Iterable[Global___Round] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rounds", b"rounds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoundsResponse: _TypeAlias = ListRoundsResponse  # noqa: Y015

@@ -65,6 +65,11 @@ class TrainerServiceStub:
                 request_serializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunRequest.SerializeToString,
                 response_deserializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunResponse.FromString,
                 _registered_method=True)
+        self.ListRounds = channel.unary_unary(
+                '/charter.trainer.v1.TrainerService/ListRounds',
+                request_serializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ListRoundsRequest.SerializeToString,
+                response_deserializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ListRoundsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -110,6 +115,13 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRounds(self, request, context):
+        """The rounds a continuous run has published, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +154,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ResumeRun,
                     request_deserializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunRequest.FromString,
                     response_serializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunResponse.SerializeToString,
+            ),
+            'ListRounds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRounds,
+                    request_deserializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ListRoundsRequest.FromString,
+                    response_serializer=charter_dot_trainer_dot_v1_dot_trainer__pb2.ListRoundsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +324,33 @@ class TrainerService:
             '/charter.trainer.v1.TrainerService/ResumeRun',
             charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunRequest.SerializeToString,
             charter_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRounds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/charter.trainer.v1.TrainerService/ListRounds',
+            charter_dot_trainer_dot_v1_dot_trainer__pb2.ListRoundsRequest.SerializeToString,
+            charter_dot_trainer_dot_v1_dot_trainer__pb2.ListRoundsResponse.FromString,
             options,
             channel_credentials,
             insecure,

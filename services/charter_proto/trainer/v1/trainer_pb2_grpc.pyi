@@ -42,6 +42,8 @@ class TrainerServiceStub:
     CancelRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CancelRunRequest, _trainer_pb2.CancelRunResponse]
     ResumeRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ResumeRunRequest, _trainer_pb2.ResumeRunResponse]
     """Starts a failed or cancelled run again from its last checkpoint, on the data it trained on."""
+    ListRounds: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListRoundsRequest, _trainer_pb2.ListRoundsResponse]
+    """The rounds a continuous run has published, oldest first."""
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -57,6 +59,8 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     CancelRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CancelRunRequest, _trainer_pb2.CancelRunResponse]  # type: ignore[assignment]
     ResumeRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ResumeRunRequest, _trainer_pb2.ResumeRunResponse]  # type: ignore[assignment]
     """Starts a failed or cancelled run again from its last checkpoint, on the data it trained on."""
+    ListRounds: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListRoundsRequest, _trainer_pb2.ListRoundsResponse]  # type: ignore[assignment]
+    """The rounds a continuous run has published, oldest first."""
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs SFT, reward-model, DPO, PPO and GRPO/RLOO jobs on Charter's data."""
@@ -105,5 +109,13 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.ResumeRunResponse, _abc.Awaitable[_trainer_pb2.ResumeRunResponse]]:
         """Starts a failed or cancelled run again from its last checkpoint, on the data it trained on."""
+
+    @_abc_1.abstractmethod
+    def ListRounds(
+        self,
+        request: _trainer_pb2.ListRoundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ListRoundsResponse, _abc.Awaitable[_trainer_pb2.ListRoundsResponse]]:
+        """The rounds a continuous run has published, oldest first."""
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

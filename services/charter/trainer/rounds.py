@@ -1,0 +1,174 @@
+"""Continuous runs: the round trigger, reading one round's labels off a followed stream, and the
+rounds' folders — the pure part (no models, no gRPC; the worker's loop is
+`charter.app.trainer_continuous`).
+
+A continuous run follows the accepted-label stream from `from_cursor` with no end. Round N reads the
+stream from round N-1's `cursor_end` and **closes** when
+
+- `round_labels` labels have been read (ties included: they move the cursor), or
+- `round_seconds` have passed since the round began reading,
+
+whichever comes first, but never before it holds one usable (non-tie) row: a round whose time is up
+with nothing to train on closes at the next usable label. The round then trains on its own rows only,
+starting from round N-1's model, and is published as round N.
+
+Exactly once: a round's rows are cached in its folder before it trains (`rounds/round-NNNN/data`), so
+a worker killed in the middle of a round trains that round again on the same rows (from its last
+checkpoint); a round is published by writing `published.json` after its model, so a round is either
+published with its model or not at all; and round N+1 always starts from round N's recorded
+`cursor_end`. Labels read past a round's close are not used by it — the next round reads them again
+from the ledger.
+
+Example::
+
+    trigger = RoundTrigger(labels=64, seconds=600)
+    data = await read_round(labels, from_cursor=120, trigger=trigger)
+    data.cursor_start, data.cursor_end  # (120, 184) when 64 labels came within 10 minutes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from collections.abc import AsyncIterable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from charter.trainer.data import PreferenceData, StreamRow
+
+ROUNDS_DIR = "rounds"
+PUBLISHED = "published.json"
+"""Written (atomically) into a round's folder once its model is saved: the round is published."""
+
+
+@dataclass(frozen=True)
+class RoundTrigger:
+    """When a round closes; 0 turns a trigger off (at least one must be on)."""
+
+    labels: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.labels < 0 or not (math.isfinite(self.seconds) and self.seconds >= 0):
+            raise ValueError(f"triggers must be >= 0 ({self.labels=}, {self.seconds=})")
+        if not self.labels and not self.seconds:
+            raise ValueError("a round needs a label count or a time to close on")
+
+    def closes(self, labels_read: int, rows: int, elapsed: float) -> bool:
+        """Whether a round that has read `labels_read` labels (`rows` of them usable) in `elapsed`
+        seconds is complete."""
+        if rows < 1:
+            return False
+        by_count = self.labels > 0 and labels_read >= self.labels
+        by_time = self.seconds > 0 and elapsed >= self.seconds
+        return by_count or by_time
+
+    def wait(self, rows: int, elapsed: float) -> float | None:
+        """How long to wait for the next label before looking again (None: until it comes)."""
+        if not self.seconds or rows < 1 and elapsed >= self.seconds:
+            return None
+        return max(self.seconds - elapsed, 0.0)
+
+
+async def read_round(
+    labels: AsyncIterable[StreamRow],
+    from_cursor: int,
+    trigger: RoundTrigger,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> PreferenceData:
+    """One round's labels from a followed stream of (sequence, row | None) read after `from_cursor`;
+    returns when `trigger` closes the round, or when the stream ends (then possibly with no rows).
+    The stream is read by a task into a queue, so waiting for the time trigger never cuts a read."""
+    queue: asyncio.Queue[StreamRow | None] = asyncio.Queue(maxsize=256)
+
+    async def pump() -> None:
+        async for item in labels:
+            await queue.put(item)
+        await queue.put(None)  # the stream ended
+
+    task = asyncio.ensure_future(pump())
+    data = PreferenceData([], cursor_start=from_cursor, cursor_end=from_cursor)
+    start = clock()
+    try:
+        while not trigger.closes(data.labels_read, len(data.rows), clock() - start):
+            try:
+                item = await asyncio.wait_for(queue.get(), trigger.wait(len(data.rows), clock() - start))
+            except TimeoutError:
+                continue
+            if item is None:
+                break
+            sequence, row = item
+            data.cursor_end = sequence
+            data.labels_read += 1
+            if row is None:
+                data.skipped["tie"] = data.skipped.get("tie", 0) + 1
+            else:
+                data.rows.append(row)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
+    return data
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a round's `published.json` records (and its `round` event carries)."""
+
+    round: int
+    cursor_start: int
+    cursor_end: int
+    rows: int
+    labels_read: int
+    model_dir: str
+    step: int
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class RoundFolders:
+    """A continuous run's rounds under DIR/rounds: `round-0001/` holds `data/` (the round's cached
+    rows), `checkpoints/`, `model/` and, once published, `published.json`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.root = Path(run_dir) / ROUNDS_DIR
+
+    def folder(self, n: int) -> Path:
+        return self.root / f"round-{n:04d}"
+
+    def published(self) -> list[Published]:
+        """The published rounds, in order; they are numbered 1, 2, ... without a gap."""
+        out: list[Published] = []
+        while (path := self.folder(len(out) + 1) / PUBLISHED).exists():
+            out.append(Published(**json.loads(path.read_text(encoding="utf-8"))))
+        return out
+
+
+def round_ref(value: str) -> tuple[str, str | None]:
+    """`ID@ROUND` -> (ID, ROUND) with ROUND a number or "latest"; `ID` -> (ID, None). Raises
+    ValueError for anything else after the `@`."""
+    run_id, at, which = value.partition("@")
+    if not at:
+        return value, None
+    if which != "latest" and not (which.isdigit() and int(which) >= 1):
+        raise ValueError(f"{value!r}: a round is a number >= 1 or 'latest' (ID@3, ID@latest)")
+    return run_id, which
+
+
+def pick_round(rounds: list[Any], which: str | None) -> Any | None:
+    """The round `which` names ("latest", a number, None: latest) among `rounds` (objects with a
+    `round` attribute, oldest first); None when there is no such round."""
+    if not rounds:
+        return None
+    if which is None or which == "latest":
+        return rounds[-1]
+    return next((r for r in rounds if r.round == int(which)), None)
