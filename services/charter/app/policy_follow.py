@@ -1,9 +1,12 @@
 """The generator following the trainer (`generator.follow_run_name`): every `follow_poll_seconds` it
-asks the trainer service (`TrainerClient.list_runs`) for the newest succeeded run with that spec name
-that trained a policy (a reward-model run is not one), and swaps to the run's final model when that
-run is not the one it serves — each round of an online loop that starts a new run under the same
-name is served as soon as it succeeds. Trouble reaching the trainer or loading a model is logged and
-tried again at the next poll; the model served until then keeps serving.
+asks the trainer service (`TrainerClient.list_runs`) for the newest run with that spec name that
+trained a policy (a reward-model run is not one) and has a model — a bounded run that succeeded, or a
+continuous run (`RunSpec.continuous`) that has published a round, in any state — and swaps to that
+model when it is not the one it serves: each run of an online loop that starts a new run under the
+same name is served as soon as it succeeds, each round of a continuous run as soon as it is
+published (served as `run:ID@N`, so `ModelRef.policy_version` names the round). Trouble reaching the
+trainer or loading a model is logged and tried again at the next poll; the model served until then
+keeps serving.
 """
 
 from __future__ import annotations
@@ -31,32 +34,49 @@ class PolicyFollower:
         self.trainer = trainer
         self.run_name = run_name
         self.followed: str | None = None
-        """The run whose model the follower last swapped in."""
+        """The model reference (`run:ID`, `run:ID@N`) the follower last swapped in."""
         self.refused: set[str] = set()
-        """Runs whose model could not be served (not found, not loadable): not tried again."""
+        """References whose model could not be served (not found, not loadable): not tried again."""
 
-    async def newest(self) -> tp.Run | None:
-        """The newest succeeded policy run named `run_name`, if any."""
-        page = await self.trainer.list_runs(states=[tp.RunState.RUN_STATE_SUCCEEDED], page_size=PAGE)
+    async def newest(self) -> tuple[tp.Run, int] | None:
+        """The newest policy run named `run_name` with a model, and its round (0: a bounded run)."""
+        page = await self.trainer.list_runs(page_size=PAGE)
         for run in page.runs:
-            if run.spec.name == self.run_name and run.spec.algorithm != tp.Algorithm.ALGORITHM_REWARD_MODEL:
-                return run
+            if run.spec.name != self.run_name or run.spec.algorithm == tp.Algorithm.ALGORITHM_REWARD_MODEL:
+                continue
+            if run.spec.HasField("continuous"):
+                if run.latest_round:
+                    return run, run.latest_round
+            elif run.state == tp.RunState.RUN_STATE_SUCCEEDED:
+                return run, 0
         return None
 
     async def poll(self) -> SwapOutcome | None:
         """One look at the trainer; the swap it made, if any."""
-        run = await self.newest()
-        if run is None or run.id == self.followed or run.id in self.refused:
+        found = await self.newest()
+        if found is None:
             return None
-        folder = Path(run.output_dir) / "model"
+        run, round_ = found
+        ref = f"run:{run.id}@{round_}" if round_ else f"run:{run.id}"
+        if ref == self.followed or ref in self.refused:
+            return None
+        if round_:
+            rounds = await self.trainer.list_rounds(run.id)
+            folder = next((r.model_dir for r in rounds if r.round == round_), "")
+        else:
+            folder = run.output_dir
+            if not (
+                Path(folder) / "config.json"
+            ).exists():  # output_dir names the model; older records its parent
+                folder = str(Path(folder) / "model")
         try:
-            outcome = await self.policy.swap(str(folder), f"run:{run.id}")
+            outcome = await self.policy.swap(folder, ref)
         except CharterError as err:
             if not err.retryable:  # a drain that timed out is tried again; a bad model is not
-                self.refused.add(run.id)
+                self.refused.add(ref)
             raise
-        self.followed = run.id
-        log.info("generator.follow.swapped", run_id=run.id, version=outcome.version.id,
+        self.followed = ref
+        log.info("generator.follow.swapped", run_id=run.id, round=round_, version=outcome.version.id,
                  previous=outcome.previous.id, paused_seconds=round(outcome.paused_seconds, 3))  # fmt: skip
         return outcome
 

@@ -106,6 +106,11 @@ class Runner:
         )
 
     def run(self) -> None:
+        if self.checked.continuous is not None:  # rounds on the open label stream
+            from charter.app.trainer_continuous import ContinuousRunner
+
+            ContinuousRunner(self).run()
+            return
         rows, manifest, fetched = load_data(self.spec, self.checked.algorithm, self.run_dir)
         if fetched:
             self.emit(
@@ -326,14 +331,18 @@ class _ReportCallback(TrainerCallback):
     For member `member` of an ensemble of `members` (each N steps long) the steps are the run's: the
     member's own step + member·N, of members·N in all, and its metrics carry `member`."""
 
-    def __init__(self, emit: events.Emitter, *, member: int | None = None, members: int = 1) -> None:
+    def __init__(
+        self, emit: events.Emitter, *, member: int | None = None, members: int = 1, offset: int = 0
+    ) -> None:
         self.emit, self.member, self.members = emit, member, members
-        self.offset = 0
+        self.base = offset
+        """Steps before this trainer's (a continuous run's earlier rounds)."""
+        self.offset = offset
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.offset = (self.member or 0) * int(state.max_steps)
+        self.offset = self.base + (self.member or 0) * int(state.max_steps)
         if state.is_world_process_zero:
-            self.emit("progress", total_steps=self.members * int(state.max_steps))
+            self.emit("progress", total_steps=self.base + self.members * int(state.max_steps))
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any

@@ -4,6 +4,10 @@ Without `--address`, `charter train` starts the trainer service inside the comma
 (the embedded default: a local worker subprocess, the run store at `trainer.database_url`) and
 cancels the run if the command is interrupted; with `--address` it drives a running service and an
 interrupt only stops watching. Either way the run's curves are written as a PNG when it ends.
+
+A spec with a `continuous` section (`round_labels`, `round_seconds`, `max_rounds`) follows the label
+stream and trains in rounds until `max_rounds` or `charter runs cancel`; `charter runs rounds ID`
+lists the rounds it published, loadable elsewhere as `run:ID@N` or `run:ID@latest`.
 """
 
 from __future__ import annotations
@@ -133,6 +137,13 @@ async def _follow(trainer: TrainerClient | StoreReader, run_id: str) -> list[tp.
                     else ""
                 )
                 console.print(f"data: {d.rows} rows{where}", highlight=False)
+            elif kind == "round":
+                r = event.round
+                console.print(
+                    f"round {r.round} published: {r.rows} rows (labels after {r.cursor_start.sequence} up "
+                    f"to {r.cursor_end.sequence}), model run:{run_id}@{r.round}",
+                    highlight=False,
+                )
             elif kind == "log":
                 console.print(f"{event.log.level}: {event.log.message}", highlight=False)
     return history
@@ -171,12 +182,19 @@ def train(
     ] = "",
     reward_model: Annotated[
         str | None,
-        typer.Option(help="Override the spec's reward_model (a reward-model run id or a model folder)."),
+        typer.Option(
+            help="Override the spec's reward_model: a reward-model run id (a continuous run's round as "
+            "ID@N or ID@latest) or a model folder."
+        ),
     ] = None,
     base_model: Annotated[str | None, typer.Option(help="Override the spec's base_model.")] = None,
     config: Config = None,
 ) -> None:
-    """Start a training run (SFT, reward model, DPO, PPO, GRPO, RLOO) and follow it to the end."""
+    """Start a training run (SFT, reward model, DPO, PPO, GRPO, RLOO) and follow it to the end.
+
+    A spec with `continuous: {round_labels, round_seconds, max_rounds}` (DPO or reward model on a
+    label_stream without to_cursor) trains in rounds as labels arrive and publishes each round's model
+    as run:ID@N; it ends after max_rounds rounds, or when cancelled (Ctrl-C without --address)."""
     from charter.core.logging import configure_logging
 
     settings = load_settings(config)
@@ -321,6 +339,25 @@ def resume(
             if watch or address is None:
                 events = await _follow(trainer, run_id)
                 _finish(await trainer.get_run(run_id), events, plot)
+
+    asyncio.run(go())
+
+
+@app.command()
+def rounds(run_id: str, address: Address = None, token: Token = None, config: Config = None) -> None:
+    """The rounds a continuous run has published: cursor range, rows, step and model folder."""
+
+    async def go() -> None:
+        async with trainer_reader(address, load_settings(config), token) as trainer:
+            try:
+                published = await trainer.list_rounds(run_id)
+            except grpc.aio.AioRpcError as err:
+                raise _rpc_error(err) from None
+            for r in published:
+                typer.echo(
+                    f"run:{run_id}@{r.round}  labels {r.cursor_start.sequence}..{r.cursor_end.sequence}  "
+                    f"{r.rows} rows  step {r.step}  {r.model_dir}"
+                )
 
     asyncio.run(go())
 

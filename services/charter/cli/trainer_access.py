@@ -17,7 +17,7 @@ from charter.core.settings import CharterSettings
 
 
 class StoreReader:
-    """`TrainerClient`'s read-only calls (get_run, list_runs, watch_run: history only) straight from
+    """`TrainerClient`'s read-only calls (get_run, list_runs, list_rounds, watch_run: history only) from
     the local run store: read-only commands without --address start no service (which would adopt
     and launch runs)."""
 
@@ -32,6 +32,9 @@ class StoreReader:
     ) -> tp.ListRunsResponse:
         runs, token = self.store.list(list(states or []), page_size, page_token)
         return tp.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
+
+    async def list_rounds(self, run_id: str) -> list[tp.Round]:
+        return [convert.round_to_proto(r) for r in self.store.rounds(run_id)]
 
     async def watch_run(self, run_id: str, after_sequence: int = 0) -> AsyncIterator[tp.RunEvent]:
         after = after_sequence

@@ -1,8 +1,9 @@
 """The policy the generator serves, and swapping it for another model while serving.
 
 A `PolicyVersion` is the served weights' identity: the name the model was asked for by (the
-configured model, a folder, `run:<id>`) and the sha256 of its folder's files (`core.files.folder_digest`),
-so a model retrained into the same folder is a new version. The generator tags every response with it.
+configured model, a folder, `run:<id>`, a continuous run's round `run:<id>@<n>`) and the sha256 of its
+folder's files (`core.files.folder_digest`), so a model retrained into the same folder is a new
+version. The generator tags every response with it.
 
 `ServedPolicy` holds the engine. Every call takes a lease (`async with policy.lease() as (engine,
 version)`) for as long as it uses the engine; `swap` closes the gate (new calls wait), waits until the

@@ -26,6 +26,7 @@ from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound, U
 from charter.core.settings import TrainerSettings
 from charter.trainer import events
 from charter.trainer.executor import MODEL_DIR, Executor, Launch, LocalExecutor
+from charter.trainer.rounds import pick_round, round_ref
 from charter.trainer.runs import (
     TERMINAL,
     CheckpointEvent,
@@ -35,6 +36,7 @@ from charter.trainer.runs import (
     LabelStreamSource,
     LogEvent,
     MetricsEvent,
+    Round,
     Run,
     RunEvent,
     RunSpec,
@@ -93,14 +95,25 @@ def apply_event(run: Run, event: dict[str, Any]) -> list[EventKind]:
         run.total_steps = int(event.get("total_steps", 0))
         return []
     if kind == "data":
-        run.cursor_start = int(event.get("cursor_start", 0))
+        start, round_ = int(event.get("cursor_start", 0)), int(event.get("round", 0))
+        if round_ <= 1 or run.cursor_start is None:  # a continuous run's range starts at its first round
+            run.cursor_start = start
         run.cursor_end = int(event.get("cursor_end", 0))
         run.rows = int(event.get("rows", 0))
         return [
             DataEvent(
-                cursor_start=run.cursor_start, cursor_end=run.cursor_end, rows=run.rows,
-                labels_read=int(event.get("labels_read", 0)),
-                skipped={str(k): int(v) for k, v in (event.get("skipped") or {}).items()},
+                cursor_start=start, cursor_end=run.cursor_end, rows=run.rows,
+                labels_read=int(event.get("labels_read", 0)), skipped=_counts(event), round=round_,
+            )
+        ]  # fmt: skip
+    if kind == "round":
+        run.latest_round = max(run.latest_round, int(event.get("round", 0)))
+        return [
+            Round(
+                round=int(event.get("round", 0)), cursor_start=int(event.get("cursor_start", 0)),
+                cursor_end=int(event.get("cursor_end", 0)), rows=int(event.get("rows", 0)),
+                labels_read=int(event.get("labels_read", 0)), skipped=_counts(event),
+                model_dir=str(event.get("model_dir", "")), step=int(event.get("step", 0)),
             )
         ]  # fmt: skip
     if kind == "finished":
@@ -108,6 +121,10 @@ def apply_event(run: Run, event: dict[str, Any]) -> list[EventKind]:
         return [LogEvent(level="info", message=f"model written to {run.output_dir}")]
     level = "error" if kind == "error" else str(event.get("level", "info"))
     return [LogEvent(level=level, message=str(event.get("message", "")))]
+
+
+def _counts(event: dict[str, Any]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (event.get("skipped") or {}).items()}
 
 
 def _end(run: Run, state: RunState, reason: str) -> list[EventKind]:
@@ -219,6 +236,10 @@ class RunLifecycle:
             resume=True,
             note=f"resumed from {where} (attempt {record.attempt + 1})",
         )
+
+    async def rounds(self, run_id: str) -> list[Round]:
+        """The rounds a continuous run has published, oldest first."""
+        return await self._db(self.store.rounds, run_id)
 
     async def watch(self, run_id: str, after: int = 0) -> AsyncIterator[RunEvent]:
         """The run's events after sequence `after`, live, until the run has ended and all are sent."""
@@ -359,20 +380,40 @@ class RunLifecycle:
         return replace(spec, reward_model=reward_model, base_model=base_model, data=data, watch=watch)
 
     async def _reward_model(self, value: str, field: str) -> str:
-        """A reward model as the worker gets it: a run id becomes that run's model folder; a folder is
+        """A reward model as the worker gets it: a run id becomes that run's model folder — a
+        continuous run's round (`ID@N`, `ID@latest`; the bare id is its latest round); a folder is
         checked (local workers) and made absolute."""
         if value.startswith("r-"):
             try:
-                source = await self._db(self.store.get, value)
+                run_id, which = round_ref(value)
+            except ValueError as err:
+                raise InvalidArgument(f"{field}: {err}", field=field, value=value) from None
+            try:
+                source = await self._db(self.store.get, run_id)
             except NotFound:
-                raise InvalidArgument(f"{field}: no run {value}", field=field) from None
-            if source.spec.algorithm != "reward-model" or source.state != RunState.SUCCEEDED:
+                raise InvalidArgument(f"{field}: no run {run_id}", field=field) from None
+            continuous = source.spec.continuous is not None
+            if (
+                source.spec.algorithm != "reward-model"
+                or not continuous
+                and source.state != RunState.SUCCEEDED
+            ):
                 raise InvalidArgument(
                     f"{field}: run {source.id} is not a finished reward-model run "
                     f"({source.spec.algorithm or 'no algorithm'}, {source.state.label})",
                     field=field,
                 )
-            return source.output_dir
+            if not continuous:
+                if which is not None:
+                    raise InvalidArgument(
+                        f"{field}: run {source.id} is not a continuous run: it has no rounds", field=field
+                    )
+                return source.output_dir
+            found = pick_round(await self._db(self.store.rounds, run_id), which)
+            if found is None:
+                wanted = f"round {which}" if which and which != "latest" else "a published round"
+                raise InvalidArgument(f"{field}: continuous run {source.id} has no {wanted} yet", field=field)
+            return str(found.model_dir)
         if value and self.executor.name == "local":
             if not Path(value).exists():
                 raise InvalidArgument(f"{field}: {value} is neither a run id nor a model folder", field=field)
