@@ -24,6 +24,7 @@ from charter.cli.export import export
 from charter.cli.run import run
 from charter.cli.serve import serve
 from charter.core.errors import CharterError
+from charter.core.processes import end_descendants, terminate_as_exit
 
 app = typer.Typer(
     name="charter",
@@ -57,6 +58,9 @@ def version() -> None:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C (engines close in their finally blocks), and whatever still runs
+    # below this process when the command leaves (vLLM's engine core, a trainer worker) ends with it
+    terminate_as_exit()
     try:
         app()
     except CharterError as err:  # a user's mistake: one line, no traceback
@@ -64,6 +68,8 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        end_descendants()
 
 
 if __name__ == "__main__":
