@@ -57,3 +57,57 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
 def test_bad_flag_value() -> None:
     with pytest.raises(InvalidArgument, match="port"):
         load_settings(server={"port": -1})
+
+
+SECRET = "sk-very-secret-token-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # a token entry written as a bare string, a token of the wrong type
+        (f"review:\n  tokens:\n    - {SECRET}\n", "review.tokens.0: "),
+        (
+            "review:\n  tokens:\n    - {name: a, role: reviewer, token: 12345678901234}\n",
+            "review.tokens.0.token",
+        ),
+        # a misplaced database URL: the password is masked, the rest is shown
+        (
+            "review:\n  databse: postgresql://charter:hunter2@db/charter\n",
+            "postgresql://charter:***@db/charter",
+        ),
+        # a whole section of the wrong shape: its token entries are masked inside it
+        (f"judge: [{{token: {SECRET}}}]\n", "'token': '***'"),
+    ],
+)
+def test_settings_errors_never_show_a_secret(tmp_path: Path, text: str, shown: str) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    with pytest.raises(InvalidArgument) as err:
+        load_settings(f)
+    message = str(err.value)
+    assert shown in message
+    for secret in (SECRET, "12345678901234", "hunter2"):
+        assert secret not in message
+
+
+def test_a_token_entrys_role_is_still_shown(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text(f"review:\n  tokens:\n    - {{name: a, role: wizard, token: {SECRET}}}\n")
+    with pytest.raises(InvalidArgument, match=r"review\.tokens\.0\.role: .*\(value: 'wizard'\)") as err:
+        load_settings(f)
+    assert SECRET not in str(err.value)
+
+
+def test_worker_variables_are_not_settings_and_unknown_ones_are_not_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the trainer worker's environment: accepted, not rejected (and echoed) as unknown settings
+    monkeypatch.setenv("CHARTER_REVIEW_TOKEN", SECRET)
+    monkeypatch.setenv("CHARTER_JUDGE_TOKEN_FILE", "/var/run/secrets/judge-token")
+    monkeypatch.setenv("CHARTER_TORCH_THREADS", "2")
+    assert load_settings().server.port == 50051
+    monkeypatch.setenv("CHARTER_REVIEW_TOKN", SECRET)  # a typo is still an error, without the value
+    with pytest.raises(InvalidArgument, match="CHARTER_REVIEW_TOKN: unknown setting") as err:
+        load_settings()
+    assert SECRET not in str(err.value)

@@ -8,6 +8,7 @@ then the defaults below. Unknown keys — in the file or in `CHARTER_*` variable
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -297,12 +298,39 @@ class CharterSettings(BaseSettings):
         return (env_settings, init_settings)
 
 
+# a settings error names the field and shows the value, except where the value may be a secret
+_SECRET_KEY = re.compile(r"(?<!max_)token|secret|password|passwd|credential|api_?key|private", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*):[^/@\s]*@")
+# CHARTER_* variables that are not settings: the trainer worker's tokens and threads, its log paths
+_NOT_SETTINGS = frozenset(
+    f"CHARTER_{name}"
+    for name in (
+        *("REVIEW_TOKEN", "REVIEW_TOKEN_FILE", "JUDGE_TOKEN", "JUDGE_TOKEN_FILE"),
+        *("TORCH_THREADS", "LOG", "EXIT"),
+    )
+)
+
+
+def redact(value: Any) -> Any:
+    """`value` with every entry under a secret-looking key masked and URL passwords hidden."""
+    if isinstance(value, Mapping):
+        return {k: "***" if _SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    return value
+
+
 def _describe(err: ValidationError, origin: str) -> str:
     e = err.errors(include_url=False)[0]
     field = ".".join(str(p) for p in e["loc"]) or "<root>"
+    # under a token entry only its name and role are shown
+    secret = any(_SECRET_KEY.search(str(p)) for p in e["loc"]) and e["loc"][-1] not in ("name", "role")
+    shown = "***" if secret else one_line(redact(e.get("input")))
     if e["type"] == "extra_forbidden":
-        return f"{origin}: {field}: unknown setting (value: {one_line(e.get('input'))})"
-    return f"{origin}: {field}: {e['msg']} (value: {one_line(e.get('input'))})"
+        return f"{origin}: {field}: unknown setting (value: {shown})"
+    return f"{origin}: {field}: {e['msg']} (value: {shown})"
 
 
 def load_settings(
@@ -324,7 +352,7 @@ def load_settings(
             raise InvalidArgument(f"{path}: invalid settings file: {str(err).splitlines()[0]}") from None
         if not isinstance(loaded, dict):
             raise InvalidArgument(
-                f"{path}: <root>: expected a mapping of settings (value: {one_line(loaded)})"
+                f"{path}: <root>: expected a mapping of settings (value: {one_line(redact(loaded))})"
             )
         data = loaded
     _check_environment(os.environ)
@@ -342,9 +370,11 @@ def load_settings(
 def _check_environment(environ: Mapping[str, str]) -> None:
     """pydantic-settings ignores `CHARTER_*` variables that match no section; a typo there is an error."""
     sections = {name.upper() for name in CharterSettings.model_fields}
-    for key, value in environ.items():
+    for key in environ:
+        if key in _NOT_SETTINGS:
+            continue
         if key.startswith("CHARTER_") and key[len("CHARTER_") :].split("__")[0] not in sections:
-            raise InvalidArgument(
-                f"environment: {key}: unknown setting (value: {one_line(value)}); "
+            raise InvalidArgument(  # the value is not shown: an environment variable is often a secret
+                f"environment: {key}: unknown setting; "
                 f"sections are {', '.join(sorted(s.lower() for s in sections))}"
             )
