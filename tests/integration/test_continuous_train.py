@@ -1,18 +1,25 @@
 """Continuous runs through a real review service (SQLite ledger) and a real trainer service whose
 workers train tiny models: a DPO run trains round after round while labels arrive, its worker is
 killed in the middle of a round and the resumed run uses no label twice (the recorded cursor ranges
-and the rows each round trained on); a continuous reward-model run stopped by CancelRun, whose rounds
+and the rows each round trained on), and a generator following it serves its latest round; a continuous reward-model run stopped by CancelRun, whose rounds
 PPO takes as its reward model by "latest round" (and `run:ID@N` names elsewhere)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import grpc
 import pytest
+from charter.api.common import conversation_proto
+from charter.app.local import local_services
 from charter.app.trainer_runs import model_folder
+from charter.client.generator import GeneratorClient
 from charter.core.settings import load_settings
+from charter.inference.types import Message
+from charter_proto.common.v1 import sampling_pb2
+from charter_proto.generator.v1 import generator_pb2
 from charter_proto.review.v1 import review_pb2 as rv
 from charter_proto.review.v1 import review_pb2_grpc
 from charter_proto.trainer.v1 import trainer_pb2 as tp
@@ -26,7 +33,6 @@ from tests.support.trainer import (
     metrics_steps,
     run_spec,
     serving,
-    trainer_service,
     trainer_settings,
     wait_for_event,
     watch,
@@ -88,6 +94,30 @@ def of_kind(events: list[tp.RunEvent], kind: str) -> list:
     return [getattr(e, kind) for e in events if e.WhichOneof("kind") == kind]
 
 
+async def followed(lm: Path, trainer: str, prefix: str) -> generator_pb2.GenerateResponse:
+    """A reply of a generator (started on `lm`) that follows the continuous run named "continuous",
+    once its policy version starts with `prefix`."""
+    settings = load_settings(
+        inference={"engine": "transformers", "model": str(lm), "dtype": "float32", "threads": 1,
+                   "max_model_len": 256},
+        generator={"follow_run_name": "continuous", "trainer_address": trainer, "follow_poll_seconds": 0.05},
+    )  # fmt: skip
+    prompt = conversation_proto([Message(role="user", content="Say something.")], "p0")
+    request = generator_pb2.GenerateRequest(
+        prompts=[prompt], sampling=sampling_pb2.SamplingParams(max_tokens=4)
+    )
+    async with (
+        local_services(settings, ["generator"]) as address,
+        GeneratorClient(address, timeout=60) as client,
+    ):
+        for _ in range(600):
+            [reply] = await client.generate(request)
+            if reply.model.policy_version.startswith(prefix):
+                return reply
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"never served {prefix}; last {reply.model.policy_version}")
+
+
 async def test_a_continuous_dpo_run_killed_mid_round_resumes_without_using_a_label_twice(
     tmp_path, tiny_lm, review
 ):
@@ -96,7 +126,8 @@ async def test_a_continuous_dpo_run_killed_mid_round_resumes_without_using_a_lab
     await submit(ledger, 0, 6)  # round 1 closes at 4 labels; 5 and 6 wait for round 2
     spec = continuous_spec(tp.ALGORITHM_DPO, tiny_lm, round_labels=4, max_rounds=3, beta=0.1,
                            max_steps=10, save_steps=2)  # fmt: skip
-    async with trainer_service(settings) as stub:
+    async with serving("trainer", settings) as (channel, port):
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         run = (await stub.StartRun(tp.StartRunRequest(spec=spec))).run
         first = (await wait_for_event(stub, run.id, "round")).round
         assert (first.round, first.cursor_start.sequence, first.cursor_end.sequence) == (1, 0, 4)
@@ -121,6 +152,8 @@ async def test_a_continuous_dpo_run_killed_mid_round_resumes_without_using_a_lab
         done = (await stub.GetRun(tp.GetRunRequest(run_id=run.id))).run
         rounds = list((await stub.ListRounds(tp.ListRoundsRequest(run_id=run.id))).rounds)
         everything = events + after
+        served = await followed(tiny_lm, f"127.0.0.1:{port}", f"run:{run.id}@3@")
+    assert served.model.name == f"run:{run.id}@3"  # the generator serves the latest round, named so
     assert done.state == tp.RUN_STATE_SUCCEEDED and done.attempt == 2, done.reason
     ranges = [(r.round, r.cursor_start.sequence, r.cursor_end.sequence, r.rows) for r in rounds]
     assert ranges == [(1, 0, 4, 4), (2, 4, 8, 4), (3, 8, 12, 4)]
