@@ -252,3 +252,19 @@ async def test_a_consumer_cancelling_mid_stream_does_not_take_the_server_down(re
                 break
         await asyncio.sleep(0.2)
     assert (await stub.Stats(rv.StatsRequest(), metadata=SERVICE)).labels_total == 600
+
+
+async def test_a_cursor_past_the_signed_64_bit_range_is_invalid_argument(review):
+    # uint64 in the proto, a signed BIGINT / INTEGER in the ledger: past 2^63 - 1 it is the caller's
+    # mistake, not the database's error (INTERNAL before)
+    stub, server = review
+    await stub.Submit(rv.SubmitRequest(labels=hh_labels(2, confidence=0.9)), metadata=SERVICE)
+    for sequence in (2**63, 2**64 - 1):
+        request = rv.StreamLabelsRequest(from_cursor=rv.LabelCursor(sequence=sequence))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.StreamLabels(request, metadata=SERVICE):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "from_cursor.sequence" in (err.value.details() or "")
+    last = rv.StreamLabelsRequest(from_cursor=rv.LabelCursor(sequence=2**63 - 1))
+    assert [m async for m in stub.StreamLabels(last, metadata=SERVICE)] == []  # the largest is fine

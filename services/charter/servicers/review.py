@@ -29,6 +29,8 @@ from charter.review.store import Ledger
 log = structlog.get_logger("charter.review")
 T = TypeVar("T")
 MAX_LEASE_SECONDS = 86_400
+MAX_SEQUENCE = 2**63 - 1
+"""The largest ledger sequence number: a cursor past it is INVALID_ARGUMENT, not a database error."""
 
 
 class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
@@ -141,6 +143,10 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         self, request: review_pb2.StreamLabelsRequest, context: aio.ServicerContext
     ) -> AsyncIterator[review_pb2.StreamLabelsResponse]:
         cursor = request.from_cursor.sequence
+        if cursor > MAX_SEQUENCE:  # uint64 in the proto, a signed 64-bit integer in the ledger
+            raise InvalidArgument(
+                f"from_cursor.sequence: at most {MAX_SEQUENCE}", field="from_cursor.sequence"
+            )
         flt = request.filter if request.HasField("filter") else None
         per_message = request.max_labels_per_message or self.settings.stream_message_labels
         if per_message > 10_000:
