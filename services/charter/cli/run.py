@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from charter.core.errors import InvalidArgument
 from charter.core.logging import configure_logging
 from charter.core.settings import load_settings
 
@@ -50,12 +51,21 @@ def run(
     limit: Annotated[int | None, typer.Option(help="Use only the first N source rows.")] = None,
     output: Annotated[Path | None, typer.Option(help="Output folder (overrides the spec).")] = None,
 ) -> None:
-    """Run a pipeline spec (kind sl-cai, rl-cai or best-of-n); run it again after an interruption and
-    it resumes where it stopped."""
-    from charter.pipelines import best_of_n, rl_cai, sl_cai
+    """Run a pipeline spec (kind sl-cai, rl-cai, best-of-n, or rlaif: iterated RLAIF — label the
+    policy's own samples, DPO, evaluate, promote only past the gates; local mode only); run it again
+    after an interruption and it resumes where it stopped."""
+    from charter.pipelines import best_of_n, rl_cai, rlaif, sl_cai
+    from charter.pipelines.rlaif_spec import LOCAL_ONLY, RlaifSpec
     from charter.pipelines.spec import BestOfNSpec, RlCaiSpec, SlCaiSpec, load_spec
 
     spec = load_spec(spec_path)
+    if isinstance(spec, RlaifSpec) and (generator or critic_reviser or judge):
+        raise InvalidArgument(f"--generator/--judge: {LOCAL_ONLY}", field="services.mode")
+    if isinstance(spec, RlaifSpec) and limit is not None:
+        raise InvalidArgument(
+            "--limit: kind rlaif takes its prompts per iteration from prompts.per_iteration",
+            field="prompts.per_iteration",
+        )
     changes: dict[str, Any] = {}
     if generator or critic_reviser or judge:
         services = spec.services.model_copy(
@@ -93,22 +103,40 @@ def run(
         progress.start_task(task)
         progress.start()  # not before: a spec refused up front leaves its one error line, no bar
 
-    pipeline: Any = {SlCaiSpec: sl_cai, RlCaiSpec: rl_cai, BestOfNSpec: best_of_n}[type(spec)]
+    pipeline: Any = {SlCaiSpec: sl_cai, RlCaiSpec: rl_cai, BestOfNSpec: best_of_n, RlaifSpec: rlaif}[
+        type(spec)
+    ]
+    hooks: dict[str, Any] = {"on_start": on_start, "on_progress": lambda n: progress.advance(task, n)}
+    if isinstance(spec, RlaifSpec):  # steps, not items: say what each one did
+        hooks["on_step"] = lambda line: console.print(line, highlight=False)
     try:
-        summary = asyncio.run(
-            pipeline.run(spec, settings, on_start=on_start, on_progress=lambda n: progress.advance(task, n))
-        )
+        summary = asyncio.run(pipeline.run(spec, settings, **hooks))
     finally:
         if progress.live.is_started:
             progress.stop()
     report = summary.as_dict()
     (spec.output / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    if isinstance(spec, SlCaiSpec):
+    if isinstance(spec, RlaifSpec):
+        _rlaif_report(spec, summary, console)
+    elif isinstance(spec, SlCaiSpec):
         _sl_cai_report(spec, summary, console)
     elif isinstance(spec, RlCaiSpec):
         _rl_cai_report(spec, summary, console)
     else:
         _best_of_n_report(spec, summary, console)
+
+
+def _rlaif_report(spec: Any, summary: Any, console: Console) -> None:
+    console.print(
+        f"{summary.steps_run} steps run ({summary.steps_done_before} were already done); "
+        f"{summary.seconds:.1f} s"
+    )
+    for it in summary.iterations:
+        typer.echo(f"iteration {it['iteration']}: {it['why']}")
+    typer.echo(f"policy: {summary.policy['version']} ({summary.policy['model']})")
+    if summary.stopped:
+        typer.echo(f"stopped at {summary.stopped}")
+    typer.echo(f"report: {spec.output / 'report.md'} (also report.json, iterations.png, labels.png)")
 
 
 def _rl_cai_report(spec: Any, summary: Any, console: Console) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,6 +23,9 @@ from charter.core.errors import InvalidArgument, NotFound, one_line
 from charter.datasets.pairs import PairFormat
 from charter.datasets.sources import Format
 from charter.inference.types import Sampling
+
+if TYPE_CHECKING:
+    from charter.pipelines.rlaif_spec import RlaifSpec
 
 
 class _Strict(BaseModel):
@@ -302,7 +305,7 @@ Spec = SlCaiSpec | RlCaiSpec | BestOfNSpec
 _KINDS: dict[str, type[Spec]] = {"sl-cai": SlCaiSpec, "rl-cai": RlCaiSpec, "best-of-n": BestOfNSpec}
 
 
-def load_spec(path: str | Path) -> Spec:
+def load_spec(path: str | Path) -> Spec | RlaifSpec:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -312,11 +315,14 @@ def load_spec(path: str | Path) -> Spec:
         raise InvalidArgument(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise InvalidArgument(f"{path}: expected a mapping of pipeline settings")
-    model = _KINDS.get(str(data.get("kind")))
+    from charter.pipelines.rlaif_spec import RlaifSpec  # noqa: F811 - it builds on this module's sections
+
+    kinds: dict[str, type[Spec] | type[RlaifSpec]] = {**_KINDS, "rlaif": RlaifSpec}
+    model = kinds.get(str(data.get("kind")))
     if model is None:
         raise InvalidArgument(
             f"{path}: kind: unknown pipeline kind (value: {one_line(data.get('kind'))}); "
-            f"use one of: {', '.join(_KINDS)}"
+            f"use one of: {', '.join(kinds)}"
         )
     try:
         return model.model_validate(data)
