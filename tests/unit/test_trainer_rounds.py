@@ -11,7 +11,14 @@ from dataclasses import replace
 import pytest
 from charter.core.errors import InvalidArgument
 from charter.trainer.rounds import Published, RoundFolders, RoundTrigger, pick_round, read_round, round_ref
-from charter.trainer.runs import ContinuousTraining, DataSource, FileSource, LabelStreamSource, RunSpec
+from charter.trainer.runs import (
+    ContinuousTraining,
+    DataSource,
+    FileSource,
+    LabelStreamSource,
+    Resources,
+    RunSpec,
+)
 from charter.trainer.spec import check
 
 ROW = {"prompt": [], "chosen": [], "rejected": [], "p_chosen": 1.0}
@@ -134,6 +141,7 @@ def continuous_spec(**changes) -> RunSpec:
             "spec.data.label_stream.to_cursor",
         ),
         ({"continuous": ContinuousTraining()}, "spec.continuous.round_labels"),
+        ({"resources": Resources(gpus=2, processes=2)}, "spec.resources.processes"),
         ({"continuous": ContinuousTraining(round_seconds=-1.0)}, "spec.continuous.round_seconds"),
     ],
 )

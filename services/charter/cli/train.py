@@ -192,9 +192,10 @@ def train(
 ) -> None:
     """Start a training run (SFT, reward model, DPO, PPO, GRPO, RLOO) and follow it to the end.
 
-    A spec with `continuous: {round_labels, round_seconds, max_rounds}` (DPO or reward model on a
-    label_stream without to_cursor) trains in rounds as labels arrive and publishes each round's model
-    as run:ID@N; it ends after max_rounds rounds, or when cancelled (Ctrl-C without --address)."""
+    A spec with a `continuous` section trains in rounds as labels arrive, each published as run:ID@N.
+
+    It runs until continuous.max_rounds, or until cancelled (Ctrl-C here without --address).
+    """
     from charter.core.logging import configure_logging
 
     settings = load_settings(config)

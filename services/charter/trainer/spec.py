@@ -253,6 +253,12 @@ def _continuous(spec: RunSpec) -> ContinuousTraining | None:
             "spec.ensemble: a continuous run trains one reward model per round, not an ensemble",
             field="spec.ensemble",
         )
+    if spec.resources.processes > 1 or spec.resources.gpus > 1:  # each process would close its own rounds
+        raise InvalidArgument(
+            "spec.resources.processes: a continuous run trains in one process on one GPU at most "
+            f"({spec.resources.processes=}, {spec.resources.gpus=})",
+            field="spec.resources.processes",
+        )
     seconds = continuous.round_seconds
     if not (math.isfinite(seconds) and seconds >= 0):
         raise InvalidArgument(
