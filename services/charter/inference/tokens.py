@@ -7,6 +7,7 @@ token sequence on every engine — which is what makes their results comparable.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,53 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+# stand-ins for message contents while the template renders (Unicode private-use characters)
+_HOLE = "\ue000{}\ue001"
+_HOLES = re.compile("\ue000(\\d+)\ue001")
+
+
+def _special_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The text forms of the tokenizer's added tokens (`<|im_end|>`, `<tool_call>`, ...)."""
+    return tuple(t for t in tokenizer.get_added_vocab() if t)
+
+
+def encode_chat(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list[int]]:
+    """The rendered prompt and its tokens, with message contents never read as special tokens.
+
+    A reply or a user turn that contains `<|im_end|><|im_start|>user ...` would otherwise become a
+    real end of turn and a forged new turn when the rendered text is tokenised: the template's own
+    markers and the contents are tokenised apart, the contents with special-token parsing off (the
+    characters of `<|im_end|>` as ordinary text). Contents without such strings take the plain path,
+    token for token what it always was."""
+    text = render_text(tokenizer, messages)
+    specials = _special_strings(tokenizer)
+    if not any(s in m.content for m in messages for s in specials):
+        return text, encode(tokenizer, text)
+    holes = [Message(role=m.role, content=_HOLE.format(i)) for i, m in enumerate(messages)]
+    template = render_text(tokenizer, holes)
+    pieces = _HOLES.split(template)  # text, index, text, index, ..., text
+    if _HOLES.sub(lambda h: messages[int(h.group(1))].content, template) != text:
+        # the template rewrites contents (trims them, say): keep its text, break the forged markers
+        safe = [Message(role=m.role, content=_defuse(m.content, specials)) for m in messages]
+        text = render_text(tokenizer, safe)
+        return text, encode(tokenizer, text)
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            ids += encode(tokenizer, piece) if piece else []
+        else:
+            content = messages[int(piece)].content
+            ids += tokenizer(content, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return text, ids
+
+
+def _defuse(content: str, specials: Sequence[str]) -> str:
+    """`content` with a zero-width space after the first character of every special-token string."""
+    for s in sorted(specials, key=len, reverse=True):
+        content = content.replace(s, s[0] + "\u200b" + s[1:])
+    return content
+
+
 def check_context(prompt_tokens: int, new_tokens: int, max_model_len: int, what: str = "prompt") -> None:
     if prompt_tokens + new_tokens > max_model_len:
         raise InvalidArgument(
@@ -48,7 +96,7 @@ class PreparedChat:
 
 
 def prepare_chat(tokenizer: Any, request: ChatRequest, max_model_len: int) -> PreparedChat:
-    ids = encode(tokenizer, render_text(tokenizer, request.messages))
+    _, ids = encode_chat(tokenizer, request.messages)
     check_context(len(ids), request.sampling.max_tokens, max_model_len)
     return PreparedChat(ids, request.sampling)
 
@@ -86,8 +134,7 @@ class ScoreItem:
 def plan_scores(tokenizer: Any, requests: Sequence[ScoreRequest], max_model_len: int) -> list[ScoreItem]:
     items = []
     for r, request in enumerate(requests):
-        text = render_text(tokenizer, request.messages)
-        prompt = encode(tokenizer, text)
+        text, prompt = encode_chat(tokenizer, request.messages)
         options = [option_ids(tokenizer, text, prompt, option) for option in request.options]
         check_context(len(prompt), max(len(o) for o in options), max_model_len, what=f"scoring prompt {r}")
         items.append(ScoreItem(prompt, options))
