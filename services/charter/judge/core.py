@@ -205,7 +205,10 @@ class Judge:
             if config.chain_of_thought:
                 rationales = list(await self._rationales(plans, config, timeout))
             requests = [
-                ScoreRequest(messages=(*p.messages, prompts.answer_turn(r)), options=prompts.OPTIONS)
+                ScoreRequest(
+                    messages=(*p.messages, prompts.answer_turn(r, defended=config.defended)),
+                    options=prompts.OPTIONS,
+                )
                 for p, r in zip(plans, rationales, strict=True)
             ]
             scores = await self.client.score_options(requests, timeout=timeout)

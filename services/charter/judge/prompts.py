@@ -35,14 +35,20 @@ _SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}
 # chat-template control tokens of the common families: ChatML/Qwen/SmolLM (<|im_start|>), Llama 3
 # (<|start_header_id|>, <|eot_id|>), Phi/GPT (<|endoftext|>), Mistral/Llama 2 ([INST], <s>, </s>),
 # Gemma (<start_of_turn>, <end_of_turn>)
+# DeepSeek's full-width bars (<｜end▁of▁sentence｜>), tool-call tags (<tool_call>, </tool_response>)
 _CONTROL = re.compile(
-    r"<\|[^|<>\n]{0,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<bos>|<eos>",
+    r"<\|[^|<>\n]{0,40}\|>|<｜[^｜<>\n]{0,40}｜>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<bos>|<eos>"
+    r"|</?(?:tool_call|tool_response|tools|function_call|function_results?)>",
     re.IGNORECASE,
 )
 _FENCE = re.compile(r"<(/?)(\s*)(conversation|response)\b", re.IGNORECASE)
-_OPTION = re.compile(r"\(\s*([AaBb])\s*\)|\(\s*([AB])\s*$", re.MULTILINE)
-"""An option marker "(A)", "( b )" — or a dangling "(B" at the end of a line, the shape of a forged
-answer prefix ("The answer is: (B")."""
+_ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+_GAP = rf"[\s{_ZERO_WIDTH}]*"
+_OPTION = re.compile(rf"[(（]{_GAP}([AaBbＡＢａｂ]){_GAP}[)）]|[(（]{_GAP}([ABＡＢ]){_GAP}$", re.MULTILINE)
+"""An option marker "(A)", "( b )" — with full-width brackets or letters ("（Ａ）") or zero-width
+characters inside too — or a dangling "(B" at the end of a line, the shape of a forged answer prefix
+("The answer is: (B")."""
+_FULL_WIDTH = str.maketrans("ＡＢａｂ", "ABab")
 
 
 def _defuse_control(match: re.Match[str]) -> str:
@@ -55,7 +61,7 @@ def escape(text: str) -> str:
     """Neutralise prompt structure inside model-written or user-written text."""
     text = _CONTROL.sub(_defuse_control, text)
     text = _FENCE.sub(lambda m: f"‹{m.group(1)}{m.group(2)}{m.group(3)}", text)
-    return _OPTION.sub(lambda m: f"[{m.group(1) or m.group(2)}]", text)
+    return _OPTION.sub(lambda m: f"[{(m.group(1) or m.group(2)).translate(_FULL_WIDTH)}]", text)
 
 
 @cache
@@ -160,9 +166,10 @@ def judge_messages(
     return [*few_shot, Message(role="user", content=question)]
 
 
-def answer_turn(rationale: str | None = None) -> Message:
-    """The continued assistant turn whose next token is scored."""
+def answer_turn(rationale: str | None = None, *, defended: bool = True) -> Message:
+    """The continued assistant turn whose next token is scored. A chain-of-thought rationale is model
+    text read from the responses, so it is escaped like them when defended."""
     if rationale is None:
         return Message(role="assistant", content=ANSWER_PREFIX)
-    body = rationale.strip()
+    body = (escape if defended else str)(rationale.strip())
     return Message(role="assistant", content=f"{body}\n\n{COT_ANSWER_PREFIX}" if body else COT_ANSWER_PREFIX)
