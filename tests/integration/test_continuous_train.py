@@ -1,8 +1,9 @@
 """Continuous runs through a real review service (SQLite ledger) and a real trainer service whose
 workers train tiny models: a DPO run trains round after round while labels arrive, its worker is
 killed in the middle of a round and the resumed run uses no label twice (the recorded cursor ranges
-and the rows each round trained on), and a generator following it serves its latest round; a continuous reward-model run stopped by CancelRun, whose rounds
-PPO takes as its reward model by "latest round" (and `run:ID@N` names elsewhere)."""
+and the rows each round trained on), and a generator following it serves its latest round; a
+continuous reward-model run goes on through a trainer-service restart, is stopped by CancelRun, and
+PPO takes its latest round as reward model (`ID@N` and `run:ID@N` name rounds elsewhere)."""
 
 from __future__ import annotations
 
@@ -178,22 +179,28 @@ async def test_a_continuous_dpo_run_killed_mid_round_resumes_without_using_a_lab
 async def test_a_continuous_reward_model_run_feeds_ppo_by_its_latest_round(tmp_path, tiny_lm, review):
     ledger, address = review
     settings = trainer_settings(tmp_path, review_address=address, review_token=TOKEN)
-    await submit(ledger, 0, 8)
+    await submit(ledger, 0, 4)
     spec = continuous_spec(tp.ALGORITHM_REWARD_MODEL, tiny_lm, round_labels=4, max_steps=2, save_steps=1000)
-    async with serving("trainer", settings) as (channel, port):
+
+    async def published(stub, run_id: str, n: int) -> list[tp.Round]:
+        async for response in stub.WatchRun(tp.WatchRunRequest(run_id=run_id)):
+            if response.event.round.round == n:
+                return list((await stub.ListRounds(tp.ListRoundsRequest(run_id=run_id))).rounds)
+        raise AssertionError(f"the run ended before round {n}")
+
+    async with serving("trainer", settings) as (channel, _):
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         rm = (await stub.StartRun(tp.StartRunRequest(spec=spec))).run
-
-        async def published(n: int) -> list[tp.Round]:
-            async for response in stub.WatchRun(tp.WatchRunRequest(run_id=rm.id)):
-                if response.event.round.round == n:
-                    return list((await stub.ListRounds(tp.ListRoundsRequest(run_id=rm.id))).rounds)
-            raise AssertionError(f"the run ended before round {n}")
-
-        rounds = await published(2)
+        await published(stub, rm.id, 1)
+    # the trainer service is down while the worker waits for round 2's labels, and they come
+    await submit(ledger, 4, 8)
+    async with serving("trainer", settings) as (channel, port):  # a new service adopts the worker
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        rounds = await published(stub, rm.id, 2)
         # no max_rounds: it waits for more labels until cancelled; its rounds stay published
         cancelled = (await stub.CancelRun(tp.CancelRunRequest(run_id=rm.id, reason="enough"))).run
-        assert cancelled.state == tp.RUN_STATE_CANCELLED
+        assert cancelled.state == tp.RUN_STATE_CANCELLED and cancelled.attempt == 1
+        assert [r.round for r in of_kind(await watch(stub, rm.id), "round")] == [1, 2]  # each once
         assert [(r.cursor_start.sequence, r.cursor_end.sequence) for r in rounds] == [(0, 4), (4, 8)]
         for r in rounds:
             assert (Path(r.model_dir) / "config.json").exists()
