@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from charter.core.errors import FailedPrecondition, InvalidArgument
+from charter.core.settings import TrainerSettings
 from charter.trainer import events
 
 log = structlog.get_logger("charter.trainer")
@@ -222,6 +224,33 @@ class LocalExecutor:
             deadline = asyncio.get_running_loop().time() + wait
             while self._alive(process) and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.1)
+
+
+def build_executor(settings: TrainerSettings) -> Executor:
+    """The executor `trainer.executor` names, configured from the settings."""
+    if settings.executor == "kubernetes":
+        from charter.trainer.kubernetes import JobOptions, KubernetesExecutor
+
+        k = settings.kubernetes
+        if not k.image:
+            raise InvalidArgument(
+                "trainer.kubernetes.image: the Kubernetes executor needs the trainer image (pinned tag)",
+                field="trainer.kubernetes.image",
+            )
+        options = JobOptions.from_settings(k)
+        try:
+            return KubernetesExecutor(options, poll_seconds=settings.poll_seconds * 4)
+        except Exception as err:  # no in-cluster service account and no kubeconfig
+            raise FailedPrecondition(
+                f"trainer.executor: kubernetes, but no cluster credentials were found "
+                f"(in-cluster service account or kubeconfig): {err}"
+            ) from None
+    env = {}
+    if settings.review_token.get_secret_value():
+        env["CHARTER_REVIEW_TOKEN"] = settings.review_token.get_secret_value()
+    if settings.review_token_file is not None:
+        env["CHARTER_REVIEW_TOKEN_FILE"] = str(settings.review_token_file)
+    return LocalExecutor(settings.runs_dir, threads=settings.worker_threads, env=env)
 
 
 def _start_time(pid: int) -> str:

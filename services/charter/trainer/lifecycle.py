@@ -25,7 +25,7 @@ import structlog
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from charter.core.settings import TrainerSettings
 from charter.trainer import events
-from charter.trainer.executor import MODEL_DIR, Executor, Launch, LocalExecutor
+from charter.trainer.executor import MODEL_DIR, Executor, Launch, build_executor
 from charter.trainer.rounds import pick_round, round_ref
 from charter.trainer.runs import (
     TERMINAL,
@@ -48,33 +48,7 @@ from charter.trainer.store import RunStore
 
 log = structlog.get_logger("charter.trainer")
 T = TypeVar("T")
-
-
-def build_executor(settings: TrainerSettings) -> Executor:
-    """The executor `trainer.executor` names, configured from the settings."""
-    if settings.executor == "kubernetes":
-        from charter.trainer.kubernetes import JobOptions, KubernetesExecutor
-
-        k = settings.kubernetes
-        if not k.image:
-            raise InvalidArgument(
-                "trainer.kubernetes.image: the Kubernetes executor needs the trainer image (pinned tag)",
-                field="trainer.kubernetes.image",
-            )
-        options = JobOptions.from_settings(k)
-        try:
-            return KubernetesExecutor(options, poll_seconds=settings.poll_seconds * 4)
-        except Exception as err:  # no in-cluster service account and no kubeconfig
-            raise FailedPrecondition(
-                f"trainer.executor: kubernetes, but no cluster credentials were found "
-                f"(in-cluster service account or kubeconfig): {err}"
-            ) from None
-    env = {}
-    if settings.review_token.get_secret_value():
-        env["CHARTER_REVIEW_TOKEN"] = settings.review_token.get_secret_value()
-    if settings.review_token_file is not None:
-        env["CHARTER_REVIEW_TOKEN_FILE"] = str(settings.review_token_file)
-    return LocalExecutor(settings.runs_dir, threads=settings.worker_threads, env=env)
+__all__ = ["RunLifecycle", "apply_event", "build_executor"]
 
 
 def apply_event(run: Run, event: dict[str, Any]) -> list[EventKind]:
