@@ -268,3 +268,58 @@ async def test_a_cursor_past_the_signed_64_bit_range_is_invalid_argument(review)
         assert "from_cursor.sequence" in (err.value.details() or "")
     last = rv.StreamLabelsRequest(from_cursor=rv.LabelCursor(sequence=2**63 - 1))
     assert [m async for m in stub.StreamLabels(last, metadata=SERVICE)] == []  # the largest is fine
+
+
+async def test_a_database_outage_is_unavailable_and_the_service_recovers():
+    # PostgreSQL refusing connections (as while it restarts) after the service opened its ledger: the
+    # caller gets UNAVAILABLE, which clients retry, not INTERNAL, and health says NOT_SERVING; when it
+    # accepts connections again, calls succeed and health is SERVING again
+    import psycopg
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.support.review import POSTGRES_ADMIN_URL, postgres_database
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    with postgres_database() as url:
+        name = url.rsplit("/", 1)[1]
+        settings = load_settings(review={"database_url": url, "tokens": TOKENS, "web_port": None})
+        registration = SERVICES["review"].registration_for_settings(settings)
+        server = CharterServer(
+            ServerSettings(host="127.0.0.1", port=0, metrics_port=None, health_probe_seconds=0.2),
+            [registration],
+        )
+        port = await server.start()
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True)
+
+        async def health_of(health, service: str = "") -> int:
+            return (await health.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+        async def becomes(health, status: int) -> None:
+            for _ in range(100):
+                if await health_of(health) == status and await health_of(health, registration.name) == status:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"health did not become {status}")
+
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = review_pb2_grpc.ReviewServiceStub(channel)
+                health = health_pb2_grpc.HealthStub(channel)
+                await stub.Submit(rv.SubmitRequest(labels=hh_labels(3, confidence=0.9)), metadata=SERVICE)
+                await becomes(health, serving)
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Stats(rv.StatsRequest(), metadata=SERVICE)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+                assert "database" in (err.value.details() or "")
+                await becomes(health, not_serving)
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                await becomes(health, serving)
+                assert (await stub.Stats(rv.StatsRequest(), metadata=SERVICE)).labels_total == 3
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            admin.close()
+            await server.stop(0)

@@ -113,14 +113,15 @@ def _trainer_token(path: Path | None) -> str | None:
     return read_token(path, "generator.trainer_token_file") if path else None
 
 
-async def _policy_folder(settings: CharterSettings, ref: str) -> str:
-    """A `SwapModel` reference -> its model folder: `run:<id>` through the trainer service
+async def _policy_folder(settings: CharterSettings, ref: str) -> tuple[str, str]:
+    """A `SwapModel` reference -> (its model folder, the name to serve it by): `run:<id>` (a
+    continuous run's round: `run:<id>@<n>`, `@latest`) through the trainer service
     (`generator.trainer_address`) or the local run store; a folder as it is."""
-    from charter.app.trainer_runs import model_folder
+    from charter.app.trainer_runs import model_ref
 
     g = settings.generator
     token = _trainer_token(g.trainer_token_file)
-    return await model_folder(ref, settings, address=g.trainer_address or None, token=token, field="model")
+    return await model_ref(ref, settings, address=g.trainer_address or None, token=token, field="model")
 
 
 def _critic(resources: Resources, access: AccessPolicy) -> Any:
@@ -216,7 +217,10 @@ class ServiceSpec:
         service's name, with `access` checked on every call."""
         servicer = servicer if servicer is not None else self.base_servicer()
         lifecycle = servicer if hasattr(servicer, "drain") else None
-        return Registration(self.full_name, lambda server: self.add(servicer, server), lifecycle, access)
+        probe = getattr(servicer, "healthy", None)
+        return Registration(
+            self.full_name, lambda server: self.add(servicer, server), lifecycle, access, probe=probe
+        )
 
     def registration_for_settings(self, settings: CharterSettings) -> Registration:
         """The service built from `settings` alone (services that need no engine, e.g. review)."""

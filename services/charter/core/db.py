@@ -72,6 +72,12 @@ class Engines:
         self.reader.dispose()
 
 
+def ping(engine: Engine) -> None:
+    """One round trip to the database (`SELECT 1`); raises when it cannot be reached."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
 def migrate(engine: Engine, script_location: Path, *, lock_key: int) -> None:
     """Bring the database to the newest schema of the alembic scripts at `script_location` (`upgrade
     head`); safe with several replicas starting at once on PostgreSQL (an advisory lock on `lock_key`

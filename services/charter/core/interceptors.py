@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,7 +43,25 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
     if isinstance(exc, NotImplementedError):  # a generated base servicer (an RPC with no handler)
         return grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented by this server version"
+    if database_unavailable(exc):
+        return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry with backoff"
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached or has gone away (connection refused or lost, the server
+    restarting or refusing connections, the pool exhausted, SQLite locked): a retry may succeed.
+    Constraint violations and SQL errors are not this — they stay INTERNAL."""
+    errors = sys.modules.get("sqlalchemy.exc")  # loaded only by the services that have a database
+    if errors is None:
+        return False
+    transient = (
+        errors.OperationalError,
+        errors.InterfaceError,
+        errors.DisconnectionError,
+        errors.TimeoutError,
+    )
+    return isinstance(exc, transient)
 
 
 class _Call:
@@ -84,6 +103,9 @@ class _Call:
             raise exc
         code, message = status_for(exc)
         self.code, self.error = code, message
+        if code is grpc.StatusCode.UNAVAILABLE and database_unavailable(exc):
+            log.warning("rpc.database_unavailable", rpc=f"{self.service}/{self.method}",
+                        error=str(getattr(exc, "orig", exc)).strip().splitlines()[:1])  # fmt: skip
         if code is grpc.StatusCode.INTERNAL:
             log.exception("rpc.failed", rpc=f"{self.service}/{self.method}")
             message = f"internal error (request id {self.request_id})"

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,6 +57,9 @@ class Registration:
     lifecycle: Lifecycle | None = None
     access: AccessPolicy | None = None
     """Who may call it (None: anyone — tests' bare servicers)."""
+    probe: Callable[[], Awaitable[bool]] | None = None
+    """Whether its backend (database, engine) works: polled every `health_probe_seconds`; the
+    service's health (and the server's overall health) is NOT_SERVING while it says False."""
 
 
 @dataclass
@@ -71,6 +75,8 @@ class CharterServer:
         self._server: aio.Server | None = None
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._healthy: dict[str, bool] = {}
+        self._probing: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Bind and start; returns the gRPC port (useful with port 0)."""
@@ -112,6 +118,8 @@ class CharterServer:
         for registration in self.services:
             if registration.lifecycle is not None:
                 await registration.lifecycle.start()
+        if any(r.probe is not None for r in self.services):
+            self._probing = asyncio.create_task(self._probe_forever(), name="health-probe")
         log.info(
             "server.started",
             port=self.port,
@@ -138,6 +146,34 @@ class CharterServer:
             log.warning("server.unauthenticated", service=r.name, address=where,
                         hint="anyone who can reach this address may call it: configure tokens")  # fmt: skip
 
+    async def probe(self) -> dict[str, bool]:
+        """Ask every service with a probe whether its backend works and set health to match: a
+        service NOT_SERVING while its probe fails (or hangs past the interval), the overall ("")
+        status NOT_SERVING while any does. Returns each probed service's verdict."""
+        timeout = self.settings.health_probe_seconds
+        for r in self.services:
+            if r.probe is None:
+                continue
+            try:
+                ok = bool(await asyncio.wait_for(r.probe(), timeout))
+            except Exception:
+                ok = False
+            if self._stopping.is_set():  # draining: health is NOT_SERVING for good
+                break
+            if self._healthy.get(r.name, True) != ok:
+                log.warning("server.health", service=r.name, serving=ok)
+                await self.set_serving(r.name, ok)
+            self._healthy[r.name] = ok
+        if not self._stopping.is_set():
+            await self.set_serving("", all(self._healthy.values()))
+        return dict(self._healthy)
+
+    async def _probe_forever(self) -> None:
+        while not self._stopping.is_set():
+            await self.probe()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.health_probe_seconds)
+
     async def set_serving(self, name: str, serving: bool) -> None:
         """Flip one service's health, e.g. to NOT_SERVING when its backend (engine, database) is dead."""
         status = (
@@ -151,6 +187,8 @@ class CharterServer:
             await self._stopped.wait()
             return
         self._stopping.set()
+        if self._probing is not None:
+            self._probing.cancel()
         grace = self.settings.drain_seconds if grace is None else grace
         log.info("server.draining", grace_seconds=grace)
         await self.health.enter_graceful_shutdown()

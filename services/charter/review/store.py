@@ -97,6 +97,10 @@ def migrate(engine: Engine) -> None:
 
 
 class Ledger:
+    def ping(self) -> None:
+        """Reach the database once (raises when it cannot): the service's health probe."""
+        db.ping(self.reader)
+
     def __init__(
         self,
         url: str,

@@ -89,6 +89,15 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
             self.web_port = await self._web.start()
             log.info("review.web.started", host=self.web_host, port=self.web_port)
 
+    async def healthy(self) -> bool:
+        """The server's health probe: SERVING only while the ledger's database answers."""
+        try:
+            await self._run(self.ledger.ping)
+        except Exception as err:  # any failure to reach it: NOT_SERVING until it answers again
+            log.warning("review.database.unreachable", error=str(getattr(err, "orig", err)).strip()[:200])
+            return False
+        return True
+
     async def drain(self) -> None:
         self.signal.close()  # following streams end with UNAVAILABLE; consumers reconnect elsewhere
 
