@@ -1,7 +1,8 @@
 """Continuous runs through a real review service (SQLite ledger) and a real trainer service whose
 workers train tiny models: a DPO run trains round after round while labels arrive, its worker is
 killed in the middle of a round and the resumed run uses no label twice (the recorded cursor ranges
-and the rows each round trained on), and a generator following it serves its latest round; a
+and the rows each round trained on), and a generator following it serves its latest round (and
+SwapModel names a round exactly); a
 continuous reward-model run goes on through a trainer-service restart, is stopped by CancelRun, and
 PPO takes its latest round as reward model (`ID@N` and `run:ID@N` name rounds elsewhere)."""
 
@@ -95,9 +96,9 @@ def of_kind(events: list[tp.RunEvent], kind: str) -> list:
     return [getattr(e, kind) for e in events if e.WhichOneof("kind") == kind]
 
 
-async def followed(lm: Path, trainer: str, prefix: str) -> generator_pb2.GenerateResponse:
-    """A reply of a generator (started on `lm`) that follows the continuous run named "continuous",
-    once its policy version starts with `prefix`."""
+async def follow_and_swap(lm: Path, trainer: str, run_id: str) -> list[sampling_pb2.ModelRef]:
+    """A generator (started on `lm`) that follows the continuous run named "continuous": the model of
+    its reply once it serves round 3, then of its SwapModel to `run:ID@1` and to `run:ID@latest`."""
     settings = load_settings(
         inference={"engine": "transformers", "model": str(lm), "dtype": "float32", "threads": 1,
                    "max_model_len": 256},
@@ -113,10 +114,14 @@ async def followed(lm: Path, trainer: str, prefix: str) -> generator_pb2.Generat
     ):
         for _ in range(600):
             [reply] = await client.generate(request)
-            if reply.model.policy_version.startswith(prefix):
-                return reply
+            if reply.model.policy_version.startswith(f"run:{run_id}@3@"):
+                break
             await asyncio.sleep(0.05)
-    raise AssertionError(f"never served {prefix}; last {reply.model.policy_version}")
+        else:
+            raise AssertionError(f"never served round 3; last {reply.model.policy_version}")
+        first = await client.swap_model(f"run:{run_id}@1")
+        latest = await client.swap_model(f"run:{run_id}@latest")
+    return [reply.model, first.model, latest.model]
 
 
 async def test_a_continuous_dpo_run_killed_mid_round_resumes_without_using_a_label_twice(
@@ -153,8 +158,10 @@ async def test_a_continuous_dpo_run_killed_mid_round_resumes_without_using_a_lab
         done = (await stub.GetRun(tp.GetRunRequest(run_id=run.id))).run
         rounds = list((await stub.ListRounds(tp.ListRoundsRequest(run_id=run.id))).rounds)
         everything = events + after
-        served = await followed(tiny_lm, f"127.0.0.1:{port}", f"run:{run.id}@3@")
-    assert served.model.name == f"run:{run.id}@3"  # the generator serves the latest round, named so
+        served = await follow_and_swap(tiny_lm, f"127.0.0.1:{port}", run.id)
+    # the generator serves the latest round, and names every round it serves exactly
+    assert [m.name for m in served] == [f"run:{run.id}@3", f"run:{run.id}@1", f"run:{run.id}@3"]
+    assert served[0].policy_version == served[2].policy_version != served[1].policy_version
     assert done.state == tp.RUN_STATE_SUCCEEDED and done.attempt == 2, done.reason
     ranges = [(r.round, r.cursor_start.sequence, r.cursor_end.sequence, r.rows) for r in rounds]
     assert ranges == [(1, 0, 4, 4), (2, 4, 8, 4), (3, 8, 12, 4)]

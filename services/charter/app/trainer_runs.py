@@ -27,6 +27,19 @@ async def final_model(
     for a continuous run (`RunSpec.continuous`) a published round — `ID@N` round N, `ID@latest` or
     the bare `ID` the newest (while it still trains, too). `address`: a trainer service to ask (with
     `token`); None: the local run store (`trainer.database_url`)."""
+    folder, _ = await run_model(run_id, settings, address=address, token=token, field=field)
+    return folder
+
+
+async def run_model(
+    run_id: str,
+    settings: CharterSettings,
+    *,
+    address: str | None = None,
+    token: str | None = None,
+    field: str = "models",
+) -> tuple[str, int]:
+    """`final_model`'s folder, and the round it is (0: a bounded run's final model)."""
     from charter_proto.trainer.v1 import trainer_pb2
 
     from charter.client.trainer import TrainerClient
@@ -60,7 +73,7 @@ async def final_model(
         if chosen is None:
             wanted = f"round {which}" if which and which != "latest" else "a published round"
             raise FailedPrecondition(f"{field}: continuous run {run_id!r} has no {wanted} yet", field=field)
-        return str(chosen.model_dir)
+        return str(chosen.model_dir), int(chosen.round)
     if which is not None:
         raise InvalidArgument(
             f"{field}: run {run_id!r} is not a continuous run: it has no rounds", field=field
@@ -72,7 +85,7 @@ async def final_model(
         raise FailedPrecondition(
             f"{field}: run {run_id!r} has no final model (it has not succeeded)", field=field
         )
-    return str(model)
+    return str(model), 0
 
 
 async def model_folder(
@@ -85,3 +98,15 @@ async def model_folder(
             ref.removeprefix(RUN_PREFIX), settings, address=address, token=token, field=field
         )
     return ref
+
+
+async def model_ref(
+    ref: str, settings: CharterSettings, *, address: str | None = None, token: str | None = None, field: str
+) -> tuple[str, str]:
+    """(`model_folder(ref)`, the name to serve it by): a continuous run's round is named exactly
+    (`run:ID@latest` -> `run:ID@3`), anything else keeps its name."""
+    if not ref.startswith(RUN_PREFIX):
+        return ref, ref
+    run_id = ref.removeprefix(RUN_PREFIX)
+    folder, round_ = await run_model(run_id, settings, address=address, token=token, field=field)
+    return folder, f"{RUN_PREFIX}{run_id.partition('@')[0]}@{round_}" if round_ else ref

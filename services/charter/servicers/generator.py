@@ -29,12 +29,13 @@ MAX_PROMPTS = 4096
 log = structlog.get_logger("charter.generator")
 
 
-async def _as_folder(ref: str) -> str:
-    return ref
+async def _as_folder(ref: str) -> tuple[str, str]:
+    return ref, ref
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    """`resolve`: a `SwapModel` model reference (a folder, `run:<id>`) -> the model folder to load;
+    """`resolve`: a `SwapModel` model reference (a folder, `run:<id>`) -> (the model folder to load,
+    the name to serve it by: `run:<id>@latest` is served as the round it is, `run:<id>@3`);
     `follow`: background work on the policy while the service serves (following the trainer's runs),
     started with the server and cancelled when it drains."""
 
@@ -43,7 +44,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         policy: ServedPolicy,
         *,
         default_max_tokens: int = 256,
-        resolve: Callable[[str], Awaitable[str]] = _as_folder,
+        resolve: Callable[[str], Awaitable[tuple[str, str]]] = _as_folder,
         follow: Callable[[ServedPolicy], Awaitable[None]] | None = None,
     ) -> None:
         self.policy = policy
@@ -112,8 +113,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         ref = request.model.strip()
         if not ref:
             raise InvalidArgument("model: name a model folder or run:<id> to serve", field="model")
-        folder = await self.resolve(ref)
-        outcome = await self.policy.swap(folder, ref)
+        folder, name = await self.resolve(ref)
+        outcome = await self.policy.swap(folder, name)
         log.info(
             "generator.policy.swapped",
             version=outcome.version.id,
