@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from charter_proto.review.v1 import review_pb2_grpc
 from charter_proto.trainer.v1 import trainer_pb2 as tp
 from charter_proto.trainer.v1 import trainer_pb2_grpc
 
+from tests.support import ROOT, subprocess_env, tool
 from tests.support.hh import HH_DEV, load_pairs
 from tests.support.review import hh_label
 from tests.support.tiny import save_tiny_lm
@@ -239,3 +241,13 @@ async def test_a_continuous_reward_model_run_feeds_ppo_by_its_latest_round(tmp_p
             for ref, expected in (("@1", rounds[0]), ("@latest", rounds[1]), ("", rounds[1])):
                 folder = await model_folder(f"run:{rm.id}{ref}", settings, address=where, field="model")
                 assert folder == expected.model_dir, (where, ref)
+
+    # `charter runs rounds` lists them from the run store
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"trainer:\n  database_url: sqlite:///{tmp_path / 'trainer.db'}\n")
+    listed = subprocess.run([tool("charter"), "runs", "rounds", rm.id, "-c", str(config)], cwd=ROOT,
+                            capture_output=True, text=True, env=subprocess_env(), timeout=120)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[:2] for line in listed.stdout.splitlines()] == [
+        [f"run:{rm.id}@1", "labels"], [f"run:{rm.id}@2", "labels"]]  # fmt: skip
+    assert f"labels 4..8  4 rows  step 4  {rounds[1].model_dir}" in listed.stdout
