@@ -101,6 +101,15 @@ async def test_read_round_returns_when_the_stream_ends():
     assert (data.cursor_end, len(data.rows)) == (1, 1)
 
 
+async def test_read_round_raises_the_streams_error():
+    async def broken() -> AsyncIterator:
+        yield 1, dict(ROW)
+        raise ConnectionError("the review service refused the token")
+
+    with pytest.raises(ConnectionError, match="refused"):
+        await asyncio.wait_for(read_round(broken(), 0, RoundTrigger(labels=10)), 5)
+
+
 def test_round_references():
     assert round_ref("r-abc") == ("r-abc", None)
     assert round_ref("r-abc@3") == ("r-abc", "3") and round_ref("r-abc@latest") == ("r-abc", "latest")

@@ -82,14 +82,19 @@ async def read_round(
     clock: Callable[[], float] = time.monotonic,
 ) -> PreferenceData:
     """One round's labels from a followed stream of (sequence, row | None) read after `from_cursor`;
-    returns when `trigger` closes the round, or when the stream ends (then possibly with no rows).
-    The stream is read by a task into a queue, so waiting for the time trigger never cuts a read."""
+    returns when `trigger` closes the round, or when the stream ends (then possibly with no rows); an
+    error of the stream is raised. The stream is read by a task into a queue, so waiting for the time
+    trigger never cuts a read."""
     queue: asyncio.Queue[StreamRow | None] = asyncio.Queue(maxsize=256)
+    failed: list[BaseException] = []
 
     async def pump() -> None:
-        async for item in labels:
-            await queue.put(item)
-        await queue.put(None)  # the stream ended
+        try:
+            async for item in labels:
+                await queue.put(item)
+        except Exception as err:  # the reader raises it (a cancelled pump puts nothing)
+            failed.append(err)
+        await queue.put(None)  # the stream ended, or failed
 
     task = asyncio.ensure_future(pump())
     data = PreferenceData([], cursor_start=from_cursor, cursor_end=from_cursor)
@@ -101,6 +106,8 @@ async def read_round(
             except TimeoutError:
                 continue
             if item is None:
+                if failed:
+                    raise failed[0]
                 break
             sequence, row = item
             data.cursor_end = sequence
@@ -111,10 +118,8 @@ async def read_round(
                 data.rows.append(row)
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
     return data
 
 
