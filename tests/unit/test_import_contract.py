@@ -44,6 +44,7 @@ def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("module", "line", "contract"),
     [
         ("judge/uses_pipeline.py", "from charter.pipelines import runner", "imports run downwards only"),
+        ("evaluation/uses_pipeline.py", "from charter.pipelines import rlaif", "imports run downwards only"),
         ("review/uses_judge.py", "from charter.judge import labels", "imports run downwards only"),
         ("core/uses_app.py", "import charter.app.catalog", "imports run downwards only"),
         ("trainer/uses_proto.py", "from charter_proto.trainer.v1 import trainer_pb2", "no generated code"),

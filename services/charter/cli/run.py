@@ -38,17 +38,24 @@ class RateColumn(ProgressColumn):
 
 def run(
     spec_path: Annotated[
-        Path, typer.Argument(metavar="SPEC", help="A pipeline spec, e.g. pipelines/sl-cai.yaml.")
+        Path,
+        typer.Argument(
+            metavar="SPEC", help="A pipeline spec, e.g. pipelines/sl-cai.yaml or pipelines/rlaif.yaml."
+        ),
     ],
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
-    generator: Annotated[str | None, typer.Option(help="Remote mode: the generator's host:port.")] = None,
+    generator: Annotated[
+        str | None, typer.Option(help="Remote mode: the generator's host:port (not rlaif).")
+    ] = None,
     critic_reviser: Annotated[
         str | None, typer.Option(help="Remote mode: the critic-reviser's host:port.")
     ] = None,
     judge: Annotated[
         str | None, typer.Option(help="Remote mode: the judge's host:port (rl-cai, best-of-n with a judge).")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N source rows.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N source rows (rlaif: set prompts.per_iteration).")
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="Output folder (overrides the spec).")] = None,
 ) -> None:
     """Run a pipeline spec (kind sl-cai, rl-cai, best-of-n, or rlaif: iterated RLAIF — label the
