@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from charter.core.errors import InvalidArgument
+from charter.core.errors import FailedPrecondition, InvalidArgument
 from charter.core.settings import RoutingSettings
 from charter.pipelines import rlaif_steps as steps
 from charter.pipelines.rlaif_gates import decide, figures
@@ -221,3 +221,49 @@ def test_the_digest_ignores_iterations_and_gates_only(tmp_path: Path) -> None:
     assert load_spec(_spec(tmp_path, iterations=5, **{"gates.gold_tolerance": 0.5})).digest() == base
     assert load_spec(_spec(tmp_path, **{"dpo.hyperparameters": {"max_steps": 2}})).digest() != base
     assert load_spec(_spec(tmp_path, **{"prompts.per_iteration": 16})).digest() != base
+
+
+def test_an_iteration_with_nothing_to_train_on_stops_and_says_why(tmp_path: Path) -> None:
+    """Resumed after its labels and routing (recorded): every label waits for people or is over the
+    budget, so the loop stops before training and loads no model."""
+    import asyncio
+    import json
+
+    from charter.core.settings import load_settings
+    from charter.pipelines import rlaif
+
+    database = f"sqlite:///{tmp_path / 'review.db'}"
+    path = _spec(tmp_path, iterations=2, output=str(tmp_path / "out"),
+                 **{"review.over_budget": "drop", "review.human_budget": 1, "review.database": database})  # fmt: skip
+    spec = load_spec(path)
+    folder = spec.output / "iterations" / "1"
+    (folder / "labels").mkdir(parents=True)
+    records = [_record(0, 0.55, False), _record(1, 0.45, True)]
+    (folder / "labels" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    routing = RoutingSettings(audit_rate=0.0)
+    routed = steps.route(records, routing, budget=1, tags={"iteration": 1, "policy_version": "p0"})
+    steps.submit(database, routing, records, routed)
+    steps.write_jsonl(folder / "routing.jsonl", routed)
+    p0 = {"version": "p0", "iteration": 0, "model": "embedded", "run_id": None, "parent": None}
+    state = {"iteration": 1, "spec_digest": spec.digest(), "policy_in": p0,
+             "steps": {"labels": {"constitution_digest": "sha256:c0ffee"},
+                       "route": {"routes": {"auto_accepted": 0, "human_review": 1, "rejected": 0, "over_budget": 1}}}}  # fmt: skip
+    (folder / "iteration.json").write_text(json.dumps(state))
+    (spec.output / "rlaif.json").write_text(json.dumps({"spec_digest": spec.digest()}))
+
+    summary = asyncio.run(rlaif.run(spec, load_settings()))
+    assert summary.steps_done_before == 2 and summary.steps_run == 0
+    assert summary.policy["version"] == "p0"
+    assert summary.stopped == (
+        "iteration 1: no labels to train on: 1 wait for people, 1 over the human budget (dropped); review the "
+        "queued ones (charter review) or raise review.human_budget, then run again"
+    )
+    report = json.loads((spec.output / "report.json").read_text())
+    assert [(r["iteration"], r["promoted"], r["share_to_people"]) for r in report["iterations"]] == [
+        (1, False, 0.5)
+    ]
+    assert not (folder / "train.jsonl").exists()
+
+    other = load_spec(_spec(tmp_path, output=str(tmp_path / "out"), **{"prompts.per_iteration": 7}))
+    with pytest.raises(FailedPrecondition, match="holds the output of a different rlaif spec"):
+        asyncio.run(rlaif.run(other, load_settings()))

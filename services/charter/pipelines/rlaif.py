@@ -258,10 +258,13 @@ async def _iteration(
             {**tags, "constitution_digest": done["labels"]["constitution_digest"]},
         )  # fmt: skip
         if not rows:
-            why = (f"no labels to train on ({used['awaiting_people']} wait for people, "
-                   f"{sum(1 for x in routed if x['route'] == steps.OVER_BUDGET)} over the human budget "
-                   f"were {'dropped' if spec.review.over_budget == 'drop' else 'not scorable'}); "
-                   "review them (charter review) or raise review.human_budget, then run again")  # fmt: skip
+            over = sum(1 for x in routed if x["route"] == steps.OVER_BUDGET)
+            fate = "dropped" if spec.review.over_budget == "drop" else "trained on, none with a winner"
+            why = (
+                f"no labels to train on: {used['awaiting_people']} wait for people, {over} over the human "
+                f"budget ({fate}); review the queued ones (charter review) or raise review.human_budget, "
+                "then run again"
+            )
             return {**row, "why": why}
         steps.write_jsonl(folder / "train.jsonl", rows)
         result = await steps.train(spec, i, policy["model"], folder / "train.jsonl", settings)

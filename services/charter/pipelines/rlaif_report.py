@@ -157,7 +157,8 @@ def charts(table: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
         ax.set_xticks(xs)
         ax.set_xlabel("iteration")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "iterations.png", dpi=110)
     plt.close(fig)
