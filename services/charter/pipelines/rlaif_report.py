@@ -153,8 +153,14 @@ def charts(table: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
             ]
             ax.errorbar(px, ys, yerr=[lo, hi], fmt="o-", capsize=3, label=label)
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        for x, r in zip(xs, table, strict=True):  # an iteration that was not promoted is shaded
+            if not r["promoted"]:
+                ax.axvspan(x - 0.3, x + 0.3, color="tab:red", alpha=0.08, lw=0)
         ax.set_ylim(0, 1)
-        ax.set_xticks(xs)
+        ax.set_xticks(
+            xs,
+            [f"{x}" + ("" if r["promoted"] else " (not promoted)") for x, r in zip(xs, table, strict=True)],
+        )
         ax.set_xlabel("iteration")
         ax.set_title(title, fontsize=9)
         if ax.get_legend_handles_labels()[0]:
