@@ -21,11 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from charter.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from charter.core.settings import ReviewerToken
+
+log = structlog.get_logger("charter.auth")
 
 ROLES = ("reviewer", "service", "admin")
 _TOKENS = TypeAdapter(list[ReviewerToken])
@@ -43,8 +46,17 @@ class Principal:
         return self
 
 
-def _digest(token: str) -> bytes:
+MIN_TOKEN_CHARS = 16
+"""The shortest token a service accepts on an address other hosts can reach (`CharterServer` checks it
+at start; `Authenticator.min_length` then skips shorter ones in a re-read tokens file)."""
+
+
+def digest(token: str) -> bytes:
+    """A token's SHA-256: what is kept and compared, never the token."""
     return hashlib.sha256(token.encode()).digest()
+
+
+_digest = digest
 
 
 def load_tokens_file(path: Path) -> list[ReviewerToken]:
@@ -64,6 +76,18 @@ class Authenticator:
         self._mtime: float | None = None
         self._lock = threading.Lock()
         self._table: list[tuple[bytes, Principal]] = []
+        self.min_length = 0
+        """Tokens shorter than this are not accepted (skipped, with a warning naming their entry)."""
+        self._rebuild(self._read_file())
+
+    def short_tokens(self, min_length: int) -> list[str]:
+        """The names of the configured tokens shorter than `min_length` characters."""
+        tokens = self._static + self._read_file()
+        return [t.name for t in tokens if len(t.token.get_secret_value()) < min_length]
+
+    def require_length(self, min_length: int) -> None:
+        """From now on accept no token shorter than `min_length` characters."""
+        self.min_length = min_length
         self._rebuild(self._read_file())
 
     def _read_file(self) -> list[ReviewerToken]:
@@ -73,8 +97,14 @@ class Authenticator:
         return load_tokens_file(self._file) if self._mtime is not None else []
 
     def _rebuild(self, from_file: list[ReviewerToken]) -> None:
+        tokens = self._static + from_file
+        for t in tokens:
+            if len(t.token.get_secret_value()) < self.min_length:
+                log.warning("auth.token.too_short", name=t.name, min_length=self.min_length)
         table = [
-            (_digest(t.token.get_secret_value()), Principal(t.name, t.role)) for t in self._static + from_file
+            (_digest(t.token.get_secret_value()), Principal(t.name, t.role))
+            for t in tokens
+            if len(t.token.get_secret_value()) >= self.min_length
         ]
         with self._lock:
             self._table = table
@@ -90,12 +120,16 @@ class Authenticator:
         """The principal a bearer token belongs to, or UNAUTHENTICATED."""
         if not token:
             raise Unauthenticated("missing credentials: send `authorization: Bearer <token>`")
+        return self.authenticate_digest(_digest(token))
+
+    def authenticate_digest(self, token_digest: bytes) -> Principal:
+        """The principal of the token with this SHA-256 digest (a web session's), or UNAUTHENTICATED
+        — also when that token has since been removed or replaced."""
         self._refresh()
-        digest = _digest(token)
         found = None
         with self._lock:
             for known, principal in self._table:
-                if hmac.compare_digest(known, digest):  # look at every entry: no timing hint
+                if hmac.compare_digest(known, token_digest):  # look at every entry: no timing hint
                     found = principal
         if found is None:
             raise Unauthenticated("invalid token")

@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from charter import __version__
-from charter.core.auth import AccessPolicy
+from charter.core.auth import MIN_TOKEN_CHARS, AccessPolicy
 from charter.core.errors import FailedPrecondition
 from charter.core.interceptors import ServerInterceptor
 from charter.core.metrics import MetricsEndpoint
@@ -135,6 +135,17 @@ class CharterServer:
         if is_loopback(self.settings.host):
             return
         for r in self.services:
+            authenticator = r.access.authenticator if r.access is not None else None
+            if authenticator is not None:
+                short = authenticator.short_tokens(MIN_TOKEN_CHARS)
+                if short:
+                    where = f"{self.settings.host}:{self.settings.port}"
+                    raise FailedPrecondition(
+                        f"{r.name} would serve on {where} with tokens shorter than {MIN_TOKEN_CHARS} "
+                        f"characters ({', '.join(short)}): a short token can be guessed; use longer "
+                        "ones (`openssl rand -hex 24`) or bind to 127.0.0.1"
+                    )
+                authenticator.require_length(MIN_TOKEN_CHARS)  # a re-read tokens file too
             if r.access is None or not r.access.open:
                 continue
             where = f"{self.settings.host}:{self.settings.port}"

@@ -215,6 +215,14 @@ class ReviewSettings(_Section):
     web_port: int | None = Field(default=8080, ge=0, le=65535)
     """Port of the reviewers' web page (0 = any free port, null = no web page)."""
     web_max_body_bytes: int = Field(default=65_536, ge=1024)
+    web_session_hours: float = Field(default=12.0, gt=0.0, le=24.0 * 30)
+    """How long a sign-in to the web page lasts (a server-side session; signing out ends it at once)."""
+    web_login_failures: int = Field(default=10, ge=1, le=10_000)
+    """Failed sign-ins a client may make per 15 minutes before the page answers 429."""
+    web_trusted_proxies: list[str] = []
+    """Addresses (IPs or CIDRs) of the reverse proxies or ingress in front of the page: only their
+    X-Forwarded-For / X-Forwarded-Proto are believed (the client address for the sign-in limit, https
+    for the cookie's Secure flag and HSTS). Empty: none are."""
 
 
 class TrainerKubernetesSettings(_Section):

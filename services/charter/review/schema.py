@@ -5,6 +5,9 @@
   content-derived key (a resubmission is a no-op), `payload` the serialised PreferenceLabel.
 - `review_slots`: one row per wanted human decision (k rows with overlap k), carrying the lease.
 - `decisions`: every human decision, append-only (skips included).
+- `web_sessions`: the review page's sign-ins: the SHA-256 of the session id the cookie holds (never
+  the id itself), the digest of the token that signed in (so replacing a token ends its sessions),
+  expiry and revocation (sign-out).
 - `accepted`: the accepted-label stream; `seq` is the stream cursor. Rows are appended in commit
   order (one writer at a time), so a reader that saw sequence n never later finds a smaller one.
 """
@@ -104,3 +107,14 @@ accepted = Table(
     Column("confidence", Float, nullable=False),
     Column("accepted_at", Float, nullable=False),
 )
+
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("token_digest", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+Index("ix_web_sessions_expires", web_sessions.c.expires_at)

@@ -135,6 +135,10 @@ class Ledger:
 
     # -- transactions ---------------------------------------------------------------------------
 
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction on the ledger's database (queued on the writer lock on SQLite)."""
+        return self._write()
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         notify: list[int] = []

@@ -84,8 +84,12 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
                 api.label_view,
                 max_body_bytes=self.settings.web_max_body_bytes,
                 lease_seconds=self.settings.lease_seconds,
+                session_seconds=self.settings.web_session_hours * 3600,
+                login_failures=self.settings.web_login_failures,
             )
-            self._web = WebServer(app, self.web_host, self.settings.web_port)
+            self._web = WebServer(
+                app, self.web_host, self.settings.web_port, trusted_proxies=self.settings.web_trusted_proxies
+            )
             self.web_port = await self._web.start()
             log.info("review.web.started", host=self.web_host, port=self.web_port)
 

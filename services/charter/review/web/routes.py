@@ -19,12 +19,13 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from charter.core.auth import Authenticator, Principal
+from charter.core.auth import Authenticator, Principal, digest
 from charter.core.errors import CharterError, InvalidArgument, PermissionDenied, Unauthenticated
+from charter.review.sessions import Sessions
 from charter.review.store import Ledger
 from charter.review.types import HUMAN_CHOICE_NAMES, Claimed, LabelView
 from charter.review.web.body import HttpError, read_body, read_json, text_field
-from charter.review.web.security import COOKIE, Guard, authenticate, credentials
+from charter.review.web.security import COOKIE, Guard, LoginLimiter, authenticate, credentials
 from charter.review.web.views import decided_json, item_json, overview_json, reviewer_stats_json
 
 log = structlog.get_logger("charter.review.web")
@@ -92,10 +93,15 @@ def create_app(
     *,
     max_body_bytes: int = 65536,
     lease_seconds: int = 0,
+    session_seconds: float = 12 * 3600,
+    login_failures: int = 10,
 ) -> Starlette:
     """The reviewers' web page and its JSON API over `ledger`. `describe` decodes a label's payload
     into what the page shows (`charter.api.review.label_view`); `lease_seconds` is the lease a claim
-    asks for (0 = the ledger's default)."""
+    asks for (0 = the ledger's default); a sign-in lasts `session_seconds`; a client gets
+    `login_failures` failed sign-ins per 15 minutes."""
+    sessions = Sessions(ledger, session_seconds, clock=ledger.clock)
+    limiter = LoginLimiter(login_failures)
     pages = {
         name: (STATIC / f"{name}.html").read_text(encoding="utf-8") for name in ("review", "admin", "login")
     }
@@ -130,6 +136,13 @@ def create_app(
         return login_page()
 
     async def post_login(request: Request) -> Response:
+        client = request.client.host if request.client else "?"
+        wait = limiter.retry_after(client)
+        if wait > 0:
+            log.warning("web.login.limited", client=client)
+            response = login_page("Too many failed sign-ins from here. Try again later.", 429)
+            response.headers["retry-after"] = str(int(wait) + 1)
+            return response
         try:
             body = await read_body(request, max_body_bytes)
         except HttpError as err:
@@ -140,16 +153,20 @@ def create_app(
             principal = await run_in_threadpool(auth.authenticate, token)
             principal.require("reviewer")
         except Unauthenticated:
-            log.info("web.login.failed")
+            limiter.failed(client)
+            log.info("web.login.failed", client=client)
             return login_page("That token is not valid. Check it and try again.", 401)
         except PermissionDenied:
             return login_page("Service tokens cannot use the review page; use a reviewer token.", 403)
+        limiter.succeeded(client)
         request.state.reviewer = principal.name
+        session_id = await run_in_threadpool(sessions.create, digest(token))
         log.info("web.login", reviewer=principal.name, role=principal.role)
         response = RedirectResponse("/admin" if principal.role == "admin" else "/", status_code=303)
         response.set_cookie(
             COOKIE,
-            token,
+            session_id,
+            max_age=int(session_seconds),
             path="/",
             httponly=True,
             samesite="strict",
@@ -158,6 +175,9 @@ def create_app(
         return response
 
     async def post_logout(request: Request) -> Response:
+        credential, from_header = credentials(request)
+        if not from_header:  # the session ends on every replica, not only in this browser
+            await run_in_threadpool(sessions.revoke, credential)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
@@ -239,4 +259,5 @@ def create_app(
     )
     app.state.auth = auth
     app.state.ledger = ledger
+    app.state.sessions = sessions
     return app

@@ -1,13 +1,18 @@
-"""The page's security: credentials (the login cookie or a bearer token, checked by
-`charter.core.auth`), security headers on every response, and the same-origin check on writes.
+"""The page's security: credentials (a server-side session from the login cookie, or a bearer
+token, checked by `charter.core.auth`), security headers on every response, the same-origin check on
+writes, and the limit on failed sign-ins.
 
-The login form sets an HttpOnly, SameSite=Strict cookie holding the reviewer's token; API clients
-may send `Authorization: Bearer <token>` instead. Every response carries a Content-Security-Policy
-without 'unsafe-inline', so even an injected inline script could not run.
+The login form sets an HttpOnly, SameSite=Strict cookie holding a random session id
+(`charter.review.sessions`: expiring, revoked on sign-out) — never the token; API clients may send
+`Authorization: Bearer <token>` instead. Every response carries a Content-Security-Policy without
+'unsafe-inline' (so even an injected inline script could not run) that also pins form targets and
+the base URL; HTTPS responses add Strict-Transport-Security.
 """
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,14 +25,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from charter.core.auth import Authenticator, Principal, bearer
+from charter.core.errors import Unauthenticated
 
 log = structlog.get_logger("charter.review.web")
 
-COOKIE = "charter_review_token"
+COOKIE = "charter_review_session"
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "frame-ancestors 'none'"
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
     ),
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
@@ -35,8 +41,12 @@ SECURITY_HEADERS = {
 }
 
 
+HSTS = "max-age=31536000"
+
+
 def credentials(request: Request) -> tuple[str | None, bool]:
-    """The token the request carries and whether it came in an Authorization header."""
+    """The credential the request carries — a bearer token, else the session id of the login cookie
+    — and whether it came in an Authorization header."""
     token = bearer(request.headers.get("authorization"))
     if token:
         return token, True
@@ -44,12 +54,53 @@ def credentials(request: Request) -> tuple[str | None, bool]:
 
 
 async def authenticate(request: Request) -> Principal:
-    """The caller (raises Unauthenticated); the app's `state.auth` checks the token."""
-    token, _ = credentials(request)
+    """The caller (raises Unauthenticated): a bearer token checked by the app's `state.auth`, or a
+    live session (`state.sessions`) whose token still authenticates."""
+    credential, from_header = credentials(request)
     auth: Authenticator = request.app.state.auth
-    principal = await run_in_threadpool(auth.authenticate, token)
+    if from_header or credential is None:
+        principal = await run_in_threadpool(auth.authenticate, credential)
+    else:
+        token_digest = await run_in_threadpool(request.app.state.sessions.token_digest, credential)
+        if token_digest is None:
+            raise Unauthenticated("the session has ended (signed out or expired): sign in again")
+        principal = await run_in_threadpool(auth.authenticate_digest, token_digest)
     request.state.reviewer = principal.name
     return principal
+
+
+class LoginLimiter:
+    """At most `failures` failed sign-ins per client in `window_seconds`; then 429 until the oldest
+    failure leaves the window. Per replica, in memory, bounded to `max_clients` clients."""
+
+    def __init__(self, failures: int, window_seconds: float = 900.0, max_clients: int = 10_000) -> None:
+        self.failures, self.window_seconds, self.max_clients = failures, window_seconds, max_clients
+        self._seen: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str, now: float | None = None) -> float:
+        """Seconds until `client` may try again (0: now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            times = self._seen.get(client)
+            while times and times[0] <= now - self.window_seconds:
+                times.popleft()
+            if not times or len(times) < self.failures:
+                return 0.0
+            return times[0] + self.window_seconds - now
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            times = self._seen.pop(client, None) or collections.deque(maxlen=self.failures)
+            times.append(now)
+            self._seen[client] = times  # most recent last
+            while len(self._seen) > self.max_clients:
+                self._seen.popitem(last=False)
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._seen.pop(client, None)
 
 
 def same_origin(request: Request) -> bool:
@@ -86,6 +137,10 @@ class Guard:
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
+                if (
+                    scope.get("scheme") == "https"
+                ):  # as uvicorn saw it: X-Forwarded-Proto only from a trusted proxy
+                    headers["strict-transport-security"] = HSTS
             await send(message)
 
         request = Request(scope)

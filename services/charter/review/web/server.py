@@ -25,8 +25,12 @@ class _Server(uvicorn.Server):
 class WebServer:
     """Runs the app with uvicorn inside the caller's asyncio loop."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(
+        self, app: ASGIApp, host: str, port: int, *, trusted_proxies: list[str] | None = None
+    ) -> None:
         self.app, self.host, self.port = app, host, port
+        self.trusted_proxies = list(trusted_proxies or [])
+        """Only these peers' X-Forwarded-For/-Proto are believed (uvicorn's default trusts 127.0.0.1)."""
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -57,6 +61,8 @@ class WebServer:
             lifespan="off",
             access_log=False,
             server_header=False,
+            proxy_headers=bool(self.trusted_proxies),
+            forwarded_allow_ips=self.trusted_proxies or None,
             timeout_graceful_shutdown=5,
         )
         self._server = _Server(config)
