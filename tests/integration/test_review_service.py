@@ -323,3 +323,38 @@ async def test_a_database_outage_is_unavailable_and_the_service_recovers():
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             admin.close()
             await server.stop(0)
+
+
+async def test_stream_messages_are_bounded_by_bytes_for_any_client(ledger_url):
+    # 30 labels of ~200 KB: 100 labels a message would be 6 MB, past gRPC's default 4 MiB receive
+    # limit of a client that is not Charter's (RESOURCE_EXHAUSTED before): bytes bound messages too
+    settings = load_settings(
+        review={
+            "database_url": ledger_url,
+            "tokens": TOKENS,
+            "web_port": None,
+            "max_label_bytes": 262_144,
+            "routing": {"audit_rate": 0.0},
+        }
+    )
+    server = CharterServer(
+        ServerSettings(host="127.0.0.1", port=0, metrics_port=None),
+        [SERVICES["review"].registration_for_settings(settings)],
+    )
+    port = await server.start()
+    try:
+        labels = hh_labels(30, confidence=0.9)
+        for i, label in enumerate(labels):
+            label.response_a = f"{i} " + "x" * 200_000
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:  # gRPC's default limits
+            stub = review_pb2_grpc.ReviewServiceStub(channel)
+            for start in range(0, 30, 10):
+                await stub.Submit(rv.SubmitRequest(labels=labels[start : start + 10]), metadata=SERVICE)
+            request = rv.StreamLabelsRequest(max_labels_per_message=100)
+            messages = [m async for m in stub.StreamLabels(request, metadata=SERVICE)]
+        got = [label for m in messages for label in m.labels]
+        assert [a.sequence for a in got] == sorted(a.sequence for a in got) and len(got) == 30
+        assert len(messages) >= 2 and all(m.ByteSize() <= 4 * 1024 * 1024 for m in messages)
+        assert all(m.cursor.sequence == m.labels[-1].sequence for m in messages)
+    finally:
+        await server.stop(0)

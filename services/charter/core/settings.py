@@ -209,6 +209,9 @@ class ReviewSettings(_Section):
     """Accepted labels read from the database per query while streaming."""
     stream_message_labels: int = Field(default=100, ge=1, le=10_000)
     """Most labels per StreamLabels response message when the request does not say."""
+    stream_message_bytes: int = Field(default=4_000_000, ge=65_536, le=1_073_741_824)
+    """Most serialised bytes of labels per StreamLabels message (a larger label goes alone): under
+    gRPC's default 4 MiB receive limit, so any client can follow the stream."""
     poll_seconds: float = Field(default=0.25, gt=0.0, le=60.0)
     """How often a following stream looks for new labels when nothing wakes it (SQLite; on
     PostgreSQL LISTEN/NOTIFY wakes it at once and this is only a safety net)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -31,6 +31,22 @@ T = TypeVar("T")
 MAX_LEASE_SECONDS = 86_400
 MAX_SEQUENCE = 2**63 - 1
 """The largest ledger sequence number: a cursor past it is INVALID_ARGUMENT, not a database error."""
+
+
+def chunks(labels: list[Any], most: int, max_bytes: int) -> Iterator[list[Any]]:
+    """`labels` in order, in runs of at most `most` labels and `max_bytes` serialised bytes (a label
+    larger than that alone goes in a message of its own)."""
+    chunk: list[Any] = []
+    size = 0
+    for label in labels:
+        n = label.ByteSize() + 8  # the field's tag and length
+        if chunk and (len(chunk) >= most or size + n > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(label)
+        size += n
+    if chunk:
+        yield chunk
 
 
 class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
@@ -169,8 +185,7 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
                 raise Unavailable("the review service is shutting down; reconnect with your last cursor")
             generation = self.signal.generation
             page = await self._run(api.accepted_page, self.ledger, cursor, flt, self.settings.stream_batch)
-            for start in range(0, len(page.labels), per_message):
-                chunk = page.labels[start : start + per_message]
+            for chunk in chunks(page.labels, per_message, self.settings.stream_message_bytes):
                 yield review_pb2.StreamLabelsResponse(
                     labels=chunk, cursor=review_pb2.LabelCursor(sequence=chunk[-1].sequence)
                 )
