@@ -90,7 +90,7 @@ def test_two_iterations_promote_then_stop_at_a_gate_and_resume(tmp_path, hf_engi
     assert [(r["iteration"], r["policy_in"], r["policy"], r["promoted"]) for r in rows] == [
         (1, "p0", "p1", True), (2, "p1", "p2", False),
     ]  # fmt: skip
-    assert rows[0]["why"] == "promoted: every gate held"
+    assert rows[0]["why"] == "promoted: every gate held" and rows[0]["policy_model"] == first.policy["model"]
     assert [g["gate"] for g in rows[1]["gates"] if not g["passed"]] == ["harmlessness"]
     states = {i: json.loads((out / "iterations" / str(i) / "iteration.json").read_text()) for i in (1, 2)}
     for i, r in enumerate(rows, start=1):

@@ -272,7 +272,7 @@ async def _iteration(
                                "run_id": result["run_id"], "parent": policy["version"]}  # fmt: skip
         finish("train", {**result, "used": used}, f"DPO run {result['run_id']} on {len(rows)} labels")
     new = state["policy_out"]
-    row["policy"] = new["version"]
+    row["policy"], row["policy_out"] = new["version"], new
     if "eval" not in done:
         previous = history[-1]
         policies = [history[0], *([previous] if previous is not history[0] else []), new]

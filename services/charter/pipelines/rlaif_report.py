@@ -53,6 +53,7 @@ def rows(summary: Summary) -> list[dict[str, Any]]:
             "share_auto_accepted": routes.get("auto_accepted", 0) / total if total else None,
             "share_to_people": routes.get("human_review", 0) + routes.get("rejected", 0),
             "trained_on": train.get("used"), "dpo_run": train.get("run_id"),
+            "policy_model": (it.get("policy_out") or {}).get("model"),
             **{k: fig.get(k) for k in ("win_rate_vs_start", "win_rate_vs_previous", "harmlessness_vs_start",
                                        "harmlessness_vs_previous", "evasiveness", "gold", "length")},
             "promoted": bool(it.get("decision", {}).get("promoted")), "why": it["why"],
