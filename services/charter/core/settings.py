@@ -24,6 +24,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ServerTLSSettings(_Section):
+    """TLS for a server (docs/reliability.md, "Transport"): PEM files, re-read when they change (a
+    cert-manager renewal), so a rotated certificate is served without a restart."""
+
+    cert_file: Path
+    """The server's certificate chain (PEM), e.g. a mounted Secret's `tls.crt`."""
+    key_file: Path
+    """Its private key (PEM), e.g. `tls.key`."""
+    client_ca_file: Path | None = None
+    """Set: mutual TLS: every client must present a certificate this CA bundle signed (`ca.crt`)."""
+
+
 class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=50051, ge=0, le=65535)
@@ -37,6 +49,37 @@ class ServerSettings(_Section):
     health_probe_seconds: float = Field(default=5.0, gt=0.0, le=300.0)
     """How often a service's backend (the review ledger's database) is probed; health is NOT_SERVING
     while the probe fails or takes longer than this."""
+    tls: ServerTLSSettings | None = None
+    """Serve gRPC (and the review web page) over TLS; null: plaintext."""
+
+
+class ClientTLSSettings(_Section):
+    """How this process's Charter clients dial other services over TLS."""
+
+    ca_file: Path | None = None
+    """CA bundle that signed the servers' certificates (PEM); null: the system's roots."""
+    cert_file: Path | None = None
+    """A client certificate (PEM) for servers that require mutual TLS; with `key_file`."""
+    key_file: Path | None = None
+    server_name: str = ""
+    """The name to verify in the server's certificate; empty: the host of the address dialled."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLSSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(f"set both or neither: cert_file={self.cert_file}, key_file={self.key_file}")
+        return self
+
+
+class ClientSettings(_Section):
+    """Every Charter client this process opens (pipelines, the trainer's workers, the generator's
+    trainer link, `charter export`, `charter runs`)."""
+
+    tls: ClientTLSSettings | None = None
+    """Dial over TLS; null: plaintext."""
+    allow_plaintext_tokens: bool = False
+    """Send bearer tokens over plaintext to a non-loopback address (refused otherwise): only where
+    the network itself is private and encrypted."""
 
 
 class LoggingSettings(_Section):
@@ -290,6 +333,7 @@ class CharterSettings(BaseSettings):
     )
 
     server: ServerSettings = ServerSettings()
+    client: ClientSettings = ClientSettings()
     logging: LoggingSettings = LoggingSettings()
     constitutions: ConstitutionSettings = ConstitutionSettings()
     inference: InferenceSettings = InferenceSettings()
@@ -376,9 +420,12 @@ def load_settings(
             current = getattr(settings, section)
             updated = type(current).model_validate({**current.model_dump(), **values})
             settings = settings.model_copy(update={section: updated})
-        return settings
     except ValidationError as err:
         raise InvalidArgument(_describe(err, origin)) from None
+    from charter.core.tls import use_client_settings  # how this process's clients dial
+
+    use_client_settings(settings.client)
+    return settings
 
 
 def _check_environment(environ: Mapping[str, str]) -> None:
