@@ -322,6 +322,41 @@ class TrainerSettings(_Section):
     auto_resume: bool = True
     """A run whose worker vanished while the service was down (host restart, evicted pod) is resumed
     from its last checkpoint when the service starts; a worker that failed on its own stays FAILED."""
+    review_addresses: list[str] = []
+    """Review services (host:port) a run spec may name in `data.label_stream.address` besides
+    `review_address`; any other address is refused (the worker sends the review token to it)."""
+    judge_addresses: list[str] = []
+    """Judges (host:port) a spec's `watch.gold_judge.address` may name. Set: any other is refused;
+    empty: any judge, but the worker then gets no judge token. The judge token (`CHARTER_JUDGE_TOKEN`
+    / `_FILE` in the service's environment) reaches a local worker only for a judge on this list."""
+    allowed_roots: list[Path] | None = None
+    """Folders a spec's paths (base_model, reward_model, data files, probe files, deepspeed /
+    fsdp_config / accelerator_config / chat_template_path) must resolve under, symlinks followed.
+    Unset: the working directory, `runs_dir`, the folder holding `runs_dir`, and the model cache."""
+    worker_env: list[str] = [
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_*", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+        "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "XDG_CACHE_HOME",
+        "CUDA_VISIBLE_DEVICES", "CUDA_HOME", "NVIDIA_*", "LD_LIBRARY_PATH", "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM", "COVERAGE_PROCESS_START",
+    ]  # fmt: skip
+    """The service's environment variables a local worker inherits (names; `*` ends a prefix). Never
+    passed, whatever this says: names with TOKEN, SECRET, PASSWORD, CREDENTIAL, DATABASE, DSN or KEY,
+    and every `CHARTER_*` setting; the worker gets the review/judge token only for a run that needs it."""
+    max_gpus: int = Field(default=8, ge=0)
+    """The most `spec.resources.gpus` a run may ask for."""
+    max_processes: int = Field(default=8, ge=1)
+    """The most `spec.resources.processes` a run may ask for."""
+    max_cpu: float = Field(default=64.0, gt=0.0)
+    """The most CPU cores `spec.resources.cpu` may ask for (a local worker's torch threads too)."""
+    max_memory_gib: float = Field(default=512.0, gt=0.0)
+    """The most memory (GiB) `spec.resources.memory` may ask for."""
+    max_active_runs: int = Field(default=4, ge=1)
+    """Runs pending or running at once; StartRun past it is RESOURCE_EXHAUSTED."""
+    max_run_seconds: float = Field(default=7 * 24 * 3600.0, gt=0.0)
+    """A run's deadline: a worker still running this long after its start is stopped (FAILED)."""
+    checkpoint_budget_gib: float = Field(default=200.0, gt=0.0)
+    """Disk a run's checkpoints may take, estimated from the model's size (weights + optimizer), the
+    steps, `save_steps` and `save_total_limit`; a spec over it is refused."""
 
 
 class CharterSettings(BaseSettings):
