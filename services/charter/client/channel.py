@@ -1,5 +1,10 @@
-"""The one way Charter opens a gRPC channel: target, bearer token, message size limits, keepalive and
-a retry policy for transient failures, set through gRPC's service config.
+"""The one way Charter opens a gRPC channel: target, bearer token, TLS or mutual TLS, message size
+limits, keepalive and a retry policy for transient failures, set through gRPC's service config.
+
+TLS comes from the `client` settings (`client.tls`: ca_file, cert_file/key_file for mutual TLS,
+server_name) of the process — those its `load_settings` read — or from `ChannelOptions.client`. A
+bearer token is never sent in plaintext to an address beyond this machine unless
+`client.allow_plaintext_tokens` says so (`charter.core.tls.check_token_transport`).
 
 Every caller in the code base (pipelines, `charter export`, the CLI, evaluations, the trainer's
 worker) and users' own code get their channels here, so a change of transport (TLS, a new limit)
@@ -19,6 +24,9 @@ from typing import Any
 
 import grpc
 from grpc import aio
+
+from charter.core import tls
+from charter.core.settings import ClientSettings
 
 AUTHORIZATION = "authorization"
 
@@ -47,6 +55,8 @@ class ChannelOptions:
     retry_backoff_seconds: float = 0.2
     extra: Sequence[tuple[str, Any]] = field(default_factory=tuple)
     """Further channel arguments, passed through as given."""
+    client: ClientSettings | None = None
+    """TLS and the plaintext-token rule for this channel; None: the process's `client` settings."""
 
     def channel_arguments(self) -> list[tuple[str, Any]]:
         limit = self.max_message_mb * 1024 * 1024
@@ -113,8 +123,22 @@ def open_channel(
     target: str, *, token: str | None = None, options: ChannelOptions | None = None
 ) -> aio.Channel:
     """A `grpc.aio` channel to `target` (`host:port`) that sends `token` as a bearer token on every
-    call. Use it as an async context manager, or `await channel.close()` when done."""
+    call, over TLS when the client settings say so. Use it as an async context manager, or
+    `await channel.close()` when done. Raises `FailedPrecondition` for a token that would travel in
+    plaintext to another host."""
     options = options or ChannelOptions()
+    client = options.client or tls.client_settings()
+    tls.check_token_transport(
+        target, token=bool(token), secure=client.tls is not None,
+        allow_plaintext_tokens=client.allow_plaintext_tokens,
+    )  # fmt: skip
     kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
     interceptors = [kind(token) for kind in kinds] if token else None
-    return aio.insecure_channel(target, options=options.channel_arguments(), interceptors=interceptors)
+    arguments = options.channel_arguments()
+    if client.tls is None:
+        return aio.insecure_channel(target, options=arguments, interceptors=interceptors)
+    roots, key, chain = tls.client_pem(client.tls)
+    credentials = grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=chain)
+    if client.tls.server_name:  # the name to verify, when it is not the target's host
+        arguments.append(("grpc.ssl_target_name_override", client.tls.server_name))
+    return aio.secure_channel(target, credentials, options=arguments, interceptors=interceptors)

@@ -2,7 +2,8 @@
 
 A `CharterServer` is a `grpc.aio` server with: `grpc.health.v1` health checking (overall and per
 service), server reflection (so `grpcurl list` works), Charter's interceptor (logs, metrics, error
-mapping), a Prometheus `/metrics` endpoint, and a graceful drain on SIGTERM/SIGINT: health flips
+mapping), TLS or mutual TLS when `server.tls` is set (certificates re-read when rotated), a
+Prometheus `/metrics` endpoint, and a graceful drain on SIGTERM/SIGINT: health flips
 to NOT_SERVING, new calls are refused, and in-flight calls get `drain_seconds` to finish.
 
 Example:
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import grpc
 import structlog
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,6 +32,7 @@ from charter.core.errors import FailedPrecondition
 from charter.core.interceptors import ServerInterceptor
 from charter.core.metrics import MetricsEndpoint
 from charter.core.settings import ServerSettings
+from charter.core.tls import ServerCertificates, is_loopback
 
 MIN_PING_INTERVAL_MS = 10_000
 """The most often a client may ping without data before the server counts a strike (gRPC: 5 minutes)."""
@@ -77,6 +79,7 @@ class CharterServer:
         self._stopped = asyncio.Event()
         self._healthy: dict[str, bool] = {}
         self._probing: asyncio.Task[None] | None = None
+        self.certificates: ServerCertificates | None = None
 
     async def start(self) -> int:
         """Bind and start; returns the gRPC port (useful with port 0)."""
@@ -104,7 +107,11 @@ class CharterServer:
         names = [r.name for r in self.services]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = server.add_insecure_port(address)
+        if self.settings.tls is not None:  # re-read at each handshake once the files change
+            self.certificates = ServerCertificates(self.settings.tls)
+            self.port = server.add_secure_port(address, grpc_credentials(self.certificates))
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         await server.start()
@@ -125,6 +132,7 @@ class CharterServer:
             port=self.port,
             metrics_port=self.metrics.port if self.metrics else None,
             services=names,
+            tls="mutual" if self.certificates and self.certificates.mutual else bool(self.certificates),
             version=__version__,
         )
         return self.port
@@ -232,11 +240,21 @@ class CharterServer:
                 loop.remove_signal_handler(sig)
 
 
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine reaches (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def grpc_credentials(certificates: ServerCertificates) -> grpc.ServerCredentials:
+    """Server credentials that gRPC re-asks for at each new handshake: a changed certificate, key or
+    client CA on disk is served from the next connection on (mutual TLS when a client CA is set)."""
+
+    def configuration() -> grpc.ServerCertificateConfiguration:
+        cert, key, ca = certificates.pem()
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        try:  # None keeps the current configuration
+            return configuration() if certificates.refresh() else None
+        except Exception:  # never break a handshake over a reload
+            log.exception("tls.reload.error")
+            return None
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(), fetch, require_client_authentication=certificates.mutual
+    )

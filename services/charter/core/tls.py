@@ -1,11 +1,13 @@
 """TLS for every Charter transport (docs/reliability.md, "Transport").
 
-- Servers: `ServerCertificates(settings.server.tls)` gives gRPC server credentials that re-read the
-  certificate and key whenever their files change (a cert-manager renewal swaps a mounted Secret),
-  checked at each new TLS handshake, so a rotated certificate is served without a restart; with
-  `client_ca_file` every client must present a certificate that CA signed (mutual TLS). The review
-  web page gets an `ssl.SSLContext` from the same object, refreshed the same way.
-- Clients: `channel_credentials` / `channel_arguments` build the credentials a channel dials with.
+- Servers: `ServerCertificates(settings.server.tls)` holds the certificate, key and client CA and
+  re-reads them whenever their files change (a cert-manager renewal swaps a mounted Secret):
+  `charter.core.server` asks it at each new TLS handshake, so a rotated certificate is served
+  without a restart; with `client_ca_file` every client must present a certificate that CA signed
+  (mutual TLS). The review web page gets an `ssl.SSLContext` that `refresh()` keeps current.
+- Clients: `client_pem` reads the files `charter.client.channel` builds channel credentials from.
+
+No gRPC here: the review web page (pure domain code) uses it too.
 - Tokens: `check_token_transport` refuses to send a bearer token to a non-loopback address over
   plaintext unless `client.allow_plaintext_tokens` is set.
 
@@ -21,9 +23,7 @@ import os
 import ssl
 import threading
 from pathlib import Path
-from typing import Any
 
-import grpc
 import structlog
 
 from charter.core.errors import FailedPrecondition, InvalidArgument
@@ -103,18 +103,13 @@ def _read(path: Path, what: str) -> bytes:
         raise InvalidArgument(f"{what}: cannot read {path}: {err.strerror}") from None
 
 
-def channel_credentials(tls: ClientTLSSettings) -> grpc.ChannelCredentials:
-    """Credentials for a TLS channel; the files are read now (each new channel reads them again, so
-    a rotated client certificate is used from the next channel on)."""
+def client_pem(tls: ClientTLSSettings) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(CA bundle, key, certificate chain) from the client's files, read now: each new channel reads
+    them again, so a rotated client certificate is used from the next channel on."""
     roots = _read(tls.ca_file, "client.tls.ca_file") if tls.ca_file else None
     key = _read(tls.key_file, "client.tls.key_file") if tls.key_file else None
     chain = _read(tls.cert_file, "client.tls.cert_file") if tls.cert_file else None
-    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=chain)
-
-
-def channel_arguments(tls: ClientTLSSettings) -> list[tuple[str, Any]]:
-    """Channel arguments a TLS channel adds: the name to verify, when it is not the target's host."""
-    return [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return roots, key, chain
 
 
 # -- servers --------------------------------------------------------------------------------------
@@ -182,22 +177,9 @@ class ServerCertificates:
         log.info("tls.reloaded", cert_file=str(self.tls.cert_file))
         return True
 
-    def _configuration(self) -> grpc.ServerCertificateConfiguration:
-        cert, key, ca = self._pem
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
-
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        # gRPC asks at every new handshake: None keeps the current configuration
-        try:
-            return self._configuration() if self.refresh() else None
-        except Exception:  # never break a handshake over a reload
-            log.exception("tls.reload.error")
-            return None
-
-    def grpc_credentials(self) -> grpc.ServerCredentials:
-        return grpc.dynamic_ssl_server_credentials(
-            self._configuration(), self._fetch, require_client_authentication=self.mutual
-        )
+    def pem(self) -> tuple[bytes, bytes, bytes | None]:
+        """(certificate chain, key, client CA bundle or None) as last read."""
+        return self._pem
 
     def ssl_context(self, *, client_ca: bool = False) -> ssl.SSLContext:
         """A server `SSLContext` (the review web page) that `refresh()` keeps current. Browsers hold no

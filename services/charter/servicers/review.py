@@ -22,7 +22,7 @@ from grpc import aio
 from charter.api import review as api
 from charter.core.auth import Authenticator, current_principal
 from charter.core.errors import InvalidArgument, Unavailable
-from charter.core.settings import CharterSettings, ReviewSettings
+from charter.core.settings import CharterSettings, ReviewSettings, ServerTLSSettings
 from charter.review.notify import AcceptedSignal
 from charter.review.store import Ledger
 
@@ -57,12 +57,15 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         settings: ReviewSettings,
         *,
         web_host: str = "127.0.0.1",
+        web_tls: ServerTLSSettings | None = None,
         workers: int = 16,
     ) -> None:
         self.ledger = ledger
         self.auth = auth
         self.settings = settings
         self.web_host = web_host
+        self.web_tls = web_tls
+        """The service's certificate (`server.tls`): the page is served over HTTPS with it."""
         self.web_port: int | None = None
         self.signal = AcceptedSignal()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="review-db")
@@ -83,7 +86,7 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         )
         log.info("review.ledger.opened", database=ledger.url.render_as_string(hide_password=True))
         auth = auth or Authenticator(s.tokens, s.tokens_file)
-        return cls(ledger, auth, s, web_host=settings.server.host)
+        return cls(ledger, auth, s, web_host=settings.server.host, web_tls=settings.server.tls)
 
     # -- lifecycle (charter.core.server.Lifecycle) ----------------------------------------------
 
@@ -92,6 +95,7 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         if self.ledger.dialect == "postgresql":
             self.signal.listen(self.ledger.url)
         if self.settings.web_port is not None:
+            from charter.core.tls import ServerCertificates
             from charter.review.web import WebServer, create_app
 
             app = create_app(
@@ -104,7 +108,11 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
                 login_failures=self.settings.web_login_failures,
             )
             self._web = WebServer(
-                app, self.web_host, self.settings.web_port, trusted_proxies=self.settings.web_trusted_proxies
+                app,
+                self.web_host,
+                self.settings.web_port,
+                trusted_proxies=self.settings.web_trusted_proxies,
+                certificates=ServerCertificates(self.web_tls) if self.web_tls is not None else None,
             )
             self.web_port = await self._web.start()
             log.info("review.web.started", host=self.web_host, port=self.web_port)
