@@ -337,11 +337,13 @@ class TrainerSettings(_Section):
         "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_*", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
         "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "XDG_CACHE_HOME",
         "CUDA_VISIBLE_DEVICES", "CUDA_HOME", "NVIDIA_*", "LD_LIBRARY_PATH", "OMP_NUM_THREADS",
-        "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM", "COVERAGE_PROCESS_START",
+        "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM", "COVERAGE_PROCESS_START", "CHARTER_CLIENT__*",
+        "CHARTER_LOGGING__*",
     ]  # fmt: skip
     """The service's environment variables a local worker inherits (names; `*` ends a prefix). Never
     passed, whatever this says: names with TOKEN, SECRET, PASSWORD, CREDENTIAL, DATABASE, DSN or KEY,
-    and every `CHARTER_*` setting; the worker gets the review/judge token only for a run that needs it."""
+    and `CHARTER_*` settings other than `client` and `logging`; the worker gets the review/judge token
+    only for a run that needs it."""
     max_gpus: int = Field(default=8, ge=0)
     """The most `spec.resources.gpus` a run may ask for."""
     max_processes: int = Field(default=8, ge=1)
