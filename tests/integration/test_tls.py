@@ -22,7 +22,8 @@ from charter.core.server import CharterServer
 from charter.core.settings import ClientSettings, ClientTLSSettings, ServerSettings, ServerTLSSettings
 from charter.core.tls import ServerCertificates
 from charter.review.web.server import WebServer
-from charter_proto.judge.v1 import judge_pb2
+from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.certs import CertificateAuthority, Issued, serial_of
 from tests.support.servicers import ScriptedJudge
@@ -50,7 +51,9 @@ async def judge_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     ca = CertificateAuthority()
     issued = ca.issue(tmp_path / "server", "charter-judge", server=True)
     tls = server_tls(issued, issued.ca_file if mutual else None)
-    settings = ServerSettings(host="127.0.0.1", port=0, metrics_port=None, drain_seconds=0, tls=tls)
+    settings = ServerSettings(
+        host="127.0.0.1", port=0, metrics_port=None, drain_seconds=0, tls=tls, health_port=0
+    )
     server = CharterServer(settings, [SERVICES["judge"].registration(ScriptedJudge())])
     await server.start()
     yield server, ca, issued
@@ -91,6 +94,21 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate_and_accepts_one
         await compare(address, client_options(issued.ca_file, stranger))
     client = ca.issue(tmp_path / "client", "pipeline")
     assert await compare(address, client_options(issued.ca_file, client)) == 0.75
+
+
+@pytest.mark.parametrize("judge_server", [True], indirect=True)
+async def test_the_plaintext_health_port_serves_health_and_nothing_else(judge_server: tuple) -> None:
+    server, _, _ = judge_server  # kubelet's gRPC probes cannot present a client certificate
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICES["judge"].full_name))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await judge_pb2_grpc.JudgeServiceStub(channel).Compare(judge_pb2.CompareRequest(request_id="ok"))
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        await server.set_serving(SERVICES["judge"].full_name, False)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICES["judge"].full_name))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def presented_serial(port: int, ca_file: Path) -> int:

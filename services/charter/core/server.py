@@ -80,6 +80,8 @@ class CharterServer:
         self._healthy: dict[str, bool] = {}
         self._probing: asyncio.Task[None] | None = None
         self.certificates: ServerCertificates | None = None
+        self.health_port: int | None = None
+        self._health_server: aio.Server | None = None
 
     async def start(self) -> int:
         """Bind and start; returns the gRPC port (useful with port 0)."""
@@ -116,6 +118,8 @@ class CharterServer:
             raise OSError(f"cannot bind gRPC port {address}")
         await server.start()
         self._server = server
+        if self.settings.health_port is not None:
+            await self._start_health_port()
         serving = health_pb2.HealthCheckResponse.SERVING
         await self.health.set("", serving)
         for name in names:
@@ -131,11 +135,24 @@ class CharterServer:
             "server.started",
             port=self.port,
             metrics_port=self.metrics.port if self.metrics else None,
+            health_port=self.health_port,
             services=names,
             tls="mutual" if self.certificates and self.certificates.mutual else bool(self.certificates),
             version=__version__,
         )
         return self.port
+
+    async def _start_health_port(self) -> None:
+        """Health checking alone on a plaintext port (kubelet's gRPC probes speak no TLS): the same
+        statuses as the main port, and nothing else is served there."""
+        server = aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        address = f"{self.settings.host}:{self.settings.health_port}"
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot bind the health port {address}")
+        await server.start()
+        self._health_server = server
 
     def _check_access(self) -> None:
         """A service open to anyone on an address other hosts can reach: refused when its policy
@@ -215,6 +232,8 @@ class CharterServer:
         for lifecycle in lifecycles:
             await lifecycle.drain()
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         for lifecycle in lifecycles:
             await lifecycle.stop()
         for hook in self.on_shutdown:

@@ -51,6 +51,9 @@ class ServerSettings(_Section):
     while the probe fails or takes longer than this."""
     tls: ServerTLSSettings | None = None
     """Serve gRPC (and the review web page) over TLS; null: plaintext."""
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """A second, plaintext port serving only `grpc.health.v1` (0: any free port, null: none): for
+    Kubernetes' native gRPC probes, which cannot speak TLS, when `tls` is set."""
 
 
 class ClientTLSSettings(_Section):
