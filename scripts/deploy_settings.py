@@ -5,7 +5,9 @@ from its ConfigMap plus the container's `CHARTER_*` variables — are validated 
 settings model (unknown keys are errors), and then compared with the pod around them:
 
 - `server.port`, `server.metrics_port`, `review.web_port` are the container's grpc/metrics/http
-  ports, and the gRPC probes ask `server.port`;
+  ports, and the gRPC probes ask `server.port` (`server.health_port` when set, which `server.tls`
+  needs: kubelet's probes speak no TLS);
+- `server.tls` and `client.tls` files lie in a mounted Secret that holds those keys;
 - `constitutions.directory` is a whole-folder mount of the constitutions ConfigMap (critic, judge);
 - `review.tokens_file` / `trainer.tokens_file` lie in a mounted Secret that holds that key;
 - `inference.cache_dir`, HOME and TMPDIR lie on writable volumes (the root filesystem is read-only);
@@ -190,10 +192,18 @@ def _check_service(
             problems.append(
                 f"{setting}={value} but the container's {port_name!r} port is {_port(c, port_name)}"
             )
+    # with server.tls the probes ask the plaintext health-only port (kubelet's probes speak no TLS)
+    probed, probe_setting = (
+        (s.server.health_port, "server.health_port")
+        if s.server.health_port is not None
+        else (s.server.port, "server.port")
+    )
+    if s.server.tls is not None and s.server.health_port is None:
+        problems.append("server.tls is set but server.health_port is not: kubelet's gRPC probes speak no TLS")
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = (c.get(kind) or {}).get("grpc")
-        if grpc is not None and grpc.get("port") != s.server.port:
-            problems.append(f"{kind} asks port {grpc.get('port')}, but server.port={s.server.port}")
+        if grpc is not None and grpc.get("port") != probed:
+            problems.append(f"{kind} asks port {grpc.get('port')}, but {probe_setting}={probed}")
     sleep = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
     grace = pod.spec.get("terminationGracePeriodSeconds", 30)
     if grace < sleep + s.server.drain_seconds:
@@ -220,6 +230,19 @@ def _check_service(
     ):
         if value is not None and setting.split(".")[0] == service:
             err = _secret_file(r, pod, c, str(value), provided)
+            if err:
+                problems.append(f"{setting}: {err}")
+    server_tls, client_tls = s.server.tls, s.client.tls
+    for setting, file in (  # certificates and keys come from a mounted Secret (cert-manager's)
+        ("server.tls.cert_file", server_tls and server_tls.cert_file),
+        ("server.tls.key_file", server_tls and server_tls.key_file),
+        ("server.tls.client_ca_file", server_tls and server_tls.client_ca_file),
+        ("client.tls.ca_file", client_tls and client_tls.ca_file),
+        ("client.tls.cert_file", client_tls and client_tls.cert_file),
+        ("client.tls.key_file", client_tls and client_tls.key_file),
+    ):
+        if file:
+            err = _secret_file(r, pod, c, str(file), provided)
             if err:
                 problems.append(f"{setting}: {err}")
     if service in ("generator", "critic-reviser", "judge"):
