@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT, subprocess_env, tool
+from tests.support import ROOT, SHARED_DATA, subprocess_env, tool
 from tests.support.hh import HH_DEV
 from tests.support.tiny import save_tiny_lm
 
@@ -36,7 +36,8 @@ def test_train_watch_plot_and_list(tmp_path: Path) -> None:
     settings.write_text(
         yaml.safe_dump(
             {"trainer": {"database_url": f"sqlite:///{tmp_path / 'trainer.db'}", "runs_dir": str(tmp_path / "runs"),
-                         "worker_threads": 1, "poll_seconds": 0.1}}
+                         "worker_threads": 1, "poll_seconds": 0.1,
+                         "allowed_roots": [str(tmp_path), str(SHARED_DATA)]}}
         )
     )  # fmt: skip
     spec = tmp_path / "rm.yaml"
@@ -85,7 +86,8 @@ def test_sigterm_cancels_the_run_of_an_in_process_service(tmp_path: Path) -> Non
     settings = tmp_path / "settings.yaml"
     settings.write_text(
         yaml.safe_dump({"trainer": {"database_url": f"sqlite:///{tmp_path / 'trainer.db'}",
-                                    "runs_dir": str(tmp_path / "runs"), "worker_threads": 1}})
+                                    "runs_dir": str(tmp_path / "runs"), "worker_threads": 1,
+                                    "allowed_roots": [str(tmp_path), str(SHARED_DATA)]}})
     )  # fmt: skip
     spec = tmp_path / "rm.yaml"
     spec.write_text(

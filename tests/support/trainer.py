@@ -19,7 +19,17 @@ from charter_proto.trainer.v1 import trainer_pb2 as tp
 from charter_proto.trainer.v1 import trainer_pb2_grpc
 from google.protobuf.struct_pb2 import Struct
 
+from tests.support import SHARED_DATA
+
 TERMINAL = (tp.RUN_STATE_SUCCEEDED, tp.RUN_STATE_FAILED, tp.RUN_STATE_CANCELLED)
+
+
+def roots_for(tmp: Path) -> list[str]:
+    """The folders a test's run specs may name: pytest's base folder of `tmp` (the test's own and the
+    module fixtures' folders), the shared data and the model cache (`trainer.allowed_roots`)."""
+    from charter.inference.models import default_cache_dir
+
+    return [str(tmp.parent), str(SHARED_DATA), str(default_cache_dir())]
 
 
 def trainer_settings(tmp: Path, **trainer: Any) -> CharterSettings:
@@ -29,6 +39,7 @@ def trainer_settings(tmp: Path, **trainer: Any) -> CharterSettings:
             "runs_dir": str(tmp / "runs"),
             "worker_threads": 1,
             "poll_seconds": 0.1,
+            "allowed_roots": roots_for(tmp),
             **trainer,
         }
     )

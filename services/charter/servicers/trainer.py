@@ -14,6 +14,7 @@ from charter_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from grpc import aio
 
 from charter.api import trainer as convert
+from charter.api.trainer_limits import check_spec_sizes
 from charter.core.settings import CharterSettings, TrainerSettings
 from charter.trainer.executor import Executor
 from charter.trainer.lifecycle import RunLifecycle, build_executor
@@ -50,6 +51,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     # -- RPCs -----------------------------------------------------------------------------------
 
     async def StartRun(self, request: trainer_pb2.StartRunRequest, context: aio.ServicerContext) -> Any:
+        check_spec_sizes(request.spec)
         run = await self.runs.start_run(convert.spec_from_proto(request.spec), request.idempotency_key)
         return trainer_pb2.StartRunResponse(run=convert.run_to_proto(run))
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,10 @@ class Launch:
     """The RunSpec as JSON (`google.protobuf.json_format.MessageToJson`), reward model resolved."""
     resume: bool
     """Resume from the run's last checkpoint (and its cached data) instead of starting afresh."""
+    grants: tuple[str, ...] = ()
+    """The tokens this run's worker needs ("review", "judge"; `charter.trainer.resolve.grants`)."""
+    threads: int | None = None
+    """torch threads for a local worker (from `spec.resources.cpu`); None: `trainer.worker_threads`."""
 
 
 @dataclass(frozen=True)
@@ -119,12 +124,31 @@ class LocalExecutor:
         threads: int | None = None,
         poll_seconds: float = 0.2,
         env: dict[str, str] | None = None,
+        secrets: dict[str, dict[str, str]] | None = None,
+        inherit: tuple[str, ...] = (),
     ) -> None:
         self.runs_dir = Path(runs_dir).expanduser().resolve()
         self.python = python or sys.executable
         self.threads = threads
         self.poll_seconds = poll_seconds
         self.env = env or {}
+        self.secrets = secrets or {}
+        """Per grant ("review", "judge"): the variables a worker gets only when its run needs them."""
+        self.inherit = inherit
+        """The service's environment variables workers inherit (`worker_environment`)."""
+
+    def worker_env(self, launch: Launch) -> dict[str, str]:
+        """A worker's environment: the inherited allow-list, never a secret or a setting of the service,
+        plus the tokens this run was granted."""
+        env = worker_environment(os.environ, self.inherit)
+        env.update(self.env)
+        for grant in launch.grants:
+            env.update(self.secrets.get(grant, {}))
+        env["PYTHONUNBUFFERED"] = "1"
+        threads = launch.threads or self.threads
+        if threads:
+            env["CHARTER_TORCH_THREADS"] = str(threads)
+        return env
 
     def run_dir(self, run_id: str) -> str:
         return str(self.runs_dir / run_id)
@@ -143,9 +167,7 @@ class LocalExecutor:
         exit_path = folder / f"exit-{launch.attempt}"
         exit_path.unlink(missing_ok=True)
         command = worker_command(self.python, str(spec_path), str(folder), launch.resume)
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        if self.threads:
-            env["CHARTER_TORCH_THREADS"] = str(self.threads)
+        env = self.worker_env(launch)
         # a shell records the worker's exit status, so a restarted service can still read it; `exec`
         # is not used: the shell must outlive the worker to write the file
         script = (
@@ -245,12 +267,34 @@ def build_executor(settings: TrainerSettings) -> Executor:
                 f"trainer.executor: kubernetes, but no cluster credentials were found "
                 f"(in-cluster service account or kubeconfig): {err}"
             ) from None
-    env = {}
+    review = {}
     if settings.review_token.get_secret_value():
-        env["CHARTER_REVIEW_TOKEN"] = settings.review_token.get_secret_value()
+        review["CHARTER_REVIEW_TOKEN"] = settings.review_token.get_secret_value()
     if settings.review_token_file is not None:
-        env["CHARTER_REVIEW_TOKEN_FILE"] = str(settings.review_token_file)
-    return LocalExecutor(settings.runs_dir, threads=settings.worker_threads, env=env)
+        review["CHARTER_REVIEW_TOKEN_FILE"] = str(settings.review_token_file)
+    judge = {k: os.environ[k] for k in ("CHARTER_JUDGE_TOKEN", "CHARTER_JUDGE_TOKEN_FILE") if k in os.environ}
+    return LocalExecutor(
+        settings.runs_dir, threads=settings.worker_threads, secrets={"review": review, "judge": judge},
+        inherit=tuple(settings.worker_env),
+    )  # fmt: skip
+
+
+_NEVER_INHERITED = re.compile(
+    r"TOKEN(?!IZERS)|SECRET|PASSW|CREDENTIAL|DATABASE|DSN|KEY|^CHARTER_(?!CLIENT__|LOGGING__)", re.IGNORECASE
+)
+
+
+def worker_environment(environ: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
+    """The variables of `environ` named in `names` (a trailing `*` matches a prefix), less any whose
+    name looks secret (token, secret, password, credential, database, DSN, key) and Charter's own
+    settings but `client` (the worker's channels: TLS files) and `logging`."""
+    exact = {n for n in names if not n.endswith("*")}
+    prefixes = tuple(n[:-1] for n in names if n.endswith("*"))
+    return {
+        k: v
+        for k, v in environ.items()
+        if (k in exact or (prefixes and k.startswith(prefixes))) and not _NEVER_INHERITED.search(k)
+    }
 
 
 def _start_time(pid: int) -> str:

@@ -15,25 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
-from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from charter.core.errors import FailedPrecondition, Unavailable
 from charter.core.settings import TrainerSettings
 from charter.trainer import events
+from charter.trainer.admission import Limits
 from charter.trainer.executor import MODEL_DIR, Executor, Launch, build_executor
-from charter.trainer.rounds import pick_round, round_ref
+from charter.trainer.resolve import grants, resolve
 from charter.trainer.runs import (
     TERMINAL,
     CheckpointEvent,
     DataEvent,
     EventKind,
-    FileSource,
-    LabelStreamSource,
     LogEvent,
     MetricsEvent,
     Round,
@@ -120,6 +118,7 @@ class RunLifecycle:
     ) -> None:
         self.store, self.executor, self.settings = store, executor, settings
         self.spec_json = spec_json
+        self.limits = Limits.from_settings(settings)
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self.closing = False
@@ -136,7 +135,13 @@ class RunLifecycle:
             outcome = await self.executor.outcome(record.handle)
             resume = outcome is not None and outcome.lost and self.settings.auto_resume
             log.info("trainer.run.adopted", run_id=run_id, running=outcome is None, resume=resume)
-            self._follow(run_id, record.handle, record.events_seen, resume_if_lost=resume)
+            self._follow(
+                run_id,
+                record.handle,
+                record.events_seen,
+                resume_if_lost=resume,
+                started=record.run.started_at,
+            )
 
     async def drain(self) -> None:
         self.closing = True  # watchers end with UNAVAILABLE and reconnect elsewhere
@@ -158,11 +163,12 @@ class RunLifecycle:
         """Check `spec`, record the run and launch its first attempt (once per idempotency key)."""
         if self.closing:
             raise Unavailable("the trainer service is shutting down; try another replica")
-        await self._db(check, spec)
-        spec = await self._resolve(spec)
+        await self._db(check, spec, limits=self.limits)
+        spec = await self._db(resolve, spec, self.store, self.executor.name, self.limits)
         run, created = await self._db(
-            self.store.create, spec, executor=self.executor.name, idempotency_key=idempotency_key
-        )
+            self.store.create, spec, executor=self.executor.name, idempotency_key=idempotency_key,
+            max_active=self.settings.max_active_runs,
+        )  # fmt: skip
         if created:
             log.info("trainer.run.created", run_id=run.id, algorithm=spec.algorithm, name=spec.name)
             run = await self._launch(run.id, 1, resume=False)
@@ -203,6 +209,7 @@ class RunLifecycle:
         if follower is not None:  # the old attempt's follower is still reading its last lines
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(follower), timeout=30)
+        await self._db(self.store.check_capacity, self.settings.max_active_runs)
         where = record.run.last_checkpoint or "the start (no checkpoint yet)"
         return await self._launch(
             record.run.id,
@@ -254,7 +261,10 @@ class RunLifecycle:
 
     async def _launch(self, run_id: str, attempt: int, *, resume: bool, note: str = "") -> Run:
         record = await self._db(self.store.record, run_id)
-        launch = Launch(run_id, attempt, self.spec_json(record.run.spec), resume)
+        spec = record.run.spec
+        launch = Launch(
+            run_id, attempt, self.spec_json(spec), resume, grants(spec, self.limits), _threads(spec)
+        )
         try:
             handle = await self.executor.launch(launch)
         except Exception as err:  # the platform refused it: the run fails with that reason
@@ -278,12 +288,35 @@ class RunLifecycle:
         self._follow(run_id, handle, 0)
         return run
 
-    def _follow(self, run_id: str, handle: str, seen: int, *, resume_if_lost: bool = False) -> None:
+    def _follow(
+        self,
+        run_id: str,
+        handle: str,
+        seen: int,
+        *,
+        resume_if_lost: bool = False,
+        started: float | None = None,
+    ) -> None:
         task = asyncio.ensure_future(self._follower(run_id, handle, seen, resume_if_lost))
         self._followers[run_id] = task
         task.add_done_callback(
             lambda t: self._followers.pop(run_id, None) if self._followers.get(run_id) is t else None
         )
+        timer = asyncio.ensure_future(self._deadline(run_id, handle, started or time.time()))
+        task.add_done_callback(lambda _: timer.cancel())
+
+    async def _deadline(self, run_id: str, handle: str, started: float) -> None:
+        """Stop the worker once the run has run `trainer.max_run_seconds` (FAILED, saying so)."""
+        limit = self.settings.max_run_seconds
+        await asyncio.sleep(max(0.0, started + limit - time.time()))
+        record = await self._db(self.store.record, run_id)
+        if record.run.state in TERMINAL or record.handle != handle:
+            return
+        reason = f"the run passed its deadline of {limit:g} s (trainer.max_run_seconds)"
+        # recorded first, so the follower, seeing the worker die, leaves the state alone
+        await self._change(run_id, lambda run: _end(run, RunState.FAILED, reason))
+        await self.executor.cancel(handle)
+        log.warning("trainer.run.deadline", run_id=run_id, seconds=limit)
 
     async def _follower(self, run_id: str, handle: str, seen: int, resume_if_lost: bool) -> None:
         count = 0
@@ -319,77 +352,14 @@ class RunLifecycle:
         run = await self._change(run_id, lambda run: _end(run, state, outcome.reason))
         log.info("trainer.run.ended", run_id=run_id, state=f"RUN_STATE_{run.state.name}", reason=run.reason)
 
-    async def _resolve(self, spec: RunSpec) -> RunSpec:
-        """The spec as the worker gets it: a reward-model run id replaced by that run's model folder,
-        the review address filled in from settings."""
-        wanted = spec.executor or None
-        if wanted is not None and wanted != self.executor.name:
-            raise InvalidArgument(
-                f"spec.executor: this trainer service runs workers with the {self.executor.name} executor "
-                f"(trainer.executor), not {wanted}",
-                field="spec.executor",
-            )
-        base_model, data, watch = spec.base_model, spec.data, spec.watch
-        reward_model = await self._reward_model(spec.reward_model, "spec.reward_model")
-        if watch is not None and watch.gold_reward_model:
-            gold = await self._reward_model(watch.gold_reward_model, "spec.watch.gold_reward_model")
-            watch = replace(watch, gold_reward_model=gold)
-        if self.executor.name == "local":  # the worker runs in the run folder: paths as the service sees them
-            if base_model != "embedded":
-                base_model = str(Path(base_model).expanduser().resolve())
-            if data.files is not None:
-                paths = [str(Path(p).expanduser().resolve()) for p in data.files.paths]
-                data = replace(data, files=FileSource(paths=paths))
-            if watch is not None and watch.probe is not None:
-                paths = [str(Path(p).expanduser().resolve()) for p in watch.probe.paths]
-                watch = replace(watch, probe=FileSource(paths=paths))
-        if data.label_stream is not None and not data.label_stream.address:
-            if not self.settings.review_address:
-                raise InvalidArgument(
-                    "spec.data.label_stream.address: name the review service (or set trainer.review_address)",
-                    field="spec.data.label_stream.address",
-                )
-            stream: LabelStreamSource = replace(data.label_stream, address=self.settings.review_address)
-            data = replace(data, label_stream=stream)
-        return replace(spec, reward_model=reward_model, base_model=base_model, data=data, watch=watch)
 
-    async def _reward_model(self, value: str, field: str) -> str:
-        """A reward model as the worker gets it: a run id becomes that run's model folder — a
-        continuous run's round (`ID@N`, `ID@latest`; the bare id is its latest round); a folder is
-        checked (local workers) and made absolute."""
-        if value.startswith("r-"):
-            try:
-                run_id, which = round_ref(value)
-            except ValueError as err:
-                raise InvalidArgument(f"{field}: {err}", field=field, value=value) from None
-            try:
-                source = await self._db(self.store.get, run_id)
-            except NotFound:
-                raise InvalidArgument(f"{field}: no run {run_id}", field=field) from None
-            continuous = source.spec.continuous is not None
-            if (
-                source.spec.algorithm != "reward-model"
-                or not continuous
-                and source.state != RunState.SUCCEEDED
-            ):
-                raise InvalidArgument(
-                    f"{field}: run {source.id} is not a finished reward-model run "
-                    f"({source.spec.algorithm or 'no algorithm'}, {source.state.label})",
-                    field=field,
-                )
-            if not continuous:
-                if which is not None:
-                    raise InvalidArgument(
-                        f"{field}: run {source.id} is not a continuous run: it has no rounds", field=field
-                    )
-                return source.output_dir
-            found = pick_round(await self._db(self.store.rounds, run_id), which)
-            if found is None:
-                wanted = f"round {which}" if which and which != "latest" else "a published round"
-                raise InvalidArgument(f"{field}: continuous run {source.id} has no {wanted} yet", field=field)
-            return str(found.model_dir)
-        if value and self.executor.name == "local":
-            if not Path(value).exists():
-                raise InvalidArgument(f"{field}: {value} is neither a run id nor a model folder", field=field)
-            return str(Path(value).expanduser().resolve())
-        return value
+def _threads(spec: RunSpec) -> int | None:
+    """A local worker's torch threads from `spec.resources.cpu` (whole cores, at least one)."""
+    cpu = spec.resources.cpu.strip()
+    if not cpu:
+        return None
+    try:
+        cores = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    except ValueError:  # checked at StartRun; a run stored before that check
+        return None
+    return max(1, int(cores))

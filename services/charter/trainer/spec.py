@@ -19,6 +19,7 @@ from typing import Any
 
 from charter.core.errors import InvalidArgument
 from charter.inference.models import is_model_folder
+from charter.trainer.admission import Limits, admit, check_disk_budget, deny_hyperparameters
 from charter.trainer.runs import (
     ALGORITHMS,
     CONTINUOUS_ALGORITHMS,
@@ -278,6 +279,7 @@ def trl_config(
     algorithm: str, hyperparameters: dict[str, Any], *, output_dir: str, seed: int, use_cpu: bool
 ) -> Any:
     """The algorithm's config object built from the spec's hyper-parameters (raises InvalidArgument)."""
+    hyperparameters = deny_hyperparameters(hyperparameters)
     for name in hyperparameters:
         if name in _RESERVED:
             field = f"spec.hyperparameters.{name}"
@@ -313,8 +315,11 @@ def trl_config(
         ) from None
 
 
-def check(spec: RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
-    """Validate everything in `spec` that can be checked without training; raises InvalidArgument."""
+def check(spec: RunSpec, *, use_cpu: bool = True, limits: Limits | None = None) -> CheckedSpec:
+    """Validate everything in `spec` that can be checked without training; raises InvalidArgument.
+    With `limits` (the trainer service's), also what a caller may ask of the service
+    (`charter.trainer.admission`): paths under the allowed roots — checked before anything else
+    touches them — addresses, resources and the checkpoints' disk budget."""
     if not spec.name.strip():
         raise InvalidArgument("spec.name: give the run a name", field="spec.name")
     algorithm = spec.algorithm
@@ -325,6 +330,8 @@ def check(spec: RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
             field="spec.algorithm",
             value=spec.algorithm,
         )
+    if limits is not None:
+        admit(spec, limits)
     base = _model_source(spec.base_model, "spec.base_model")
     _data(spec.data)
     continuous = _continuous(spec)
@@ -345,6 +352,8 @@ def check(spec: RunSpec, *, use_cpu: bool = True) -> CheckedSpec:
         from charter.trainer.dpo import check_config
 
         check_config(config)
+    if limits is not None:
+        check_disk_budget(spec, config, limits)
     return CheckedSpec(
         algorithm, base, hyperparameters, config, _watch(spec, config), _ensemble(spec), continuous
     )

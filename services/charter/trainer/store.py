@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from charter.core import db
-from charter.core.errors import InvalidArgument, NotFound
+from charter.core.errors import InvalidArgument, NotFound, ResourceExhausted
 from charter.trainer.runs import (
     ACTIVE,
     TERMINAL,
@@ -93,15 +93,19 @@ class RunStore:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def create(self, spec: RunSpec, *, executor: str, idempotency_key: str = "") -> tuple[Run, bool]:
+    def create(
+        self, spec: RunSpec, *, executor: str, idempotency_key: str = "", max_active: int | None = None
+    ) -> tuple[Run, bool]:
         """A new PENDING run (and its first event); with a known `idempotency_key`, the existing run
-        and False."""
+        and False. With `max_active` runs already pending or running: RESOURCE_EXHAUSTED."""
         key = idempotency_key or None
         with self._write() as conn:
             if key is not None:
                 found = conn.execute(select(runs.c.payload).where(runs.c.idempotency_key == key)).first()
                 if found is not None:
                     return self.codec.load_run(found.payload), False
+            if max_active is not None:
+                self._capacity(conn, max_active)
             now = self.clock()
             run = Run(id=f"r-{uuid.uuid4().hex[:16]}", spec=spec, state=RunState.PENDING, created_at=now)
             conn.execute(
@@ -119,6 +123,22 @@ class RunStore:
             )
             self._append(conn, run.id, [StateEvent(state=run.state)], now)
         return run, True
+
+    def check_capacity(self, max_active: int) -> None:
+        """RESOURCE_EXHAUSTED when `max_active` runs are pending or running."""
+        with self._db.reader.connect() as conn:
+            self._capacity(conn, max_active)
+
+    @staticmethod
+    def _capacity(conn: Any, max_active: int) -> None:
+        active = conn.execute(
+            select(func.count()).select_from(runs).where(runs.c.state.in_([int(s) for s in ACTIVE]))
+        ).scalar_one()
+        if active >= max_active:
+            raise ResourceExhausted(
+                f"{active} runs are pending or running, this trainer's limit (trainer.max_active_runs="
+                f"{max_active}); wait for one to end or cancel one"
+            )
 
     def record(self, run_id: str) -> RunRecord:
         with self._db.reader.connect() as conn:
