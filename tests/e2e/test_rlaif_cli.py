@@ -1,5 +1,6 @@
 """`charter run` on `kind: rlaif` as a user meets it before any model loads: the help names the kind,
-remote mode and --limit are refused with what to change, and a bad gate names its field."""
+--generator/--judge and --limit are refused with what to change, an incomplete remote services
+section and a bad gate name their field."""
 
 from __future__ import annotations
 
@@ -32,17 +33,19 @@ def spec(tmp_path: Path, **changes) -> Path:
 def test_help_names_the_rlaif_kind() -> None:
     done = charter("run", "--help")
     assert (
-        done.returncode == 0 and "rlaif: iterated RLAIF" in done.stdout and "local mode only" in done.stdout
+        done.returncode == 0 and "rlaif: iterated RLAIF" in done.stdout and "remote mode from the spec" in done.stdout
     )
 
 
 @pytest.mark.parametrize(
     ("args", "changes", "message"),
     [
-        (("--judge", "judge:50051"), {}, "--generator/--judge: services.mode: kind rlaif runs in local mode only"),
+        (("--judge", "judge:50051"), {}, "--generator/--judge: services: kind rlaif takes its service addresses "
+                                         "from the spec"),
         (("--limit", "4"), {}, "--limit: kind rlaif takes its prompts per iteration from prompts.per_iteration"),
-        ((), {"services": {"mode": "remote", "judge": "judge:50051"}}, "services: Value error, kind rlaif runs in "
-                                                                       "local mode only for now"),
+        ((), {"services": {"mode": "remote", "judge": "judge:50051"}}, "services: Value error, mode remote needs "
+                                                                       "the address (host:port) of the generator, "
+                                                                       "review, trainer services"),
         ((), {"gates": {"harmlessness_gain": 1.0}}, "gates.harmlessness_gain: unknown key"),
     ],
 )  # fmt: skip

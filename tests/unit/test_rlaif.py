@@ -203,7 +203,8 @@ def test_the_example_spec_loads() -> None:
         ({"gates.gold_tolerance": -0.1}, "gates.gold_tolerance: Input should be greater than or equal to 0"),
         ({"gates.per_iteration": {2: {"evasivenes_max_rise": 0.1}}}, "gates.per_iteration.2.evasivenes_max_rise: unknown key"),
         ({"gates.per_iteration": {0: {}}}, "gates.per_iteration: Value error, iterations are numbered from 1"),
-        ({"services.mode": "remote"}, "services: Value error, kind rlaif runs in local mode only for now"),
+        ({"services.mode": "remote"}, "services: Value error, mode remote needs the address (host:port) of the "
+                                      "generator, judge, review, trainer services"),
         ({"review.over_budget": "keep"}, "review.over_budget: Input should be 'drop' or 'train'"),
         ({"evaluation.red_team.skip": 10}, "evaluation.red_team.skip: rows 10..41 overlap the training prompts"),
         ({"judge.method": "reward_model", "judge.reward_model": "rm", "judge.logit_scale": None},

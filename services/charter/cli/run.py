@@ -59,15 +59,16 @@ def run(
     output: Annotated[Path | None, typer.Option(help="Output folder (overrides the spec).")] = None,
 ) -> None:
     """Run a pipeline spec (kind sl-cai, rl-cai, best-of-n, or rlaif: iterated RLAIF — label the
-    policy's own samples, DPO, evaluate, promote only past the gates; local mode only); run it again
+    policy's own samples, DPO, evaluate, promote only past the gates; remote mode from the spec's
+    services section); run it again
     after an interruption and it resumes where it stopped."""
     from charter.pipelines import best_of_n, rl_cai, rlaif, sl_cai
-    from charter.pipelines.rlaif_spec import LOCAL_ONLY, RlaifSpec
+    from charter.pipelines.rlaif_spec import FLAGS_REFUSED, RlaifSpec
     from charter.pipelines.spec import BestOfNSpec, RlCaiSpec, SlCaiSpec, load_spec
 
     spec = load_spec(spec_path)
     if isinstance(spec, RlaifSpec) and (generator or critic_reviser or judge):
-        raise InvalidArgument(f"--generator/--judge: {LOCAL_ONLY}", field="services.mode")
+        raise InvalidArgument(f"--generator/--judge: {FLAGS_REFUSED}", field="services.mode")
     if isinstance(spec, RlaifSpec) and limit is not None:
         raise InvalidArgument(
             "--limit: kind rlaif takes its prompts per iteration from prompts.per_iteration",

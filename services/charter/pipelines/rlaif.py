@@ -13,32 +13,31 @@
 Every step is recorded in `iterations/<i>/iteration.json` when it finishes, and a re-run of the same
 spec skips what is recorded (the labelling and the evaluation also resume inside a step, a DPO run is
 found again by its idempotency key). Gate decisions are made again on every run from the stored
-figures, so changing a gate re-decides. Local mode only: the judge, the policy's generator and the
-trainer run in this process tree; the judge's engine is built once and shared by labelling and
-evaluation, and it also serves the starting policy when that is the judge's own model.
+figures, so changing a gate re-decides. The loop is one; how each step is done is injected
+(`LoopServices`): local mode (`rlaif_local`) runs the judge, the policy's generator, the ledger and the
+trainer in this process tree; remote mode (`rlaif_remote`) drives the deployed services, and a
+promotion swaps the deployed generator to the new policy's run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from charter.app.local import local_services
-from charter.core.errors import FailedPrecondition, InvalidArgument
+from charter.core.errors import FailedPrecondition
 from charter.core.files import write_atomic
 from charter.core.settings import CharterSettings
 from charter.inference.types import InferenceClient
 from charter.pipelines import rl_cai, rlaif_report
 from charter.pipelines import rlaif_steps as steps
 from charter.pipelines.rlaif_gates import decide, figures
-from charter.pipelines.rlaif_spec import LOCAL_ONLY, RlaifSpec
+from charter.pipelines.rlaif_spec import RlaifSpec
 
 STEPS = ("labels", "route", "train", "eval")
 
@@ -68,77 +67,42 @@ class Summary:
         }  # fmt: skip
 
 
-class Services:
-    """The judge service (one engine for the whole run) and the current policy's generator."""
+class LoopServices(Protocol):
+    """The step implementations the loop is given: `rlaif_local.LocalServices` (this process tree) or
+    `rlaif_remote.RemoteServices` (deployed services). One loop, two ways of doing its steps."""
 
-    def __init__(self, spec: RlaifSpec, settings: CharterSettings, engine: InferenceClient | None) -> None:
-        self.spec, self.settings = spec, settings
-        self.stack = contextlib.AsyncExitStack()
-        self.judge_engine = engine
-        self._owns_judge_engine = engine is None
-        self._judge: str | None = None
-        self._generator: tuple[str, str, contextlib.AsyncExitStack] | None = None
-        """(policy version, address, what to close)."""
+    mode: str
 
-    def judge_settings(self) -> CharterSettings:
-        j = self.spec.judge
-        update = {k: v for k, v in (("method", j.method), ("logit_scale", j.logit_scale),
-                                    ("contrastive_beta", j.contrastive_beta)) if v is not None}  # fmt: skip
-        return self.settings.model_copy(update={"judge": self.settings.judge.model_copy(update=update)})
-
-    async def _engine(self) -> InferenceClient:
-        if self.judge_engine is None:
-            from charter.inference.factory import build_engine
-
-            self.judge_engine = await asyncio.to_thread(build_engine, self.settings.inference)
-        return self.judge_engine
-
-    async def judge(self) -> str:
-        if self._judge is None:
-            engine = await self._engine()
-            self._judge = await self.stack.enter_async_context(
-                local_services(self.judge_settings(), ("judge",), engine=engine, drain_seconds=0)
-            )
-        return self._judge
-
-    async def generator(self, policy: dict[str, Any]) -> str:
-        """A generator serving `policy` (the judge's engine when it is the judge's own model)."""
-        if self._generator is not None and self._generator[0] == policy["version"]:
-            return self._generator[1]
-        await self.close_generator()
-        stack = contextlib.AsyncExitStack()
-        if policy["model"] == self.settings.inference.model:
-            engine = await self._engine()
-        else:
-            from charter.inference.factory import build_engine
-
-            inference = self.settings.inference.model_copy(update={"model": policy["model"]})
-            name = f"{self.spec.name}/{policy['version']}"
-            engine = await asyncio.to_thread(build_engine, inference, name=name)
-            stack.push_async_callback(engine.close)
-        address = await stack.enter_async_context(
-            local_services(self.settings, ("generator",), engine=engine, drain_seconds=0)
-        )
-        self._generator = (policy["version"], address, stack)
-        return address
-
-    async def close_generator(self) -> None:
-        if self._generator is not None:
-            await self._generator[2].aclose()
-            self._generator = None
-
-    async def close(self) -> None:
-        await self.close_generator()
-        await self.stack.aclose()
-        if self.judge_engine is not None and self._owns_judge_engine:
-            await self.judge_engine.close()
+    async def judge(self) -> str: ...
+    def judge_token_file(self) -> Path | None: ...
+    async def generator(self, policy: dict[str, Any]) -> str: ...
+    async def close_generator(self) -> None: ...
+    async def route(
+        self, iteration: int, records: Sequence[Mapping[str, Any]], tags: Mapping[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
+    async def training_rows(
+        self, records: Sequence[Mapping[str, Any]], routed: Sequence[Mapping[str, Any]],
+        route: Mapping[str, Any], tags: Mapping[str, Any],
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]: ...  # fmt: skip
+    async def train(self, iteration: int, base_model: str, data: Path) -> dict[str, Any]: ...
+    async def promote(self, policy: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
 
 
 @contextlib.asynccontextmanager
 async def services(
     spec: RlaifSpec, settings: CharterSettings, engine: InferenceClient | None
-) -> AsyncIterator[Services]:
-    s = Services(spec, settings, engine)
+) -> AsyncIterator[LoopServices]:
+    """The mode's step implementations (`services.mode`)."""
+    s: LoopServices
+    if spec.services.mode == "remote":
+        from charter.pipelines.rlaif_remote import RemoteServices
+
+        s = RemoteServices(spec, settings)
+    else:
+        from charter.pipelines.rlaif_local import LocalServices
+
+        s = LocalServices(spec, settings, engine)
     try:
         yield s
     finally:
@@ -173,9 +137,8 @@ async def run(
     engine: InferenceClient | None = None,
 ) -> Summary:
     """Run (or resume) the loop; writes report.md, report.json and the charts; returns what it did.
-    `engine`: an already loaded engine of `settings.inference.model` for the judge (kept open)."""
-    if spec.services.mode != "local":
-        raise InvalidArgument(LOCAL_ONLY, field="services.mode", value=spec.services.mode)
+    `engine`: local mode, an already loaded engine of `settings.inference.model` for the judge (kept
+    open)."""
     started = time.perf_counter()
     _check_output(spec)
     summary = Summary()
@@ -212,9 +175,9 @@ async def run(
 
 
 async def _iteration(
-    spec: RlaifSpec, settings: CharterSettings, svc: Services, i: int, folder: Path, state: dict[str, Any],
-    history: list[dict[str, Any]], summary: Summary, on_progress: Callable[[int], None],
-    on_step: Callable[[str], None],
+    spec: RlaifSpec, settings: CharterSettings, svc: LoopServices, i: int, folder: Path,
+    state: dict[str, Any], history: list[dict[str, Any]], summary: Summary,
+    on_progress: Callable[[int], None], on_step: Callable[[str], None],
 ) -> dict[str, Any]:  # fmt: skip
     done = state["steps"]
     policy = state["policy_in"]
@@ -241,22 +204,19 @@ async def _iteration(
                f"{len(records)} pairs labelled from {prompts} prompts by {policy['version']}")  # fmt: skip
     tags = {"iteration": i, "policy_version": policy["version"]}
     records = steps.read_jsonl(labels_dir / "records.jsonl")
-    database = spec.review.database or f"sqlite:///{(spec.output / 'review.db').resolve()}"
     if "route" not in done:
-        routed = steps.route(records, settings.review.routing, spec.review.human_budget, tags)
-        submitted = await asyncio.to_thread(steps.submit, database, settings.review.routing, records, routed)
+        routed, submitted = await svc.route(i, records, tags)
         steps.write_jsonl(folder / "routing.jsonl", routed)
         routes = {name: sum(1 for x in routed if x["route"] == name)
                   for name in ("auto_accepted", "human_review", "rejected", steps.OVER_BUDGET)}  # fmt: skip
-        finish("route", {"routes": routes, "submitted": submitted, "ledger": database},
+        finish("route", {"routes": routes, **submitted},
                ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in routes.items()))  # fmt: skip
     row: dict[str, Any] = {"iteration": i, "policy_in": policy["version"], "steps": done}
     if "train" not in done:
         routed = steps.read_jsonl(folder / "routing.jsonl")
-        rows, used = await asyncio.to_thread(
-            steps.training_rows, records, routed, database, spec.review.over_budget,
-            {**tags, "constitution_digest": done["labels"]["constitution_digest"]},
-        )  # fmt: skip
+        digest = done["labels"]["constitution_digest"]
+        tagged = {**tags, "constitution_digest": digest}
+        rows, used = await svc.training_rows(records, routed, done["route"], tagged)
         if not rows:
             over = sum(1 for x in routed if x["route"] == steps.OVER_BUDGET)
             fate = "dropped" if spec.review.over_budget == "drop" else "trained on, none with a winner"
@@ -267,7 +227,7 @@ async def _iteration(
             )
             return {**row, "why": why}
         steps.write_jsonl(folder / "train.jsonl", rows)
-        result = await steps.train(spec, i, policy["model"], folder / "train.jsonl", settings)
+        result = await svc.train(i, policy["model"], folder / "train.jsonl")
         state["policy_out"] = {"version": f"p{i}", "iteration": i, "model": result["model"],
                                "run_id": result["run_id"], "parent": policy["version"]}  # fmt: skip
         finish("train", {**result, "used": used}, f"DPO run {result['run_id']} on {len(rows)} labels")
@@ -277,7 +237,8 @@ async def _iteration(
         previous = history[-1]
         policies = [history[0], *([previous] if previous is not history[0] else []), new]
         exclude = [spec.output / "iterations" / str(k) / "labels" / "records.jsonl" for k in range(1, i + 1)]
-        e_spec = steps.eval_spec(spec, policies, judge=await svc.judge(), exclude=exclude)
+        e_spec = steps.eval_spec(spec, policies, judge=await svc.judge(), exclude=exclude,
+                                 judge_token_file=svc.judge_token_file())  # fmt: skip
         from charter.evaluation.policy import evaluate
 
         report = await evaluate(e_spec, settings)
@@ -297,4 +258,10 @@ async def _iteration(
     state["decision"] = decision.as_dict()
     write_atomic(folder / "iteration.json", json.dumps(state, indent=2) + "\n")
     on_step(f"iteration {i}: gates: {decision.why()}")
+    if decision.promoted:
+        served = await svc.promote(new)
+        if served:  # remote: the generator serves the promoted run from now on
+            state["served"] = served
+            write_atomic(folder / "iteration.json", json.dumps(state, indent=2) + "\n")
+            on_step(f"iteration {i}: the generator serves {served['policy_version']}")
     return {**row, "decision": state["decision"], "why": decision.why()}

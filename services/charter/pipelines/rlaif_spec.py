@@ -14,10 +14,44 @@ from pydantic import Field, field_validator, model_validator
 from charter.datasets.sources import Format
 from charter.pipelines.spec import InferenceSpec, JudgeSpec, SamplingSpec, ServicesSpec, _Strict
 
-LOCAL_ONLY = (
-    "services.mode: kind rlaif runs in local mode only for now (the services, the ledger and the "
-    "trainer in this process tree); remove services.mode: remote and the service addresses"
+FLAGS_REFUSED = (
+    "services: kind rlaif takes its service addresses from the spec (services.mode: remote with "
+    "generator, judge, review and trainer); remove --generator/--judge"
 )
+
+
+class RlaifServicesSpec(ServicesSpec):
+    """local (default): the judge, the policy's generator, the ledger and the trainer in this process
+    tree. remote: the deployed services at these addresses (docs/pipelines.md, "Remote mode")."""
+
+    review: str | None = None
+    """host:port of the review service (remote: the ledger; `token_file` holds a `service` token)."""
+    trainer: str | None = None
+    """host:port of the trainer service (remote: the DPO runs)."""
+    admin_token_file: Path | None = None
+    """remote: a file holding an `admin` token for the generator's SwapModel (unset: `token_file`'s,
+    enough for a generator with no tokens configured)."""
+
+    @model_validator(mode="after")
+    def _addresses(self) -> RlaifServicesSpec:
+        needed = ("generator", "judge", "review", "trainer")
+        given = [k for k in ("critic_reviser", *needed) if getattr(self, k)]
+        if self.mode == "local":
+            if given or self.admin_token_file:
+                raise ValueError(
+                    f"{', '.join(given) or 'admin_token_file'}: service addresses are for mode: remote "
+                    "(local mode starts its own services)"
+                )
+        else:
+            missing = [k for k in needed if not getattr(self, k)]
+            if missing:
+                raise ValueError(
+                    f"mode remote needs the address (host:port) of the {', '.join(missing)} service"
+                    f"{'s' if len(missing) > 1 else ''}"
+                )
+            if self.critic_reviser:
+                raise ValueError("critic_reviser: kind rlaif does not use the critic-reviser")
+        return self
 
 
 class PromptSliceSpec(_Strict):
@@ -136,18 +170,23 @@ class RlaifSpec(_Strict):
     seed: int = Field(default=0, ge=0)
     batch_size: int = Field(default=32, ge=1, le=4096)
     output: Path
-    services: ServicesSpec = ServicesSpec()
+    services: RlaifServicesSpec = RlaifServicesSpec()
     inference: InferenceSpec = InferenceSpec()
     """The engine of the judge and of every policy (the judge's model: `inference.model`, default
-    the embedded one)."""
+    the embedded one). Remote mode: the engine of the evaluation's policies only (the judge and the
+    sampling generator are the deployed services')."""
     constitutions_dir: Path | None = None
 
-    @field_validator("services")
-    @classmethod
-    def _local(cls, value: ServicesSpec) -> ServicesSpec:
-        if value.mode != "local":
-            raise ValueError(LOCAL_ONLY.split(": ", 1)[1])
-        return value
+    @model_validator(mode="after")
+    def _remote_policy(self) -> RlaifSpec:
+        """Remote mode swaps the deployed generator to p0 by name: a folder it can load, or a run."""
+        if self.services.mode == "remote" and self.policy == "embedded":
+            raise ValueError(
+                "policy: remote mode needs p0 as a model folder that the generator, the trainer and "
+                "this pipeline all see at that path (e.g. on the runs volume), or run:<id>; "
+                "'embedded' names no folder the generator can swap to"
+            )
+        return self
 
     @field_validator("judge")
     @classmethod

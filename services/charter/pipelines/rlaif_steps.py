@@ -7,7 +7,7 @@
    uncertain first), and the labels submitted to the ledger;
 4. `training_rows` + `train`: the DPO rows (auto-accepted labels, labels people decided, and — with
    `review.over_budget: train` — the over-budget ones), then a bounded DPO run from the current policy
-   through the trainer service in this process (its reference model is that same policy);
+   through the trainer service (`run_dpo`; its reference model is that same policy);
 5. `eval_spec`: `charter eval policy` of the new policy against the previous one and the start.
 """
 
@@ -80,15 +80,15 @@ def write_prompts(spec: RlaifSpec, iteration: int, path: Path) -> int:
 def labels_spec(
     spec: RlaifSpec, iteration: int, prompts: Path, output: Path, *, generator: str, judge: str
 ) -> RlCaiSpec:
-    """RL-CAI over the iteration's prompts, on the policy's generator and the judge (both running in
-    this process: the spec addresses them as remote services)."""
+    """RL-CAI over the iteration's prompts, on the policy's generator and the judge (local mode: both
+    running in this process, addressed as remote services; remote mode: the deployed ones)."""
     return RlCaiSpec(
         kind="rl-cai", name=f"{spec.name}-i{iteration}",
         pairs=PairSourceSpec(kind="generator", path=prompts, format="jsonl"),
         constitution=spec.constitution, judge=spec.judge, seed=spec.seed + iteration,
         generation=spec.generation, batch_size=spec.batch_size, output=output,
-        services=ServicesSpec(mode="remote", generator=generator, judge=judge,
-                              timeout_seconds=spec.services.timeout_seconds),
+        services=ServicesSpec(mode="remote", generator=generator, judge=judge, **spec.services.model_dump(
+            include={"timeout_seconds", "retries", "backoff_seconds", "token_file"})),
         inference=spec.inference,
     )  # fmt: skip
 
@@ -165,10 +165,25 @@ def training_rows(
     records: Sequence[Mapping[str, Any]], routed: Sequence[Mapping[str, Any]], database: str,
     over_budget: str, tags: Mapping[str, Any],
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
-    """The DPO rows and how many came from each route."""
+    """The DPO rows and how many came from each route (the human decisions from the ledger)."""
+    queued = queued_ids(routed)
+    return rows_from(records, routed, human_decided(database, queued) if queued else {}, over_budget, tags)
+
+
+def queued_ids(routed: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The labels an iteration sent to people."""
+    return {x["label_id"] for x in routed if x["route"] in ("human_review", "rejected")}
+
+
+def rows_from(
+    records: Sequence[Mapping[str, Any]], routed: Sequence[Mapping[str, Any]], decided: Mapping[str, Any],
+    over_budget: str, tags: Mapping[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
+    """The DPO rows given the accepted-stream entries people `decided` (by label id; `choice`, `p_a`,
+    `human_decisions[].reviewer`, `sequence`), and how many came from each route."""
     by_id = {label_of(r).id: r for r in records}
-    queued = {x["label_id"] for x in routed if x["route"] in ("human_review", "rejected")}
-    decided = human_decided(database, queued) if queued else {}
+    queued = queued_ids(routed)
+    decided = {k: v for k, v in decided.items() if k in queued}
     rows: list[dict[str, Any]] = []
     used = {"auto_accepted": 0, "human": 0, OVER_BUDGET: 0, "awaiting_people": len(queued) - len(decided)}
     for x in routed:
@@ -187,7 +202,7 @@ def training_rows(
 
 
 def _human_row(record: Mapping[str, Any], accepted: Any) -> dict[str, Any] | None:
-    choice = {Choice.A: "A", Choice.B: "B"}.get(accepted.choice)
+    choice = {Choice.A: "A", Choice.B: "B"}.get(Choice(int(accepted.choice)))
     if choice is None:
         return None
     label, constitution = record["label"], record["provenance"].get("constitution") or {}
@@ -213,8 +228,23 @@ def trainer_settings(settings: CharterSettings, output: Path) -> CharterSettings
 async def train(
     spec: RlaifSpec, iteration: int, base_model: str, data: Path, settings: CharterSettings
 ) -> dict[str, Any]:
+    """Local mode: a DPO run from `base_model` on `data` through a trainer service in this process,
+    with the loop's own run store (`trainer_settings`)."""
+    local = trainer_settings(settings, spec.output)
+    async with (
+        local_services(local, ("trainer",), drain_seconds=0) as address,
+        TrainerClient(address, timeout=spec.services.timeout_seconds) as trainer,
+    ):
+        logs = f"under {local.trainer.runs_dir}"
+        return await run_dpo(trainer, spec, iteration, base_model, data, logs=logs)
+
+
+async def run_dpo(
+    trainer: TrainerClient, spec: RlaifSpec, iteration: int, base_model: str, data: Path, *, logs: str
+) -> dict[str, Any]:
     """A DPO run from `base_model` on `data` (the same run again on a re-run: an idempotency key per
-    iteration; a failed or cancelled one is resumed from its last checkpoint)."""
+    iteration; a failed or cancelled one is resumed from its last checkpoint), followed to its end.
+    The run's model folder must be readable here (the evaluation loads it)."""
     run_spec = tp.RunSpec(name=f"{spec.name}-i{iteration}", algorithm=tp.ALGORITHM_DPO, base_model=base_model,
                           seed=spec.seed + iteration)  # fmt: skip
     run_spec.data.files.paths.append(str(data.resolve()))
@@ -222,23 +252,24 @@ async def train(
     hyperparameters.update(spec.dpo.hyperparameters)
     run_spec.hyperparameters.CopyFrom(hyperparameters)
     idempotency = f"rlaif:{spec.name}:{spec.digest()[7:23]}:{iteration}"
-    local = trainer_settings(settings, spec.output)
-    async with (
-        local_services(local, ("trainer",), drain_seconds=0) as address,
-        TrainerClient(address, timeout=spec.services.timeout_seconds) as trainer,
-    ):
-        run = await trainer.start_run(run_spec, idempotency)
-        if run.state in (tp.RUN_STATE_FAILED, tp.RUN_STATE_CANCELLED):
-            run = await trainer.resume_run(run.id)
-        async for _ in trainer.watch_run(run.id):
-            pass
-        run = await trainer.get_run(run.id)
-    model = Path(run.output_dir)  # the run's model folder (older stores named the run folder)
-    model = model if (model / "config.json").exists() else model / "model"
-    if run.state != tp.RUN_STATE_SUCCEEDED or not (model / "config.json").exists():
+    run = await trainer.start_run(run_spec, idempotency)
+    if run.state in (tp.RUN_STATE_FAILED, tp.RUN_STATE_CANCELLED):
+        run = await trainer.resume_run(run.id)
+    async for _ in trainer.watch_run(run.id):
+        pass
+    run = await trainer.get_run(run.id)
+    if run.state != tp.RUN_STATE_SUCCEEDED:
         raise FailedPrecondition(
             f"iteration {iteration}: the DPO run {run.id} did not succeed ({run.reason or run.state}); "
-            f"its log is under {local.trainer.runs_dir / run.id}; run the spec again to resume it"
+            f"its log is {logs} ({run.id}); run the spec again to resume it"
+        )
+    model = Path(run.output_dir)  # the run's model folder (older stores named the run folder)
+    model = model if (model / "config.json").exists() else model / "model"
+    if not (model / "config.json").exists():
+        raise FailedPrecondition(
+            f"iteration {iteration}: the DPO run {run.id} succeeded but its model folder {run.output_dir} "
+            "is not readable here: the evaluation loads it, so mount the trainer's runs volume at the same "
+            "path where the loop runs"
         )
     return {"run_id": run.id, "model": str(model), "steps": run.step, "rows": run.rows,
             "metrics": dict(run.last_metrics)}  # fmt: skip
@@ -248,8 +279,9 @@ async def train(
 
 
 def eval_spec(
-    spec: RlaifSpec, policies: Sequence[Mapping[str, Any]], *, judge: str, exclude: Sequence[Path]
-) -> EvalPolicySpec:
+    spec: RlaifSpec, policies: Sequence[Mapping[str, Any]], *, judge: str, exclude: Sequence[Path],
+    judge_token_file: Path | None = None,
+) -> EvalPolicySpec:  # fmt: skip
     """`charter eval policy` of `policies` (start first, named by version) with the loop's judge."""
     e = spec.evaluation
     return EvalPolicySpec.model_validate({
@@ -260,6 +292,7 @@ def eval_spec(
         "benign": e.benign.model_dump(),
         "generation": e.generation.model_dump(),
         "judge": {"principles_per_label": e.principles_per_label, "address": judge,
+                  **({"token_file": judge_token_file} if judge_token_file else {}),
                   **({"tie_margin": spec.judge.tie_margin} if spec.judge.tie_margin is not None else {})},
         "gold": {**e.gold.model_dump(), "exclude": [str(p) for p in exclude if p.exists()]},
         "seed": spec.seed, "batch_size": spec.batch_size, "bootstrap_resamples": e.bootstrap_resamples,
