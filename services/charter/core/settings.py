@@ -335,7 +335,8 @@ class TrainerSettings(_Section):
     allowed_roots: list[Path] | None = None
     """Folders a spec's paths (base_model, reward_model, data files, probe files, deepspeed /
     fsdp_config / accelerator_config / chat_template_path) must resolve under, symlinks followed.
-    Unset: the working directory, `runs_dir`, the folder holding `runs_dir`, and the model cache."""
+    Unset: the working directory, `runs_dir`, the folder holding `runs_dir`, the model cache, and
+    with the Kubernetes executor `kubernetes.runs_mount`."""
     worker_env: list[str] = [
         "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_*", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
         "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "XDG_CACHE_HOME",

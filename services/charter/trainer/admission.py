@@ -68,6 +68,8 @@ class Limits:
         else:  # today's local use: the project folder, the runs, the model cache
             runs = Path(s.runs_dir).expanduser().resolve()
             roots = [Path.cwd(), runs, runs.parent, default_cache_dir()]
+            if s.executor == "kubernetes":  # the runs PVC, where the service and the workers share folders
+                roots.append(Path(s.kubernetes.runs_mount))
         resolved = tuple(dict.fromkeys(Path(r).expanduser().resolve() for r in roots))
         return cls(
             roots=resolved, review_address=s.review_address, review_addresses=tuple(s.review_addresses),
