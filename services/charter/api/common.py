@@ -38,9 +38,32 @@ _ROLE_VALUES = {v: k for k, v in _ROLES.items()}
 _FINISH = {"stop": sampling_pb2.FINISH_REASON_STOP, "length": sampling_pb2.FINISH_REASON_LENGTH}
 
 
+MAX_TURNS = 512
+"""Most messages in one conversation of a request."""
+MAX_TEXT_CHARS = 1_000_000
+"""Most characters in one conversation (all its messages) or one response of a request: far past any
+model's context, checked before anything is tokenised (tokenising a 60 MB string alone takes minutes)."""
+
+
+def check_text(text: str, field: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidArgument(
+            f"{field}: {len(text)} characters exceed the limit of {MAX_TEXT_CHARS}", field=field
+        )
+
+
 def messages(conversation: conversation_pb2.Conversation, where: str) -> list[Message]:
     if not conversation.messages:
         raise InvalidArgument(f"{where}.messages: the conversation is empty", field=f"{where}.messages")
+    if len(conversation.messages) > MAX_TURNS:
+        raise InvalidArgument(
+            f"{where}.messages: {len(conversation.messages)} messages exceed the limit of {MAX_TURNS}",
+            field=f"{where}.messages",
+        )
+    if sum(len(m.content) for m in conversation.messages) > MAX_TEXT_CHARS:
+        raise InvalidArgument(
+            f"{where}.messages: more than {MAX_TEXT_CHARS} characters in all", field=f"{where}.messages"
+        )
     out = []
     for i, m in enumerate(conversation.messages):
         if m.role not in _ROLES:

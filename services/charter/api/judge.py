@@ -86,6 +86,7 @@ def pairs(items: Any) -> list[Pair]:
         for name in ("response_a", "response_b"):
             if not getattr(item, name).strip():
                 raise InvalidArgument(f"items[{i}].{name}: the response is empty", field=f"items[{i}].{name}")
+            convert.check_text(getattr(item, name), f"items[{i}].{name}")
         out.append(Pair(tuple(conversation), item.response_a, item.response_b, item.conversation.id))
     return out
 

@@ -78,6 +78,7 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
         conversation = convert.messages(item.conversation, f"{where}.conversation")
         if not item.response.strip():
             raise InvalidArgument(f"{where}.response: the response to critique is empty")
+        convert.check_text(item.response, f"{where}.response")
         outcome = await critique_revise(
             self.client,
             loaded.constitution,
@@ -114,6 +115,7 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
         setup = self._options(request.options)
         for i, item in enumerate(request.items):  # validate every item before any work starts
             convert.messages(item.conversation, f"items[{i}].conversation")
+            convert.check_text(item.response, f"items[{i}].response")
 
         async def one(i: int, item: critic_pb2.CritiqueItem) -> tuple[int, critic_pb2.CritiqueResult]:
             return i, await self._run(item, f"items[{i}]", request.options, setup, request.request_id)
@@ -149,4 +151,3 @@ def result_proto(outcome: Outcome, provenance: Any) -> critic_pb2.CritiqueResult
         status=STATUS[outcome.status],
         provenance=provenance,
     )
-
