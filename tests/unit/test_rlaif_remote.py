@@ -81,3 +81,18 @@ def test_the_generator_is_asked_for_the_run_or_p0s_folder_and_recognised_by_name
     assert served_name("run:r-0a1b@sha256:0123456789abcdef") == "run:r-0a1b"
     assert served_name("/runs/models/p0@sha256:0123456789abcdef") == "/runs/models/p0"
     assert served_name("smollm2-135m-instruct") == "smollm2-135m-instruct"  # a remote engine: no digest
+
+
+def test_the_cluster_jobs_spec_is_the_remote_example_and_its_settings_load() -> None:
+    """deploy/jobs/rlaif/ packs the spec into a ConfigMap (kustomize reads files below it only, so it
+    holds a copy): the copy is the example, and its settings file is valid Charter settings whose
+    routing matches the overlays' review service (the human budget predicts routes with it)."""
+    from charter.core.settings import load_settings
+
+    job = ROOT / "deploy" / "jobs" / "rlaif"
+    assert (job / "rlaif.yaml").read_text() == EXAMPLE.read_text()
+    settings = load_settings(config_file=job / "settings.yaml")
+    for overlay in ("dev", "gpu"):
+        served = yaml.safe_load((ROOT / "deploy" / "overlays" / overlay / "settings.yaml").read_text())
+        routing = served["review"]["routing"]
+        assert {k: getattr(settings.review.routing, k) for k in routing} == routing, overlay

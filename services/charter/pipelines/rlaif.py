@@ -123,6 +123,23 @@ def _check_output(spec: RlaifSpec) -> None:
         write_atomic(manifest, json.dumps({"spec_digest": digest, "name": spec.name}, indent=2) + "\n")
 
 
+async def _promote(
+    svc: LoopServices, policy: dict[str, Any], root: Path, on_step: Callable[[str], None]
+) -> None:
+    """The loop's policy is served (remote: the generator swaps to its run unless it serves it already;
+    recorded as `served` in its iteration). Once, at the end: each iteration's sampling has already
+    made the generator serve the policy it needed, so promoting each policy as decided would only
+    swap back and forth when a finished loop is run again."""
+    served = await svc.promote(policy)
+    if not served:
+        return
+    where = f"iteration {policy['iteration']}: " if policy["iteration"] else ""
+    if policy["iteration"]:
+        path = root / str(policy["iteration"]) / "iteration.json"
+        write_atomic(path, json.dumps({**_load(path), "served": served}, indent=2) + "\n")
+    on_step(f"{where}the generator serves {served['policy_version']}")
+
+
 def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -157,7 +174,7 @@ async def run(
                     f"{folder}: iteration {i} started from {state['policy_in']['version']}, "
                     f"not {policy['version']}; delete the folder to redo it"
                 )
-            state["policy_in"] = policy
+            state["policy_in"] = state.get("policy_in") or policy  # as recorded (remote: its policy_version)
             row = await _iteration(
                 spec, settings, svc, i, folder, state, history, summary, on_progress, on_step
             )
@@ -168,6 +185,7 @@ async def run(
             else:
                 summary.stopped = f"iteration {i}: {row['why']}"
                 break
+        await _promote(svc, policy, root, on_step)
     summary.policy = policy
     summary.seconds = time.perf_counter() - started
     rlaif_report.write(spec, summary)
@@ -258,10 +276,5 @@ async def _iteration(
     state["decision"] = decision.as_dict()
     write_atomic(folder / "iteration.json", json.dumps(state, indent=2) + "\n")
     on_step(f"iteration {i}: gates: {decision.why()}")
-    if decision.promoted:
-        served = await svc.promote(new)
-        if served:  # remote: the generator serves the promoted run from now on
-            state["served"] = served
-            write_atomic(folder / "iteration.json", json.dumps(state, indent=2) + "\n")
-            on_step(f"iteration {i}: the generator serves {served['policy_version']}")
+
     return {**row, "decision": state["decision"], "why": decision.why()}
