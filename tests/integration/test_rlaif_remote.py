@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from charter.app.local import local_services
 from charter.client.review import ReviewClient
+from charter.core.errors import Unauthenticated
 from charter.core.settings import RoutingSettings, load_settings
 from charter.pipelines import rlaif
 from charter.pipelines.rlaif_remote import RemoteServices
@@ -210,3 +211,9 @@ async def test_the_budget_holds_on_the_services_routes_and_peoples_decisions_tra
         assert human["label_id"] == "lbl-3" and human["human_reviewers"] == ["ann"]
         assert human["chosen"][0]["content"] == "b3" and human["ai_p_chosen"] == pytest.approx(0.48)
         assert {r["iteration"] for r in rows} == {1} and len(rows) == 4
+
+        # a refusal is one line naming the service, its address and the call
+        token_file.write_text("not-a-token")
+        with pytest.raises(Unauthenticated) as err:
+            await RemoteServices(s, config).route(2, records, tags)
+        assert str(err.value).startswith(f"services.review: Submit at {review}: UNAUTHENTICATED: ")

@@ -21,18 +21,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from charter_proto.generator.v1 import generator_pb2
 from charter_proto.review.v1 import review_pb2
+from grpc import aio
 
 from charter.api import common as convert
 from charter.client.generator import GeneratorClient
 from charter.client.review import ReviewClient
 from charter.client.trainer import TrainerClient
+from charter.core import errors
 from charter.core.auth import read_token
 from charter.core.settings import CharterSettings
 from charter.inference.types import Message, Sampling
@@ -42,6 +45,27 @@ from charter.review.types import Route, RouteReason, key
 
 SUBMIT_BATCH = 256
 """Labels per Submit call."""
+
+
+_ERRORS: dict[str, type[errors.CharterError]] = {
+    e.code: e
+    for e in (errors.InvalidArgument, errors.NotFound, errors.AlreadyExists, errors.FailedPrecondition,
+              errors.OutOfRange, errors.Unauthenticated, errors.PermissionDenied, errors.ResourceExhausted,
+              errors.Unavailable, errors.DeadlineExceeded)
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def service_errors(service: str, address: str, what: str) -> Iterator[None]:
+    """A service's refusal as one line naming the service, its address and the call (the same code)."""
+    try:
+        yield
+    except aio.AioRpcError as err:
+        error = _ERRORS.get(err.code().name, errors.Internal)
+        raise error(
+            f"services.{service}: {what} at {address}: {err.code().name}: {err.details()}",
+            field=f"services.{service}",
+        ) from None
 
 
 def policy_ref(policy: Mapping[str, Any]) -> str:
@@ -82,8 +106,10 @@ class RemoteServices:
             sampling=convert.sampling_proto(Sampling(n=1, max_tokens=1)),
             request_id=f"rlaif:{self.spec.name}:probe",
         )
-        async with GeneratorClient(self.spec.services.generator, **self.options) as generator:
-            return (await generator.generate(request))[0]
+        address = self.spec.services.generator
+        with service_errors("generator", address, "Generate"):
+            async with GeneratorClient(address, **self.options) as generator:
+                return (await generator.generate(request))[0]
 
     async def serve(self, policy: Mapping[str, Any]) -> dict[str, Any]:
         """Make the generator serve `policy` (a swap only when it serves something else)."""
@@ -92,9 +118,11 @@ class RemoteServices:
         now = (await self.served()).model
         if served_name(now.policy_version) == ref:
             return {"model": ref, "policy_version": now.policy_version, "swapped": False}
-        async with GeneratorClient(self.spec.services.generator, **self.admin_options) as generator:
-            request_id = f"rlaif:{self.spec.name}:{policy['version']}"
-            swapped = await generator.swap_model(ref, request_id=request_id)
+        address = self.spec.services.generator
+        with service_errors("generator", address, f"SwapModel to {ref}"):
+            async with GeneratorClient(address, **self.admin_options) as generator:
+                request_id = f"rlaif:{self.spec.name}:{policy['version']}"
+                swapped = await generator.swap_model(ref, request_id=request_id)
         return {"model": ref, "policy_version": swapped.model.policy_version, "swapped": True,
                 "previous": swapped.previous.policy_version,
                 "paused_seconds": round(swapped.paused_seconds, 3)}  # fmt: skip
@@ -117,6 +145,12 @@ class RemoteServices:
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Submit within the human budget; each label's route is the service's (`over_budget`: not
         submitted). Records the accepted stream's cursor before and after."""
+        with service_errors("review", str(self.spec.services.review), "Submit"):
+            return await self._route(iteration, records, tags)
+
+    async def _route(
+        self, iteration: int, records: Sequence[Mapping[str, Any]], tags: Mapping[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         budget = self.spec.review.human_budget
         predicted = steps.route(records, self.settings.review.routing, len(records), tags)
         labels = {(label := steps.label_of(r)).id: label for r in records}
@@ -167,25 +201,30 @@ class RemoteServices:
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
         """The rows of local mode; people's decisions from the service's accepted stream (human
         entries after the cursor recorded before this iteration submitted)."""
-        queued, decided = steps.queued_ids(routed), {}
-        if queued:
-            flt = review_pb2.LabelFilter(sources=[review_pb2.LABEL_SOURCE_HUMAN])
+        queued = steps.queued_ids(routed)
+        decided = await self._decided(queued, int(route.get("stream", {}).get("before", 0))) if queued else {}
+        return steps.rows_from(records, routed, decided, self.spec.review.over_budget, tags)
+
+    async def _decided(self, queued: set[str], cursor: int) -> dict[str, Any]:
+        decided: dict[str, Any] = {}
+        flt = review_pb2.LabelFilter(sources=[review_pb2.LABEL_SOURCE_HUMAN])
+        with service_errors("review", str(self.spec.services.review), "StreamLabels"):
             async with self._review() as review:
-                async for a in review.stream_labels(int(route.get("stream", {}).get("before", 0)), flt):
+                async for a in review.stream_labels(cursor, flt):
                     if a.label.id in queued:
                         decided[a.label.id] = SimpleNamespace(
                             choice=a.choice, p_a=a.p_a, sequence=a.sequence,
                             human_decisions=[SimpleNamespace(reviewer=d.reviewer) for d in a.human_decisions],
                         )  # fmt: skip
-        return steps.rows_from(records, routed, decided, self.spec.review.over_budget, tags)
+        return decided
 
     async def train(self, iteration: int, base_model: str, data: Path) -> dict[str, Any]:
         address = self.spec.services.trainer
         assert address
-        async with TrainerClient(address, **self.options) as trainer:
-            return await steps.run_dpo(
-                trainer, self.spec, iteration, base_model, data, logs=f"on the trainer service at {address}"
-            )
+        with service_errors("trainer", address, "the DPO run"):
+            async with TrainerClient(address, **self.options) as trainer:
+                logs = f"on the trainer service at {address}"
+                return await steps.run_dpo(trainer, self.spec, iteration, base_model, data, logs=logs)
 
     async def promote(self, policy: Mapping[str, Any]) -> dict[str, Any]:
         """The generator serves the promoted policy's run from now on."""
