@@ -623,7 +623,8 @@ async def test_the_trainer_service_runs_and_fails_jobs_through_the_executor(fake
 
     state, executor = fake
     store = run_store(f"sqlite:///{tmp_path / 'trainer.db'}")
-    servicer = TrainerServicer(store, executor, TrainerSettings(poll_seconds=0.05))
+    settings = TrainerSettings(poll_seconds=0.05, allowed_roots=[HH_DEV.parent])  # the data's folder
+    servicer = TrainerServicer(store, executor, settings)
     await servicer.start()
     spec = run_spec(trainer_pb2.ALGORITHM_REWARD_MODEL, "embedded", files=[str(HH_DEV)], max_steps=2)
     spec.resources.gpus = 1
