@@ -231,3 +231,17 @@ def test_default_roots_keep_local_use_working(tmp_path: Path, monkeypatch):
     configured = load_settings(trainer={"allowed_roots": [str(tmp_path / "data")]}).trainer
     assert Limits.from_settings(configured).roots == ((tmp_path / "data").resolve(),)
     assert os.sep  # roots are absolute and resolved
+
+
+def test_a_local_worker_gets_the_checked_files_as_absolute_paths(roots: Limits, tmp_path: Path, monkeypatch):
+    from charter.trainer.admission import admit
+    from charter.trainer.resolve import resolve
+
+    allowed = tmp_path / "allowed"
+    (allowed / "ds.json").write_text("{}")
+    monkeypatch.chdir(allowed)  # the worker runs in its run folder: a relative path would mean another file
+    s = spec_from_proto(spec({"deepspeed": "ds.json"}))
+    admit(s, roots)  # (TRL's config would load DeepSpeed itself, not installed here)
+    resolved = resolve(s, None, "local", roots)  # type: ignore[arg-type]  # no run ids: no store needed
+    assert resolved.hyperparameters["deepspeed"] == str((allowed / "ds.json").resolve())
+    assert resolved.data.files.paths == [str(HH_DEV.resolve())]

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from charter.core.errors import InvalidArgument, NotFound
-from charter.trainer.admission import Limits, review_address
+from charter.trainer.admission import PATH_HYPERPARAMETERS, Limits, review_address
 from charter.trainer.rounds import pick_round, round_ref
 from charter.trainer.runs import FileSource, RunSpec, RunState
 from charter.trainer.store import RunStore
@@ -42,6 +42,10 @@ def resolve(spec: RunSpec, store: RunStore, executor: str, limits: Limits) -> Ru
         if watch is not None and watch.probe is not None:
             paths = [str(Path(p).expanduser().resolve()) for p in watch.probe.paths]
             watch = replace(watch, probe=FileSource(paths=paths))
+        named = {k: v for k, v in (spec.hyperparameters or {}).items() if k in PATH_HYPERPARAMETERS}
+        files = {k: str(Path(v).expanduser().resolve()) for k, v in named.items() if isinstance(v, str) and v}
+        if files:  # checked where the service stands; the worker must read the same files
+            spec = replace(spec, hyperparameters={**(spec.hyperparameters or {}), **files})
     if data.label_stream is not None:  # never an address the settings do not allow
         data = replace(data, label_stream=replace(data.label_stream, address=review_address(spec, limits)))
     return replace(spec, reward_model=reward_model, base_model=base_model, data=data, watch=watch)
