@@ -356,7 +356,7 @@ class TrainerSettings(_Section):
     """The most CPU cores `spec.resources.cpu` may ask for (a local worker's torch threads too)."""
     max_memory_gib: float = Field(default=512.0, gt=0.0)
     """The most memory (GiB) `spec.resources.memory` may ask for."""
-    max_active_runs: int = Field(default=4, ge=1)
+    max_active_runs: int = Field(default=8, ge=1)
     """Runs pending or running at once; StartRun past it is RESOURCE_EXHAUSTED."""
     max_run_seconds: float = Field(default=7 * 24 * 3600.0, gt=0.0)
     """A run's deadline: a worker still running this long after its start is stopped (FAILED)."""
