@@ -9,6 +9,10 @@ SUCCEEDED or FAILED with the reason. `resume` launches attempt n + 1 with `--res
 from the last checkpoint on the cached data. When the service restarts, `start` re-adopts every
 active run: a worker still running is followed from where the store left off (`events_seen`), one
 that vanished while the service was down is resumed (`trainer.auto_resume`).
+
+What a caller may ask is bounded by the settings (`charter.trainer.admission`, checked in `start_run`):
+at most `trainer.max_active_runs` runs pending or running, and a worker still running
+`trainer.max_run_seconds` after its start is stopped and its run FAILED.
 """
 
 from __future__ import annotations
