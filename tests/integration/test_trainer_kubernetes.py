@@ -668,3 +668,24 @@ async def test_the_trainer_service_runs_and_fails_jobs_through_the_executor(fake
         await until(lambda: resumed.job_name not in state.jobs)  # deleted
     finally:
         await servicer.stop()
+
+
+def test_workers_mount_the_client_certificate_when_the_cluster_speaks_mutual_tls():
+    # with tls_secret the worker reaches a review service serving mTLS: the Secret at /etc/charter/tls
+    # and client.tls pointed at it; without, neither
+    options = JobOptions(**{**OPTIONS.model_dump(), "tls_secret": "charter-tls"})
+    job = job_manifest(make_launch(), options, Resources())
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: (m, volumes[m["name"]]) for m in container["volumeMounts"]}
+    mount, volume = mounts["/etc/charter/tls"]
+    assert mount["readOnly"] is True and volume["secret"]["secretName"] == "charter-tls"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CHARTER_CLIENT__TLS__CA_FILE"] == "/etc/charter/tls/ca.crt"
+    assert env["CHARTER_CLIENT__TLS__CERT_FILE"] == "/etc/charter/tls/tls.crt"
+    assert env["CHARTER_CLIENT__TLS__KEY_FILE"] == "/etc/charter/tls/tls.key"
+    plain = job_manifest(make_launch(), OPTIONS, Resources())["spec"]["template"]["spec"]
+    assert not any("TLS" in e["name"] for e in plain["containers"][0]["env"])
+    assert "/etc/charter/tls" not in {m["mountPath"] for m in plain["containers"][0]["volumeMounts"]}

@@ -297,6 +297,11 @@ class TrainerKubernetesSettings(_Section):
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     shm_size: str = ""
     """Size limit of the workers' /dev/shm (a memory emptyDir; empty: no limit)."""
+    tls_secret: str = ""
+    """A Secret of the client certificate (`tls.crt`, `tls.key`, `ca.crt`, as cert-manager writes them)
+    mounted in the workers at /etc/charter/tls, with `client.tls` pointed at it: workers then reach a
+    review service (and judge) that serves mutual TLS. Empty: plaintext (in-cluster, loopback-free:
+    set `client.allow_plaintext_tokens` in `env_from_secret`'s variables instead)."""
 
 
 class TrainerSettings(_Section):

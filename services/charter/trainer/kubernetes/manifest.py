@@ -163,6 +163,7 @@ def job_manifest(launch: Launch, options: JobOptions, resources: Resources) -> d
         node_selector=dict(options.node_selector),
         tolerations=[dict(t) for t in options.tolerations],
         env_from_secret=options.env_from_secret,
+        tls_secret=options.tls_secret,
         ttl_seconds_after_finished=options.ttl_seconds_after_finished,
         active_deadline_seconds=options.active_deadline_seconds,
         command=_command(launch, options, resources),
