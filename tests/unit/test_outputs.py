@@ -69,3 +69,35 @@ def test_output_folder_of_another_spec_is_refused(tmp_path: Path) -> None:
     OutputStore(tmp_path / "out", "sha256:one")
     with pytest.raises(FailedPrecondition, match="holds the output of a different spec"):
         OutputStore(tmp_path / "out", "sha256:two")
+
+
+def _under(key: str, digest: str) -> dict:
+    r = record(key, ["ok"])
+    r["provenance"]["constitution"]["digest"] = digest
+    return r
+
+
+def test_resuming_after_the_constitution_changed_is_refused_unless_allowed(tmp_path: Path) -> None:
+    import pytest
+    from charter.core.errors import FailedPrecondition
+
+    out = tmp_path / "out"
+    first = OutputStore(out, "sha256:spec")
+    first.add_record(_under("a", "sha256:v1"))
+    first.add_record(_under("b", "sha256:v2"))  # edited while the run went on: allowed, recorded
+    assert json.loads((out / "manifest.json").read_text())["constitution_digests"] == ["sha256:v1", "sha256:v2"]
+
+    resumed = OutputStore(out, "sha256:spec")
+    with pytest.raises(FailedPrecondition, match=r"sha256:v2 -> sha256:v3.*--allow-constitution-change"):
+        resumed.add_record(_under("c", "sha256:v3"))
+    assert resumed.done == {"a", "b"} and out.joinpath("records.jsonl").read_text().count("\n") == 2
+
+    same = OutputStore(out, "sha256:spec")  # the version the folder ended with: resumes
+    same.add_record(_under("c", "sha256:v2"))
+    same.add_record(_under("d", "sha256:v3"))  # and a later edit within that run is the services' to apply
+
+    allowed = OutputStore(out, "sha256:spec", constitution_change="continue")
+    allowed.add_record(_under("e", "sha256:v4"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["constitution_digests"] == ["sha256:v1", "sha256:v2", "sha256:v3", "sha256:v4"]
+    assert manifest["spec_digest"] == "sha256:spec"

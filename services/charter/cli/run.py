@@ -57,6 +57,13 @@ def run(
         int | None, typer.Option(help="Use only the first N source rows (rlaif: set prompts.per_iteration).")
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Output folder (overrides the spec).")] = None,
+    allow_constitution_change: Annotated[
+        bool,
+        typer.Option(
+            help="Resume even if the constitution changed since the output folder's last record "
+            "(refused by default: one folder would mix two versions; the records say which made each)."
+        ),
+    ] = False,
 ) -> None:
     """Run a pipeline spec (kind sl-cai, rl-cai, best-of-n, or rlaif: iterated RLAIF — label the
     policy's own samples, DPO, evaluate, promote only past the gates; remote mode from the spec's
@@ -89,6 +96,8 @@ def run(
             changes["source"] = spec.source.model_copy(update={"limit": limit})
     if output is not None:
         changes["output"] = output
+    if allow_constitution_change and not isinstance(spec, RlaifSpec):
+        changes["constitution_change"] = "continue"
     spec = spec.model_copy(update=changes) if changes else spec
     overrides: dict[str, Any] = {}
     if spec.inference.overrides():

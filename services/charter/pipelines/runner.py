@@ -160,7 +160,7 @@ async def run(
     """Run (or resume) `pipeline`; returns what this run did."""
     started = time.perf_counter()
     spec, summary = pipeline.spec, pipeline.summary
-    store = OutputStore(spec.output, spec.digest())
+    store = OutputStore(spec.output, spec.digest(), constitution_change=spec.constitution_change)
     pending = select_pending(pipeline.collect(), store, summary)
     on_start(summary.total, summary.already_done)
     if pending:

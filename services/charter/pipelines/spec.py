@@ -105,6 +105,10 @@ class SlCaiSpec(_Strict):
     inference: InferenceSpec = InferenceSpec()
     constitutions_dir: Path | None = None
     """Local mode: the folder of constitutions (unset = the `constitutions.directory` setting)."""
+    constitution_change: Literal["refuse", "continue"] = "refuse"
+    """Resuming into a folder whose records were made under another version of the constitution:
+    refuse (the default) or continue (`charter run --allow-constitution-change`). Not part of the
+    digest."""
 
     def digest(self) -> str:
         """What the output depends on; a run resumes only into an output folder with the same digest."""
@@ -216,6 +220,10 @@ class RlCaiSpec(_Strict):
     services: ServicesSpec = ServicesSpec()
     inference: InferenceSpec = InferenceSpec()
     constitutions_dir: Path | None = None
+    constitution_change: Literal["refuse", "continue"] = "refuse"
+    """Resuming into a folder whose records were made under another version of the constitution:
+    refuse (the default) or continue (`charter run --allow-constitution-change`). Not part of the
+    digest."""
     ledger: LedgerSpec | None = None
     """Also submit every label to the review ledger (unset: files only)."""
     ensemble: EnsembleSpec | None = None
@@ -280,6 +288,10 @@ class BestOfNSpec(_Strict):
     services: ServicesSpec = ServicesSpec()
     inference: InferenceSpec = InferenceSpec()
     constitutions_dir: Path | None = None
+    constitution_change: Literal["refuse", "continue"] = "refuse"
+    """Resuming into a folder whose records were made under another version of the constitution:
+    refuse (the default) or continue (`charter run --allow-constitution-change`). Not part of the
+    digest."""
     ledger: LedgerSpec | None = None
     """Judge scorer only: submit the judge's label of each prompt's best-vs-worst pair to the ledger."""
 
