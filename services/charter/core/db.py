@@ -72,6 +72,21 @@ class Engines:
         self.reader.dispose()
 
 
+def unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached or has gone away (connection refused or lost, the server
+    restarting or refusing connections, the pool exhausted, SQLite locked): a retry may succeed.
+    Constraint violations and SQL errors are not this."""
+    from sqlalchemy import exc as errors
+
+    transient = (
+        errors.OperationalError,
+        errors.InterfaceError,
+        errors.DisconnectionError,
+        errors.TimeoutError,
+    )
+    return isinstance(exc, transient)
+
+
 def ping(engine: Engine) -> None:
     """One round trip to the database (`SELECT 1`); raises when it cannot be reached."""
     with engine.connect() as conn:

@@ -49,19 +49,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def database_unavailable(exc: BaseException) -> bool:
-    """The database cannot be reached or has gone away (connection refused or lost, the server
-    restarting or refusing connections, the pool exhausted, SQLite locked): a retry may succeed.
-    Constraint violations and SQL errors are not this — they stay INTERNAL."""
-    errors = sys.modules.get("sqlalchemy.exc")  # loaded only by the services that have a database
-    if errors is None:
+    """`charter.core.db.unavailable`, without loading SQLAlchemy in a service that has no database."""
+    if "sqlalchemy.exc" not in sys.modules:
         return False
-    transient = (
-        errors.OperationalError,
-        errors.InterfaceError,
-        errors.DisconnectionError,
-        errors.TimeoutError,
-    )
-    return isinstance(exc, transient)
+    from charter.core import db
+
+    return db.unavailable(exc)
 
 
 class _Call:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from charter.core import db
 from charter.core.errors import FailedPrecondition, Unavailable
 from charter.core.settings import TrainerSettings
 from charter.trainer import events
@@ -263,6 +264,24 @@ class RunLifecycle:
         self._notify(run_id)
         return run
 
+    async def _persist(
+        self, run_id: str, mutate: Callable[[Run], Sequence[EventKind]], **columns: Any
+    ) -> Run:
+        """`_change`, retried with backoff while the database is unreachable: a database that is down
+        (restarting, failing over) pauses the recording of a healthy run's events, it does not fail
+        the run. The worker's lines wait in its log meanwhile."""
+        delay = 0.2
+        while True:
+            try:
+                return await self._change(run_id, mutate, **columns)
+            except Exception as err:
+                if not db.unavailable(err) or self.closing:
+                    raise
+                log.warning("trainer.store.unavailable", run_id=run_id, retry_in_s=delay,
+                            error=str(getattr(err, "orig", err)).strip()[:200])  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def _launch(self, run_id: str, attempt: int, *, resume: bool, note: str = "") -> Run:
         record = await self._db(self.store.record, run_id)
         spec = record.run.spec
@@ -332,7 +351,7 @@ class RunLifecycle:
                 count += 1
                 if count <= seen:  # recorded by an earlier service process
                     continue
-                await self._change(run_id, lambda run, e=event: apply_event(run, e), events_seen=count)
+                await self._persist(run_id, lambda run, e=event: apply_event(run, e), events_seen=count)
             outcome = await self.executor.outcome(handle)
             while outcome is None:  # the log ended before the platform reports the end
                 await asyncio.sleep(self.settings.poll_seconds)
@@ -353,7 +372,7 @@ class RunLifecycle:
                 )  # fmt: skip
                 return
         state = RunState.SUCCEEDED if outcome.succeeded else RunState.FAILED
-        run = await self._change(run_id, lambda run: _end(run, state, outcome.reason))
+        run = await self._persist(run_id, lambda run: _end(run, state, outcome.reason))
         log.info("trainer.run.ended", run_id=run_id, state=f"RUN_STATE_{run.state.name}", reason=run.reason)
 
 
