@@ -56,9 +56,6 @@ def digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-_digest = digest
-
-
 def load_tokens_file(path: Path) -> list[ReviewerToken]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
@@ -102,7 +99,7 @@ class Authenticator:
             if len(t.token.get_secret_value()) < self.min_length:
                 log.warning("auth.token.too_short", name=t.name, min_length=self.min_length)
         table = [
-            (_digest(t.token.get_secret_value()), Principal(t.name, t.role))
+            (digest(t.token.get_secret_value()), Principal(t.name, t.role))
             for t in tokens
             if len(t.token.get_secret_value()) >= self.min_length
         ]
@@ -120,7 +117,7 @@ class Authenticator:
         """The principal a bearer token belongs to, or UNAUTHENTICATED."""
         if not token:
             raise Unauthenticated("missing credentials: send `authorization: Bearer <token>`")
-        return self.authenticate_digest(_digest(token))
+        return self.authenticate_digest(digest(token))
 
     def authenticate_digest(self, token_digest: bytes) -> Principal:
         """The principal of the token with this SHA-256 digest (a web session's), or UNAUTHENTICATED

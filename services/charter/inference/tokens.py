@@ -36,8 +36,13 @@ _HOLES = re.compile("\ue000(\\d+)\ue001")
 
 
 def _special_strings(tokenizer: Any) -> tuple[str, ...]:
-    """The text forms of the tokenizer's added tokens (`<|im_end|>`, `<tool_call>`, ...)."""
-    return tuple(t for t in tokenizer.get_added_vocab() if t)
+    """The text forms of the tokenizer's added tokens (`<|im_end|>`, `<tool_call>`, ...), read once
+    per tokenizer (every chat and scoring request asks)."""
+    cached = getattr(tokenizer, "_charter_special_strings", None)
+    if cached is None:
+        cached = tuple(t for t in tokenizer.get_added_vocab() if t)
+        tokenizer._charter_special_strings = cached
+    return cached
 
 
 def encode_chat(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list[int]]:

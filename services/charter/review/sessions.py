@@ -12,6 +12,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
+from typing import TypeGuard
 
 from sqlalchemy import delete, insert, or_, select, update
 
@@ -23,6 +24,11 @@ __all__ = ["Sessions"]
 
 def _hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def _well_formed(session_id: str | None) -> TypeGuard[str]:
+    """A cookie value that could be one of ours (43 characters; anything far longer is not looked up)."""
+    return session_id is not None and 0 < len(session_id) <= 128
 
 
 class Sessions:
@@ -51,7 +57,7 @@ class Sessions:
 
     def token_digest(self, session_id: str | None) -> bytes | None:
         """The digest of the token behind a live session, or None (unknown, expired or revoked)."""
-        if not session_id or len(session_id) > 128:
+        if not _well_formed(session_id):
             return None
         with self.ledger.reader.connect() as conn:
             row = conn.execute(
@@ -64,7 +70,7 @@ class Sessions:
         return bytes.fromhex(row[0]) if row else None
 
     def revoke(self, session_id: str | None) -> None:
-        if not session_id or len(session_id) > 128:
+        if not _well_formed(session_id):
             return
         with self.ledger.transaction() as conn:
             conn.execute(
