@@ -23,7 +23,8 @@ from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from charter_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from grpc import aio
 
-from charter.constitution.registry import ConstitutionRegistry
+from charter.constitution.registry import ConstitutionRegistry, RegistryChange
+from charter.core import metrics
 from charter.core.auth import AccessPolicy, access_policy, read_token
 from charter.core.errors import InvalidArgument
 from charter.core.server import Registration
@@ -69,7 +70,9 @@ class Resources:
     def registry(self) -> ConstitutionRegistry:
         if self._registry is None:
             c = self.settings.constitutions
-            self._registry = ConstitutionRegistry(c.directory, poll_seconds=c.poll_seconds).start()
+            self._registry = ConstitutionRegistry(
+                c.directory, poll_seconds=c.poll_seconds, on_change=_constitution_metrics
+            ).start()
         return self._registry
 
     async def close(self) -> None:
@@ -77,6 +80,22 @@ class Resources:
             self._registry.stop()
         if self._engine is not None and self._owns_engine:
             await self._engine.close()
+
+
+def _constitution_metrics(change: RegistryChange) -> None:
+    """The registry's changes on /metrics: which version serves, which files are rejected."""
+    metrics.CONSTITUTION_RELOADS.labels(change.kind).inc()
+    if change.kind == "failed":
+        metrics.CONSTITUTION_REJECTED.labels(change.path.name).set(1)
+        return
+    metrics.CONSTITUTION_REJECTED.labels(change.path.name).set(0)
+    if change.constitution_id is None:
+        return
+    for sample in metrics.CONSTITUTION_SERVING.collect()[0].samples:  # the earlier versions: 0
+        if sample.labels["constitution_id"] == change.constitution_id:
+            metrics.CONSTITUTION_SERVING.labels(change.constitution_id, sample.labels["digest"]).set(0)
+    if change.kind != "removed" and change.digest:
+        metrics.CONSTITUTION_SERVING.labels(change.constitution_id, change.digest).set(1)
 
 
 def _generator(resources: Resources, access: AccessPolicy) -> Any:

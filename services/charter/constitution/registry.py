@@ -44,7 +44,7 @@ class LoadedConstitution:
 
 @dataclass(frozen=True)
 class RegistryChange:
-    kind: str  # "loaded" | "reloaded" | "removed" | "failed"
+    kind: str  # "loaded" | "reloaded" | "removed" | "failed" | "recovered" (valid again, same text)
     path: Path
     constitution_id: str | None
     digest: str | None = None
@@ -164,11 +164,16 @@ class ConstitutionRegistry:
         loaded = LoadedConstitution(constitution, digest, path, time.time())
         with self._lock:
             self._by_path[path] = loaded
-            self._errors.pop(path, None)
+            had_error = self._errors.pop(path, None) is not None
         if previous is None:
             log.info("constitution.loaded", path=str(path), constitution_id=constitution.id, digest=digest)
             return [RegistryChange("loaded", path, constitution.id, digest)]
-        if previous.digest == digest:
+        if previous.digest == digest:  # unchanged; or back to the serving text after a rejected edit
+            if had_error:
+                log.info(
+                    "constitution.recovered", path=str(path), constitution_id=constitution.id, digest=digest
+                )
+                return [RegistryChange("recovered", path, constitution.id, digest)]
             return []
         log.info(
             "constitution.reloaded",

@@ -39,6 +39,21 @@ REVIEW_ACCEPTED = Counter(
 REVIEW_QUEUE_DEPTH = Gauge(
     "charter_review_queue_depth", "Review slots waiting for a reviewer (as of the last claim or Stats)."
 )
+CONSTITUTION_SERVING = Gauge(
+    "charter_constitution_serving",
+    "1 for the version (digest) each constitution serves now; 0 for versions it served before.",
+    ["constitution_id", "digest"],
+)
+CONSTITUTION_REJECTED = Gauge(
+    "charter_constitution_rejected",
+    "1 while a constitution file's current content is rejected (its last good version keeps serving).",
+    ["file"],
+)
+CONSTITUTION_RELOADS = Counter(
+    "charter_constitution_reloads_total",
+    "Constitution file changes seen, by outcome (loaded, reloaded, removed, failed, recovered).",
+    ["outcome"],
+)
 
 
 class MetricsEndpoint:
