@@ -38,6 +38,25 @@ async def test_concurrent_callers_share_one_engine_call() -> None:
     await engine.close()
 
 
+async def test_mixed_chat_and_scoring_callers_still_batch() -> None:
+    """Chat and scoring jobs queued together (a generator and a judge on one engine) run as a few
+    batches of each kind: a job set aside for the other kind joins the next batch of its kind with the
+    other set-aside jobs (before, each set-aside job started a batch of its own: 100 calls for 100)."""
+    engine = FakeEngine(batch_wait_s=0.05)
+    engine.gate.clear()
+    score = ScoreRequest(messages=(Message(role="user", content="q"),), options=("A", "B"))
+    tasks = [
+        asyncio.create_task(engine.chat([chat(f"p{i}")]) if i % 2 else engine.score_options([score]))
+        for i in range(100)
+    ]
+    await asyncio.sleep(0.1)
+    engine.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert [r[0].completions[0].text for r in results[1::2]] == [f"echo: p{i}" for i in range(1, 100, 2)]
+    assert sum(engine.calls) == 100 and len(engine.calls) <= 6, engine.calls
+    await engine.close()
+
+
 async def test_max_batch_bounds_an_engine_call() -> None:
     engine = FakeEngine(max_batch=3)
     engine.gate.clear()

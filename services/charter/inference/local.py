@@ -165,6 +165,15 @@ class LocalEngine(ABC):
     # ---- the worker ------------------------------------------------------------------------------
     def _take_batch(self, first: _Job, held: collections.deque[_Job]) -> list[_Job]:
         batch, size = [first], len(first.items)
+        others: collections.deque[_Job] = collections.deque()
+        while held:  # jobs set aside by earlier batches: those of this kind join first, in order
+            job = held.popleft()
+            if job.kind == first.kind and size + len(job.items) <= self.max_batch:
+                batch.append(job)
+                size += len(job.items)
+            else:
+                others.append(job)
+        held.extend(others)
         deadline = time.monotonic() + self.batch_wait_s
         while size < self.max_batch:
             timeout = deadline - time.monotonic()
