@@ -3,13 +3,15 @@ requests from the message descriptors (extreme numbers, NaN and infinities, unkn
 and odd strings, paths and addresses that reach outside, repeated fields past the limits, odd
 authorization headers and metadata) and sends them as raw bytes through a generic call. After every
 example: an error is one of the documented status codes (docs/settings.md, "Errors → status codes"),
-never INTERNAL or UNKNOWN; health is SERVING overall and for the service; the process's RSS grew less
-than 300 MB; the service opened no file outside its roots and reached no other host (`audit`).
+never INTERNAL or UNKNOWN; the server process is alive and health is SERVING overall and for the
+service; the server's RSS grew less than 300 MB; it opened no file outside its roots and made no
+connection or name lookup for another host (`audit`, in the server process).
 
-One `CharterServer` hosts the generator, critic-reviser and judge (the scripted `FakeEngine`), the
-review service (SQLite ledger) and the trainer (`trainer_settings`; a StartRun that is accepted is
-cancelled at once, so no worker trains), on its own event loop in a thread of this process. The RPCs
-come from the generated descriptors of every `charter_proto` module, so a new RPC is fuzzed at once."""
+One `CharterServer` (`tests.fuzz.server`, a process of its own) hosts the generator, critic-reviser and
+judge (the scripted `FakeEngine`), the review service (SQLite ledger) and the trainer
+(`trainer_settings`; a StartRun that is accepted is cancelled at once, before its worker trains). The
+RPCs come from the generated descriptors of every `charter_proto` module, so a new RPC is fuzzed at
+once; each is fuzzed from random messages and from mutants of a request it accepts (`bases`)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from tests.support import ROOT, subprocess_env
 pytestmark = pytest.mark.integration
 
 EXAMPLES = 80
-"""Well-formed examples per RPC (and BROKEN_EXAMPLES broken ones): ~3 s per RPC on 2 busy cores."""
+"""Well-formed examples per RPC (and BROKEN_EXAMPLES broken ones): ~1.5 min for all 19 RPCs on 2 busy cores."""
 BROKEN_EXAMPLES = 20
 MAX_RSS_GROWTH = 300 * 1024 * 1024
 IDLE_SECONDS = 0.5
@@ -88,6 +90,8 @@ def all_methods() -> list[MethodDescriptor]:
 METHODS = all_methods()
 BASES = bases()
 STATS: dict[str, Counter[str]] = {}
+DETAILS: dict[str, str] = {}
+"""The first details seen for each (RPC, error code): what the summary shows."""
 
 
 def path_of(method: MethodDescriptor) -> str:
@@ -213,7 +217,7 @@ def hosted(tmp_path_factory: pytest.TempPathFactory):
         summary = {
             "rpcs": len(STATS), "inputs": sum(sum(c.values()) for c in STATS.values()),
             "rss_growth_mb": round(hosted.peak / 2**20, 1), "accepted_runs": len(hosted.accepted_runs), "rss_trace": hosted.trace,
-            "codes": {rpc: dict(c) for rpc, c in sorted(STATS.items())},
+            "codes": {rpc: dict(c) for rpc, c in sorted(STATS.items())}, "details": DETAILS,
         }  # fmt: skip
         print("\nfuzz summary:", json.dumps(summary))
 
@@ -223,6 +227,7 @@ def check(hosted: Hosted, method: MethodDescriptor, payload: bytes, md, *, broke
     if code is grpc.StatusCode.OK:
         hosted.cancel_accepted(method, responses)
     STATS.setdefault(path_of(method), Counter())[code.name] += 1
+    DETAILS.setdefault(f"{short_name(method)} {code.name}", details[:120])
     known_decode_bug = broken and code is grpc.StatusCode.UNKNOWN and details.startswith(DECODE_FAILURE)
     assert code is grpc.StatusCode.OK or code in DOCUMENTED or known_decode_bug, (
         f"{path_of(method)} answered {code.name}: {details}\n{hosted.log_tail()}"
@@ -330,3 +335,20 @@ def test_a_non_finite_hyperparameter_is_invalid_argument(hosted: Hosted) -> None
     if code is grpc.StatusCode.OK:
         hosted.cancel_accepted(start, responses)
     assert code is grpc.StatusCode.INVALID_ARGUMENT, f"{code.name}: {details}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="errors echo the caller's value unshortened into the status message (a trailer): GetRun with "
+    "a 20,000-character run_id answers NOT_FOUND 'run <id> does not exist' (charter.trainer.store, "
+    "store.py:169/196), which a client with gRPC's default 16 KiB metadata limit receives as "
+    "RESOURCE_EXHAUSTED 'Stream removed (received metadata size exceeds hard limit)'; likewise "
+    "'unknown constitution id …' (constitution.registry.get) and other messages not cut by one_line",
+)
+def test_an_overlong_id_is_not_found_for_a_default_client(hosted: Hosted) -> None:
+    get_run = next(m for m in METHODS if m.name == "GetRun")
+    request = tp.GetRunRequest(run_id="x" * 20_000)
+    code, details, _ = hosted.call(
+        get_run, request.SerializeToString(), (("authorization", f"Bearer {TOKENS['admin']}"),)
+    )
+    assert code is grpc.StatusCode.NOT_FOUND, f"{code.name}: {details[:200]}"
