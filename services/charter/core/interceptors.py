@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from charter.core import metrics
 from charter.core.auth import AccessPolicy
-from charter.core.errors import CharterError
+from charter.core.errors import CharterError, InvalidArgument, bounded
 
 log = structlog.get_logger("charter.rpc")
 
@@ -32,7 +32,13 @@ REQUEST_ID_KEY = "x-request-id"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status and message for an exception. The one mapping in the code base."""
+    """The gRPC status and message for an exception. The one mapping in the code base. The message is
+    `bounded`: a caller's overlong value echoed in it is shortened, so the trailer fits any client."""
+    code, message = _status_for(exc)
+    return code, bounded(message)
+
+
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, CharterError):
         return grpc.StatusCode[exc.code], exc.message
     if isinstance(exc, ValidationError):
@@ -55,6 +61,32 @@ def database_unavailable(exc: BaseException) -> bool:
     from charter.core import db
 
     return db.unavailable(exc)
+
+
+class Undecodable:
+    """What a request that does not parse (invalid UTF-8 in a string, corrupt wire data) is handed to
+    the wrapped handler as: it checks the caller first, then answers INVALID_ARGUMENT (`refuse`).
+    Left to grpcio, such a request is UNKNOWN before the interceptor runs, for any caller."""
+
+    def __init__(self, error: Exception) -> None:
+        self.problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+
+    def refuse(self) -> InvalidArgument:
+        return InvalidArgument(f"request: the message does not parse: {self.problem}", field="request")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, answering `Undecodable` for bytes it cannot parse instead of raising."""
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as err:  # protobuf's DecodeError (core imports no protobuf), or any parse error
+            return Undecodable(err)
+
+    return deserialize
 
 
 class _Call:
@@ -148,6 +180,8 @@ def _wrap_unary(
         with _Call(service, method, context) as call:
             try:
                 async with call.admitted(policy), call.deadline():
+                    if isinstance(request, Undecodable):
+                        raise request.refuse()
                     response = behavior(request, context)
                     if inspect.isawaitable(response):
                         response = await response
@@ -167,6 +201,8 @@ def _wrap_stream(
             counter = metrics.RPC_MESSAGES_SENT.labels(service, method)
             try:
                 async with call.admitted(policy), call.deadline():
+                    if isinstance(request, Undecodable):
+                        raise request.refuse()
                     responses = behavior(request, context)
                     if not hasattr(responses, "__aiter__"):  # a plain generator (or a sync base method)
                         responses = _aiter(responses)
@@ -202,13 +238,13 @@ class ServerInterceptor(aio.ServerInterceptor):
         if handler is None or full.startswith("/grpc."):
             return handler
         service, _, method = full.lstrip("/").partition("/")
-        kinds = (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler, _wrap_unary),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler, _wrap_unary),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler, _wrap_stream),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler, _wrap_stream),
+        kinds = (  # (attribute, constructor, wrapper, whether the request is one message)
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, _wrap_unary, True),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, _wrap_unary, False),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, _wrap_stream, True),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, _wrap_stream, False),
         )
-        for attr, make, wrap in kinds:
+        for attr, make, wrap, unary_request in kinds:
             behavior = getattr(handler, attr)
             if behavior is None:
                 continue
@@ -219,7 +255,10 @@ class ServerInterceptor(aio.ServerInterceptor):
                 return handler  # a servicer that writes with context.write(): leave it alone
             return make(
                 wrap(service, method, behavior, policy),
-                request_deserializer=handler.request_deserializer,
+                # a request stream's messages are the servicer's to read: only a single request is checked
+                request_deserializer=_tolerant(handler.request_deserializer)
+                if unary_request
+                else handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
