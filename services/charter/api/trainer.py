@@ -5,6 +5,7 @@ payload format (the serialised `Run` and `RunEvent` messages).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from google.protobuf.json_format import MessageToDict, MessageToJson
 from google.protobuf.struct_pb2 import Struct
 
 from charter.api import common
+from charter.core.errors import InvalidArgument
 from charter.trainer.runs import (
     CheckpointEvent,
     ContinuousTraining,
@@ -128,7 +130,9 @@ def spec_from_proto(spec: tp.RunSpec) -> RunSpec:
         base_model=spec.base_model,
         data=DataSource(label_stream=stream, files=files, eval_fraction=data.eval_fraction),
         reward_model=spec.reward_model,
-        hyperparameters=MessageToDict(spec.hyperparameters) if spec.HasField("hyperparameters") else None,
+        hyperparameters=hyperparameters_from_proto(spec.hyperparameters)
+        if spec.HasField("hyperparameters")
+        else None,
         executor=EXECUTOR_NAMES.get(spec.executor, ""),
         resources=Resources(gpus=r.gpus, processes=r.processes, cpu=r.cpu, memory=r.memory),
         seed=spec.seed,
@@ -136,6 +140,33 @@ def spec_from_proto(spec: tp.RunSpec) -> RunSpec:
         ensemble=ensemble_from_proto(spec.ensemble) if spec.HasField("ensemble") else None,
         continuous=continuous_from_proto(spec.continuous) if spec.HasField("continuous") else None,
     )
+
+
+def hyperparameters_from_proto(values: Struct) -> dict[str, Any]:
+    """The hyper-parameters as a plain dict; a NaN or an infinity anywhere in them (JSON has neither)
+    is an INVALID_ARGUMENT naming where it is."""
+    _check_finite(values, "spec.hyperparameters")
+    return MessageToDict(values)
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Raise InvalidArgument at the first NaN or infinity in a Struct, ListValue or Value."""
+    kind = value.DESCRIPTOR.full_name
+    if kind == "google.protobuf.Struct":
+        for key, item in value.fields.items():
+            _check_finite(item, f"{where}.{key}")
+    elif kind == "google.protobuf.ListValue":
+        for i, item in enumerate(value.values):
+            _check_finite(item, f"{where}[{i}]")
+    else:
+        which = value.WhichOneof("kind")
+        if which == "number_value" and not math.isfinite(value.number_value):
+            raise InvalidArgument(
+                f"{where}: {value.number_value} is not a finite number (JSON has no NaN or infinity)",
+                field=where,
+            )
+        if which in ("struct_value", "list_value"):
+            _check_finite(getattr(value, which), where)
 
 
 def continuous_from_proto(continuous: tp.ContinuousTraining) -> ContinuousTraining:

@@ -184,9 +184,17 @@ class ServedPolicy:
                     f"({self._engine.model.path}); swap the model there, or serve an in-process engine"
                 )
             path = Path(folder)
-            if not path.exists():
+            try:
+                exists, model_folder = path.exists(), is_model_folder(path)
+            except OSError as err:  # a name too long for the file system (ENAMETOOLONG), no permission
+                raise InvalidArgument(
+                    f"model: {folder} cannot be read as a folder ({err.strerror})",
+                    field="model",
+                    value=folder,
+                ) from None
+            if not exists:
                 raise NotFound(f"model: {folder} does not exist", field="model", value=folder)
-            if not is_model_folder(path):
+            if not model_folder:
                 raise InvalidArgument(
                     f"model: {folder} is not a model folder (it has no config.json)",
                     field="model",
