@@ -1,7 +1,7 @@
 """Hypothesis strategies for spec files (constitutions, pipeline specs, trainer run specs): a shipped
 file with random changes (a value replaced by a hostile one, a key dropped, a key added), written as
 YAML or JSON, or hostile raw text (YAML tags, aliases, invalid UTF-8, non-mappings, a file past the
-size limit, shallow alias fan-out)."""
+size limit, alias fan-out)."""
 
 from __future__ import annotations
 
@@ -93,23 +93,13 @@ HOSTILE_TEXTS = (
     b"id: !!binary aGVsbG8=\n", b"a: *undefined\n", b"? [a, b]\n: c\n", b"{a: 1, a: 2}\n", b"\tid: tab\n",
     b"id: x\nprinciples: " + fan_out(5).encode() + b"\n", b"kind: sl-cai\nsource: " + fan_out(5).encode(),
     b"x" * (1024 * 1024 + 1), b"id: " + b"[" * 64 + b"]" * 64 + b"\n", b'{"id": NaN}',
-    b"id: " + b"[" * 1000 + b"]" * 1000 + b"\n",
+    b"id: " + b"[" * 1000 + b"]" * 1000 + b"\n", b"bomb: " + fan_out(8).encode() + b"\n",
+    b"kind: " + fan_out(8).encode() + b"\nhyperparameters: {bomb: " + fan_out(8).encode() + b"}\n",
 )  # fmt: skip
 """Raw files: non-mappings, several documents, a byte-order mark, invalid UTF-8 (a stray byte, a lone
 surrogate), YAML's python tags, undefined and fanning-out aliases, complex and duplicate keys, tabs, a
-file one byte past 1 MiB, moderate and deep nesting (64 and 1000 levels), JSON's NaN."""
-
-
-def nesting(raw: bytes) -> int:
-    """The deepest bracket nesting in `raw` (flow collections)."""
-    depth = deepest = 0
-    for byte in raw:
-        if byte in b"[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in b"]}":
-            depth = max(0, depth - 1)
-    return deepest
+file one byte past 1 MiB, moderate and deep nesting (64 and 1000 levels), JSON's NaN, aliases fanning
+out 9^8 times where a loader would show or expand them."""
 
 
 def dump(doc: Any, fmt: str) -> bytes:

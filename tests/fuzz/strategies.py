@@ -8,7 +8,6 @@ repeated field repeats a small element."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from google.protobuf import message_factory
@@ -187,19 +186,6 @@ def mutants(draw: Any, base: Any) -> Any:
 def requests(desc: Descriptor, base: Any | None) -> st.SearchStrategy[Any]:
     """Random messages of `desc`, and mutants of `base` when there is one."""
     return st.one_of(messages(desc), mutants(base)) if base is not None else messages(desc)
-
-
-def non_finite(value: Any) -> bool:
-    """Whether a protobuf Struct/Value/ListValue holds a NaN or an infinity anywhere."""
-    name = value.DESCRIPTOR.full_name
-    if name == "google.protobuf.Struct":
-        return any(non_finite(v) for v in value.fields.values())
-    if name == "google.protobuf.ListValue":
-        return any(non_finite(v) for v in value.values)
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        return not math.isfinite(value.number_value)
-    return kind in ("struct_value", "list_value") and non_finite(getattr(value, kind))
 
 
 # ---- broken wire data ---------------------------------------------------------------------------

@@ -106,6 +106,14 @@ def read_document(path: Path, max_bytes: int = MAX_FILE_BYTES) -> Any:
         raise ConstitutionError(
             path, f"<line {line}, byte {err.start}>", "not valid UTF-8", bad, has_value=True
         ) from None
+    try:
+        return _parse(path, text)
+    except RecursionError:  # brackets nested a thousand deep
+        raise ConstitutionError(path, "<file>", "nested too deeply to read") from None
+
+
+def _parse(path: Path, text: str) -> Any:
+    """The document in `text`: JSON for a .json file, YAML otherwise; syntax errors located."""
     if path.suffix == ".json":
         try:
             return json.loads(text)

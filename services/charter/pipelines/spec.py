@@ -325,12 +325,15 @@ def load_spec(path: str | Path) -> Spec | RlaifSpec:
         raise NotFound(f"{path}: no such pipeline spec") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise InvalidArgument(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:  # brackets nested a thousand deep
+        raise InvalidArgument(f"{path}: <file>: nested too deeply to read") from None
     if not isinstance(data, dict):
         raise InvalidArgument(f"{path}: expected a mapping of pipeline settings")
     from charter.pipelines.rlaif_spec import RlaifSpec  # noqa: F811 - it builds on this module's sections
 
     kinds: dict[str, type[Spec] | type[RlaifSpec]] = {**_KINDS, "rlaif": RlaifSpec}
-    model = kinds.get(str(data.get("kind")))
+    kind = data.get("kind")
+    model = kinds.get(kind) if isinstance(kind, str) else None  # never str() a value: it may be huge
     if model is None:
         raise InvalidArgument(
             f"{path}: kind: unknown pipeline kind (value: {one_line(data.get('kind'))}); "
