@@ -153,8 +153,8 @@ def _check_finite(value: Any, where: str) -> None:
     """Raise InvalidArgument at the first NaN or infinity in a Struct, ListValue or Value."""
     kind = value.DESCRIPTOR.full_name
     if kind == "google.protobuf.Struct":
-        for key, item in value.fields.items():
-            _check_finite(item, f"{where}.{key}")
+        for key in sorted(value.fields):  # the same first one named each time
+            _check_finite(value.fields[key], f"{where}.{key}")
     elif kind == "google.protobuf.ListValue":
         for i, item in enumerate(value.values):
             _check_finite(item, f"{where}[{i}]")
