@@ -6,7 +6,7 @@ settings model (unknown keys are errors), and then compared with the pod around 
 
 - `server.port`, `server.metrics_port`, `review.web_port` are the container's grpc/metrics/http
   ports, and the gRPC probes ask `server.port` (`server.health_port` when set, which `server.tls`
-  needs: kubelet's probes speak no TLS);
+  needs: kubelet's probes speak no TLS; and `server.max_concurrent_rpcs`: a full main port refuses them);
 - `server.tls` and `client.tls` files lie in a mounted Secret that holds those keys;
 - `constitutions.directory` is a whole-folder mount of the constitutions ConfigMap (critic, judge);
 - `review.tokens_file` / `trainer.tokens_file` lie in a mounted Secret that holds that key;
@@ -200,6 +200,11 @@ def _check_service(
     )
     if s.server.tls is not None and s.server.health_port is None:
         problems.append("server.tls is set but server.health_port is not: kubelet's gRPC probes speak no TLS")
+    elif s.server.max_concurrent_rpcs is not None and s.server.health_port is None:
+        problems.append(
+            f"server.max_concurrent_rpcs={s.server.max_concurrent_rpcs} but server.health_port is not set: "
+            "under full load the probes on the main port are refused and kubelet restarts a busy pod"
+        )
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = (c.get(kind) or {}).get("grpc")
         if grpc is not None and grpc.get("port") != probed:

@@ -45,7 +45,9 @@ class ServerSettings(_Section):
     drain_seconds: float = Field(default=25.0, ge=0.0, le=3600.0)
     """On SIGTERM: health flips to NOT_SERVING, new calls are refused, in-flight calls get this long."""
     max_message_mb: int = Field(default=64, ge=1, le=2048)
-    max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    max_concurrent_rpcs: int | None = Field(default=1024, ge=1)
+    """Calls one server runs at once (streams included); past it a call gets RESOURCE_EXHAUSTED at
+    once instead of queueing without bound. Null: no limit."""
     health_probe_seconds: float = Field(default=5.0, gt=0.0, le=300.0)
     """How often a service's backend (the review ledger's database) is probed; health is NOT_SERVING
     while the probe fails or takes longer than this."""
