@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -33,6 +33,7 @@ from charter.trainer.admission import Limits
 from charter.trainer.executor import MODEL_DIR, Executor, Launch, build_executor
 from charter.trainer.resolve import grants, resolve
 from charter.trainer.runs import (
+    ACTIVE,
     TERMINAL,
     CheckpointEvent,
     DataEvent,
@@ -134,8 +135,15 @@ class RunLifecycle:
         """Re-adopt the runs an earlier service process left active."""
         for record in await asyncio.to_thread(self.store.active):
             run_id = record.run.id
-            if record.handle is None:  # recorded, never launched: launch it now
-                await self._launch(run_id, 1, resume=False, note="launched after a trainer-service restart")
+            if record.handle is None:
+                if record.attempt == 0:  # recorded, never launched: launch it now (unless a replica does)
+                    with contextlib.suppress(FailedPrecondition):
+                        attempt = await self._db(self.store.claim, run_id, 0, states=(RunState.PENDING,))
+                        await self._launch(
+                            run_id, attempt, resume=False, note="launched after a trainer-service restart"
+                        )
+                else:  # claimed by a replica that is launching it now, or died doing so
+                    log.warning("trainer.run.claimed_not_launched", run_id=run_id, attempt=record.attempt)
                 continue
             outcome = await self.executor.outcome(record.handle)
             resume = outcome is not None and outcome.lost and self.settings.auto_resume
@@ -176,7 +184,11 @@ class RunLifecycle:
         )  # fmt: skip
         if created:
             log.info("trainer.run.created", run_id=run.id, algorithm=spec.algorithm, name=spec.name)
-            run = await self._launch(run.id, 1, resume=False)
+            try:
+                attempt = await self._db(self.store.claim, run.id, 0, states=(RunState.PENDING,))
+            except FailedPrecondition:  # a restarting replica adopted the new run first: it launches it
+                return await self.get(run.id)
+            run = await self._launch(run.id, attempt, resume=False)
         return run
 
     async def get(self, run_id: str) -> Run:
@@ -214,14 +226,14 @@ class RunLifecycle:
         if follower is not None:  # the old attempt's follower is still reading its last lines
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(follower), timeout=30)
-        await self._db(self.store.check_capacity, self.settings.max_active_runs)
         where = record.run.last_checkpoint or "the start (no checkpoint yet)"
-        return await self._launch(
-            record.run.id,
-            record.attempt + 1,
-            resume=True,
-            note=f"resumed from {where} (attempt {record.attempt + 1})",
-        )
+        note = f"resumed from {where} (attempt {record.attempt + 1})"
+        # one launch per attempt: of concurrent ResumeRun calls (on any replica) one claims it
+        attempt = await self._db(
+            self.store.claim, record.run.id, record.attempt, states=(RunState.FAILED, RunState.CANCELLED),
+            max_active=self.settings.max_active_runs, reason=f"resuming (attempt {record.attempt + 1})",
+        )  # fmt: skip
+        return await self._launch(record.run.id, attempt, resume=True, note=note)
 
     async def rounds(self, run_id: str) -> list[Round]:
         """The rounds a continuous run has published, oldest first."""
@@ -270,10 +282,13 @@ class RunLifecycle:
         """`_change`, retried with backoff while the database is unreachable: a database that is down
         (restarting, failing over) pauses the recording of a healthy run's events, it does not fail
         the run. The worker's lines wait in its log meanwhile."""
+        return await self._retrying(run_id, self._change, run_id, mutate, **columns)
+
+    async def _retrying(self, run_id: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         delay = 0.2
         while True:
             try:
-                return await self._change(run_id, mutate, **columns)
+                return await fn(*args, **kwargs)
             except Exception as err:
                 if not db.unavailable(err) or self.closing:
                     raise
@@ -297,6 +312,8 @@ class RunLifecycle:
         folder = self.executor.run_dir(run_id)
 
         def running(run: Run) -> list[EventKind]:
+            if run.state in TERMINAL:  # cancelled between the claim and this launch: the cancel stands
+                return []
             run.attempt = attempt
             run.output_dir = f"{folder}/{MODEL_DIR}"
             if self.executor.name == "kubernetes":
@@ -307,6 +324,9 @@ class RunLifecycle:
             return kinds
 
         run = await self._change(run_id, running, handle=handle, attempt=attempt, events_seen=0)
+        if run.state in TERMINAL:
+            await self.executor.cancel(handle)
+            return run
         log.info("trainer.run.started", run_id=run_id, attempt=attempt, resume=resume, handle=handle)
         self._follow(run_id, handle, 0)
         return run
@@ -351,7 +371,9 @@ class RunLifecycle:
                 count += 1
                 if count <= seen:  # recorded by an earlier service process
                     continue
-                await self._persist(run_id, lambda run, e=event: apply_event(run, e), events_seen=count)
+                await self._persist(
+                    run_id, lambda run, e=event: apply_event(run, e), events_seen=count, expect_handle=handle
+                )
             outcome = await self.executor.outcome(handle)
             while outcome is None:  # the log ended before the platform reports the end
                 await asyncio.sleep(self.settings.poll_seconds)
@@ -361,18 +383,21 @@ class RunLifecycle:
         except Exception as err:  # following failed (the store, the platform): mark it, don't hide it
             log.exception("trainer.run.follow_failed", run_id=run_id)
             reason = f"the trainer service lost track of the worker: {err}"
-            await self._change(run_id, lambda run: _end(run, RunState.FAILED, reason))
+            await self._change(run_id, lambda run: _end(run, RunState.FAILED, reason), expect_handle=handle)
             return
-        if outcome.lost and resume_if_lost:
-            record = await self._db(self.store.record, run_id)
-            if record.run.state not in TERMINAL:
-                await self._launch(
-                    run_id, record.attempt + 1, resume=True,
-                    note=f"resumed after a trainer-service restart ({outcome.reason})",
-                )  # fmt: skip
-                return
+        record = await self._retrying(run_id, self._db, self.store.record, run_id)
+        if record.handle != handle:  # another replica or request has launched a newer attempt
+            return
+        if outcome.lost and resume_if_lost and record.run.state not in TERMINAL:
+            note = f"resumed after a trainer-service restart ({outcome.reason})"
+            with contextlib.suppress(FailedPrecondition):  # a replica adopting it too may win the claim
+                attempt = await self._db(
+                    self.store.claim, run_id, record.attempt, states=tuple(ACTIVE), reason="resuming"
+                )
+                await self._launch(run_id, attempt, resume=True, note=note)
+            return
         state = RunState.SUCCEEDED if outcome.succeeded else RunState.FAILED
-        run = await self._persist(run_id, lambda run: _end(run, state, outcome.reason))
+        run = await self._persist(run_id, lambda run: _end(run, state, outcome.reason), expect_handle=handle)
         log.info("trainer.run.ended", run_id=run_id, state=f"RUN_STATE_{run.state.name}", reason=run.reason)
 
 

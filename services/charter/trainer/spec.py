@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,19 @@ def _continuous(spec: RunSpec) -> ContinuousTraining | None:
     return continuous
 
 
+_TRL_IMPORT = threading.Lock()
+
+
+def _trl_class(name: str) -> Any:
+    """`trl.<name>`, imported under a lock: TRL's lazy module is not thread-safe, and concurrent
+    StartRun checks (threads of one service) importing it at once saw `module 'trl' has no attribute
+    'RewardConfig'` (INTERNAL) on a fresh service."""
+    with _TRL_IMPORT:
+        import trl
+
+        return getattr(trl, name)
+
+
 def trl_config(
     algorithm: str, hyperparameters: dict[str, Any], *, output_dir: str, seed: int, use_cpu: bool
 ) -> Any:
@@ -294,9 +308,7 @@ def trl_config(
         from charter.trainer.ppo import PPOConfig
 
         return PPOConfig.from_mapping({"seed": seed, **hyperparameters}, prefix="spec.hyperparameters")
-    import trl
-
-    cls = getattr(trl, _TRL_CONFIGS[algorithm])
+    cls = _trl_class(_TRL_CONFIGS[algorithm])
     fixed: dict[str, Any] = {"output_dir": output_dir, "seed": seed, "report_to": [], "use_cpu": use_cpu}
     if use_cpu:  # TRL defaults to bf16 mixed precision, which needs a GPU
         fixed["bf16"] = hyperparameters.get("bf16", False)

@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, text, update
 
 from charter.core import db
-from charter.core.errors import InvalidArgument, NotFound, ResourceExhausted
+from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from charter.trainer.runs import (
     ACTIVE,
     TERMINAL,
@@ -40,6 +40,7 @@ from charter.trainer.schema import run_events, run_rounds, runs
 
 __all__ = ["ACTIVE", "TERMINAL", "RunCodec", "RunRecord", "RunStore", "migrate"]
 _MIGRATE_LOCK = 0x63747261  # advisory lock key: replicas migrate one at a time
+_LAUNCH_LOCK = 0x6C61756E  # advisory lock key: replicas create and claim runs one at a time
 
 
 def migrate(engine: Any) -> None:
@@ -86,10 +87,21 @@ class RunStore:
     def close(self) -> None:
         self._db.dispose()
 
+    def ping(self) -> None:
+        """Reach the database once (raises when it cannot): the service's health probe."""
+        db.ping(self._db.reader)
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         with self._db.writer_lock or contextlib.nullcontext(), self._db.engine.begin() as conn:
             yield conn
+
+    def _serialise(self, conn: Connection) -> None:
+        """Creating and claiming runs take turns across replicas (a transaction-scoped PostgreSQL
+        advisory lock; on SQLite the process's writer lock already does), so the capacity count and
+        the idempotency and attempt checks hold for the write that follows them."""
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LAUNCH_LOCK})
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -100,6 +112,7 @@ class RunStore:
         and False. With `max_active` runs already pending or running: RESOURCE_EXHAUSTED."""
         key = idempotency_key or None
         with self._write() as conn:
+            self._serialise(conn)
             if key is not None:
                 found = conn.execute(select(runs.c.payload).where(runs.c.idempotency_key == key)).first()
                 if found is not None:
@@ -139,6 +152,46 @@ class RunStore:
                 f"{active} runs are pending or running, this trainer's limit (trainer.max_active_runs="
                 f"{max_active}); wait for one to end or cancel one"
             )
+
+    def claim(
+        self, run_id: str, attempt: int, *, states: Sequence[RunState], max_active: int | None = None,
+        reason: str = "",
+    ) -> int:  # fmt: skip
+        """Take the right to launch the run's next attempt: only when the run is in one of `states`
+        and its recorded attempt is still `attempt` (no other caller or replica took it meanwhile).
+        Returns the new attempt number; the run becomes PENDING (with a state event saying `reason`
+        when it was not). Otherwise FAILED_PRECONDITION, and nothing changes — so of concurrent
+        StartRun, ResumeRun and service restarts exactly one launches a worker. With `max_active` runs
+        already pending or running (the claimed one aside): RESOURCE_EXHAUSTED."""
+        with self._write() as conn:
+            self._serialise(conn)
+            query = select(runs).where(runs.c.id == run_id)
+            if self.dialect == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                raise NotFound(f"run {run_id} does not exist", field="run_id", value=run_id)
+            run = self.codec.load_run(row.payload)
+            if run.state not in states or row.attempt != attempt:
+                raise FailedPrecondition(
+                    f"run {run_id} is {run.state.label} at attempt {row.attempt}: another request or "
+                    "replica has already launched or resumed it",
+                    field="run_id",
+                )
+            if max_active is not None and run.state not in ACTIVE:
+                self._capacity(conn, max_active)
+            was_pending = run.state == RunState.PENDING
+            kinds = [] if was_pending else [StateEvent(state=RunState.PENDING, reason=reason)]
+            run.state = RunState.PENDING
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(  # no worker until the claimant records its own: the old one's follower stops writing
+                    state=int(run.state), attempt=attempt + 1, handle=None, payload=self.codec.dump_run(run)
+                )  # fmt: skip
+            )
+            self._append(conn, run_id, kinds, self.clock())
+        return attempt + 1
 
     def record(self, run_id: str) -> RunRecord:
         with self._db.reader.connect() as conn:
@@ -198,11 +251,13 @@ class RunStore:
         handle: str | None = None,
         attempt: int | None = None,
         events_seen: int | None = None,
+        expect_handle: str | None = None,
     ) -> tuple[Run, list[RunEvent]]:
         """Apply `mutate` to the run in one transaction; it returns the events (MetricsEvent,
         CheckpointEvent, StateEvent, LogEvent, DataEvent, Round of `charter.trainer.runs`) to append.
         A `Round` is recorded in `run_rounds` too, once: a round already recorded (a resumed worker
-        reports the rounds it finished again) appends nothing."""
+        reports the rounds it finished again) appends nothing. With `expect_handle`, nothing changes
+        unless the run's worker is still that one (a follower of a superseded attempt writes nothing)."""
         with self._write() as conn:
             query = select(runs).where(runs.c.id == run_id)
             if self.dialect == "postgresql":
@@ -211,6 +266,8 @@ class RunStore:
             if row is None:
                 raise NotFound(f"run {run_id} does not exist", field="run_id", value=run_id)
             run = self.codec.load_run(row.payload)
+            if expect_handle is not None and row.handle != expect_handle:
+                return run, []
             now = self.clock()
             kinds = self._rounds(conn, run_id, list(mutate(run)), now)
             for kind in kinds:
