@@ -46,5 +46,8 @@ class ScriptedClient:
     ) -> list[OptionScores]:
         raise Unavailable("the scripted client does not score")
 
+    async def healthy(self) -> bool:
+        return True
+
     async def close(self) -> None:
         pass

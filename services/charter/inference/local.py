@@ -155,6 +155,10 @@ class LocalEngine(ABC):
             self._submit("score", list(requests)), timeout or self.default_timeout
         )
 
+    async def healthy(self) -> bool:
+        """Whether calls can be served: open, and its worker thread running."""
+        return not self._closed and self._thread.is_alive()
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -264,6 +264,16 @@ class OpenAIEngine:
         values = await await_with_deadline(self._score_items(items), timeout or self.default_timeout)
         return collect_scores(items, values)
 
+    async def healthy(self) -> bool:
+        """Whether the inference server answers: its model list (`GET {base_url}/models`, which vLLM
+        and every OpenAI-compatible server serve) within 5 s with status 200."""
+        client, _ = self._session()
+        try:
+            response = await client.get(f"{self.base_url}/models", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         session = self._loops.pop(loop, None)

@@ -56,6 +56,10 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
         self.default_max_tokens = default_max_tokens
         self.few_shot_limit = few_shot_limit
 
+    async def healthy(self) -> bool:
+        """The server's health probe (`charter.core.server`): SERVING only while the engine can serve."""
+        return await self.client.healthy()
+
     def _options(self, options: critic_pb2.CritiqueOptions) -> tuple[LoadedConstitution, int, Sampling, int]:
         if not options.constitution_id:
             raise InvalidArgument("options.constitution_id: name the constitution to critique against")

@@ -55,6 +55,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
 
     # -- lifecycle (charter.core.server.Lifecycle) ----------------------------------------------
 
+    async def healthy(self) -> bool:
+        """The server's health probe (`charter.core.server`): SERVING only while the engine can serve."""
+        return await self.policy.engine.healthy()
+
     async def start(self) -> None:
         if self.follow is not None:
             self._following = asyncio.create_task(self.follow(self.policy))

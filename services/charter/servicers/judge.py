@@ -64,6 +64,10 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             logit_scale=self.logit_scale,
         )
 
+    async def healthy(self) -> bool:
+        """The server's health probe (`charter.core.server`): SERVING only while the engine can serve."""
+        return await self.client.healthy()
+
     async def Compare(
         self, request: judge_pb2.CompareRequest, context: aio.ServicerContext
     ) -> judge_pb2.CompareResponse:

@@ -6,6 +6,7 @@ server interceptor's job (`charter.app.catalog.ROLES`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,6 +42,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def start(self) -> None:
         await self.runs.start()
+
+    async def healthy(self) -> bool:
+        """The server's health probe: SERVING only while the run store's database answers."""
+        try:
+            await asyncio.to_thread(self.store.ping)
+        except Exception as err:  # any failure to reach it: NOT_SERVING until it answers again
+            log.warning("trainer.store.unreachable", error=str(getattr(err, "orig", err)).strip()[:200])
+            return False
+        return True
 
     async def drain(self) -> None:
         await self.runs.drain()
