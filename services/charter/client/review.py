@@ -14,10 +14,13 @@ from charter.client.base import ServiceClient
 
 log = structlog.get_logger("charter.client.review")
 
-RECONNECT = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
-)
-"""Codes on which `stream_labels` reconnects (a restarted or draining service, a cut connection)."""
+RECONNECT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Codes on which `stream_labels` reconnects for as long as it takes (a restarted or draining service,
+a database that is down, a cut connection)."""
+INTERNAL_RETRIES = 3
+"""INTERNAL in a row (no label in between) on which `stream_labels` still reconnects — a proxy may
+reset a stream it loses with INTERNAL — before it gives up: a service that fails every attempt has a
+permanent fault, and following it forever would hide it."""
 
 
 class ReviewClient(ServiceClient):
@@ -34,7 +37,6 @@ class ReviewClient(ServiceClient):
 
     service = "the review service"
     stub_type = review_pb2_grpc.ReviewServiceStub
-
 
     async def submit(
         self, labels: Sequence[label_pb2.PreferenceLabel], request_id: str = ""
@@ -82,8 +84,9 @@ class ReviewClient(ServiceClient):
     ) -> AsyncIterator[review_pb2.AcceptedLabel]:
         """Accepted labels after sequence `from_cursor`, in order, each once; with `follow`, waits for
         new ones until the caller stops. On a lost connection it reconnects with the last sequence it
-        delivered, so nothing is missed or repeated. (No per-call deadline: a stream runs long.)"""
-        cursor, backoff = from_cursor, 0.2
+        delivered, so nothing is missed or repeated; a permanent error (any other code, or INTERNAL
+        `INTERNAL_RETRIES` + 1 times in a row) is raised. (No per-call deadline: a stream runs long.)"""
+        cursor, backoff, internal = from_cursor, 0.2, 0
         while True:
             request = review_pb2.StreamLabelsRequest(
                 from_cursor=review_pb2.LabelCursor(sequence=cursor), filter=flt, follow=follow
@@ -93,11 +96,12 @@ class ReviewClient(ServiceClient):
                     for label in response.labels:
                         yield label
                         cursor = label.sequence
-                    backoff = 0.2
+                    backoff, internal = 0.2, 0
                 if not follow:
                     return
             except grpc.aio.AioRpcError as err:
-                if err.code() not in RECONNECT:
+                internal = internal + 1 if err.code() is grpc.StatusCode.INTERNAL else 0
+                if err.code() not in RECONNECT and not 0 < internal <= INTERNAL_RETRIES:
                     raise
                 log.warning(
                     "review.stream.reconnect", code=err.code().name, cursor=cursor, retry_in_s=backoff
