@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: quickstart loop deploy-check test test-unit test-services lint protos protos-check clean
+.PHONY: quickstart loop deploy-check test test-unit test-services audit lint protos protos-check clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Charter needs Python >= 3.11, found {sys.version.split()[0]}"'
@@ -55,6 +55,10 @@ test: $(VENV)/.installed-dev test-services
 
 test-unit: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest tests/unit
+
+# known vulnerabilities in the installed dependencies (needs PyPI's JSON API or OSV: docs/reliability.md)
+audit: $(VENV)/.installed-dev
+	$(BIN)/pip-audit --strict --progress-spinner off
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check services scripts tests benchmarks
