@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,17 @@ def ping(engine: Engine) -> None:
     """One round trip to the database (`SELECT 1`); raises when it cannot be reached."""
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+async def answers(ping: Awaitable[None], log: Any, event: str) -> bool:
+    """A service's health probe: whether `ping` (a database round trip off the event loop) succeeds;
+    a failure is logged as `event` (the driver's message, shortened) and means NOT_SERVING."""
+    try:
+        await ping
+    except Exception as err:  # any failure to reach it: NOT_SERVING until it answers again
+        log.warning(event, error=str(getattr(err, "orig", err)).strip()[:200])
+        return False
+    return True
 
 
 def migrate(engine: Engine, script_location: Path, *, lock_key: int) -> None:

@@ -20,6 +20,7 @@ from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from grpc import aio
 
 from charter.api import review as api
+from charter.core import db
 from charter.core.auth import Authenticator, current_principal
 from charter.core.errors import InvalidArgument, Unavailable
 from charter.core.settings import CharterSettings, ReviewSettings, ServerTLSSettings
@@ -119,12 +120,7 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
 
     async def healthy(self) -> bool:
         """The server's health probe: SERVING only while the ledger's database answers."""
-        try:
-            await self._run(self.ledger.ping)
-        except Exception as err:  # any failure to reach it: NOT_SERVING until it answers again
-            log.warning("review.database.unreachable", error=str(getattr(err, "orig", err)).strip()[:200])
-            return False
-        return True
+        return await db.answers(self._run(self.ledger.ping), log, "review.database.unreachable")
 
     async def drain(self) -> None:
         self.signal.close()  # following streams end with UNAVAILABLE; consumers reconnect elsewhere

@@ -16,6 +16,7 @@ from grpc import aio
 
 from charter.api import trainer as convert
 from charter.api.trainer_limits import check_spec_sizes
+from charter.core import db
 from charter.core.settings import CharterSettings, TrainerSettings
 from charter.trainer.executor import Executor
 from charter.trainer.lifecycle import RunLifecycle, build_executor
@@ -45,12 +46,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def healthy(self) -> bool:
         """The server's health probe: SERVING only while the run store's database answers."""
-        try:
-            await asyncio.to_thread(self.store.ping)
-        except Exception as err:  # any failure to reach it: NOT_SERVING until it answers again
-            log.warning("trainer.store.unreachable", error=str(getattr(err, "orig", err)).strip()[:200])
-            return False
-        return True
+        return await db.answers(asyncio.to_thread(self.store.ping), log, "trainer.store.unreachable")
 
     async def drain(self) -> None:
         await self.runs.drain()

@@ -96,6 +96,16 @@ class RunStore:
         with self._db.writer_lock or contextlib.nullcontext(), self._db.engine.begin() as conn:
             yield conn
 
+    def _locked(self, conn: Connection, run_id: str) -> Any:
+        """The run's row, locked for this transaction (PostgreSQL; SQLite has one writer)."""
+        query = select(runs).where(runs.c.id == run_id)
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"run {run_id} does not exist", field="run_id", value=run_id)
+        return row
+
     def _serialise(self, conn: Connection) -> None:
         """Creating and claiming runs take turns across replicas (a transaction-scoped PostgreSQL
         advisory lock; on SQLite the process's writer lock already does), so the capacity count and
@@ -165,12 +175,7 @@ class RunStore:
         already pending or running (the claimed one aside): RESOURCE_EXHAUSTED."""
         with self._write() as conn:
             self._serialise(conn)
-            query = select(runs).where(runs.c.id == run_id)
-            if self.dialect == "postgresql":
-                query = query.with_for_update()
-            row = conn.execute(query).first()
-            if row is None:
-                raise NotFound(f"run {run_id} does not exist", field="run_id", value=run_id)
+            row = self._locked(conn, run_id)
             run = self.codec.load_run(row.payload)
             if run.state not in states or row.attempt != attempt:
                 raise FailedPrecondition(
@@ -259,12 +264,7 @@ class RunStore:
         reports the rounds it finished again) appends nothing. With `expect_handle`, nothing changes
         unless the run's worker is still that one (a follower of a superseded attempt writes nothing)."""
         with self._write() as conn:
-            query = select(runs).where(runs.c.id == run_id)
-            if self.dialect == "postgresql":
-                query = query.with_for_update()
-            row = conn.execute(query).first()
-            if row is None:
-                raise NotFound(f"run {run_id} does not exist", field="run_id", value=run_id)
+            row = self._locked(conn, run_id)
             run = self.codec.load_run(row.payload)
             if expect_handle is not None and row.handle != expect_handle:
                 return run, []
