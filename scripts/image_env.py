@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.server
 import json
 import os
 import re
@@ -45,6 +46,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -708,9 +710,38 @@ def check_health(runtime: Runtime, probe: list[str], service: str, settings: Map
         raise ImageEnvError(f"HEALTHCHECK passed with charter serve {service} stopped: the probe cannot fail")
 
 
-def service_settings(sandbox: Sandbox) -> dict[str, str]:
+class _ModelList(http.server.BaseHTTPRequestHandler):
+    """The one route of an OpenAI-compatible server the engine services' health probe asks for."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({"object": "list", "data": [{"id": "tiny", "object": "model"}]}).encode()
+        self.send_response(200 if self.path == "/v1/models" else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def model_list_server() -> Iterator[int]:
+    """A stand-in inference server on a free port that answers `GET /v1/models` (nothing else): the
+    generator, critic-reviser and judge are SERVING only while their engine's server answers."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelList)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def service_settings(sandbox: Sandbox, inference_port: int) -> dict[str, str]:
     """Settings for starting each service with no outside dependency: SQLite files in the scratch
-    tmp, the openai engine (as in Kubernetes) with a tiny tokenizer and a server that is not there."""
+    tmp, the openai engine (as in Kubernetes) with a tiny tokenizer and a stand-in server that only
+    lists models (`model_list_server`: what the engine services' health needs)."""
     tmp = sandbox.root / "tmp"
     return {
         "CHARTER_SERVER__HOST": "127.0.0.1",
@@ -719,7 +750,7 @@ def service_settings(sandbox: Sandbox) -> dict[str, str]:
         "CHARTER_LOGGING__FORMAT": "json",
         "CHARTER_INFERENCE__ENGINE": "openai",
         "CHARTER_INFERENCE__TOKENIZER": str(tiny_tokenizer(sandbox.root / "tokenizer")),
-        "CHARTER_INFERENCE__OPENAI__BASE_URL": f"http://127.0.0.1:{_free_port()}/v1",
+        "CHARTER_INFERENCE__OPENAI__BASE_URL": f"http://127.0.0.1:{inference_port}/v1",
         "CHARTER_REVIEW__DATABASE_URL": f"sqlite:///{tmp / 'review.db'}",
         "CHARTER_REVIEW__WEB_PORT": "0",
         "CHARTER_TRAINER__DATABASE_URL": f"sqlite:///{tmp / 'trainer.db'}",
@@ -756,11 +787,12 @@ def check_runtime(sandbox: Sandbox, facts: ImageFacts, target: Target, runtime: 
     health = df.healthcheck(HEALTH_STAGE)
     if health is None:
         raise ImageEnvError(f"stage {HEALTH_STAGE}: no HEALTHCHECK to probe the services with")
-    settings = service_settings(sandbox)
-    for service in services:
-        started = time.monotonic()
-        check_health(runtime, health, service, settings)
-        sandbox.timings[f"serve {service} + health"] = round(time.monotonic() - started, 1)
+    with model_list_server() as inference_port:
+        settings = service_settings(sandbox, inference_port)
+        for service in services:
+            started = time.monotonic()
+            check_health(runtime, health, service, settings)
+            sandbox.timings[f"serve {service} + health"] = round(time.monotonic() - started, 1)
     after = _snapshot(runtime.venv, runtime.workdir)
     written = sorted(set(after) - set(before)) + sorted(k for k in before if after.get(k) != before[k])
     if written:
