@@ -38,8 +38,6 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     prepared: Any = field(default=None)
-    booked: bool = False
-    """Its requests no longer count in the engine's pending total."""
 
 
 def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
@@ -207,16 +205,8 @@ class LocalEngine(ABC):
             try:
                 self._run(batch)
             finally:
-                self._book(batch)
-
-    def _book(self, jobs: Sequence[_Job]) -> None:
-        """Take finished jobs off the pending total — before their callers wake, so that a caller who
-        submits again at once (the judge's budget) finds the room its finished work left."""
-        done = [j for j in jobs if not j.booked]
-        for j in done:
-            j.booked = True
-        with self._lock:
-            self._pending -= sum(len(j.items) for j in done)
+                with self._lock:
+                    self._pending -= sum(len(j.items) for j in batch)
         try:
             self._shutdown()
         except Exception:
@@ -226,18 +216,15 @@ class LocalEngine(ABC):
         live: list[_Job] = []
         for job in batch:
             if job.future.done():
-                self._book([job])
                 continue
             try:
                 prepare = self._prepare_chat if job.kind == "chat" else self._prepare_scores
                 job.prepared = prepare(job.items)
                 live.append(job)
             except CharterError as err:
-                self._book([job])
                 _resolve(job, error=err)
             except Exception as err:  # a tokenizer failure on odd input is the caller's input, not a crash
                 log.exception("inference.prepare.failed", engine=self.engine_name)
-                self._book([job])
                 _resolve(job, error=Internal(f"could not prepare the request: {err}"))
         if not live:
             return
@@ -273,6 +260,5 @@ class LocalEngine(ABC):
             jobs=len(live),
             seconds=round(time.perf_counter() - started, 3),
         )
-        self._book(live)
         for job, result, error in outcome:
             _resolve(job, result, error)
