@@ -147,11 +147,6 @@ class RunStore:
             self._append(conn, run.id, [StateEvent(state=run.state)], now)
         return run, True
 
-    def check_capacity(self, max_active: int) -> None:
-        """RESOURCE_EXHAUSTED when `max_active` runs are pending or running."""
-        with self._db.reader.connect() as conn:
-            self._capacity(conn, max_active)
-
     @staticmethod
     def _capacity(conn: Any, max_active: int) -> None:
         active = conn.execute(
