@@ -251,3 +251,31 @@ async def test_a_continuous_reward_model_run_feeds_ppo_by_its_latest_round(tmp_p
     assert [line.split()[:2] for line in listed.stdout.splitlines()] == [
         [f"run:{rm.id}@1", "labels"], [f"run:{rm.id}@2", "labels"]]  # fmt: skip
     assert f"labels 4..8  4 rows  step 4  {rounds[1].model_dir}" in listed.stdout
+
+
+async def test_a_round_whose_rows_are_all_too_long_is_read_again_until_one_fits(tmp_path, tiny_lm, review):
+    """TRL drops reward-model rows longer than max_length: a round closed on such rows only used to
+    crash the worker (no samples), and every resume crashed again on the cached rows."""
+    ledger, address = review
+    settings = trainer_settings(tmp_path, review_address=address, review_token=TOKEN)
+    long = next(p for p in load_pairs(400) if len(p.prefix) + min(len(p.chosen), len(p.rejected)) > 2000)
+    await ledger.Submit(
+        rv.SubmitRequest(labels=[hh_label(long, 0, confidence=0.9, label_id="long")]), metadata=AUTH
+    )
+    spec = continuous_spec(tp.ALGORITHM_REWARD_MODEL, tiny_lm, round_labels=1, max_rounds=1, max_steps=1,
+                           save_steps=1000)  # fmt: skip
+    async with serving("trainer", settings) as (channel, _):
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        run = (await stub.StartRun(tp.StartRunRequest(spec=spec))).run
+        await wait_for_event(stub, run.id, "data")  # round 1 read: the long row alone
+        await submit(ledger, 0, 1)  # a short one: round 1 is read again with both
+        events = await watch(stub, run.id)
+        done = (await stub.GetRun(tp.GetRunRequest(run_id=run.id))).run
+        rounds = list((await stub.ListRounds(tp.ListRoundsRequest(run_id=run.id))).rounds)
+    assert done.state == tp.RUN_STATE_SUCCEEDED and done.attempt == 1, done.reason
+    assert [(r.round, r.cursor_start.sequence, r.cursor_end.sequence, r.rows) for r in rounds] == [
+        (1, 0, 2, 2)
+    ]
+    assert trained_on(rounds[0].model_dir) == ["long", LABELS[0].id]
+    notes = [m.message for m in of_kind(events, "log")]
+    assert any(n.startswith("round 1: none of its 1 rows") for n in notes), notes

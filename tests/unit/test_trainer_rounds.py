@@ -39,6 +39,16 @@ def test_a_round_never_closes_without_a_usable_row():
     assert trigger.wait(rows=0, elapsed=0.25) == pytest.approx(0.75)
 
 
+def test_a_round_read_again_needs_more_rows_than_it_had():
+    """A round whose rows the trainer could not use is read again needing one row more (min_rows)."""
+    trigger = RoundTrigger(labels=4, seconds=1.0, min_rows=3)
+    assert not trigger.closes(labels_read=4, rows=2, elapsed=100.0)  # count and time both reached
+    assert trigger.wait(rows=2, elapsed=100.0) is None
+    assert trigger.closes(labels_read=5, rows=3, elapsed=0.0)
+    with pytest.raises(ValueError):
+        RoundTrigger(labels=4, min_rows=0)
+
+
 def test_one_trigger_alone():
     by_count, by_time = RoundTrigger(labels=3), RoundTrigger(seconds=5.0)
     assert not by_count.closes(labels_read=2, rows=2, elapsed=1e9) and by_count.closes(3, 3, 0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from charter.app.trainer_data import DataManifest, review_token, split
@@ -67,9 +67,19 @@ class ContinuousRunner:
         model = published[-1].model_dir if published else model_folder(self.checked.base_model)
         step = published[-1].step if published else 0
         n = len(published) + 1
+        min_rows = 1
         while not self.max_rounds or n <= self.max_rounds:
-            rows, manifest = self._data(n, cursor)
-            step = self._train(n, model, rows, step)
+            rows, manifest = self._data(n, cursor, min_rows)
+            trained = self._train(n, model, rows, step)
+            if trained is None:  # nothing the trainer can use: read the round again, one row longer
+                self.emit("log", level="warning", message=(
+                    f"round {n}: none of its {len(rows)} rows is one the trainer can use (longer than "
+                    f"max_length?); reading it again from cursor {cursor} until it has {len(rows) + 1}"
+                ))  # fmt: skip
+                self._forget_data(n)
+                min_rows = len(rows) + 1
+                continue
+            step, min_rows = trained, 1
             folder = self.folders.folder(n)
             done = Published(
                 round=n, cursor_start=manifest.cursor_start, cursor_end=manifest.cursor_end,
@@ -81,9 +91,17 @@ class ContinuousRunner:
             cursor, model, n = done.cursor_end, done.model_dir, n + 1
         self.emit("finished", output_dir=model)
 
-    def _data(self, n: int, cursor: int) -> tuple[list[dict[str, Any]], DataManifest]:
-        """Round `n`'s rows: cached in its folder, else read off the stream from `cursor` and cached
-        before any training, so a resumed attempt trains the round on the same rows."""
+    def _forget_data(self, n: int) -> None:
+        """Drop round `n`'s cached rows (nothing was trained on them): the manifest first, so a kill
+        between the two leaves the round to be read again."""
+        folder = self.folders.folder(n) / DATA_DIR
+        (folder / "manifest.json").unlink(missing_ok=True)
+        (folder / "rows.jsonl").unlink(missing_ok=True)
+
+    def _data(self, n: int, cursor: int, min_rows: int = 1) -> tuple[list[dict[str, Any]], DataManifest]:
+        """Round `n`'s rows: cached in its folder, else read off the stream from `cursor` (at least
+        `min_rows` usable ones) and cached before any training, so a resumed attempt trains the round
+        on the same rows."""
         folder = self.folders.folder(n) / DATA_DIR
         rows_path, manifest_path = folder / "rows.jsonl", folder / "manifest.json"
         if manifest_path.exists():
@@ -98,7 +116,8 @@ class ContinuousRunner:
             )
         flt = stream.filter if stream.HasField("filter") else None
         self.emit("log", level="info", message=f"round {n}: reading labels after cursor {cursor}")
-        data = asyncio.run(read_round_stream(stream.address, review_token(), cursor, flt, self.trigger))
+        trigger = replace(self.trigger, min_rows=min_rows)
+        data = asyncio.run(read_round_stream(stream.address, review_token(), cursor, flt, trigger))
         if not data.rows:
             raise InvalidArgument(
                 f"spec.data: the label stream ended after cursor {data.cursor_end} before round {n} had a "
@@ -117,8 +136,9 @@ class ContinuousRunner:
         )  # fmt: skip
         return data.rows, manifest
 
-    def _train(self, n: int, start_model: str, rows: list[dict[str, Any]], offset: int) -> int:
-        """Train round `n` on `rows` from `start_model`; the run's step count after it."""
+    def _train(self, n: int, start_model: str, rows: list[dict[str, Any]], offset: int) -> int | None:
+        """Train round `n` on `rows` from `start_model`; the run's step count after it, or None when
+        the trainer keeps none of the rows (TRL drops the ones longer than `max_length`)."""
         from charter.app.trainer_worker import _ReportCallback, _tokenizer, last_checkpoint
 
         runner, algorithm = self.runner, self.checked.algorithm
@@ -131,6 +151,8 @@ class ContinuousRunner:
         tokenizer = _tokenizer(start_model)
         train_rows, eval_rows = split(rows, self.spec.data.eval_fraction, self.spec.seed)
         trainer = runner._build(algorithm, start_model, tokenizer, train_rows, eval_rows, config=config)
+        if len(trainer.train_dataset) == 0:
+            return None
         trainer.add_callback(_ReportCallback(self.emit, offset=offset))
         last = last_checkpoint(checkpoints, "trainer_state.json")  # an earlier attempt's, same rows
         if last:

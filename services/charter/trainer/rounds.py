@@ -8,8 +8,10 @@ stream from round N-1's `cursor_end` and **closes** when
 - `round_labels` labels have been read (ties included: they move the cursor), or
 - `round_seconds` have passed since the round began reading,
 
-whichever comes first, but never before it holds one usable (non-tie) row: a round whose time is up
-with nothing to train on closes at the next usable label. The round then trains on its own rows only,
+whichever comes first, but never before it holds one usable (non-tie) row (`min_rows`): a round whose
+time is up with nothing to train on closes at the next usable label. A round none of whose rows the
+trainer can use (TRL drops rows longer than `max_length`) is read again from the same cursor with
+`min_rows` one more than it had, until one fits. The round then trains on its own rows only,
 starting from round N-1's model, and is published as round N.
 
 Exactly once: a round's rows are cached in its folder before it trains (`rounds/round-NNNN/data`), so
@@ -47,21 +49,25 @@ PUBLISHED = "published.json"
 
 @dataclass(frozen=True)
 class RoundTrigger:
-    """When a round closes; 0 turns a trigger off (at least one must be on)."""
+    """When a round closes; 0 turns a trigger off (at least one must be on). `min_rows`: the usable
+    rows a round needs before either trigger may close it."""
 
     labels: int = 0
     seconds: float = 0.0
+    min_rows: int = 1
 
     def __post_init__(self) -> None:
-        if self.labels < 0 or not (math.isfinite(self.seconds) and self.seconds >= 0):
-            raise ValueError(f"triggers must be >= 0 ({self.labels=}, {self.seconds=})")
+        if self.labels < 0 or self.min_rows < 1 or not (math.isfinite(self.seconds) and self.seconds >= 0):
+            raise ValueError(
+                f"triggers must be >= 0 and min_rows >= 1 ({self.labels=}, {self.seconds=}, {self.min_rows=})"
+            )
         if not self.labels and not self.seconds:
             raise ValueError("a round needs a label count or a time to close on")
 
     def closes(self, labels_read: int, rows: int, elapsed: float) -> bool:
         """Whether a round that has read `labels_read` labels (`rows` of them usable) in `elapsed`
         seconds is complete."""
-        if rows < 1:
+        if rows < self.min_rows:
             return False
         by_count = self.labels > 0 and labels_read >= self.labels
         by_time = self.seconds > 0 and elapsed >= self.seconds
@@ -69,7 +75,7 @@ class RoundTrigger:
 
     def wait(self, rows: int, elapsed: float) -> float | None:
         """How long to wait for the next label before looking again (None: until it comes)."""
-        if not self.seconds or rows < 1 and elapsed >= self.seconds:
+        if not self.seconds or rows < self.min_rows and elapsed >= self.seconds:
             return None
         return max(self.seconds - elapsed, 0.0)
 
