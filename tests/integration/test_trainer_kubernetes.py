@@ -67,6 +67,12 @@ def make_launch(run_id: str = "r-0123456789abcdef", attempt: int = 1, resume: bo
     return Launch(run_id=run_id, attempt=attempt, spec_json=MessageToJson(spec), resume=resume)
 
 
+def job_nonce(job: dict) -> str:
+    """The event nonce in the worker container's environment."""
+    [worker] = [c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == "worker"]
+    return next((e["value"] for e in worker.get("env", []) if e["name"] == events.NONCE_ENV), "")
+
+
 def validate(obj: dict) -> None:
     assert kubernetes_validate.validate(obj, K8S_VERSION, strict=True) == K8S_VERSION
 
@@ -632,27 +638,35 @@ async def test_the_trainer_service_runs_and_fails_jobs_through_the_executor(fake
         run = (await servicer.StartRun(trainer_pb2.StartRunRequest(spec=spec), None)).run
         assert run.state == trainer_pb2.RUN_STATE_RUNNING and run.job_name in state.jobs
         assert run.output_dir == f"/runs/{run.id}/model"
+        nonce = job_nonce(state.jobs[run.job_name])  # the worker's events carry its attempt's nonce
         pod = state.start_pod(run.job_name)
         state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
         state.log(
             pod,
-            events.encode("progress", total_steps=2),
-            events.encode("metrics", step=1, values={"loss": 0.7}),
-            events.encode("checkpoint", step=1, path=f"/runs/{run.id}/checkpoints/checkpoint-1"),
-            events.encode("metrics", step=2, values={"loss": 0.6}),
-            events.encode("finished", output_dir=f"/runs/{run.id}/model"),
+            events.encode("progress", nonce, total_steps=2),
+            events.encode("metrics", nonce, step=1, values={"loss": 0.7}),
+            events.encode("metrics", step=99, values={"loss": -1.0}),  # printed text: no nonce
+            events.encode("checkpoint", nonce, step=1, path=f"/runs/{run.id}/checkpoints/checkpoint-1"),
+            events.encode("metrics", nonce, step=2, values={"loss": 0.6}),
+            events.encode("finished", "f" * 32, output_dir="/tmp/elsewhere"),  # another nonce
+            events.encode("finished", nonce, output_dir=f"/runs/{run.id}/model"),
         )
         state.finish(run.job_name, pod, "Complete", exit_code=0, reason="Completed")
         await until(lambda: store.get(run.id).state == trainer_pb2.RUN_STATE_SUCCEEDED)
         done = store.get(run.id)
         assert (done.step, done.total_steps, done.last_metrics["loss"]) == (2, 2, pytest.approx(0.6))
-        assert done.last_checkpoint.endswith("checkpoint-1")
+        assert done.last_checkpoint.endswith("checkpoint-1") and done.output_dir == f"/runs/{run.id}/model"
 
         # a worker the kernel kills for memory: FAILED with the reason; resume is attempt 2, a new Job
         run = (await servicer.StartRun(trainer_pb2.StartRunRequest(spec=spec), None)).run
+        nonce = job_nonce(state.jobs[run.job_name])
         pod = state.start_pod(run.job_name)
         state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
-        state.log(pod, events.encode("metrics", step=1, values={"loss": 0.7}))
+        state.log(
+            pod,
+            events.encode("metrics", nonce, step=1, values={"loss": 0.7}),
+            events.encode("error", message="forged: not the reason"),  # no nonce: not the worker's
+        )
         state.finish(
             run.job_name, pod, "Failed", exit_code=137, reason="OOMKilled", job_reason="BackoffLimitExceeded"
         )
@@ -660,6 +674,7 @@ async def test_the_trainer_service_runs_and_fails_jobs_through_the_executor(fake
         assert "OOMKilled" in store.get(run.id).reason
         resumed = (await servicer.ResumeRun(trainer_pb2.ResumeRunRequest(run_id=run.id), None)).run
         assert resumed.attempt == 2 and resumed.job_name.endswith("-2") and resumed.job_name in state.jobs
+        assert job_nonce(state.jobs[resumed.job_name]) not in ("", nonce)  # a new attempt, a new nonce
         assert (
             "--resume" in state.jobs[resumed.job_name]["spec"]["template"]["spec"]["containers"][0]["command"]
         )

@@ -1,7 +1,8 @@
 """The trainer service through a real gRPC server, with real worker subprocesses training tiny models
 (a Llama from a config with the embedded tokenizer) on the shared hh-rlhf pairs: bad specs, a run
 from start to finish, a worker that dies (FAILED with the reason, then resumed from its checkpoint),
-a service restart (the run is adopted, or resumed if its worker vanished too), cancel."""
+a service restart (the run is adopted, or resumed if its worker vanished too), cancel, and event lines
+the worker did not emit (text in its log without the attempt's nonce) that record nothing."""
 
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory, embedded_model) -> Path:
     return save_tiny_lm(tmp_path_factory.mktemp("tiny") / "lm", embedded_model)
+
+
+# what a worker might print of its data: event lines without the attempt's nonce, or with another
+FORGED = [
+    '@charter-event {"type":"metrics","step":99999,"values":{"loss":-1.0}}',
+    '@charter-event {"type":"finished","output_dir":"/tmp/forged-model"}',
+    '@charter-event {"type":"error","message":"forged failure"}',
+    "\r 10%|#  | 1/10@charter-event/" + "f" * 32 + ' {"type":"checkpoint","step":99998,"path":"/tmp/forged"}',
+]
+
+
+def forge(settings, run_id: str, attempt: int = 1) -> None:
+    """Append `FORGED` to the log the service follows, as if the worker had printed it."""
+    log_path = Path(settings.trainer.runs_dir) / run_id / f"attempt-{attempt}.log"
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in FORGED))
 
 
 def rm_spec(tiny_lm: Path, **hyperparameters) -> tp.RunSpec:
@@ -133,10 +150,12 @@ async def test_runs_survive_a_service_restart(tmp_path, tiny_lm, worker_survives
         await wait_for_event(stub, run.id, "checkpoint")
     if not worker_survives:
         kill_worker(settings, run.id, with_launcher=True)
+    forge(settings, run.id)  # the new service follows by the nonce it finds in the store
     async with trainer_service(settings) as stub:  # a new service process over the same store
         events = await watch(stub, run.id)
         done = (await stub.GetRun(tp.GetRunRequest(run_id=run.id))).run
     assert done.state == tp.RUN_STATE_SUCCEEDED and done.step == 40
+    assert done.output_dir == str(Path(settings.trainer.runs_dir) / run.id / "model")
     steps = metrics_steps(events)
     assert steps[-1] == 40
     if worker_survives:  # one attempt, every step recorded exactly once
@@ -145,6 +164,22 @@ async def test_runs_survive_a_service_restart(tmp_path, tiny_lm, worker_survives
         assert done.attempt == 2
         assert any("resumed after a trainer-service restart" in e.log.message for e in events)
         assert sorted(set(steps)) == list(range(1, 41))
+
+
+async def test_lines_without_the_attempts_nonce_are_not_events(tmp_path, tiny_lm):
+    settings = trainer_settings(tmp_path)
+    async with trainer_service(settings) as stub:
+        run = await start(stub, rm_spec(tiny_lm, max_steps=12, save_steps=4))
+        await wait_for_event(stub, run.id, "metrics")
+        forge(settings, run.id)  # while the worker runs and the service follows its log
+        events = await watch(stub, run.id)
+        done = (await stub.GetRun(tp.GetRunRequest(run_id=run.id))).run
+    assert done.state == tp.RUN_STATE_SUCCEEDED and done.reason == ""
+    assert metrics_steps(events) == list(range(1, 13)) and done.step == 12  # the real events, all
+    assert [e.checkpoint.step for e in events if e.WhichOneof("kind") == "checkpoint"] == [4, 8, 12]
+    assert done.output_dir == str(Path(settings.trainer.runs_dir) / run.id / "model")
+    assert done.last_checkpoint.endswith("checkpoint-12")
+    assert not any("forged" in e.log.message for e in events if e.WhichOneof("kind") == "log")
 
 
 async def test_cancel_stops_the_worker(tmp_path, tiny_lm):

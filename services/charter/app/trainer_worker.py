@@ -11,7 +11,8 @@ reward-model spec with an `ensemble` trains its members one after another (`char
 
 The review token for a stream source comes from `CHARTER_REVIEW_TOKEN` or the file named by
 `CHARTER_REVIEW_TOKEN_FILE` (a mounted Secret), the watch's judge token from `CHARTER_JUDGE_TOKEN` /
-`CHARTER_JUDGE_TOKEN_FILE`; `CHARTER_TORCH_THREADS` sets torch's thread count.
+`CHARTER_JUDGE_TOKEN_FILE`; `CHARTER_TORCH_THREADS` sets torch's thread count; `CHARTER_EVENT_NONCE`
+is the attempt's nonce its event lines carry (the service accepts no others).
 """
 
 from __future__ import annotations
@@ -278,8 +279,9 @@ class Runner:
         ]
         trainer = PPOTrainer(policy, None, tokenizer, scorer, config)
         self.emit = events.Emitter(
-            self.emit.stream, enabled=self.emit.enabled and trainer.accelerator.is_main_process
-        )
+            self.emit.stream, enabled=self.emit.enabled and trainer.accelerator.is_main_process,
+            nonce=self.emit.nonce,
+        )  # fmt: skip
         if watch is not None:  # the reference answers come from the weights before any training
             watch.prepare(trainer.unwrapped.pretrained)
         last = last_checkpoint(self.checkpoints) if self.resume else None  # PPO saves atomically
@@ -365,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, help="the run's folder: data cache, checkpoints, model")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)
-    emit = events.Emitter(enabled=os.environ.get("RANK", "0") == "0")
+    # the attempt's nonce, from the service that launched it (none when run by hand: the bare prefix)
+    emit = events.Emitter(
+        enabled=os.environ.get("RANK", "0") == "0", nonce=os.environ.get(events.NONCE_ENV, "")
+    )
     try:
         threads = os.environ.get("CHARTER_TORCH_THREADS")
         if threads:

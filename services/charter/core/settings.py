@@ -407,12 +407,13 @@ class CharterSettings(BaseSettings):
 # a settings error names the field and shows the value, except where the value may be a secret
 _SECRET_KEY = re.compile(r"(?<!max_)token|secret|password|passwd|credential|api_?key|private", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]*):[^/@\s]*@")
-# CHARTER_* variables that are not settings: the trainer worker's tokens and threads, its log paths
+# CHARTER_* variables that are not settings: the trainer worker's tokens, threads, event nonce and
+# log paths
 _NOT_SETTINGS = frozenset(
     f"CHARTER_{name}"
     for name in (
         *("REVIEW_TOKEN", "REVIEW_TOKEN_FILE", "JUDGE_TOKEN", "JUDGE_TOKEN_FILE"),
-        *("TORCH_THREADS", "LOG", "EXIT"),
+        *("TORCH_THREADS", "LOG", "EXIT", "EVENT_NONCE"),
     )
 )
 

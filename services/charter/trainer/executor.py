@@ -5,7 +5,8 @@ its event lines (`charter.trainer.events`), its outcome, and cancel.
 
 A worker is `python -m charter.app.trainer_worker --spec SPEC --run-dir DIR [--resume]`: it reads the
 run spec (JSON of `charter.trainer.v1.RunSpec`, reward model already resolved to a path), trains,
-checkpoints under DIR/checkpoints, writes the model to DIR/model, and reports events on stdout.
+checkpoints under DIR/checkpoints, writes the model to DIR/model, and reports events on stdout,
+each carrying the attempt's nonce (`Launch.nonce`, in the worker's `CHARTER_EVENT_NONCE`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Launch:
     """The tokens this run's worker needs ("review", "judge"; `charter.trainer.resolve.grants`)."""
     threads: int | None = None
     """torch threads for a local worker (from `spec.resources.cpu`); None: `trainer.worker_threads`."""
+    nonce: str = ""
+    """This attempt's event nonce (`charter.trainer.events`): the worker gets it in its environment,
+    and only its lines that carry it are events."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,9 @@ class Executor(Protocol):
         """The worker's output lines of this attempt from its start, live; ends once it has exited."""
         ...
 
-    async def outcome(self, handle: str) -> Outcome | None:
-        """None while the worker runs (or may still be restarted by the platform); else how it ended."""
+    async def outcome(self, handle: str, nonce: str = "") -> Outcome | None:
+        """None while the worker runs (or may still be restarted by the platform); else how it ended
+        (a failure's reason: the last `error` event carrying the attempt's `nonce`, if any)."""
         ...
 
     async def cancel(self, handle: str) -> None:
@@ -148,6 +153,8 @@ class LocalExecutor:
         threads = launch.threads or self.threads
         if threads:
             env["CHARTER_TORCH_THREADS"] = str(threads)
+        if launch.nonce:
+            env[events.NONCE_ENV] = launch.nonce
         return env
 
     def run_dir(self, run_id: str) -> str:
@@ -223,7 +230,7 @@ class LocalExecutor:
             if not chunk:
                 await asyncio.sleep(self.poll_seconds)
 
-    async def outcome(self, handle: str) -> Outcome | None:
+    async def outcome(self, handle: str, nonce: str = "") -> Outcome | None:
         process, log_path, exit_path = self._paths(handle)
         if not exit_path.exists():
             if self._alive(process):
@@ -234,7 +241,7 @@ class LocalExecutor:
             return Outcome(True, "")
         if code > 128:  # the shell reports death by signal N as 128 + N
             code = -(code - 128)
-        return Outcome(False, exit_reason(code, _last_error(log_path)))
+        return Outcome(False, exit_reason(code, _last_error(log_path, nonce)))
 
     async def cancel(self, handle: str) -> None:
         process, _, _ = self._paths(handle)
@@ -304,14 +311,14 @@ def _start_time(pid: int) -> str:
         return "0"
 
 
-def _last_error(log_path: Path) -> str | None:
-    """The message of the last `error` event in a worker's log."""
+def _last_error(log_path: Path, nonce: str) -> str | None:
+    """The message of the last `error` event (of the attempt with `nonce`) in a worker's log."""
     try:
         text = log_path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return None
     for line in reversed(text.splitlines()):
-        event = events.parse(line)
+        event = events.parse(line, nonce)
         if event is not None and event["type"] == "error":
             return str(event.get("message", ""))
     return None

@@ -5,10 +5,13 @@ store.
 A run's life: `start_run` checks the spec (constructing the TRL/PPO config), records the run PENDING,
 launches a worker (attempt 1) and marks it RUNNING; a follower task reads the worker's event lines
 into the store (metrics, checkpoints, data range, logs) and, when the worker ends, marks the run
-SUCCEEDED or FAILED with the reason. `resume` launches attempt n + 1 with `--resume`, which continues
-from the last checkpoint on the cached data. When the service restarts, `start` re-adopts every
-active run: a worker still running is followed from where the store left off (`events_seen`), one
-that vanished while the service was down is resumed (`trainer.auto_resume`).
+SUCCEEDED or FAILED with the reason. Only lines carrying the attempt's event nonce (drawn when the
+attempt is claimed, kept in the store, given to the worker) are events: whatever else the worker
+prints, training data included, cannot forge one. `resume` launches attempt n + 1 with `--resume`,
+which continues from the last checkpoint on the cached data. When the service restarts, `start`
+re-adopts every active run: a worker still running is followed from where the store left off
+(`events_seen`, and the attempt's nonce), one that vanished while the service was down is resumed
+(`trainer.auto_resume`).
 
 What a caller may ask is bounded by the settings (`charter.trainer.admission`, checked in `start_run`):
 at most `trainer.max_active_runs` runs pending or running, and a worker still running
@@ -145,13 +148,14 @@ class RunLifecycle:
                 else:  # claimed by a replica that is launching it now, or died doing so
                     log.warning("trainer.run.claimed_not_launched", run_id=run_id, attempt=record.attempt)
                 continue
-            outcome = await self.executor.outcome(record.handle)
+            outcome = await self.executor.outcome(record.handle, record.nonce or "")
             resume = outcome is not None and outcome.lost and self.settings.auto_resume
             log.info("trainer.run.adopted", run_id=run_id, running=outcome is None, resume=resume)
             self._follow(
                 run_id,
                 record.handle,
                 record.events_seen,
+                record.nonce or "",  # None: launched before nonces, its worker prints the bare prefix
                 resume_if_lost=resume,
                 started=record.run.started_at,
             )
@@ -299,9 +303,11 @@ class RunLifecycle:
 
     async def _launch(self, run_id: str, attempt: int, *, resume: bool, note: str = "") -> Run:
         record = await self._db(self.store.record, run_id)
-        spec = record.run.spec
+        spec, nonce = record.run.spec, record.nonce
+        if not nonce:  # every claim draws one; a row without is not this version's claim
+            raise FailedPrecondition(f"run {run_id}: attempt {attempt} has no event nonce; resume the run")
         launch = Launch(
-            run_id, attempt, self.spec_json(spec), resume, grants(spec, self.limits), _threads(spec)
+            run_id, attempt, self.spec_json(spec), resume, grants(spec, self.limits), _threads(spec), nonce
         )
         try:
             handle = await self.executor.launch(launch)
@@ -328,7 +334,7 @@ class RunLifecycle:
             await self.executor.cancel(handle)
             return run
         log.info("trainer.run.started", run_id=run_id, attempt=attempt, resume=resume, handle=handle)
-        self._follow(run_id, handle, 0)
+        self._follow(run_id, handle, 0, nonce)
         return run
 
     def _follow(
@@ -336,11 +342,12 @@ class RunLifecycle:
         run_id: str,
         handle: str,
         seen: int,
+        nonce: str,
         *,
         resume_if_lost: bool = False,
         started: float | None = None,
     ) -> None:
-        task = asyncio.ensure_future(self._follower(run_id, handle, seen, resume_if_lost))
+        task = asyncio.ensure_future(self._follower(run_id, handle, seen, nonce, resume_if_lost))
         self._followers[run_id] = task
         task.add_done_callback(
             lambda t: self._followers.pop(run_id, None) if self._followers.get(run_id) is t else None
@@ -361,11 +368,11 @@ class RunLifecycle:
         await self.executor.cancel(handle)
         log.warning("trainer.run.deadline", run_id=run_id, seconds=limit)
 
-    async def _follower(self, run_id: str, handle: str, seen: int, resume_if_lost: bool) -> None:
+    async def _follower(self, run_id: str, handle: str, seen: int, nonce: str, resume_if_lost: bool) -> None:
         count = 0
         try:
             async for line in self.executor.lines(handle):
-                event = events.parse(line)
+                event = events.parse(line, nonce)  # another nonce or none: printed text, not an event
                 if event is None:
                     continue
                 count += 1
@@ -374,10 +381,10 @@ class RunLifecycle:
                 await self._persist(
                     run_id, lambda run, e=event: apply_event(run, e), events_seen=count, expect_handle=handle
                 )
-            outcome = await self.executor.outcome(handle)
+            outcome = await self.executor.outcome(handle, nonce)
             while outcome is None:  # the log ended before the platform reports the end
                 await asyncio.sleep(self.settings.poll_seconds)
-                outcome = await self.executor.outcome(handle)
+                outcome = await self.executor.outcome(handle, nonce)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # following failed (the store, the platform): mark it, don't hide it

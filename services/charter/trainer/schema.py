@@ -3,8 +3,10 @@
 
 - `runs`: one row per run; `payload` is the serialised `charter.trainer.v1.Run` (spec, state, cursor
   range, last metrics, checkpoint), the other columns are what queries and the follower need:
-  `handle` (the executor's name for the current worker), `attempt` (1 + resumes) and `events_seen`
-  (worker events of this attempt already recorded, so a restarted service skips them).
+  `handle` (the executor's name for the current worker), `attempt` (1 + resumes), `events_seen`
+  (worker events of this attempt already recorded, so a restarted service skips them) and
+  `event_nonce` (the nonce the attempt's event lines carry, drawn when it is claimed; NULL for a run
+  claimed before nonces existed, followed by the bare prefix).
 - `run_events`: every event of every run, append-only, numbered per run from 1.
 - `run_rounds`: the rounds continuous runs published, one row per (run, round): the cursor range each
   trained on and its model folder (`skipped` is JSON: reason -> count). Written in the transaction
@@ -43,6 +45,7 @@ runs = Table(
     Column("attempt", Integer, nullable=False),
     Column("events_seen", BigInteger, nullable=False),
     Column("payload", LargeBinary, nullable=False),
+    Column("event_nonce", String(64), nullable=True),
     Index("ix_runs_state", "state"),
     Index("ix_runs_created", "created_at", "id"),
 )

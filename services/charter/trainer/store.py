@@ -25,6 +25,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, text, update
 
 from charter.core import db
 from charter.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from charter.trainer import events
 from charter.trainer.runs import (
     ACTIVE,
     TERMINAL,
@@ -66,6 +67,9 @@ class RunRecord:
     attempt: int
     events_seen: int
     executor: str
+    nonce: str | None = None
+    """The current attempt's event nonce (None: a run claimed before nonces, followed by the bare
+    prefix)."""
 
 
 class RunStore:
@@ -165,9 +169,10 @@ class RunStore:
         """Take the right to launch the run's next attempt: only when the run is in one of `states`
         and its recorded attempt is still `attempt` (no other caller or replica took it meanwhile).
         Returns the new attempt number; the run becomes PENDING (with a state event saying `reason`
-        when it was not). Otherwise FAILED_PRECONDITION, and nothing changes — so of concurrent
-        StartRun, ResumeRun and service restarts exactly one launches a worker. With `max_active` runs
-        already pending or running (the claimed one aside): RESOURCE_EXHAUSTED."""
+        when it was not) and the attempt gets a fresh event nonce (`charter.trainer.events`).
+        Otherwise FAILED_PRECONDITION, and nothing changes — so of concurrent StartRun, ResumeRun and
+        service restarts exactly one launches a worker. With `max_active` runs already pending or
+        running (the claimed one aside): RESOURCE_EXHAUSTED."""
         with self._write() as conn:
             self._serialise(conn)
             row = self._locked(conn, run_id)
@@ -187,7 +192,11 @@ class RunStore:
                 update(runs)
                 .where(runs.c.id == run_id)
                 .values(  # no worker until the claimant records its own: the old one's follower stops writing
-                    state=int(run.state), attempt=attempt + 1, handle=None, payload=self.codec.dump_run(run)
+                    state=int(run.state),
+                    attempt=attempt + 1,
+                    handle=None,
+                    payload=self.codec.dump_run(run),
+                    event_nonce=events.new_nonce(),
                 )  # fmt: skip
             )
             self._append(conn, run_id, kinds, self.clock())
@@ -198,9 +207,13 @@ class RunStore:
             row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
         if row is None:
             raise NotFound(f"run {run_id} does not exist", field="run_id", value=run_id)
+        return self._record(row)
+
+    def _record(self, row: Any) -> RunRecord:
         return RunRecord(
-            self.codec.load_run(row.payload), row.handle, row.attempt, row.events_seen, row.executor
-        )
+            self.codec.load_run(row.payload), row.handle, row.attempt, row.events_seen, row.executor,
+            row.event_nonce,
+        )  # fmt: skip
 
     def get(self, run_id: str) -> Run:
         return self.record(run_id).run
@@ -210,10 +223,7 @@ class RunStore:
             rows = conn.execute(
                 select(runs).where(runs.c.state.in_([int(s) for s in ACTIVE])).order_by(runs.c.created_at)
             ).all()
-        return [
-            RunRecord(self.codec.load_run(r.payload), r.handle, r.attempt, r.events_seen, r.executor)
-            for r in rows
-        ]
+        return [self._record(r) for r in rows]
 
     def list(
         self, states: Sequence[int] = (), page_size: int = 50, page_token: str = ""

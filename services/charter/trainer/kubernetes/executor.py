@@ -266,7 +266,7 @@ class KubernetesExecutor:
             if ended and not yielded:
                 await asyncio.sleep(self.poll_seconds)
 
-    async def outcome(self, handle: str) -> Outcome | None:
+    async def outcome(self, handle: str, nonce: str = "") -> Outcome | None:
         """None while the Job runs. A worker pod that cannot start (a bad image, a missing Secret)
         fails the attempt at once, and its Job is deleted so that it holds no node's GPUs."""
         namespace, name = self._parse(handle)
@@ -278,13 +278,15 @@ class KubernetesExecutor:
             return Outcome(True, "")
         pod = await self._pod(namespace, name)
         if "Failed" in finished:
-            return Outcome(False, await self._failure(namespace, pod, finished["Failed"]))
+            return Outcome(False, await self._failure(namespace, pod, finished["Failed"], nonce))
         if (reason := podstate.cannot_start(pod)) is None:
             return None
         await self.cancel(handle)
         return Outcome(False, reason)
 
-    async def _failure(self, namespace: str, pod: k8s.V1Pod | None, condition: k8s.V1JobCondition) -> str:
+    async def _failure(
+        self, namespace: str, pod: k8s.V1Pod | None, condition: k8s.V1JobCondition, nonce: str
+    ) -> str:
         """Why: the worker's last `error` event, else how its container ended, else the Job's
         condition."""
         status = podstate.worker_status(pod)
@@ -303,7 +305,7 @@ class KubernetesExecutor:
             except CharterError as err:  # the termination message still carries the log's tail
                 log.warning("trainer.worker.log_unreadable", pod=pod.metadata.name, error=str(err))
         for text in (log_tail, terminated.message if terminated else None):
-            if text and (message := podstate.last_error(text)):
+            if text and (message := podstate.last_error(text, nonce)):
                 return message
         if terminated is None or condition.reason == "DeadlineExceeded":
             return podstate.joined("Job failed", condition.reason, condition.message)

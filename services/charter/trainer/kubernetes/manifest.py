@@ -17,6 +17,7 @@ import yaml
 
 from charter.core.errors import InvalidArgument
 from charter.core.settings import TrainerKubernetesSettings
+from charter.trainer import events
 from charter.trainer.executor import Launch, worker_command
 from charter.trainer.runs import Resources
 
@@ -152,7 +153,8 @@ def _template(path: Path) -> jinja2.Template:
 
 def job_manifest(launch: Launch, options: JobOptions, resources: Resources) -> dict[str, Any]:
     """The Job for one attempt, rendered from the template and checked for what the executor
-    relies on."""
+    relies on; the worker container gets the attempt's event nonce here (an operator's own template
+    need not know of it)."""
     meta = _metadata(launch, options)
     path = options.template or TEMPLATE
     text = _template(path).render(
@@ -178,6 +180,10 @@ def job_manifest(launch: Launch, options: JobOptions, resources: Resources) -> d
     )
     job = yaml.safe_load(text)
     _check_job(job, meta, path)
+    if launch.nonce:
+        worker = next(c for c in job["spec"]["template"]["spec"]["containers"] if c.get("name") == CONTAINER)
+        env = [e for e in worker.get("env") or [] if e.get("name") != events.NONCE_ENV]
+        worker["env"] = [*env, {"name": events.NONCE_ENV, "value": launch.nonce}]
     return job
 
 

@@ -18,10 +18,10 @@ CANNOT_START = frozenset(
 )
 
 
-def last_error(text: str) -> str | None:
-    """The message of the last `error` event in a worker's output."""
+def last_error(text: str, nonce: str = "") -> str | None:
+    """The message of the last `error` event (of the attempt with `nonce`) in a worker's output."""
     for line in reversed(text.splitlines()):
-        event = events.parse(line)
+        event = events.parse(line, nonce)
         if event is not None and event["type"] == "error":
             return str(event.get("message", ""))
     return None
