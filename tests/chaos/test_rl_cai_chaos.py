@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -31,9 +30,10 @@ from charter_proto.trainer.v1 import trainer_pb2 as tp
 from charter_proto.trainer.v1 import trainer_pb2_grpc
 
 from tests.chaos.postgres import Cluster
+from tests.chaos.processes import Supervised, free_port, worker_pids
+from tests.chaos.processes import call as call_with
 from tests.support import ROOT, subprocess_env, tool
 from tests.support.hh import HH_DEV
-from tests.support.process import LoggedProcess
 from tests.support.tiny import save_tiny_lm
 from tests.support.trainer import roots_for, run_spec
 
@@ -44,60 +44,15 @@ PAIRS = 240
 ROUND_LABELS = 32
 SERVICE = (("authorization", "Bearer chaos-service-token-0123"),)
 REVIEWER = (("authorization", "Bearer chaos-reviewer-token-0123"),)
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def call(fn, request, metadata=SERVICE):
+    return call_with(fn, request, metadata)
+
+
 # the faults: SIGKILL of each process (restarted after), a PostgreSQL crash in the middle of a Submit
 DURING_PIPELINE = ["postgres", "postgres", "pipeline", "pipeline", "judge", "review", "consumer", "trainer"]
 AFTER_ANY = ["worker", "worker", "consumer", "review", "trainer"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(fn, request, metadata=SERVICE, attempts: int = 120):
-    """A unary call retried while the service is away (it is being restarted)."""
-    for _ in range(attempts):
-        try:
-            return fn(request, metadata=metadata, timeout=10, wait_for_ready=True)
-        except grpc.RpcError as err:
-            if err.code() not in RETRYABLE:
-                raise
-            time.sleep(0.25)
-    raise AssertionError(f"{fn} stayed unavailable")
-
-
-class Supervised:
-    """A process the test restarts after killing it, as Kubernetes restarts a container."""
-
-    def __init__(self, name: str, args: list[str], ready: str | None, env: dict[str, str]) -> None:
-        self.name, self.args, self.ready, self.env = name, args, ready, env
-        self.proc: LoggedProcess | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.proc = LoggedProcess(self.args, cwd=ROOT, env=self.env)
-        if self.ready is not None:
-            try:
-                self.proc.wait_for(self.ready, timeout=90)
-            except AssertionError:
-                self.proc.stop()
-                raise
-        self.starts += 1
-
-    def kill(self) -> None:
-        """SIGKILL the process alone (a trainer's worker runs in a session of its own and survives)."""
-        if self.proc is not None and self.proc.proc.poll() is None:
-            os.kill(self.proc.proc.pid, signal.SIGKILL)
-            self.proc.proc.wait(timeout=10)
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
 
 
 def service_config(folder: Path, name: str, port: int, section: str, body: dict[str, Any]) -> Path:
@@ -111,22 +66,6 @@ def service_config(folder: Path, name: str, port: int, section: str, body: dict[
     }  # fmt: skip
     path.write_text(yaml.safe_dump(settings))
     return path
-
-
-def worker_pids(run_id: str) -> list[int]:
-    """The trainer worker processes of a run (their command line names its folder)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        worker = any(b"trainer_worker" in part for part in cmdline) and b"/bin/sh" not in cmdline[0]
-        if worker and any(run_id.encode() in part for part in cmdline):
-            pids.append(int(entry.name))
-    return pids
 
 
 class Chaos:
