@@ -2,10 +2,16 @@
 
 `Compare` labels a batch and answers once; `CompareStream` answers each label as soon as its item is
 scored (items run concurrently, so the engine sees them as one large batch).
+
+Both are bounded by the call's deadline (`context.time_remaining()`): every engine call — scoring,
+chain-of-thought rationales, calibration priors — gets the time left, and the whole call ends
+DEADLINE_EXCEEDED when it is spent, so an engine job whose caller has given up is dropped by the
+engine instead of run, whether or not anything cancels the handler.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
@@ -20,7 +26,7 @@ from charter.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from charter.inference.deadlines import as_completed_within
+from charter.inference.deadlines import as_completed_within, await_with_deadline
 from charter.inference.types import InferenceClient
 from charter.judge.config import JudgeConfig
 from charter.judge.core import Judge, Label
@@ -71,9 +77,11 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
     async def Compare(
         self, request: judge_pb2.CompareRequest, context: aio.ServicerContext
     ) -> judge_pb2.CompareResponse:
+        timeout = context.time_remaining()
         config = self.config(request.options)
         pairs = api.pairs(request.items)
-        labels = await self.judge.label(pairs, config)
+        # per engine call, and for the whole (chain of thought: a rationale, then scores)
+        labels = await await_with_deadline(self.judge.label(pairs, config, timeout=timeout), timeout)
         return judge_pb2.CompareResponse(
             labels=[
                 api.label_proto(label, config, self.client, request.request_id, item)
@@ -84,19 +92,23 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
     async def CompareStream(
         self, request: judge_pb2.CompareStreamRequest, context: aio.ServicerContext
     ) -> AsyncIterator[judge_pb2.CompareStreamResponse]:
+        timeout = context.time_remaining()
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         config = self.config(request.options)
         pairs = api.pairs(request.items)
         try:  # calibration priors once for the whole request, not item by item
-            await self.judge.prepare(pairs, config)
+            await await_with_deadline(self.judge.prepare(pairs, config, timeout), timeout)
         except (Unavailable, DeadlineExceeded, ResourceExhausted):
             raise
         except CharterError:
             pass  # not the engine being down: each item reports it as its label's status
 
-        async def one(i: int) -> tuple[int, Label]:
-            return i, (await self.judge.label([pairs[i]], config))[0]
+        left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
 
-        async for i, label in as_completed_within([one(i) for i in range(len(pairs))], None):
+        async def one(i: int) -> tuple[int, Label]:
+            return i, (await self.judge.label([pairs[i]], config, timeout=left))[0]
+
+        async for i, label in as_completed_within([one(i) for i in range(len(pairs))], left):
             yield judge_pb2.CompareStreamResponse(
                 item_index=i,
                 label=api.label_proto(label, config, self.client, request.request_id, request.items[i]),
