@@ -31,6 +31,7 @@ def _restore_client_settings() -> Iterator[None]:
         ("judge:50051", "judge"),
         ("dns:///charter-review.charter.svc:50051", "charter-review.charter.svc"),
         ("ipv4:10.0.0.7:50051,10.0.0.8:50051", "10.0.0.7"),
+        ("ipv6:[::1]:50051,[fd00::2]:50051", "::1"),
         ("unix:/run/charter.sock", None),
     ],
 )
@@ -38,7 +39,15 @@ def test_target_host(target: str, host: str | None) -> None:
     assert tls.target_host(target) == host
 
 
-@pytest.mark.parametrize("target", ["judge:50051", "10.0.0.7:50051", "dns:///review:50051", "[fd00::2]:1"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "judge:50051", "10.0.0.7:50051", "dns:///review:50051", "[fd00::2]:1", "xds:///judge",
+        # a list is refused when any one of its addresses leaves the machine, wherever it stands
+        "ipv4:127.0.0.1:5001,10.0.0.8:5002", "ipv4:10.0.0.8:5002,127.0.0.1:5001",
+        "ipv6:[::1]:5001,[fd00::2]:5002", "dns://10.0.0.53/localhost:5001",
+    ],
+)  # fmt: skip
 def test_a_token_to_another_host_in_plaintext_is_refused_with_what_to_change(target: str) -> None:
     with pytest.raises(FailedPrecondition, match="client.tls.*allow_plaintext_tokens"):
         tls.check_token_transport(target, token=True, secure=False, allow_plaintext_tokens=False)
@@ -47,7 +56,11 @@ def test_a_token_to_another_host_in_plaintext_is_refused_with_what_to_change(tar
     tls.check_token_transport(target, token=False, secure=False, allow_plaintext_tokens=False)
 
 
-@pytest.mark.parametrize("target", ["127.0.0.1:50051", "localhost:1", "[::1]:1", "unix:/tmp/s"])
+@pytest.mark.parametrize(
+    "target",
+    ["127.0.0.1:50051", "localhost:1", "[::1]:1", "unix:/tmp/s", "dns:///localhost:1",
+     "ipv4:127.0.0.1:5001,127.0.0.2:5002", "ipv6:[::1]:5001,[::1]:5002"],
+)  # fmt: skip
 def test_a_token_over_loopback_plaintext_is_fine(target: str) -> None:
     tls.check_token_transport(target, token=True, secure=False, allow_plaintext_tokens=False)
 

@@ -140,6 +140,32 @@ def test_the_review_address_comes_from_the_settings(roots: Limits):
         review_address(spec_from_proto(stream("")), Limits(roots=roots.roots))
 
 
+def test_addresses_are_compared_as_the_places_dialled(roots: Limits):
+    """A scheme spelling of an allowed address passes; a list passes only when each address is allowed,
+    and a name resolved by another DNS server is not the allowed name."""
+    from charter.trainer.admission import review_address
+
+    def stream(address: str) -> tp.RunSpec:
+        s = spec()
+        s.data.ClearField("files")
+        s.data.label_stream.address = address
+        return s
+
+    wider = Limits(roots=roots.roots, review_address="10.0.0.7:50051", review_addresses=("10.0.0.8:50051",))
+    for allowed in ("dns:///10.0.0.7:50051", "ipv4:10.0.0.7:50051,10.0.0.8:50051"):
+        assert review_address(spec_from_proto(stream(allowed)), wider) == allowed
+    for refused in ("ipv4:10.0.0.7:50051,10.0.0.9:50051", "dns://203.0.113.5/10.0.0.7:50051"):
+        assert refusal(wider, stream(refused)).field == "spec.data.label_stream.address"
+    s = spec(algorithm=tp.ALGORITHM_PPO, reward_model="embedded")
+    s.watch.every_steps = 1
+    s.watch.gold_judge.constitution_id = "c"
+    listed = Limits(roots=roots.roots, judge_addresses=("dns:///judge:50051",))
+    s.watch.gold_judge.address = "judge:50051"
+    check(spec_from_proto(s), limits=listed)
+    s.watch.gold_judge.address = "ipv4:127.0.0.1:50051,10.0.0.9:50051"
+    assert refusal(listed, s).field == "spec.watch.gold_judge.address"
+
+
 def test_a_gold_judge_must_be_on_the_list_when_there_is_one(roots: Limits):
     s = spec(algorithm=tp.ALGORITHM_PPO, reward_model="embedded")
     s.watch.every_steps = 1

@@ -333,10 +333,13 @@ class TrainerSettings(_Section):
     """A run whose worker vanished while the service was down (host restart, evicted pod) is resumed
     from its last checkpoint when the service starts; a worker that failed on its own stays FAILED."""
     review_addresses: list[str] = []
-    """Review services (host:port) a run spec may name in `data.label_stream.address` besides
-    `review_address`; any other address is refused (the worker sends the review token to it)."""
+    """Review services (host:port, or any gRPC target) a run spec may name in
+    `data.label_stream.address` besides `review_address`; any other address is refused (the worker
+    sends the review token to it). Compared as the places dialled: `dns:///review:50051` is
+    `review:50051`, and a list (`ipv4:a:p,b:p`) passes only when each of its addresses is allowed."""
     judge_addresses: list[str] = []
-    """Judges (host:port) a spec's `watch.gold_judge.address` may name. Set: any other is refused;
+    """Judges (host:port, or any gRPC target; compared as `review_addresses` are) a spec's
+    `watch.gold_judge.address` may name. Set: any other is refused;
     empty: any judge, but the worker then gets no judge token. The judge token (`CHARTER_JUDGE_TOKEN`
     / `_FILE` in the service's environment) reaches a local worker only for a judge on this list."""
     allowed_roots: list[Path] | None = None

@@ -9,7 +9,8 @@
 
 No gRPC here: the review web page (pure domain code) uses it too.
 - Tokens: `check_token_transport` refuses to send a bearer token to a non-loopback address over
-  plaintext unless `client.allow_plaintext_tokens` is set.
+  plaintext unless `client.allow_plaintext_tokens` is set — for a target of several addresses, when
+  any one of them is not loopback.
 
 Which client settings a process uses: the ones its last `load_settings` call read (every `charter`
 command and service loads its settings at start-up), or, in a process that loads none (a trainer
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import structlog
 
+from charter.core import targets
 from charter.core.errors import FailedPrecondition, InvalidArgument
 from charter.core.settings import ClientSettings, ClientTLSSettings, ServerTLSSettings
 
@@ -43,28 +45,20 @@ def is_loopback(host: str) -> bool:
 
 
 def target_host(target: str) -> str | None:
-    """The host a gRPC target names (`host:port`, `[::1]:50051`, `dns:///host:port`,
-    `ipv4:1.2.3.4:5`); None for a Unix socket, which never leaves the machine."""
-    if target.startswith(("unix:", "unix-abstract:")):
-        return None
-    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
-        if target.startswith(scheme):
-            target = target[len(scheme) :].split(",")[0]
-            break
-    if target.startswith("["):
-        return target[1 : target.index("]")] if "]" in target else target
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit() or ":" in host:  # no port, or a bare IPv6 address
-        return target
-    return host
+    """The first host a gRPC target names (`host:port`, `[::1]:50051`, `dns:///host:port`,
+    `ipv4:1.2.3.4:5,1.2.3.5:5`); None for a Unix socket, which never leaves the machine. Every host:
+    `charter.core.targets.hosts`."""
+    found = targets.hosts(target)
+    return None if found is None else (found[0] if found else target)
 
 
 def check_token_transport(target: str, *, token: bool, secure: bool, allow_plaintext_tokens: bool) -> None:
-    """Refuse a channel that would carry a bearer token in plaintext beyond this machine."""
+    """Refuse a channel that would carry a bearer token in plaintext beyond this machine: to a target
+    of several addresses (`ipv4:a:p,b:p`, spread over by `round_robin`) when any one is not loopback."""
     if not token or secure or allow_plaintext_tokens:
         return
-    host = target_host(target)
-    if host is None or is_loopback(host):
+    found = targets.hosts(target)
+    if found is None or (found and all(is_loopback(host) for host in found)):
         return
     raise FailedPrecondition(
         f"refusing to send a bearer token to {target} over plaintext: anyone on the network path "

@@ -9,7 +9,9 @@ is recorded or started, each refusal an INVALID_ARGUMENT naming the field:
   `trainer.allowed_roots`; a path outside the roots and a missing one inside them get the same
   message, so the service's filesystem cannot be probed through error texts;
 - `data.label_stream.address` is `trainer.review_address` or one of `trainer.review_addresses`;
-  `watch.gold_judge.address` one of `trainer.judge_addresses` when that list is set;
+  `watch.gold_judge.address` one of `trainer.judge_addresses` when that list is set — compared as the
+  places dialled (`charter.core.targets.within`: `dns:///judge:50051` is `judge:50051`; an address
+  list passes only when each of its addresses is allowed);
 - hyper-parameters that publish or report elsewhere (`push_to_hub`, `hub_*`, `report_to` other than
   none, trackio, a remote vLLM server, remote code) are refused (`deny_hyperparameters`);
 - resources are capped (`max_gpus`, `max_processes`, `max_cpu`, `max_memory_gib`) and the
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from charter.core import targets
 from charter.core.errors import InvalidArgument
 from charter.core.settings import TrainerSettings
 from charter.inference.models import default_cache_dir
@@ -150,7 +153,7 @@ def review_address(spec: RunSpec, limits: Limits) -> str:
                 f"{field}: this trainer has no review service (set trainer.review_address)", field=field
             )
         return limits.review_address
-    if wanted != limits.review_address and wanted not in limits.review_addresses:
+    if not targets.within(wanted, [limits.review_address, *limits.review_addresses]):
         raise InvalidArgument(
             f"{field}: {wanted} is not a review service this trainer reads from; leave it empty for "
             "trainer.review_address, or have the operator add it to trainer.review_addresses",
@@ -196,7 +199,8 @@ def admit(spec: RunSpec, limits: Limits) -> None:
     if spec.data.label_stream is not None:
         review_address(spec, limits)
     judge = spec.watch.gold_judge if spec.watch is not None else None
-    if judge is not None and limits.judge_addresses and judge.address not in limits.judge_addresses:
+    allowed = limits.judge_addresses
+    if judge is not None and allowed and not targets.within(judge.address, allowed):
         field = "spec.watch.gold_judge.address"
         raise InvalidArgument(
             f"{field}: {judge.address} is not a judge this trainer may call (trainer.judge_addresses)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from charter.core import targets
 from charter.core.errors import InvalidArgument, NotFound
 from charter.trainer.admission import PATH_HYPERPARAMETERS, Limits, review_address
 from charter.trainer.rounds import pick_round, round_ref
@@ -57,7 +58,7 @@ def grants(spec: RunSpec, limits: Limits) -> tuple[str, ...]:
     if spec.data.label_stream is not None:
         out.append("review")
     judge = spec.watch.gold_judge if spec.watch is not None else None
-    if judge is not None and judge.address in limits.judge_addresses:
+    if judge is not None and limits.judge_addresses and targets.within(judge.address, limits.judge_addresses):
         out.append("judge")
     return tuple(out)
 
