@@ -1,5 +1,15 @@
 """The one way Charter opens a gRPC channel: target, bearer token, TLS or mutual TLS, message size
-limits, keepalive and a retry policy for transient failures, set through gRPC's service config.
+limits, keepalive, a load-balancing policy and a retry policy for transient failures, the last two
+set through gRPC's service config.
+
+Load balancing: a target may resolve to several addresses — a Kubernetes headless Service's name
+(`dns:///charter-judge:50051`: one A record per ready pod) or a static list
+(`ipv4:127.0.0.1:5001,127.0.0.1:5002`). With `round_robin` (the default, `client.load_balancing`) the
+channel connects to every address and sends each call to the next ready one, so replicas share a
+pipeline's load; `pick_first` sends every call over one connection (gRPC's own default). The channel
+resolves the name again whenever a connection drops — a pod gone, a server closing a connection at
+its `server.max_connection_age_seconds` — at most every `dns_refresh_seconds`, and so finds pods added
+by a scale-up. docs/architecture.md, "Load balancing over replicas".
 
 TLS comes from the `client` settings (`client.tls`: ca_file, cert_file/key_file for mutual TLS,
 server_name) of the process — those its `load_settings` read — or from `ChannelOptions.client`. A
@@ -19,8 +29,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import grpc
 from grpc import aio
@@ -53,6 +63,12 @@ class ChannelOptions:
     """Attempts gRPC itself makes for a call that failed UNAVAILABLE before any response arrived
     (transparent, per the service config's retry policy); 1 turns retrying off."""
     retry_backoff_seconds: float = 0.2
+    load_balancing: Literal["round_robin", "pick_first"] | None = None
+    """How calls spread over the addresses the target resolves to; None: the `client.load_balancing`
+    setting (default `round_robin`)."""
+    dns_refresh_seconds: float = 5.0
+    """The least time between two DNS resolutions of one channel (gRPC's default: 30 s); a channel
+    resolves again when a connection drops, not on a timer."""
     extra: Sequence[tuple[str, Any]] = field(default_factory=tuple)
     """Further channel arguments, passed through as given."""
     client: ClientSettings | None = None
@@ -66,12 +82,14 @@ class ChannelOptions:
             ("grpc.keepalive_time_ms", self.keepalive_seconds * 1000),
             ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.enable_retries", 1 if self.retries > 1 else 0),
+            ("grpc.dns_min_time_between_resolutions_ms", int(self.dns_refresh_seconds * 1000)),
             ("grpc.service_config", json.dumps(self.service_config())),
         ]
         return [*args, *self.extra]
 
     def service_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"methodConfig": [{"name": [{}]}]}
+        policy = self.load_balancing or "round_robin"
+        config: dict[str, Any] = {"loadBalancingConfig": [{policy: {}}], "methodConfig": [{"name": [{}]}]}
         if self.retries > 1:
             config["methodConfig"][0]["retryPolicy"] = {
                 "maxAttempts": min(self.retries, 5),  # gRPC caps attempts at 5
@@ -122,12 +140,15 @@ class _StreamStream(_BearerToken, aio.StreamStreamClientInterceptor):
 def open_channel(
     target: str, *, token: str | None = None, options: ChannelOptions | None = None
 ) -> aio.Channel:
-    """A `grpc.aio` channel to `target` (`host:port`) that sends `token` as a bearer token on every
-    call, over TLS when the client settings say so. Use it as an async context manager, or
-    `await channel.close()` when done. Raises `FailedPrecondition` for a token that would travel in
-    plaintext to another host."""
+    """A `grpc.aio` channel to `target` (`host:port`, or any gRPC target: `dns:///name:port`,
+    `ipv4:a:port,b:port`, its calls spread over the addresses by the load-balancing policy) that
+    sends `token` as a bearer token on every call, over TLS when the client settings say so. Use it
+    as an async context manager, or `await channel.close()` when done. Raises `FailedPrecondition`
+    for a token that would travel in plaintext to another host (any address of a list)."""
     options = options or ChannelOptions()
     client = options.client or tls.client_settings()
+    if options.load_balancing is None:
+        options = replace(options, load_balancing=client.load_balancing)
     tls.check_token_transport(
         target, token=bool(token), secure=client.tls is not None,
         allow_plaintext_tokens=client.allow_plaintext_tokens,

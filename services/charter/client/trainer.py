@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
+import structlog
 from charter_proto.trainer.v1 import trainer_pb2 as tp
 from charter_proto.trainer.v1 import trainer_pb2_grpc
 
 from charter.client.base import ServiceClient
+
+log = structlog.get_logger("charter.client.trainer")
+WATCH_RECONNECTS = 5
+"""UNAVAILABLE cuts in a row (no event between) on which `watch_run` opens the stream again."""
 
 
 class TrainerClient(ServiceClient):
@@ -22,7 +29,6 @@ class TrainerClient(ServiceClient):
 
     service = "the trainer"
     stub_type = trainer_pb2_grpc.TrainerServiceStub
-
 
     async def start_run(self, spec: tp.RunSpec, idempotency_key: str = "") -> tp.Run:
         """Check `spec` and start it; the same `idempotency_key` again returns the same run."""
@@ -40,11 +46,29 @@ class TrainerClient(ServiceClient):
         request = tp.ListRunsRequest(states=states or [], page_size=page_size, page_token=page_token)
         return await self.call(lambda: self.stub.ListRuns(request, timeout=self.timeout))
 
-    async def watch_run(self, run_id: str, after_sequence: int = 0) -> AsyncIterator[tp.RunEvent]:
-        """The run's events after `after_sequence`, then live ones until the run ends (no deadline)."""
-        request = tp.WatchRunRequest(run_id=run_id, after_sequence=after_sequence)
-        async for response in self.stub.WatchRun(request):
-            yield response.event
+    async def watch_run(
+        self, run_id: str, after_sequence: int = 0, *, max_backoff: float = 5.0
+    ) -> AsyncIterator[tp.RunEvent]:
+        """The run's events after `after_sequence`, then live ones until the run ends (no deadline).
+        A stream cut with UNAVAILABLE — a server closing an aged connection
+        (`server.max_connection_age_seconds` and its grace), a restart — is opened again after the
+        last event delivered, so none is missed or repeated; `WATCH_RECONNECTS` cuts in a row with no
+        event between raise."""
+        cursor, backoff, cuts = after_sequence, 0.2, 0
+        while True:
+            request = tp.WatchRunRequest(run_id=run_id, after_sequence=cursor)
+            try:
+                async for response in self.stub.WatchRun(request):
+                    yield response.event
+                    cursor, backoff, cuts = response.event.sequence, 0.2, 0
+                return
+            except grpc.aio.AioRpcError as err:
+                cuts += 1
+                if err.code() is not grpc.StatusCode.UNAVAILABLE or cuts > WATCH_RECONNECTS:
+                    raise
+                log.warning("trainer.watch.reconnect", run_id=run_id, cursor=cursor, retry_in_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
 
     async def cancel_run(self, run_id: str, reason: str = "") -> tp.Run:
         request = tp.CancelRunRequest(run_id=run_id, reason=reason)

@@ -5,6 +5,8 @@ service), server reflection (so `grpcurl list` works), Charter's interceptor (lo
 mapping), TLS or mutual TLS when `server.tls` is set (certificates re-read when rotated), a
 Prometheus `/metrics` endpoint, and a graceful drain on SIGTERM/SIGINT: health flips
 to NOT_SERVING, new calls are refused, and in-flight calls get `drain_seconds` to finish.
+Connections are aged out (`max_connection_age_seconds`, with a grace for calls in flight) so that
+clients' `round_robin` channels resolve again and spread over replicas added since they connected.
 
 Example:
     server = CharterServer(settings.server, [Registration(name, add_fn)])
@@ -37,6 +39,19 @@ from charter.core.tls import ServerCertificates, is_loopback
 MIN_PING_INTERVAL_MS = 10_000
 """The most often a client may ping without data before the server counts a strike (gRPC: 5 minutes)."""
 log = structlog.get_logger("charter.server")
+
+
+def connection_age_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """gRPC's max-connection-age arguments from `server.max_connection_age_seconds` and its grace:
+    a GOAWAY to every client once its connection is that old, so `round_robin` channels re-resolve
+    and rebalance after a scale-up; calls in flight get the grace before the connection closes."""
+    if settings.max_connection_age_seconds is None:
+        return []
+    options = [("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000))]
+    if settings.max_connection_age_grace_seconds is not None:
+        grace = round(settings.max_connection_age_grace_seconds * 1000)
+        options.append(("grpc.max_connection_age_grace_ms", grace))
+    return options
 
 
 class Lifecycle(Protocol):
@@ -100,6 +115,7 @@ class CharterServer:
                 # steps) with "Too many pings"
                 ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                 ("grpc.keepalive_permit_without_calls", 1),
+                *connection_age_options(self.settings),
             ],
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )

@@ -56,6 +56,15 @@ class ServerSettings(_Section):
     health_port: int | None = Field(default=None, ge=0, le=65535)
     """A second, plaintext port serving only `grpc.health.v1` (0: any free port, null: none): for
     Kubernetes' native gRPC probes, which cannot speak TLS, when `tls` is set."""
+    max_connection_age_seconds: float | None = Field(default=300.0, gt=0.0, le=86400.0)
+    """Ask a client to reconnect once its connection is this old (gRPC adds ±10% jitter; the client's
+    calls in flight go on): a long-lived channel resolves the service's name again and spreads over
+    replicas added since it connected (docs/architecture.md, "Load balancing over replicas"). Null: never."""
+    max_connection_age_grace_seconds: float | None = Field(default=1800.0, ge=0.0, le=86400.0)
+    """How long calls in flight on such a connection may still run before it is closed under them:
+    the default is a pipeline's default batch deadline (`services.timeout_seconds`), so no batch call
+    is cut; a cut follower (`StreamLabels` with follow, `WatchRun`) opens its stream again after the
+    last item it delivered. Null: no limit (a stream that never ends keeps its connection for ever)."""
 
 
 class ClientTLSSettings(_Section):
@@ -85,6 +94,10 @@ class ClientSettings(_Section):
     allow_plaintext_tokens: bool = False
     """Send bearer tokens over plaintext to a non-loopback address (refused otherwise): only where
     the network itself is private and encrypted."""
+    load_balancing: Literal["round_robin", "pick_first"] = "round_robin"
+    """How a channel spreads calls over the addresses its target resolves to (a headless Service's
+    pods, an `ipv4:a:p,b:p` list): round_robin, each call to the next ready address; pick_first, all
+    calls over one connection (gRPC's default; replicas then share nothing of one client's load)."""
 
 
 class LoggingSettings(_Section):
