@@ -3,7 +3,10 @@
 Pure functions over the objects as dicts (no cluster, no kubectl); `scripts/check_deploy.py` runs
 them on every render of `deploy/`. Each finding is one line, `Kind/name: what is wrong`:
 
-- every Service selects some workload's pods, and its target ports exist in those pods;
+- every Service selects some workload's pods, and its target ports exist in those pods; a headless
+  Service (`clusterIP: None`: clients dial the pods) serves each port on the pods' own number; a
+  gRPC Service of pods an HPA scales is headless (behind a ClusterIP, a client's one HTTP/2
+  connection reaches one pod, so its load never spreads: docs/architecture.md, "Load balancing");
 - every probe's port (named or numbered) exists among the container's ports; long-running
   containers have readiness and liveness probes;
 - every ConfigMap, Secret, PVC and ServiceAccount a pod refers to (volumes, env, envFrom,
@@ -211,6 +214,41 @@ def check_services(r: Render) -> list[str]:
                     f"Service/{name}: port {port.get('name') or port.get('port')} targets {target!r}, "
                     f"which no selected pod ({', '.join(sorted({p.ref for p in pods}))}) exposes"
                 )
+            elif spec.get("clusterIP") == "None":
+                numbers = {_container_port(p, target) for p in pods} - {None}
+                if numbers != {port.get("port")}:
+                    problems.append(
+                        f"Service/{name}: headless, so clients dial the pods on port {port.get('port')}, "
+                        f"but {port.get('name') or port.get('port')} targets container port "
+                        f"{', '.join(map(str, sorted(numbers)))}"
+                    )
+    return problems
+
+
+def _container_port(pod: PodTemplate, target: Any) -> int | None:
+    """The number a Service's targetPort (a name or a number) is in `pod`."""
+    for c in pod.containers():
+        for p in c.get("ports") or []:
+            if target in (p.get("name"), p.get("containerPort")):
+                return p.get("containerPort")
+    return None
+
+
+def _headless_for_scaled_grpc(r: Render, hpa: str, workload: Obj) -> list[str]:
+    """A gRPC Service in front of pods an HPA scales must be headless, or one client's calls all go
+    to one pod however many there are."""
+    pod = pod_template(workload)
+    problems = []
+    for name, svc in r.named("Service").items():
+        spec = svc.get("spec") or {}
+        if pod is None or not spec.get("selector") or not selects(spec["selector"], pod.labels):
+            continue
+        grpc = any(p.get("appProtocol") == "grpc" for p in spec.get("ports") or [])
+        if grpc and spec.get("clusterIP") != "None":
+            problems.append(
+                f"Service/{name}: gRPC in front of {ref(workload)}, which HorizontalPodAutoscaler/{hpa} "
+                "scales, but not headless (clusterIP: None): each client's connection would reach one pod"
+            )
     return problems
 
 
@@ -465,6 +503,7 @@ def check_autoscaling(r: Render) -> list[str]:
             missing = f"{target.get('kind')}/{target.get('name')}"
             problems.append(f"HorizontalPodAutoscaler/{name}: target {missing} does not exist")
             continue
+        problems += _headless_for_scaled_grpc(r, name, obj)
         if "replicas" in (obj.get("spec") or {}):
             problems.append(
                 f"HorizontalPodAutoscaler/{name}: {ref(obj)} also fixes spec.replicas, which every apply "

@@ -32,7 +32,7 @@ def test_the_remote_example_loads_with_every_address_and_token_file() -> None:
     assert isinstance(spec, RlaifSpec) and spec.services.mode == "remote"
     s = spec.services
     assert (s.generator, s.judge, s.review, s.trainer) == (
-        "charter-generator:50051", "charter-judge:50051", "charter-review:50051", "charter-trainer:50051",
+        "dns:///charter-generator:50051", "dns:///charter-judge:50051", "charter-review:50051", "charter-trainer:50051",
     )  # fmt: skip
     assert s.token_file == Path("/etc/charter/tokens/service-token")
     assert s.admin_token_file == Path("/etc/charter/tokens/admin-token")

@@ -43,7 +43,8 @@ def judge(
         typer.Option(help="OpenAI-compatible endpoint for --engine openai, e.g. http://vllm:8000/v1."),
     ] = None,
     judge_address: Annotated[
-        str | None, typer.Option("--judge", help="Use a running judge service (host:port) instead.")
+        str | None,
+        typer.Option("--judge", help="Use a running judge service (host:port or gRPC target) instead."),
     ] = None,
     token: Annotated[
         str | None, typer.Option(help="Bearer token for --judge, when the service has judge.tokens set.")

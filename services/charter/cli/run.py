@@ -45,13 +45,15 @@ def run(
     ],
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
     generator: Annotated[
-        str | None, typer.Option(help="Remote mode: the generator's host:port (not rlaif).")
+        str | None,
+        typer.Option(help="Remote mode: the generator's host:port or target (dns:///…, ipv4:a,b), not rlaif"),
     ] = None,
     critic_reviser: Annotated[
-        str | None, typer.Option(help="Remote mode: the critic-reviser's host:port.")
+        str | None, typer.Option(help="Remote mode: the critic-reviser's host:port or gRPC target.")
     ] = None,
     judge: Annotated[
-        str | None, typer.Option(help="Remote mode: the judge's host:port (rl-cai, best-of-n with a judge).")
+        str | None,
+        typer.Option(help="Remote mode: the judge's host:port or target (rl-cai, best-of-n with a judge)."),
     ] = None,
     limit: Annotated[
         int | None, typer.Option(help="Use only the first N source rows (rlaif: set prompts.per_iteration).")
