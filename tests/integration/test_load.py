@@ -306,11 +306,9 @@ async def test_the_engine_queue_is_bounded_and_the_judge_keeps_within_its_share(
         assert s.engine._pending == max_pending
         s.engine.gate.set()
         assert (await holder)[0] == grpc.StatusCode.OK
-        # a judge call resubmitting at once into the room its finished batch left may still be refused
-        # while the worker has yet to book that batch (docs/reliability.md, "Not yet proved")
-        judged_codes = [r[0] for r in await asyncio.gather(*judged)]
-        assert set(judged_codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
-        assert judged_codes.count(grpc.StatusCode.OK) >= judge_in_flight
+        # every judge call succeeds: a judge resubmitting at once finds the room its finished batch left
+        # (the engine books a batch before its callers wake)
+        assert {r[0] for r in await asyncio.gather(*judged)} == {grpc.StatusCode.OK}
         waited = [t.result() for t in generated if t.result()[0] != grpc.StatusCode.RESOURCE_EXHAUSTED]
         assert [code for code, _, _ in waited] == [grpc.StatusCode.OK] * free
         await until(lambda: s.engine._pending == 0 and s.judge_budget_used() == 0)

@@ -124,3 +124,33 @@ async def test_closed_engine_is_unavailable() -> None:
     await engine.close()
     with pytest.raises(Unavailable, match="closed"):
         await engine.chat([chat("x")])
+
+
+class SlowToFinish(FakeEngine):
+    """The worker lingers after each batch (as a busy thread may), and counts engine shutdowns."""
+
+    def __init__(self, **kwargs) -> None:
+        self.shutdowns = 0
+        super().__init__(**kwargs)
+
+    def _run(self, batch) -> None:
+        super()._run(batch)
+        time.sleep(0.3)
+
+    def _shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+async def test_a_finished_callers_room_is_free_when_it_wakes() -> None:
+    """A caller that fills the queue and submits again as soon as its result comes (the judge within
+    its budget) is not refused: its finished requests left the pending total before it woke. Before,
+    the worker booked them only after the callers woke, and the resubmission was RESOURCE_EXHAUSTED."""
+    engine = SlowToFinish(max_pending=2)
+    try:
+        for _ in range(3):
+            await engine.chat([chat("a"), chat("b")], timeout=5)
+            assert engine._pending == 0
+        assert engine.shutdowns == 0  # booking never stops the engine; only close does
+    finally:
+        await engine.close()
+    assert engine.shutdowns == 1

@@ -38,6 +38,8 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     prepared: Any = field(default=None)
+    booked: bool = False
+    """Its requests no longer count in the engine's pending total."""
 
 
 def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
@@ -205,12 +207,20 @@ class LocalEngine(ABC):
             try:
                 self._run(batch)
             finally:
-                with self._lock:
-                    self._pending -= sum(len(j.items) for j in batch)
+                self._book(batch)
         try:
             self._shutdown()
         except Exception:
             log.exception("inference.shutdown.failed", engine=self.engine_name)
+
+    def _book(self, jobs: Sequence[_Job]) -> None:
+        """Take finished jobs off the pending total — before their callers wake, so a caller who submits
+        again at once (the judge, within its budget) finds the room its finished work left."""
+        done = [j for j in jobs if not j.booked]
+        for j in done:
+            j.booked = True
+        with self._lock:
+            self._pending -= sum(len(j.items) for j in done)
 
     def _run(self, batch: list[_Job]) -> None:
         live: list[_Job] = []
@@ -222,9 +232,11 @@ class LocalEngine(ABC):
                 job.prepared = prepare(job.items)
                 live.append(job)
             except CharterError as err:
+                self._book([job])
                 _resolve(job, error=err)
             except Exception as err:  # a tokenizer failure on odd input is the caller's input, not a crash
                 log.exception("inference.prepare.failed", engine=self.engine_name)
+                self._book([job])
                 _resolve(job, error=Internal(f"could not prepare the request: {err}"))
         if not live:
             return
@@ -260,5 +272,6 @@ class LocalEngine(ABC):
             jobs=len(live),
             seconds=round(time.perf_counter() - started, 3),
         )
+        self._book(live)
         for job, result, error in outcome:
             _resolve(job, result, error)
