@@ -219,3 +219,27 @@ def test_unknown_constitution_and_down_judge_stop_with_one_line(tmp_path: Path) 
     assert down.returncode == 1
     assert f"the judge at 127.0.0.1:{port} is unavailable after 2 attempts" in down.stderr
     assert "Traceback" not in bad.stderr + down.stderr
+
+
+def test_a_resume_after_a_constitution_edit_is_refused_unless_allowed(
+    tmp_path: Path, constitution_dir: Path
+) -> None:
+    """One output folder never silently mixes two versions of a constitution: `charter run` resumed
+    after the file was edited stops with FAILED_PRECONDITION, and goes on with
+    --allow-constitution-change, the manifest then listing both digests."""
+    path = spec(tmp_path, limit=3, constitutions_dir=str(constitution_dir))
+    first = charter("run", str(path), "--limit", "1", timeout=300)
+    assert first.returncode == 0, first.stderr
+    harmless = constitution_dir / "harmless.yaml"
+    harmless.write_text(harmless.read_text().replace('version: "1.0.0"', 'version: "1.0.1"'))
+    refused = charter("run", str(path), timeout=300)
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr, refused.stderr
+    assert "--allow-constitution-change" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(lines(tmp_path / "out" / "records.jsonl")) == 1  # nothing written under the new version
+    allowed = charter("run", str(path), "--allow-constitution-change", timeout=300)
+    assert allowed.returncode == 0, allowed.stderr
+    records = lines(tmp_path / "out" / "records.jsonl")
+    digests = [r["label"]["constitution"]["digest"] for r in records]
+    assert len(records) == 3 and digests[0] != digests[1] == digests[2]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["constitution_digests"] == [digests[0], digests[1]]
