@@ -1,4 +1,4 @@
-"""`charter run SPEC`: run or resume a pipeline."""
+"""`charter run SPEC...`: run or resume a pipeline, or several in order on one engine."""
 
 from __future__ import annotations
 
@@ -37,10 +37,12 @@ class RateColumn(ProgressColumn):
 
 
 def run(
-    spec_path: Annotated[
-        Path,
+    spec_paths: Annotated[
+        list[Path],
         typer.Argument(
-            metavar="SPEC", help="A pipeline spec, e.g. pipelines/sl-cai.yaml or pipelines/rlaif.yaml."
+            metavar="SPEC",
+            help="A pipeline spec, e.g. pipelines/sl-cai.yaml or pipelines/rlaif.yaml; several run in "
+            "order in one process on one engine (e.g. pipelines/sl-cai.yaml pipelines/rl-cai-sl.yaml).",
         ),
     ],
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
@@ -69,13 +71,46 @@ def run(
 ) -> None:
     """Run a pipeline spec (kind sl-cai, rl-cai, best-of-n, or rlaif: iterated RLAIF — label the
     policy's own samples, DPO, evaluate, promote only past the gates; remote mode from the spec's
-    services section); run it again
-    after an interruption and it resumes where it stopped."""
-    from charter.pipelines import best_of_n, rl_cai, rlaif, sl_cai
-    from charter.pipelines.rlaif_spec import FLAGS_REFUSED, RlaifSpec
-    from charter.pipelines.spec import BestOfNSpec, RlCaiSpec, SlCaiSpec, load_spec
+    services section); run it again after an interruption and it resumes where it stopped. Several
+    specs (not rlaif) run one after the other in this process, and those in local mode share one
+    engine, started once: e.g. SL-CAI, then RL-CAI on its output folder."""
+    from charter.pipelines.rlaif_spec import RlaifSpec
 
-    spec = load_spec(spec_path)
+    flags = {"generator": generator, "critic_reviser": critic_reviser, "judge": judge, "limit": limit,
+             "output": output, "allow_constitution_change": allow_constitution_change}  # fmt: skip
+    specs = [_with_flags(path, **flags) for path in spec_paths]
+    if len(specs) > 1:
+        if output is not None:
+            raise InvalidArgument(
+                "--output: several specs need several output folders; set each spec's output", field="output"
+            )
+        if any(isinstance(spec, RlaifSpec) for spec in specs):
+            raise InvalidArgument(
+                "kind rlaif runs alone: it starts and stops its own engines between steps", field="kind"
+            )
+    settings = [_settings(spec, config) for spec in specs]
+    local = [s.inference for spec, s in zip(specs, settings, strict=True) if spec.services.mode == "local"]
+    if any(i != local[0] for i in local):
+        raise InvalidArgument(
+            "inference: the specs in local mode share one engine, and their inference sections (or "
+            "settings) differ; give them the same one, or run them one at a time",
+            field="inference",
+        )
+    configure_logging(
+        settings[0].logging.model_copy(update={"level": "WARNING"})
+        if settings[0].logging.level == "INFO"
+        else settings[0].logging
+    )
+    asyncio.run(_run_all(specs, settings, Console(stderr=True)))
+
+
+def _with_flags(path: Path, *, generator: str | None, critic_reviser: str | None, judge: str | None,
+                limit: int | None, output: Path | None, allow_constitution_change: bool) -> Any:  # fmt: skip
+    """The spec at `path` with the command line's flags applied."""
+    from charter.pipelines.rlaif_spec import FLAGS_REFUSED, RlaifSpec
+    from charter.pipelines.spec import RlCaiSpec, load_spec
+
+    spec = load_spec(path)
     if isinstance(spec, RlaifSpec) and (generator or critic_reviser or judge):
         raise InvalidArgument(f"--generator/--judge: {FLAGS_REFUSED}", field="services.mode")
     if isinstance(spec, RlaifSpec) and limit is not None:
@@ -100,19 +135,43 @@ def run(
         changes["output"] = output
     if allow_constitution_change and not isinstance(spec, RlaifSpec):
         changes["constitution_change"] = "continue"
-    spec = spec.model_copy(update=changes) if changes else spec
+    return spec.model_copy(update=changes) if changes else spec
+
+
+def _settings(spec: Any, config: Path | None) -> Any:
     overrides: dict[str, Any] = {}
     if spec.inference.overrides():
         overrides["inference"] = spec.inference.overrides()
     if spec.constitutions_dir is not None:
         overrides["constitutions"] = {"directory": spec.constitutions_dir}
-    settings = load_settings(config, **overrides)
-    configure_logging(
-        settings.logging.model_copy(update={"level": "WARNING"})
-        if settings.logging.level == "INFO"
-        else settings.logging
-    )
-    console = Console(stderr=True)
+    return load_settings(config, **overrides)
+
+
+async def _run_all(specs: list[Any], settings: list[Any], console: Console) -> None:
+    """Each spec in turn; with several, the local ones share one engine, built when the first needs it."""
+    engines: list[Any] = []
+
+    def shared_engine(inference: Any) -> Any:
+        if not engines:
+            from charter.inference.factory import build_engine
+
+            engines.append(build_engine(inference))
+        return engines[0]
+
+    try:
+        for spec, spec_settings in zip(specs, settings, strict=True):
+            factory = (lambda s=spec_settings: shared_engine(s.inference)) if len(specs) > 1 else None
+            await _run_one(spec, spec_settings, console, factory)
+    finally:
+        for engine in engines:
+            await engine.close()
+
+
+async def _run_one(spec: Any, settings: Any, console: Console, engine_factory: Any) -> None:
+    from charter.pipelines import best_of_n, rl_cai, rlaif, sl_cai
+    from charter.pipelines.rlaif_spec import RlaifSpec
+    from charter.pipelines.spec import BestOfNSpec, RlCaiSpec, SlCaiSpec
+
     columns = [TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), RateColumn()]
     progress = Progress(*columns, TimeRemainingColumn(), console=console)
     task = progress.add_task(spec.name, total=None)
@@ -128,8 +187,10 @@ def run(
     hooks: dict[str, Any] = {"on_start": on_start, "on_progress": lambda n: progress.advance(task, n)}
     if isinstance(spec, RlaifSpec):  # steps, not items: say what each one did
         hooks["on_step"] = lambda line: console.print(line, highlight=False)
+    elif engine_factory is not None:
+        hooks["engine_factory"] = engine_factory
     try:
-        summary = asyncio.run(pipeline.run(spec, settings, **hooks))
+        summary = await pipeline.run(spec, settings, **hooks)
     finally:
         if progress.live.is_started:
             progress.stop()

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import time
+
+import structlog
 
 from charter.core.settings import InferenceSettings
 from charter.inference import models
 from charter.inference.types import InferenceClient
+
+log = structlog.get_logger("charter.inference")
 
 
 def choose_engine(settings: InferenceSettings) -> str:
@@ -17,7 +22,16 @@ def choose_engine(settings: InferenceSettings) -> str:
 
 def build_engine(settings: InferenceSettings, *, name: str | None = None) -> InferenceClient:
     """Load the model and start the engine (this takes seconds to minutes: do it once per process).
-    `name`: what responses call the model (default: the `model` setting; the embedded model's name)."""
+    `name`: what responses call the model (default: the `model` setting; the embedded model's name).
+    Logs `inference.engine.started` (debug) with the engine and the seconds it took."""
+    started = time.perf_counter()
+    client = _build(settings, name)
+    log.debug("inference.engine.started", engine=choose_engine(settings), model=client.model.name,
+              seconds=round(time.perf_counter() - started, 2))  # fmt: skip
+    return client
+
+
+def _build(settings: InferenceSettings, name: str | None) -> InferenceClient:
     engine = choose_engine(settings)
     common = {
         "max_batch": settings.max_batch,

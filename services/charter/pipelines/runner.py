@@ -156,8 +156,11 @@ async def run(
     on_start: Callable[[int, int], None] = lambda total, done: None,
     on_progress: Callable[[int], None] = lambda n: None,
     engine: InferenceClient | None = None,
+    engine_factory: Callable[[], InferenceClient] | None = None,
 ) -> Summary:
-    """Run (or resume) `pipeline`; returns what this run did."""
+    """Run (or resume) `pipeline`; returns what this run did. Local mode serves on `engine`, else on
+    `engine_factory()` (called only when there is work: a chain of specs shares one engine that way),
+    else on an engine built from `settings.inference`."""
     started = time.perf_counter()
     spec, summary = pipeline.spec, pipeline.summary
     store = OutputStore(spec.output, spec.digest(), constitution_change=spec.constitution_change)
@@ -165,6 +168,8 @@ async def run(
     on_start(summary.total, summary.already_done)
     if pending:
         local = spec.services.mode == "local"
+        if local and engine is None and engine_factory is not None:
+            engine = engine_factory()
         context: Any = (
             local_services(settings, pipeline.local_services(), engine=engine)
             if local
