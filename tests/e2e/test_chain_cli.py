@@ -48,6 +48,7 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.timeout(600)
 def test_two_specs_run_on_one_engine_and_resume(tmp_path: Path) -> None:
     sl, rl = specs(tmp_path)
     done = charter("run", str(sl), str(rl))

@@ -221,6 +221,7 @@ def test_unknown_constitution_and_down_judge_stop_with_one_line(tmp_path: Path) 
     assert "Traceback" not in bad.stderr + down.stderr
 
 
+@pytest.mark.timeout(900)
 def test_a_resume_after_a_constitution_edit_is_refused_unless_allowed(
     tmp_path: Path, constitution_dir: Path
 ) -> None:
