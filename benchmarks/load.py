@@ -225,6 +225,22 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def quiet_service_machine() -> dict:
+    """Charter's logs down to warnings (the rpc log to errors) and the machine block of a gRPC service
+    benchmark: versions, load average at start, thread setting and niceness."""
+    from charter.core.logging import configure_logging
+    from charter.core.settings import LoggingSettings
+
+    configure_logging(LoggingSettings(format="console", level="WARNING"))
+    logging.getLogger("charter.rpc").setLevel(logging.ERROR)
+    info = machine(("charter", "grpcio", "protobuf"))
+    info["load_average_at_start"] = os.getloadavg()
+    info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+    with contextlib.suppress(OSError):
+        info["niceness"] = os.nice(0)
+    return info
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
@@ -240,16 +256,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
     args = parser.parse_args()
 
-    from charter.core.logging import configure_logging
-    from charter.core.settings import LoggingSettings
-
-    configure_logging(LoggingSettings(format="console", level="WARNING"))
-    logging.getLogger("charter.rpc").setLevel(logging.ERROR)
-    info = machine(("charter", "grpcio", "protobuf"))
-    info["load_average_at_start"] = os.getloadavg()
-    info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
-    with contextlib.suppress(OSError):
-        info["niceness"] = os.nice(0)
+    info = quiet_service_machine()
     started = time.perf_counter()
     results = {
         "baseline": asyncio.run(phase(args, 1, args.baseline_calls, 1024)),

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support: the scripted engine, the hh-rlhf file
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from engines import machine  # noqa: E402  # the machine/version block every benchmark records
+from load import quiet_service_machine  # noqa: E402  # logs quiet, the machine block
 
 from tests.support.fake_engine import FakeEngine  # noqa: E402
 from tests.support.hh import HH_DEV  # noqa: E402
@@ -221,16 +220,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "replicas.json")
     args = parser.parse_args()
 
-    from charter.core.logging import configure_logging
-    from charter.core.settings import LoggingSettings
-
-    configure_logging(LoggingSettings(format="console", level="WARNING"))
-    logging.getLogger("charter.rpc").setLevel(logging.ERROR)
-    info = machine(("charter", "grpcio", "protobuf"))
-    info["load_average_at_start"] = os.getloadavg()
-    info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
-    with contextlib.suppress(OSError):
-        info["niceness"] = os.nice(0)
+    info = quiet_service_machine()
     started = time.perf_counter()
     results = asyncio.run(run_all(args))
     base = results["replicas_1"]["pairs_per_s"]
