@@ -16,7 +16,7 @@ from charter.core.settings import load_settings
 app = typer.Typer(help="Evaluate Charter's components against human labels.", no_args_is_help=True)
 
 Engine = Literal["auto", "vllm", "openai", "transformers"]
-Dtype = Literal["bfloat16", "float16", "float32"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 Split = Literal["all", "tune", "report"]
 Method = Literal["multiple_choice", "calibrated", "contrastive", "reward_model"]
 

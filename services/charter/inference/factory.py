@@ -9,6 +9,7 @@ import structlog
 
 from charter.core.settings import InferenceSettings
 from charter.inference import models
+from charter.inference.precision import cuda_available, resolve_dtype
 from charter.inference.types import InferenceClient
 
 log = structlog.get_logger("charter.inference")
@@ -23,15 +24,16 @@ def choose_engine(settings: InferenceSettings) -> str:
 def build_engine(settings: InferenceSettings, *, name: str | None = None) -> InferenceClient:
     """Load the model and start the engine (this takes seconds to minutes: do it once per process).
     `name`: what responses call the model (default: the `model` setting; the embedded model's name).
-    Logs `inference.engine.started` (debug) with the engine and the seconds it took."""
+    Logs `inference.engine.started` (debug) with the engine, its dtype and the seconds it took."""
     started = time.perf_counter()
-    client = _build(settings, name)
+    dtype = resolve_dtype(settings.dtype, cuda=cuda_available())
+    client = _build(settings, name, dtype)
     log.debug("inference.engine.started", engine=choose_engine(settings), model=client.model.name,
-              seconds=round(time.perf_counter() - started, 2))  # fmt: skip
+              dtype=dtype, seconds=round(time.perf_counter() - started, 2))  # fmt: skip
     return client
 
 
-def _build(settings: InferenceSettings, name: str | None) -> InferenceClient:
+def _build(settings: InferenceSettings, name: str | None, dtype: str) -> InferenceClient:
     engine = choose_engine(settings)
     common = {
         "max_batch": settings.max_batch,
@@ -59,7 +61,7 @@ def _build(settings: InferenceSettings, name: str | None) -> InferenceClient:
         return VllmEngine(
             path,
             name=name,
-            dtype=settings.dtype,
+            dtype=dtype,
             max_model_len=settings.max_model_len,
             gpu_memory_utilization=v.gpu_memory_utilization,
             enforce_eager=v.enforce_eager,
@@ -74,7 +76,7 @@ def _build(settings: InferenceSettings, name: str | None) -> InferenceClient:
     return TransformersEngine(
         path,
         name=name,
-        dtype=settings.dtype,
+        dtype=dtype,
         threads=settings.threads,
         max_model_len=settings.max_model_len,
         **common,
