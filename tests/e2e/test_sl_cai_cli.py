@@ -138,6 +138,7 @@ def test_unknown_constitution_stops_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.timeout(600)  # the resume runs the real model
 def test_service_down_stops_with_a_clear_message_then_resumes(tmp_path: Path) -> None:
     from tests.integration.conftest import free_port
 
