@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from charter.api.trainer import spec_from_proto
+from charter.api.trainer import spec_from_proto, spec_to_proto
 from charter.api.trainer_limits import MAX_ITEMS, MAX_NAME, MAX_STRING, check_spec_sizes
 from charter.core.errors import InvalidArgument
 from charter.core.settings import load_settings
@@ -193,6 +193,43 @@ def test_resources_over_the_caps_are_refused(roots: Limits, resources, field):
     assert refusal(roots, s).field == field
     s.resources.CopyFrom(tp.Resources(gpus=8, processes=8, cpu="64", memory="512Gi"))
     check(spec_from_proto(s), limits=roots)
+
+
+@pytest.mark.parametrize(
+    ("executor", "max_nodes", "resources", "hyperparameters", "message"),
+    [
+        ("local", 4, {"nodes": 2}, {}, "spec.resources.nodes: 2 nodes need the Kubernetes executor; the local"),
+        ("kubernetes", 4, {"nodes": 5}, {}, "spec.resources.nodes: 5 is over this trainer's limit of 4 "
+         "(trainer.max_nodes)"),
+        ("kubernetes", 4, {"strategy": 9}, {}, "spec.resources.strategy: unknown strategy '9'; use one of "
+         "ddp, fsdp, zero3"),
+        ("local", 4, {"strategy": tp.STRATEGY_FSDP}, {}, "spec.resources.strategy: fsdp shares the model"),
+        ("kubernetes", 4, {"strategy": tp.STRATEGY_ZERO3}, {"fsdp": "full_shard"},
+         "spec.hyperparameters.fsdp: set by spec.resources.strategy=zero3"),
+    ],
+)  # fmt: skip
+def test_nodes_and_strategies_only_where_the_executor_gives_them(
+    roots: Limits, executor, max_nodes, resources, hyperparameters, message
+):
+    limits = Limits(roots=roots.roots, executor=executor, max_nodes=max_nodes)
+    s = spec(hyperparameters)
+    s.resources.CopyFrom(tp.Resources(**resources))
+    assert str(refusal(limits, s)).startswith(message)
+    s = spec()
+    s.resources.CopyFrom(tp.Resources(nodes=4, gpus=8, strategy=tp.STRATEGY_FSDP))
+    check(spec_from_proto(s), limits=Limits(roots=roots.roots, executor="kubernetes", max_nodes=4))
+    assert spec_from_proto(s).resources.strategy == "fsdp"
+    assert spec_to_proto(spec_from_proto(s)).resources == s.resources  # the stored spec keeps both
+    s.resources.CopyFrom(tp.Resources(nodes=2))  # the default cap: one node
+    assert refusal(Limits(roots=roots.roots, executor="kubernetes"), s).field == "spec.resources.nodes"
+
+
+def test_limits_take_the_node_cap_and_the_executor_from_the_settings(tmp_path: Path):
+    settings = load_settings(
+        trainer={"executor": "kubernetes", "max_nodes": 16, "allowed_roots": [str(tmp_path)]}
+    )
+    limits = Limits.from_settings(settings.trainer)
+    assert (limits.executor, limits.max_nodes) == ("kubernetes", 16)
 
 
 def test_checkpoints_must_fit_the_disk_budget(roots: Limits):

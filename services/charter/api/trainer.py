@@ -54,6 +54,9 @@ ALGORITHM_NAMES = {
 ALGORITHM_VALUES = {name: value for value, name in ALGORITHM_NAMES.items()}
 EXECUTOR_NAMES = {tp.EXECUTOR_LOCAL: "local", tp.EXECUTOR_KUBERNETES: "kubernetes"}
 EXECUTOR_VALUES = {name: value for value, name in EXECUTOR_NAMES.items()}
+STRATEGY_NAMES = {tp.STRATEGY_DDP: "ddp", tp.STRATEGY_FSDP: "fsdp", tp.STRATEGY_ZERO3: "zero3"}
+"""Strategy value -> the domain's name (charter.trainer.runs.STRATEGIES); UNSPECIFIED is ""."""
+STRATEGY_VALUES = {name: value for value, name in STRATEGY_NAMES.items()}
 ENSEMBLE_VARY_NAMES = {tp.ENSEMBLE_VARY_SEED: "seed", tp.ENSEMBLE_VARY_SUBSET: "subset"}
 """EnsembleVary value -> the domain's name."""
 ENSEMBLE_VARY_VALUES = {name: value for value, name in ENSEMBLE_VARY_NAMES.items()}
@@ -134,7 +137,15 @@ def spec_from_proto(spec: tp.RunSpec) -> RunSpec:
         if spec.HasField("hyperparameters")
         else None,
         executor=EXECUTOR_NAMES.get(spec.executor, ""),
-        resources=Resources(gpus=r.gpus, processes=r.processes, cpu=r.cpu, memory=r.memory),
+        resources=Resources(
+            gpus=r.gpus,
+            processes=r.processes,
+            cpu=r.cpu,
+            memory=r.memory,
+            nodes=r.nodes,
+            # an unknown value stays visible as its number: admission refuses it
+            strategy=STRATEGY_NAMES.get(r.strategy, str(r.strategy) if r.strategy else ""),
+        ),
         seed=spec.seed,
         watch=watch_from_proto(spec.watch) if spec.HasField("watch") else None,
         ensemble=ensemble_from_proto(spec.ensemble) if spec.HasField("ensemble") else None,
@@ -249,6 +260,8 @@ def spec_to_proto(spec: RunSpec) -> tp.RunSpec:
             processes=spec.resources.processes,
             cpu=spec.resources.cpu,
             memory=spec.resources.memory,
+            nodes=spec.resources.nodes,
+            strategy=STRATEGY_VALUES.get(spec.resources.strategy, tp.STRATEGY_UNSPECIFIED),
         ),
         seed=spec.seed,
     )

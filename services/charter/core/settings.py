@@ -376,7 +376,10 @@ class TrainerSettings(_Section):
     max_gpus: int = Field(default=8, ge=0)
     """The most `spec.resources.gpus` a run may ask for."""
     max_processes: int = Field(default=8, ge=1)
-    """The most `spec.resources.processes` a run may ask for."""
+    """The most `spec.resources.processes` a run may ask for (per node)."""
+    max_nodes: int = Field(default=1, ge=1, le=1000)
+    """The most `spec.resources.nodes` a run may ask for: more than one trains on several pods (a
+    Kubernetes indexed Job; the local executor runs on one machine, so there it is always 1)."""
     max_cpu: float = Field(default=64.0, gt=0.0)
     """The most CPU cores `spec.resources.cpu` may ask for (a local worker's torch threads too)."""
     max_memory_gib: float = Field(default=512.0, gt=0.0)

@@ -14,7 +14,8 @@ is recorded or started, each refusal an INVALID_ARGUMENT naming the field:
   list passes only when each of its addresses is allowed);
 - hyper-parameters that publish or report elsewhere (`push_to_hub`, `hub_*`, `report_to` other than
   none, trackio, a remote vLLM server, remote code) are refused (`deny_hyperparameters`);
-- resources are capped (`max_gpus`, `max_processes`, `max_cpu`, `max_memory_gib`) and the
+- resources are capped (`max_gpus`, `max_processes`, `max_cpu`, `max_memory_gib`, `max_nodes`;
+  several nodes and a strategy other than ddp only with the Kubernetes executor) and the
   checkpoints' estimated size must fit `checkpoint_budget_gib` (`check_disk_budget`).
 """
 
@@ -32,7 +33,7 @@ from charter.core import targets
 from charter.core.errors import InvalidArgument
 from charter.core.settings import TrainerSettings
 from charter.inference.models import default_cache_dir
-from charter.trainer.runs import RunSpec
+from charter.trainer.runs import STRATEGIES, RunSpec
 
 __all__ = ["Limits", "check_disk_budget", "deny_hyperparameters", "admit", "review_address"]
 
@@ -60,6 +61,8 @@ class Limits:
     judge_addresses: tuple[str, ...] = ()
     max_gpus: int = 8
     max_processes: int = 8
+    max_nodes: int = 1
+    executor: str = "local"
     max_cpu: float = 64.0
     max_memory_gib: float = 512.0
     checkpoint_budget_gib: float = 200.0
@@ -77,6 +80,7 @@ class Limits:
         return cls(
             roots=resolved, review_address=s.review_address, review_addresses=tuple(s.review_addresses),
             judge_addresses=tuple(s.judge_addresses), max_gpus=s.max_gpus, max_processes=s.max_processes,
+            max_nodes=s.max_nodes, executor=s.executor,
             max_cpu=s.max_cpu, max_memory_gib=s.max_memory_gib, checkpoint_budget_gib=s.checkpoint_budget_gib,
         )  # fmt: skip
 
@@ -180,6 +184,7 @@ def _resources(spec: RunSpec, limits: Limits) -> None:
         if not 0 <= asked <= most:
             field = f"spec.resources.{name}"
             raise InvalidArgument(f"{field}: {asked} is over this trainer's limit of {most}", field=field)
+    _distribution(spec, limits)
     if r.cpu and _quantity(r.cpu, "spec.resources.cpu") > limits.max_cpu:
         field = "spec.resources.cpu"
         raise InvalidArgument(
@@ -189,6 +194,45 @@ def _resources(spec: RunSpec, limits: Limits) -> None:
         field = "spec.resources.memory"
         raise InvalidArgument(
             f"{field}: {r.memory} is over this trainer's limit of {limits.max_memory_gib:g}Gi", field=field
+        )
+
+
+def _distribution(spec: RunSpec, limits: Limits) -> None:
+    """Several nodes and the sharding strategies: only where the executor can give them."""
+    r, field = spec.resources, "spec.resources.nodes"
+    if r.nodes > 1 and limits.executor != "kubernetes":
+        raise InvalidArgument(
+            f"{field}: {r.nodes} nodes need the Kubernetes executor; the {limits.executor} executor "
+            "trains on this machine only",
+            field=field,
+        )
+    if r.nodes > limits.max_nodes:
+        raise InvalidArgument(
+            f"{field}: {r.nodes} is over this trainer's limit of {limits.max_nodes} (trainer.max_nodes)",
+            field=field,
+        )
+    if r.nodes > 1 and spec.continuous is not None:  # each node would close its own rounds
+        raise InvalidArgument(f"{field}: a continuous run trains on one node", field=field)
+    field = "spec.resources.strategy"
+    if r.strategy and r.strategy not in STRATEGIES:
+        raise InvalidArgument(
+            f"{field}: unknown strategy {r.strategy!r}; use one of {', '.join(STRATEGIES)}", field=field
+        )
+    if r.strategy not in ("", "ddp") and limits.executor != "kubernetes":
+        raise InvalidArgument(
+            f"{field}: {r.strategy} shares the model across the processes of a Kubernetes worker; the "
+            f"{limits.executor} executor runs one process",
+            field=field,
+        )
+    # the strategy's accelerate config decides how the model is sharded: TRL's own switches would
+    # fight it
+    clash = sorted({"fsdp", "fsdp_config", "deepspeed"} & set(spec.hyperparameters or {}))
+    if r.strategy not in ("", "ddp") and clash:
+        field = f"spec.hyperparameters.{clash[0]}"
+        raise InvalidArgument(
+            f"{field}: set by spec.resources.strategy={r.strategy} (training/accelerate/"
+            f"{r.strategy}.yaml); leave it out",
+            field=field,
         )
 
 

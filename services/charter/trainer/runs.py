@@ -78,12 +78,32 @@ class DataSource:
         return "files" if self.files is not None else None
 
 
+STRATEGIES = ("ddp", "fsdp", "zero3")
+"""How a run's processes share the model: the accelerate configs in training/accelerate/."""
+
+
 @dataclass
 class Resources:
+    """What a run asks for. `gpus`, `processes`, `cpu` and `memory` are per node (a pod)."""
+
     gpus: int = 0
     processes: int = 0
+    """Per node; 0: one per GPU, at least one."""
     cpu: str = ""
     memory: str = ""
+    nodes: int = 0
+    """0 or 1: one node; more: a Kubernetes indexed Job, one pod per node."""
+    strategy: str = ""
+    """One of STRATEGIES; "": ddp."""
+
+    @property
+    def node_count(self) -> int:
+        return max(self.nodes, 1)
+
+    @property
+    def process_count(self) -> int:
+        """Processes on each node."""
+        return self.processes or self.gpus or 1
 
 
 @dataclass

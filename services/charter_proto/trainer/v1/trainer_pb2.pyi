@@ -91,6 +91,36 @@ EXECUTOR_KUBERNETES: Executor.ValueType  # 2
 """A Kubernetes batch/v1 Job."""
 Global___Executor: _TypeAlias = Executor  # noqa: Y015
 
+class _Strategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Strategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STRATEGY_UNSPECIFIED: _Strategy.ValueType  # 0
+    """DDP: every process holds the whole model."""
+    STRATEGY_DDP: _Strategy.ValueType  # 1
+    """DDP, named (training/accelerate/ddp.yaml)."""
+    STRATEGY_FSDP: _Strategy.ValueType  # 2
+    """FSDP full shard, transformer-layer auto wrap, sharded checkpoints (training/accelerate/fsdp.yaml)."""
+    STRATEGY_ZERO3: _Strategy.ValueType  # 3
+    """DeepSpeed ZeRO-3 (training/accelerate/zero3.yaml); needs the deepspeed package in the trainer image."""
+
+class Strategy(_Strategy, metaclass=_StrategyEnumTypeWrapper):
+    """How a run's processes share the model (docs/trainer.md, "Several nodes"): each is one of the
+    accelerate configs shipped in training/accelerate/, used by the Kubernetes executor.
+    """
+
+STRATEGY_UNSPECIFIED: Strategy.ValueType  # 0
+"""DDP: every process holds the whole model."""
+STRATEGY_DDP: Strategy.ValueType  # 1
+"""DDP, named (training/accelerate/ddp.yaml)."""
+STRATEGY_FSDP: Strategy.ValueType  # 2
+"""FSDP full shard, transformer-layer auto wrap, sharded checkpoints (training/accelerate/fsdp.yaml)."""
+STRATEGY_ZERO3: Strategy.ValueType  # 3
+"""DeepSpeed ZeRO-3 (training/accelerate/zero3.yaml); needs the deepspeed package in the trainer image."""
+Global___Strategy: _TypeAlias = Strategy  # noqa: Y015
+
 class _EnsembleVary:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -215,10 +245,19 @@ class Resources(_message.Message):
     PROCESSES_FIELD_NUMBER: _builtins.int
     CPU_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     gpus: _builtins.int
+    """Per node (per pod)."""
     processes: _builtins.int
+    """Per node: worker processes on each node (0: one per GPU, at least one)."""
     cpu: _builtins.str
+    """Per node."""
     memory: _builtins.str
+    """Per node."""
+    nodes: _builtins.int
+    """Nodes (pods) the run trains on; 0 or 1: one. More than one: a Kubernetes indexed Job."""
+    strategy: Global___Strategy.ValueType
     def __init__(
         self,
         *,
@@ -226,10 +265,12 @@ class Resources(_message.Message):
         processes: _builtins.int = ...,
         cpu: _builtins.str = ...,
         memory: _builtins.str = ...,
+        nodes: _builtins.int = ...,
+        strategy: Global___Strategy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "gpus", b"gpus", "memory", b"memory", "processes", b"processes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "gpus", b"gpus", "memory", b"memory", "nodes", b"nodes", "processes", b"processes", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
