@@ -1,7 +1,7 @@
 """The Kubernetes executor. Its manifests are validated offline against the Kubernetes schemas
 (kubernetes-validate --strict). Then it is driven through the real `kubernetes` client over HTTP
-against a small fake API server that speaks the few endpoints it uses: Jobs, ConfigMaps, Pods listed
-by label and a followed, chunked pod log that can break mid-stream."""
+against a small fake API server that speaks the few endpoints it uses: Jobs, ConfigMaps, Services,
+Pods listed by label and a followed, chunked pod log that can break mid-stream."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import kubernetes_validate
 import pytest
+import yaml
 from charter.core.errors import FailedPrecondition, InvalidArgument
 from charter.trainer import events
 from charter.trainer.executor import Launch, Outcome
@@ -29,9 +30,12 @@ from charter.trainer.kubernetes import (
     KubernetesExecutor,
     job_manifest,
     object_name,
+    rendezvous_service,
     run_resources,
     spec_configmap,
 )
+from charter.trainer.kubernetes.launcher import ACCELERATE_CONFIGS
+from charter.trainer.kubernetes.status import INDEX_KEY
 from charter.trainer.runs import Resources
 from charter_proto.trainer.v1 import trainer_pb2
 from google.protobuf.json_format import MessageToJson
@@ -84,7 +88,8 @@ def validate(obj: dict) -> None:
     ("resources", "resume", "command_head", "limits"),
     [
         (dict(gpus=4, cpu="32", memory="256Gi"), True,
-         ["accelerate", "launch", "--multi_gpu", "--num_processes", "4", "-m", "charter.app.trainer_worker"],
+         ["accelerate", "launch", "--config_file", "/etc/charter/run/accelerate.yaml", "--num_processes", "4",
+          "-m", "charter.app.trainer_worker"],
          {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": "4"}),
         (dict(gpus=2, processes=1, memory="64Gi"), False,
          ["python", "-m", "charter.app.trainer_worker"], {"memory": "64Gi", "nvidia.com/gpu": "2"}),
@@ -111,7 +116,10 @@ def test_manifests_validate_against_the_kubernetes_schemas(resources, resume, co
               "charter.dev/attempt": "3"}  # fmt: skip
     for meta in (job["metadata"], job["spec"]["template"]["metadata"], configmap["metadata"]):
         assert labels.items() <= meta["labels"].items()
-    assert configmap["data"] == {"spec.json": launch.spec_json}
+    accelerated = command_head[0] == "accelerate"  # DDP's config goes with the spec
+    ddp = {"accelerate.yaml": (ACCELERATE_CONFIGS / "ddp.yaml").read_text()} if accelerated else {}
+    assert configmap["data"] == {"spec.json": launch.spec_json, **ddp}
+    assert "completionMode" not in job["spec"] and "subdomain" not in job["spec"]["template"]["spec"]
 
     assert job["spec"]["backoffLimit"] == 0
     pod = job["spec"]["template"]["spec"]
@@ -192,6 +200,81 @@ def test_names_options_and_resources_are_checked(tmp_path: Path):
         job_manifest(make_launch(), options, Resources())
 
 
+def test_a_run_on_several_nodes_is_an_indexed_job_with_a_rendezvous_service():
+    launch = make_launch(nodes=2, gpus=8, cpu="96", memory="1Ti", strategy=trainer_pb2.STRATEGY_FSDP)
+    resources = run_resources(launch.spec_json)
+    assert (resources.nodes, resources.gpus, resources.strategy) == (2, 8, "fsdp")
+    job = job_manifest(launch, OPTIONS, resources)
+    configmap = spec_configmap(launch, OPTIONS)
+    uid = str(uuid.uuid4())
+    service = rendezvous_service(launch, OPTIONS, uid)
+    for obj in (job, configmap, service):
+        validate(obj)
+
+    name = "charter-run-r-0123456789abcdef-1"
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (
+        "Indexed", 2, 2, 0,
+    )  # fmt: skip
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == name == service["metadata"]["name"]
+    [container] = pod["containers"]
+    assert container["command"] == [
+        "accelerate", "launch", "--config_file", "/etc/charter/run/accelerate.yaml",
+        "--num_machines", "2", "--machine_rank", "$(JOB_COMPLETION_INDEX)",
+        "--main_process_ip", f"{name}-0.{name}", "--main_process_port", "29500", "--num_processes", "16",
+        "-m", "charter.app.trainer_worker", "--spec", "/etc/charter/run/spec.json",
+        "--run-dir", "/runs/r-0123456789abcdef",
+    ]  # fmt: skip
+    assert container["resources"]["limits"] == {
+        "cpu": "96",
+        "memory": "1Ti",
+        "nvidia.com/gpu": "8",
+    }  # per node
+    assert configmap["data"]["accelerate.yaml"] == (ACCELERATE_CONFIGS / "fsdp.yaml").read_text()
+    fsdp = yaml.safe_load(configmap["data"]["accelerate.yaml"])
+    assert (
+        fsdp["distributed_type"] == "FSDP"
+        and fsdp["fsdp_config"]["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    )
+
+    # headless, names published before the pods are ready, selecting the Job's pods by the label the Job
+    # controller gives them, owned by the Job (deleted with it)
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"job-name": name}
+    assert service["spec"]["ports"] == [{"name": "rendezvous", "port": 29500, "protocol": "TCP"}]
+    assert service["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid}
+    ]
+
+    # a pod's hostname is <job>-<index>: the longest Job name leaves room for the highest index
+    longest = job_manifest(
+        make_launch(run_id="Run_" + "x" * 80, attempt=99999), OPTIONS, Resources(nodes=1000)
+    )
+    hostname = f"{longest['metadata']['name']}-999"
+    assert len(hostname) <= 63 and DNS_LABEL.fullmatch(hostname)
+    assert longest["spec"]["completions"] == 1000
+
+    # the other strategies: their configs; a strategy on one GPU still runs under accelerate
+    for strategy, file in (
+        (trainer_pb2.STRATEGY_ZERO3, "zero3.yaml"),
+        (trainer_pb2.STRATEGY_DDP, "ddp.yaml"),
+    ):
+        shipped = (ACCELERATE_CONFIGS / file).read_text()
+        assert (
+            spec_configmap(make_launch(nodes=2, strategy=strategy), OPTIONS)["data"]["accelerate.yaml"]
+            == shipped
+        )
+    one = make_launch(gpus=1, strategy=trainer_pb2.STRATEGY_FSDP)
+    command = job_manifest(one, OPTIONS, run_resources(one.spec_json))["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert command["command"][:6] == [
+        "accelerate", "launch", "--config_file", "/etc/charter/run/accelerate.yaml", "--num_processes", "1",
+    ]  # fmt: skip
+    assert "accelerate.yaml" not in spec_configmap(make_launch(gpus=1), OPTIONS)["data"]  # plain python
+
+
 # -- a fake API server ----------------------------------------------------------------------------------
 
 
@@ -209,17 +292,24 @@ class FakeKubernetes:
         self.cond = threading.Condition()
         self.jobs: dict[str, dict] = {}
         self.configmaps: dict[str, dict] = {}
+        self.services: dict[str, dict] = {}
         self.pods: dict[str, dict] = {}
+        self.forbidden: set[str] = set()
+        """Kinds whose creation the API server refuses (403: a Role without them)."""
         self.logs: dict[str, list[tuple[int, str]]] = {}
         self.requests: list[dict] = []
         self.break_streams = 0
         self.last_ns = 0
 
     # the controllers' side
-    def start_pod(self, job: str, waiting: str = "ContainerCreating", message: str = "") -> str:
+    def start_pod(
+        self, job: str, waiting: str = "ContainerCreating", message: str = "", index: int | None = None
+    ) -> str:
+        """A pod of `job`; `index`: of an indexed Job, labelled and annotated as the controller does."""
         with self.cond:
             spec = self.jobs[job]
-            pod = f"{job}-{uuid.uuid4().hex[:5]}"
+            pod = f"{job}-{'' if index is None else f'{index}-'}{uuid.uuid4().hex[:5]}"
+            indexed = {} if index is None else {INDEX_KEY: str(index)}
             self.pods[pod] = {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {
@@ -227,7 +317,8 @@ class FakeKubernetes:
                     "creationTimestamp": now_rfc3339(),
                     "labels": {**spec["spec"]["template"]["metadata"]["labels"], "job-name": job,
                                "batch.kubernetes.io/job-name": job,
-                               "controller-uid": spec["metadata"]["uid"]},
+                               "controller-uid": spec["metadata"]["uid"], **indexed},
+                    "annotations": {**spec["spec"]["template"]["metadata"]["annotations"], **indexed},
                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job,
                                          "uid": spec["metadata"]["uid"], "controller": True,
                                          "blockOwnerDeletion": True}],
@@ -259,16 +350,21 @@ class FakeKubernetes:
             self.logs[pod].extend((self.last_ns, line) for line in lines)
             self.cond.notify_all()
 
+    def end(self, pod: str, exit_code: int, reason: str, at_ns: int | None = None) -> None:
+        """The worker container terminates."""
+        self.set_state(pod, {"terminated": {"exitCode": exit_code, "reason": reason, "startedAt": now_rfc3339(),
+                                            "finishedAt": now_rfc3339(at_ns)}},
+                       phase="Succeeded" if exit_code == 0 else "Failed")  # fmt: skip
+
     def finish(self, job: str, pod: str | None, condition: str, *, exit_code: int, reason: str,
-               job_reason: str = "", job_message: str = "") -> None:  # fmt: skip
+               job_reason: str = "", job_message: str = "", count: int = 1) -> None:  # fmt: skip
+        """The Job ends (`count`: its succeeded or failed pods), after its pod `pod` if given."""
         with self.cond:
             if pod is not None:
-                self.set_state(pod, {"terminated": {"exitCode": exit_code, "reason": reason,
-                                                    "startedAt": now_rfc3339(), "finishedAt": now_rfc3339()}},
-                               phase="Succeeded" if exit_code == 0 else "Failed")  # fmt: skip
+                self.end(pod, exit_code, reason)
             status = self.jobs[job]["status"]
             status.pop("active", None)
-            status["succeeded" if condition == "Complete" else "failed"] = 1
+            status["succeeded" if condition == "Complete" else "failed"] = count
             status["conditions"] = [{"type": condition, "status": "True", "reason": job_reason or None,
                                      "message": job_message or None, "lastProbeTime": now_rfc3339(),
                                      "lastTransitionTime": now_rfc3339()}]  # fmt: skip
@@ -303,16 +399,24 @@ class Handler(BaseHTTPRequestHandler):
         with fake.cond:
             fake.requests.append({"method": self.command, "path": url.path, "query": query, "body": body,
                                   "content_type": self.headers.get("Content-Type")})  # fmt: skip
-        match = re.fullmatch(r"/apis?(?:/batch)?/v1/namespaces/charter/(jobs|configmaps|pods)(?:/([^/]+))?(/log)?",
-                             url.path)  # fmt: skip
+        match = re.fullmatch(r"/apis?(?:/batch)?/v1/namespaces/charter/(jobs|configmaps|services|pods)"
+                             r"(?:/([^/]+))?(/log)?", url.path)  # fmt: skip
         if match is None:
             return self.status(404, "NotFound", f"no route {url.path}")
         kind, name, log = match.groups()
-        store = {"jobs": fake.jobs, "configmaps": fake.configmaps, "pods": fake.pods}[kind]
+        store = {
+            "jobs": fake.jobs,
+            "configmaps": fake.configmaps,
+            "services": fake.services,
+            "pods": fake.pods,
+        }[kind]
         if log:
             return self.serve_log(name, query)
         with fake.cond:
             if self.command == "POST":
+                if kind in fake.forbidden:
+                    return self.status(403, "Forbidden", f'{kind} is forbidden: User "charter-trainer" cannot '
+                                       f"create resource {kind!r}")  # fmt: skip
                 name = body["metadata"]["name"]
                 if name in store:
                     return self.status(409, "AlreadyExists", f'{kind} "{name}" already exists')
@@ -342,7 +446,7 @@ class Handler(BaseHTTPRequestHandler):
                 obj = store.pop(name)
                 if kind == "jobs":  # the garbage collector: the Job's pods and ConfigMap go with it
                     uid = obj["metadata"]["uid"]
-                    for other in (fake.pods, fake.configmaps):
+                    for other in (fake.pods, fake.configmaps, fake.services):
                         for key in [
                             k
                             for k, v in other.items()
@@ -683,6 +787,86 @@ async def test_the_trainer_service_runs_and_fails_jobs_through_the_executor(fake
         await until(lambda: resumed.job_name not in state.jobs)  # deleted
     finally:
         await servicer.stop()
+
+
+async def test_several_nodes_follow_rank_0_and_succeed_only_when_every_node_does(fake):
+    state, executor = fake
+    launch = make_launch(nodes=2, gpus=1)
+    handle = await executor.launch(launch)
+    name = handle.split("/")[1]
+    uid = state.jobs[name]["metadata"]["uid"]
+    [post] = requests(state, "POST", "services")  # after the Job, owned by it
+    assert post["body"] == rendezvous_service(launch, OPTIONS, uid)
+    assert state.services[name]["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert await executor.launch(launch) == handle and len(state.services) == 1  # idempotent
+
+    received: list[str] = []
+
+    async def follow() -> None:
+        async for line in executor.lines(handle):
+            received.append(line)
+
+    rank0 = state.start_pod(name, index=0)
+    rank1 = state.start_pod(name, index=1)  # the newer pod: not the one that reports
+    follower = asyncio.create_task(follow())
+    for pod in (rank0, rank1):
+        state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
+    state.log(rank1, "rank 1: step 1")
+    finished = events.encode("finished", output_dir="/runs/r-0123456789abcdef/model")
+    state.log(rank0, "rank 0: step 1", finished)
+    state.end(rank0, 0, "Completed")
+    await asyncio.wait_for(follower, 10)
+    assert received == ["rank 0: step 1", finished]
+    assert await executor.outcome(handle) is None  # rank 1 still runs
+
+    state.end(rank1, 0, "Completed")
+    state.finish(name, None, "Complete", exit_code=0, reason="Completed", count=1)  # as a successPolicy would
+    assert await executor.outcome(handle) == Outcome(
+        False, f"Job {handle} completed with 1 of its 2 nodes succeeded"
+    )
+    state.jobs[name]["status"]["succeeded"] = 2
+    assert await executor.outcome(handle) == Outcome(True, "")
+
+    await executor.cancel(handle)  # the Job goes, its ConfigMap and Service with it
+    assert state.jobs == state.configmaps == state.services == {}
+
+
+async def test_the_first_node_to_fail_says_why(fake):
+    state, executor = fake
+    handle = await executor.launch(make_launch(nodes=3))
+    name = handle.split("/")[1]
+    pods = [state.start_pod(name, index=i) for i in range(3)]
+    for pod in pods:
+        state.set_state(pod, {"running": {"startedAt": now_rfc3339()}})
+    assert await executor.outcome(handle) is None
+    # node 2 is killed for memory; rank 0 then fails on the lost peer; the Job stops node 1
+    state.log(pods[0], events.encode("error", message="DistBackendError: Connection closed by peer"))
+    t = time.time_ns()
+    state.end(pods[2], 137, "OOMKilled", at_ns=t - 5 * 10**9)
+    state.end(pods[0], 1, "Error", at_ns=t)
+    state.end(pods[1], 143, "Error", at_ns=t + 10**9)
+    state.finish(name, None, "Failed", exit_code=1, reason="Error", job_reason="BackoffLimitExceeded")
+    assert await executor.outcome(handle) == Outcome(
+        False, "node 2 of 3: worker container was OOMKilled (exit code 137): raise spec.resources.memory"
+    )
+
+
+async def test_a_node_that_cannot_start_or_a_missing_service_fails_the_attempt(fake):
+    state, executor = fake
+    handle = await executor.launch(make_launch(nodes=2, gpus=1))
+    name = handle.split("/")[1]
+    state.set_state(state.start_pod(name, index=0), {"running": {"startedAt": now_rfc3339()}})
+    state.start_pod(name, "ImagePullBackOff", "Back-off pulling image", index=1)
+    outcome = await executor.outcome(handle)
+    assert (
+        outcome is not None and not outcome.succeeded and "cannot start: ImagePullBackOff" in outcome.reason
+    )
+    assert state.jobs == state.pods == state.services == {}  # every node's GPUs are free again
+
+    state.forbidden.add("services")  # a Role without services: the ranks could never meet
+    with pytest.raises(FailedPrecondition, match="refused to create Service .*: 403"):
+        await executor.launch(make_launch(nodes=2))
+    assert state.jobs == state.configmaps == {}
 
 
 def test_workers_mount_the_client_certificate_when_the_cluster_speaks_mutual_tls():

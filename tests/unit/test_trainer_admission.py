@@ -204,6 +204,8 @@ def test_resources_over_the_caps_are_refused(roots: Limits, resources, field):
         ("kubernetes", 4, {"strategy": 9}, {}, "spec.resources.strategy: unknown strategy '9'; use one of "
          "ddp, fsdp, zero3"),
         ("local", 4, {"strategy": tp.STRATEGY_FSDP}, {}, "spec.resources.strategy: fsdp shares the model"),
+        ("kubernetes", 4, {"strategy": tp.STRATEGY_FSDP, "algorithm": tp.ALGORITHM_PPO}, {},
+         "spec.resources.strategy: fsdp shards the weights of TRL's trainers"),
         ("kubernetes", 4, {"strategy": tp.STRATEGY_ZERO3}, {"fsdp": "full_shard"},
          "spec.hyperparameters.fsdp: set by spec.resources.strategy=zero3"),
     ],
@@ -212,7 +214,8 @@ def test_nodes_and_strategies_only_where_the_executor_gives_them(
     roots: Limits, executor, max_nodes, resources, hyperparameters, message
 ):
     limits = Limits(roots=roots.roots, executor=executor, max_nodes=max_nodes)
-    s = spec(hyperparameters)
+    algorithm = resources.pop("algorithm", tp.ALGORITHM_DPO)
+    s = spec(hyperparameters, algorithm=algorithm)
     s.resources.CopyFrom(tp.Resources(**resources))
     assert str(refusal(limits, s)).startswith(message)
     s = spec()

@@ -155,6 +155,8 @@ class Runner:
         if watch is not None and watch.stopped:
             watch.export_best(self.output)
             return
+        if getattr(trainer, "is_fsdp_enabled", False):  # sharded checkpoints; the model is saved whole
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(self.output))
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(str(self.output))

@@ -224,6 +224,15 @@ def _distribution(spec: RunSpec, limits: Limits) -> None:
             f"{limits.executor} executor runs one process",
             field=field,
         )
+    if r.strategy in ("fsdp", "zero3") and (
+        spec.algorithm == "ppo" or spec.watch is not None or spec.ensemble is not None or spec.continuous
+    ):  # they read, copy or save the weights outside TRL's trainer, as whole tensors
+        raise InvalidArgument(
+            f"{field}: {r.strategy} shards the weights of TRL's trainers (sft, reward-model, dpo, grpo, "
+            "rloo); Charter's PPO, the reward-hacking watch, reward-model ensembles and continuous runs "
+            "train with ddp",
+            field=field,
+        )
     # the strategy's accelerate config decides how the model is sharded: TRL's own switches would
     # fight it
     clash = sorted({"fsdp", "fsdp_config", "deepspeed"} & set(spec.hyperparameters or {}))

@@ -10,7 +10,15 @@ For attempt N of run R it creates, in `JobOptions.namespace`:
 - a Job `charter-run-R-N` rendered from `job-template.yaml` (or the operator's own template):
   backoffLimit 0 and restartPolicy Never (the trainer service decides about resumes), a hardened
   non-root pod, GPUs, cpu and memory from `spec.resources`, and the runs PVC mounted at `runs_mount`.
-  The PVC holds every run's folder, so checkpoints outlive the pod and a resume finds them.
+  The PVC holds every run's folder, so checkpoints outlive the pod and a resume finds them. Several
+  processes, or a sharding strategy, run under `accelerate launch` with the strategy's accelerate
+  config (`accelerate/ddp|fsdp|zero3.yaml`, also at training/accelerate/), which the ConfigMap carries
+  as `accelerate.yaml` (`launcher`);
+- for a run on several nodes (`spec.resources.nodes` > 1) the Job is an indexed Job, one pod per
+  node (completion index = node rank), and a headless Service `charter-run-R-N`, created with the
+  Job as its owner (so deleted with it), makes pod 0 reachable as `charter-run-R-N-0.charter-run-R-N`
+  for the rendezvous. Only rank 0 reports events and writes the run's files; the run succeeds when
+  every node's pod succeeded and fails, with the first failed pod's reason, when any fails.
 
 The handle is `<namespace>/<job-name>`. Object names are DNS-1123 labels of at most 63 characters.
 Run ids like `r-0123abcd...` are used as they are; any other id is sanitised and given a hash
@@ -21,6 +29,7 @@ cluster-wide:
 
     - apiGroups: ["batch"]   resources: ["jobs"]        verbs: ["create", "get", "delete"]
     - apiGroups: [""]        resources: ["configmaps"]  verbs: ["create", "patch", "delete"]
+    - apiGroups: [""]        resources: ["services"]    verbs: ["create"]   (runs on several nodes)
     - apiGroups: [""]        resources: ["pods"]        verbs: ["list"]
     - apiGroups: [""]        resources: ["pods/log"]    verbs: ["get"]
 
@@ -50,6 +59,7 @@ from charter.trainer.kubernetes.manifest import (
     JobOptions,
     job_manifest,
     object_name,
+    rendezvous_service,
     run_dir,
     run_resources,
     spec_configmap,
@@ -66,6 +76,7 @@ __all__ = [
     "KubernetesExecutor",
     "job_manifest",
     "object_name",
+    "rendezvous_service",
     "run_dir",
     "run_resources",
     "spec_configmap",

@@ -1,6 +1,8 @@
 """`KubernetesExecutor`: the `Executor` that runs each attempt of a run as a Kubernetes Job (see
-`charter.trainer.kubernetes`): launch (ConfigMap, then Job, idempotently), the worker's log followed
-and reopened where it broke, the outcome from the Job's status, and cancel.
+`charter.trainer.kubernetes`): launch (ConfigMap, then Job, then — on several nodes — the rendezvous
+Service, idempotently), the worker's log followed (rank 0's pod: the one that reports) and reopened
+where it broke, the outcome from the Job's status (succeeded when every node's pod did; failed, with
+the first failed pod's reason, when any failed), and cancel.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from charter.trainer.kubernetes.manifest import (
     DNS_LABEL,
     JobOptions,
     job_manifest,
+    rendezvous_service,
     run_dir,
     run_resources,
     spec_configmap,
@@ -112,7 +115,8 @@ class KubernetesExecutor:
             raise _error(err, what) from err
 
     async def launch(self, launch: Launch) -> str:
-        job = job_manifest(launch, self.options, run_resources(launch.spec_json))
+        resources = run_resources(launch.spec_json)
+        job = job_manifest(launch, self.options, resources)
         configmap = spec_configmap(launch, self.options)
         namespace, name = self.options.namespace, job["metadata"]["name"]
         handle = f"{namespace}/{name}"
@@ -146,12 +150,26 @@ class KubernetesExecutor:
                 )
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": created.metadata.uid}
         await self._patch_configmap(namespace, name, {"metadata": {"ownerReferences": [owner]}})
+        if resources.node_count > 1:  # owned by the Job from its creation: deleted with it
+            service = rendezvous_service(launch, self.options, created.metadata.uid)
+            try:
+                await self._call(
+                    f"create Service {handle}",
+                    core.create_namespaced_service,
+                    namespace,
+                    service,
+                    allow=(409,),
+                )
+            except CharterError:  # the ranks could never meet: no Job holding nodes' GPUs for nothing
+                await self.cancel(handle)
+                raise
         log.info(
             "trainer.worker.started",
             run_id=launch.run_id,
             attempt=launch.attempt,
             job=handle,
             existing=existing,
+            nodes=resources.node_count,
         )
         return handle
 
@@ -170,15 +188,20 @@ class KubernetesExecutor:
             f"read Job {namespace}/{name}", self.batch.read_namespaced_job, name, namespace, allow=(404,)
         )
 
-    async def _pod(self, namespace: str, name: str) -> k8s.V1Pod | None:
-        """The Job's newest pod (with backoffLimit 0 there is one, barring an eviction)."""
+    async def _pods(self, namespace: str, name: str) -> list[k8s.V1Pod]:
         pods = await self._call(
             f"list the pods of Job {namespace}/{name}",
             self.core.list_namespaced_pod,
             namespace,
             label_selector=f"job-name={name}",
         )
-        return max(pods.items or [], key=podstate.created, default=None)
+        return list(pods.items or [])
+
+    async def _pod(self, namespace: str, name: str) -> k8s.V1Pod | None:
+        """The Job's newest pod of rank 0 — the one that reports (with backoffLimit 0 there is one per
+        node, barring an eviction)."""
+        pods = [p for p in await self._pods(namespace, name) if podstate.completion_index(p) in (None, 0)]
+        return max(pods, key=podstate.created, default=None)
 
     async def _patiently(self, call: Any, *args: Any) -> Any:
         """`call(*args)`, retried while the API server is unreachable, up to `patience_seconds`."""
@@ -273,22 +296,42 @@ class KubernetesExecutor:
         job = await self._read_job(namespace, name)
         if job is None:
             return Outcome(False, f"Job {handle} no longer exists (cancelled, or deleted after it finished)")
-        finished = podstate.finished(job)
-        if "Complete" in finished:
+        finished, nodes = podstate.finished(job), podstate.completions(job)
+        if "Complete" in finished and podstate.all_succeeded(job):
             return Outcome(True, "")
-        pod = await self._pod(namespace, name)
+        if "Complete" in finished:
+            succeeded = (job.status.succeeded if job.status else None) or 0
+            return Outcome(False, f"Job {handle} completed with {succeeded} of its {nodes} nodes succeeded")
+        pods = await self._pods(namespace, name)
         if "Failed" in finished:
-            return Outcome(False, await self._failure(namespace, pod, finished["Failed"], nonce))
-        if (reason := podstate.cannot_start(pod)) is None:
+            return Outcome(False, await self._failure(namespace, pods, finished["Failed"], nonce, nodes))
+        reason = next(filter(None, map(podstate.cannot_start, pods)), None)  # any node's pod
+        if reason is None:
             return None
         await self.cancel(handle)
         return Outcome(False, reason)
 
     async def _failure(
+        self,
+        namespace: str,
+        pods: list[k8s.V1Pod],
+        condition: k8s.V1JobCondition,
+        nonce: str,
+        nodes: int = 1,
+    ) -> str:
+        """Why, from the first pod to fail (the Job stops the other nodes' pods after it; rank 0's
+        pod when none did): the worker's last `error` event, else how its container ended, else the
+        Job's condition. On several nodes the reason names the node."""
+        broken = sorted((p for p in pods if podstate.failed(p)), key=podstate.ended_at)
+        first = [p for p in pods if podstate.completion_index(p) in (None, 0)]
+        pod = (broken or sorted(first, key=podstate.created, reverse=True) or [None])[0]
+        reason = await self._pod_failure(namespace, pod, condition, nonce)
+        index = podstate.completion_index(pod) if pod is not None else None
+        return f"node {index} of {nodes}: {reason}" if nodes > 1 and index is not None else reason
+
+    async def _pod_failure(
         self, namespace: str, pod: k8s.V1Pod | None, condition: k8s.V1JobCondition, nonce: str
     ) -> str:
-        """Why: the worker's last `error` event, else how its container ended, else the Job's
-        condition."""
         status = podstate.worker_status(pod)
         terminated = status.state.terminated if status and status.state else None
         log_tail = ""

@@ -1,6 +1,8 @@
 """A run attempt's Kubernetes objects: the Job rendered from `job-template.yaml` (or the operator's
-own template) and checked for what the executor relies on, the ConfigMap holding its spec, and the
-names they get (DNS-1123 labels of at most 63 characters). `JobOptions` is the trainer's
+own template) and checked for what the executor relies on — an indexed Job, one pod per node, for a
+run on several nodes (`launcher`) — the ConfigMap holding its spec (and its accelerate config), and
+the names they get (DNS-1123 labels of at most 63 characters; an indexed Job's pods are named
+`<job>-<index>`, so the Job's name leaves room for the index). `JobOptions` is the trainer's
 `trainer.kubernetes` settings section, checked for what a Job needs.
 """
 
@@ -19,6 +21,7 @@ from charter.core.errors import InvalidArgument
 from charter.core.settings import TrainerKubernetesSettings
 from charter.trainer import events
 from charter.trainer.executor import Launch, worker_command
+from charter.trainer.kubernetes import launcher
 from charter.trainer.runs import Resources
 
 TEMPLATE = Path(__file__).parent.parent / "job-template.yaml"
@@ -29,7 +32,7 @@ HOME = "/home/charter"
 UID = 10001
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _PREFIX = "charter-run-"
-_SLUG_MAX = 63 - len(_PREFIX) - len("-99999")
+_SLUG_MAX = 63 - len(_PREFIX) - len("-99999") - len("-999")  # room for a pod's "-<index>" (nodes <= 1000)
 _QUANTITY = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?")
 _RESERVED_MOUNTS = ("", SPEC_DIR, HOME, "/tmp", "/dev/shm")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -131,19 +134,8 @@ def _container_resources(resources: Resources) -> dict[str, dict[str, str]]:
 
 
 def _command(launch: Launch, options: JobOptions, resources: Resources) -> list[str]:
-    processes = resources.processes or resources.gpus or 1
-    if processes > max(resources.gpus, 1):
-        raise InvalidArgument(
-            f"spec.resources.processes={processes} needs a GPU per process, but gpus={resources.gpus}",
-            field="spec.resources.processes",
-            value=processes,
-        )
-    command = worker_command(
-        "python", f"{SPEC_DIR}/spec.json", run_dir(options, launch.run_id), launch.resume
-    )
-    if processes == 1:
-        return command
-    return ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes), *command[1:]]
+    worker = worker_command("python", f"{SPEC_DIR}/spec.json", run_dir(options, launch.run_id), launch.resume)
+    return launcher.command(worker, object_name(launch.run_id, launch.attempt), SPEC_DIR, resources)
 
 
 def _template(path: Path) -> jinja2.Template:
@@ -180,6 +172,9 @@ def job_manifest(launch: Launch, options: JobOptions, resources: Resources) -> d
     )
     job = yaml.safe_load(text)
     _check_job(job, meta, path)
+    if (nodes := resources.node_count) > 1:  # here, not in the template: an operator's own gets it too
+        job["spec"].update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+        job["spec"]["template"]["spec"]["subdomain"] = meta["name"]  # the rendezvous Service
     if launch.nonce:
         worker = next(c for c in job["spec"]["template"]["spec"]["containers"] if c.get("name") == CONTAINER)
         env = [e for e in worker.get("env") or [] if e.get("name") != events.NONCE_ENV]
@@ -214,21 +209,28 @@ def _check_job(job: Any, meta: dict[str, Any], path: Path) -> None:
 
 
 def spec_configmap(launch: Launch, options: JobOptions) -> dict[str, Any]:
-    """The ConfigMap holding the attempt's spec.json (mounted at /etc/charter/run)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(launch, options),
-        "data": {"spec.json": launch.spec_json},
-    }
+    """The ConfigMap holding the attempt's spec.json and, for a worker under accelerate, its
+    accelerate config (both mounted at /etc/charter/run)."""
+    data = {"spec.json": launch.spec_json}
+    if (config := launcher.accelerate_config(run_resources(launch.spec_json))) is not None:
+        data[launcher.CONFIG_KEY] = config
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(launch, options), "data": data}
+
+
+def rendezvous_service(launch: Launch, options: JobOptions, job_uid: str) -> dict[str, Any]:
+    """The headless Service of a run on several nodes (`launcher.rendezvous_service`), owned by its Job."""
+    return launcher.rendezvous_service(_metadata(launch, options), job_uid)
 
 
 def run_resources(spec_json: str) -> Resources:
     """The `resources` of a spec in the worker's JSON form (the RunSpec message as JSON)."""
     found = json.loads(spec_json).get("resources") or {}
+    strategy = str(found.get("strategy", ""))  # the enum's name in JSON (STRATEGY_FSDP), or its number
     return Resources(
         gpus=int(found.get("gpus", 0)),
         processes=int(found.get("processes", 0)),
         cpu=str(found.get("cpu", "")),
         memory=str(found.get("memory", "")),
+        nodes=int(found.get("nodes", 0)),
+        strategy="" if strategy == "STRATEGY_UNSPECIFIED" else strategy.removeprefix("STRATEGY_").lower(),
     )

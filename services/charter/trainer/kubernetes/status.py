@@ -1,5 +1,6 @@
 """Reading a worker's state from Kubernetes objects: the worker container's status in its pod, whether
-it started, ended or cannot start, the Job's terminal conditions, the worker's last `error` event in
+it started, ended, failed or cannot start, a pod's node rank in an indexed Job, the Job's terminal
+conditions and whether all its indexes succeeded, the worker's last `error` event in
 its log, and `LogCursor`, which lets a followed log be reopened without repeats or gaps.
 """
 
@@ -12,6 +13,8 @@ from kubernetes import client as k8s
 from charter.trainer import events
 from charter.trainer.kubernetes.manifest import CONTAINER
 
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+"""The label (and annotation) the Job controller gives each pod of an indexed Job."""
 # a container waiting for one of these does not start by waiting longer
 CANNOT_START = frozenset(
     {"ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff", "CreateContainerConfigError"}
@@ -64,6 +67,39 @@ def joined(*parts: str | None) -> str:
 def created(pod: k8s.V1Pod) -> tuple[float, str]:
     stamp = pod.metadata.creation_timestamp
     return (stamp.timestamp() if stamp else 0.0), pod.metadata.name
+
+
+def completion_index(pod: k8s.V1Pod) -> int | None:
+    """The pod's index in an indexed Job (its node rank); None for a pod of a plain Job."""
+    meta = pod.metadata
+    value = (meta.labels or {}).get(INDEX_KEY) or (meta.annotations or {}).get(INDEX_KEY)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def completions(job: k8s.V1Job) -> int:
+    """How many pods must succeed: the nodes of a run on several nodes, else 1."""
+    return (job.spec.completions if job.spec else None) or 1
+
+
+def all_succeeded(job: k8s.V1Job) -> bool:
+    """Every index succeeded. A Job's Complete condition alone does not say so: a template's
+    successPolicy can complete an indexed Job once some indexes have."""
+    succeeded = (job.status.succeeded if job.status else None) or 0
+    return succeeded >= completions(job)
+
+
+def ended_at(pod: k8s.V1Pod) -> float:
+    """When the worker container ended (infinity while it runs): the first to fail is the cause."""
+    status = worker_status(pod)
+    ended = status.state.terminated if status and status.state else None
+    stamp = ended.finished_at if ended else None
+    return stamp.timestamp() if stamp else float("inf")
+
+
+def failed(pod: k8s.V1Pod) -> bool:
+    status = worker_status(pod)
+    ended = status.state.terminated if status and status.state else None
+    return (ended is not None and ended.exit_code != 0) or phase(pod) == "Failed"
 
 
 def finished(job: k8s.V1Job) -> dict[str, k8s.V1JobCondition]:
