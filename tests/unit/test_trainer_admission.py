@@ -225,6 +225,12 @@ def test_nodes_and_strategies_only_where_the_executor_gives_them(
     assert spec_to_proto(spec_from_proto(s)).resources == s.resources  # the stored spec keeps both
     s.resources.CopyFrom(tp.Resources(nodes=2))  # the default cap: one node
     assert refusal(Limits(roots=roots.roots, executor="kubernetes"), s).field == "spec.resources.nodes"
+    kubernetes = Limits(roots=roots.roots, executor="kubernetes", max_nodes=4, review_address="review:50051")
+    s.data.ClearField("files")
+    s.data.label_stream.from_cursor.sequence = 10
+    assert "give spec.data.label_stream.to_cursor" in str(refusal(kubernetes, s))  # ranks would read apart
+    s.data.label_stream.to_cursor.sequence = 20
+    check(spec_from_proto(s), limits=kubernetes)
 
 
 def test_limits_take_the_node_cap_and_the_executor_from_the_settings(tmp_path: Path):

@@ -213,6 +213,13 @@ def _distribution(spec: RunSpec, limits: Limits) -> None:
         )
     if r.nodes > 1 and spec.continuous is not None:  # each node would close its own rounds
         raise InvalidArgument(f"{field}: a continuous run trains on one node", field=field)
+    stream = spec.data.label_stream
+    if r.nodes > 1 and stream is not None and stream.to_cursor is None:  # every rank reads the stream
+        raise InvalidArgument(
+            f"{field}: the nodes read the label stream each; give spec.data.label_stream.to_cursor so "
+            "that they read the same labels",
+            field=field,
+        )
     field = "spec.resources.strategy"
     if r.strategy and r.strategy not in STRATEGIES:
         raise InvalidArgument(
