@@ -369,3 +369,16 @@ def test_migrations_build_exactly_the_declared_schema(ledger_url):
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_a_choice_this_build_does_not_know_is_stored_and_streamed_as_it_came(ledger_url, pairs):
+    """A newer writer's enum value is data, not an error: the stream (and a page of it) carries it as
+    sent. Found by the fuzz suite: StreamLabels answered INTERNAL for a stored choice of 99."""
+    ledger = Ledger(ledger_url, NO_AUDIT)
+    label = hh_label(pairs[0], 0, confidence=0.9)
+    label.choice = 99
+    submit(ledger, [label])
+    (streamed,) = ledger.accepted_after(0).labels
+    assert int(streamed.choice) == 99
+    assert accepted_page(ledger, 0, rv.LabelFilter()).labels[0].label.choice == 99
+    ledger.close()

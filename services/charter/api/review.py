@@ -42,6 +42,7 @@ from charter.review.types import (
     Stats,
     Submission,
     SubmitResult,
+    as_enum,
     key,
 )
 
@@ -64,10 +65,10 @@ def submission(label: label_pb2.PreferenceLabel) -> Submission:
         constitution_id=label.constitution.id,
         principle_ids=tuple(label.principle_ids),
         p_a=label.p_a,
-        choice=_enum(Choice, label.choice),
+        choice=as_enum(Choice, label.choice),
         confidence=label.confidence,
         swap_consistent=label.swap_consistent,
-        status=_enum(LabelStatus, label.status),
+        status=as_enum(LabelStatus, label.status),
         payload=label.SerializeToString(),
         ensemble_disagreement=(
             label.ensemble_disagreement if label.HasField("ensemble_disagreement") else None
@@ -86,18 +87,9 @@ def label_query(flt: review_pb2.LabelFilter | None) -> LabelQuery | None:
         return None
     return LabelQuery(
         constitution_id=flt.constitution_id,
-        sources=tuple(_enum(LabelSource, s) for s in flt.sources),
+        sources=tuple(as_enum(LabelSource, s) for s in flt.sources),
         min_confidence=flt.min_confidence if flt.HasField("min_confidence") else None,
     )
-
-
-def _enum(enum: Any, value: int) -> Any:
-    """A wire value as the domain enum; a value this build does not know stays a plain int (stored
-    and compared as it came, as before the domain types existed)."""
-    try:
-        return enum(value)
-    except ValueError:
-        return value
 
 
 # -- out: results, items, decisions, accepted labels, figures ---------------------------------------
@@ -229,7 +221,7 @@ def label_view(payload: bytes) -> LabelView:
         constitution_id=label.constitution.id,
         constitution_version=label.constitution.version,
         p_a=label.p_a,
-        choice=_enum(Choice, label.choice),
+        choice=as_enum(Choice, label.choice),
         confidence=label.confidence,
         swap_consistent=label.swap_consistent,
         status=STATUS_NAMES.get(label.status, "unspecified"),

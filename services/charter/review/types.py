@@ -57,6 +57,15 @@ class LabelSource(IntEnum):
     HUMAN = 2
 
 
+def as_enum(enum: type[IntEnum], value: int) -> IntEnum | int:
+    """A stored or wire value as the domain enum; a value this build does not know stays a plain
+    int (stored, compared and streamed as it came: a newer writer's choice is not an error)."""
+    try:
+        return enum(value)
+    except ValueError:
+        return value
+
+
 class Choice(IntEnum):
     """A label's preference: the AI's, or an accepted label's effective one."""
 
