@@ -18,6 +18,7 @@ is the attempt's nonce its event lines carry (the service accepts no others).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -112,7 +113,11 @@ class Runner:
 
             ContinuousRunner(self).run()
             return
-        rows, manifest, fetched = load_data(self.spec, self.checked.algorithm, self.run_dir)
+        # several processes (nodes) share the run folder: rank 0 fetches, caches and reports the data,
+        # the others read its cache (Charter's PPOConfig has no barrier: there each process fetches)
+        first = getattr(self.config, "main_process_first", None)
+        with first(local=False, desc="the run's data") if first else contextlib.nullcontext():
+            rows, manifest, fetched = load_data(self.spec, self.checked.algorithm, self.run_dir)
         if fetched:
             self.emit(
                 "data", cursor_start=manifest.cursor_start, cursor_end=manifest.cursor_end,

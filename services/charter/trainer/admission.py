@@ -232,7 +232,7 @@ def _distribution(spec: RunSpec, limits: Limits) -> None:
             field=field,
         )
     if r.strategy in ("fsdp", "zero3") and (
-        spec.algorithm == "ppo" or spec.watch is not None or spec.ensemble is not None or spec.continuous
+        spec.algorithm == "ppo" or spec.watch or spec.ensemble or spec.continuous
     ):  # they read, copy or save the weights outside TRL's trainer, as whole tensors
         raise InvalidArgument(
             f"{field}: {r.strategy} shards the weights of TRL's trainers (sft, reward-model, dpo, grpo, "
