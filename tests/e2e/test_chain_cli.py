@@ -22,10 +22,11 @@ def specs(tmp_path: Path, inference: dict | None = None) -> tuple[Path, Path]:
                     "format": "hh-rlhf", "limit": 3}  # fmt: skip
     sl["output"] = str(tmp_path / "sl")
     sl["inference"] = INFERENCE
-    sl["generation"] = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 24}
-    sl["critique"] = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 96}  # revisions cut off make no pair
+    sl["generation"] = sl["critique"] = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 24}
     rl = yaml.safe_load((ROOT / "pipelines" / "rl-cai-sl.yaml").read_text())
-    rl["pairs"]["path"] = str(tmp_path / "sl")
+    # the human pairs of the same file: a pair per row whatever the model wrote (SL-CAI's output gives a
+    # pair only for a usable revision; test_rl_cai_cli reads that format)
+    rl["pairs"] = {"kind": "file", "path": sl["source"]["path"], "format": "hh-rlhf", "limit": 3}
     rl["output"] = str(tmp_path / "rl")
     rl["inference"] = inference or INFERENCE
     paths = tmp_path / "sl.yaml", tmp_path / "rl.yaml"
@@ -57,8 +58,7 @@ def test_two_specs_run_on_one_engine_and_resume(tmp_path: Path) -> None:
     assert engine_starts(done.stderr) == 1  # SL-CAI's generator and critic, then RL-CAI's judge
     samples = rows(tmp_path / "sl" / "records.jsonl")
     labelled = rows(tmp_path / "rl" / "records.jsonl")
-    revised = [s for r in samples for s in r["samples"] if s["status"] == "ok"]
-    assert len(samples) == 3 and len(labelled) == len(revised) > 0, done.stderr[-2000:]  # a pair each
+    assert len(samples) == 3 and len(labelled) == 3, done.stderr[-2000:]
     assert "prompts written this run" in done.stderr and "pairs labelled this run" in done.stderr
     again = charter("run", str(sl), str(rl))  # everything done: resumed, nothing to do, no engine
     assert again.returncode == 0, again.stderr[-3000:]

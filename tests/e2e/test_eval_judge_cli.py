@@ -26,6 +26,7 @@ def evaluate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.timeout(300)  # two real-model evaluations (the second checks they repeat)
 def test_eval_on_hh_rlhf_writes_consistent_figures_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = evaluate("--data", str(HH), "--limit", "8", "--seed", "5", "--output", str(out), *ENGINE)
