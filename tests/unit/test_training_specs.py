@@ -40,3 +40,17 @@ def test_example_spec_checks(path: Path, tmp_path: Path):
         spec.reward_model = "r-0123456789abcdef"
     checked = check(spec_from_proto(spec))
     assert checked.base_model == "embedded"
+
+
+@pytest.mark.parametrize("written, value", [("fsdp", "STRATEGY_FSDP"), ("ZeRO3", "STRATEGY_ZERO3"),
+                                            ("STRATEGY_DDP", "STRATEGY_DDP")])  # fmt: skip
+def test_a_strategy_is_written_by_its_short_name_or_the_enum_name(tmp_path: Path, written: str, value: str):
+    from charter_proto.trainer.v1 import trainer_pb2 as tp
+
+    path = tmp_path / "run.yaml"
+    path.write_text((ROOT / "training" / "sft.yaml").read_text() + f"\nresources: {{nodes: 2, strategy: {written}}}\n")
+    spec = load_spec(path)
+    assert spec.resources.strategy == tp.Strategy.Value(value) and spec.resources.nodes == 2
+    path.write_text((ROOT / "training" / "sft.yaml").read_text() + "\nresources: {strategy: sharded}\n")
+    with pytest.raises(InvalidArgument, match="strategy"):
+        load_spec(path)

@@ -48,13 +48,18 @@ before anything walks them (a few hundred bytes of aliases can stand for billion
 
 def load_spec(path: Path) -> tp.RunSpec:
     """A RunSpec from YAML/JSON: the proto's fields, with `algorithm` also as sft, reward-model, dpo,
-    ppo, grpo or rloo, an ensemble's `vary` also as seed or subset, cursors also as plain numbers, and
+    ppo, grpo or rloo, an ensemble's `vary` also as seed or subset, `resources.strategy` also as ddp,
+    fsdp or zero3, cursors also as plain numbers, and
     the data and watch probe file paths relative to the spec file. Anything it cannot use is an
     InvalidArgument that starts with the file and names the field."""
     data = _read(path)
     algorithm = data.get("algorithm")
     if isinstance(algorithm, str) and algorithm.lower() in convert.ALGORITHM_VALUES:
         data["algorithm"] = convert.ALGORITHM_VALUES[algorithm.lower()]
+    resources = data.get("resources")
+    strategy = resources.get("strategy") if isinstance(resources, dict) else None
+    if isinstance(strategy, str) and strategy.lower() in convert.STRATEGY_VALUES:
+        resources["strategy"] = convert.STRATEGY_VALUES[strategy.lower()]  # type: ignore[index]
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
     stream = section.get("label_stream")
     for key in ("from_cursor", "to_cursor"):
