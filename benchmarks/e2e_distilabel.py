@@ -237,37 +237,23 @@ def build_pipeline(
     n = len(rows)
     with Pipeline(name="charter-e2e-distilabel", cache_dir=cache_dir) as pipeline:
         load = LoadDataFromDicts(name="load", data=rows, batch_size=n)
-        gen_initial = ChatGeneration(
-            name="gen_initial",
-            llm=make_llm(backend, recipe, False, args),
-            input_batch_size=n,
-            input_mappings={"messages": "conversation"},
-            output_mappings={"generation": "initial"},
-        )
+
+        def generation(name: str, messages: str, output: str, judge: bool = False) -> ChatGeneration:
+            return ChatGeneration(
+                name=name,
+                llm=make_llm(backend, recipe, judge, args),
+                input_batch_size=2 * n if judge else n,
+                input_mappings={"messages": messages},
+                output_mappings={"generation": output},
+            )
+
+        gen_initial = generation("gen_initial", "conversation", "initial")
         build_critique = BuildCritique(name="build_critique", input_batch_size=n)
-        gen_critique = ChatGeneration(
-            name="gen_critique",
-            llm=make_llm(backend, recipe, False, args),
-            input_batch_size=n,
-            input_mappings={"messages": "critique_messages"},
-            output_mappings={"generation": "critique"},
-        )
+        gen_critique = generation("gen_critique", "critique_messages", "critique")
         build_revision = BuildRevision(name="build_revision", input_batch_size=n)
-        gen_revision = ChatGeneration(
-            name="gen_revision",
-            llm=make_llm(backend, recipe, False, args),
-            input_batch_size=n,
-            input_mappings={"messages": "revision_messages"},
-            output_mappings={"generation": "revision"},
-        )
+        gen_revision = generation("gen_revision", "revision_messages", "revision")
         build_judge = BuildJudge(name="build_judge", input_batch_size=n)
-        gen_judge = ChatGeneration(
-            name="gen_judge",
-            llm=make_llm(backend, recipe, True, args),
-            input_batch_size=2 * n,
-            input_mappings={"messages": "judge_messages"},
-            output_mappings={"generation": "verdict"},
-        )
+        gen_judge = generation("gen_judge", "judge_messages", "verdict", judge=True)
         (
             load
             >> gen_initial

@@ -26,15 +26,16 @@ def build_engine(settings: InferenceSettings, *, name: str | None = None) -> Inf
     `name`: what responses call the model (default: the `model` setting; the embedded model's name).
     Logs `inference.engine.started` (debug) with the engine, its dtype and the seconds it took."""
     started = time.perf_counter()
-    dtype = resolve_dtype(settings.dtype, cuda=cuda_available())
-    client = _build(settings, name, dtype)
-    log.debug("inference.engine.started", engine=choose_engine(settings), model=client.model.name,
+    engine = choose_engine(settings)
+    # the dtype of an in-process engine (the openai engine's server has its own; no torch import for it)
+    dtype = "" if engine == "openai" else resolve_dtype(settings.dtype, cuda=cuda_available())
+    client = _build(settings, engine, name, dtype)
+    log.debug("inference.engine.started", engine=engine, model=client.model.name,
               dtype=dtype, seconds=round(time.perf_counter() - started, 2))  # fmt: skip
     return client
 
 
-def _build(settings: InferenceSettings, name: str | None, dtype: str) -> InferenceClient:
-    engine = choose_engine(settings)
+def _build(settings: InferenceSettings, engine: str, name: str | None, dtype: str) -> InferenceClient:
     common = {
         "max_batch": settings.max_batch,
         "max_pending": settings.max_pending,
