@@ -36,7 +36,9 @@ def specs(tmp_path: Path, inference: dict | None = None) -> tuple[Path, Path]:
 
 
 def charter(*args: str) -> subprocess.CompletedProcess[str]:
-    env = subprocess_env(CHARTER_LOGGING__LEVEL="DEBUG", CHARTER_LOGGING__FORMAT="json")
+    # stderr is a pipe, not a terminal: progress comes as lines, here every half second
+    env = subprocess_env(CHARTER_LOGGING__LEVEL="DEBUG", CHARTER_LOGGING__FORMAT="json",
+                         CHARTER_PROGRESS_INTERVAL="0.5")  # fmt: skip
     return subprocess.run(
         [tool("charter"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
@@ -60,6 +62,10 @@ def test_two_specs_run_on_one_engine_and_resume(tmp_path: Path) -> None:
     labelled = rows(tmp_path / "rl" / "records.jsonl")
     assert len(samples) == 3 and len(labelled) == 3, done.stderr[-2000:]
     assert "prompts written this run" in done.stderr and "pairs labelled this run" in done.stderr
+    # no terminal: each spec's progress as lines (done/total, rate, ETA), the last at 3/3
+    progress = [line for line in done.stderr.splitlines() if line.startswith(("sl-cai-quickstart:", "rl-cai-on-sl-cai:"))]
+    assert "sl-cai-quickstart: 3/3 (100%)" in "\n".join(progress) and "rl-cai-on-sl-cai: 3/3 (100%)" in "\n".join(progress)
+    assert all(" items/s" in line or "elapsed" in line for line in progress), progress
     again = charter("run", str(sl), str(rl))  # everything done: resumed, nothing to do, no engine
     assert again.returncode == 0, again.stderr[-3000:]
     assert engine_starts(again.stderr) == 0

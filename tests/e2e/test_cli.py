@@ -98,6 +98,15 @@ def test_version() -> None:
     assert result.returncode == 0 and result.stdout.startswith("charter ")
 
 
+def test_shell_completion_script_and_answers() -> None:
+    script = charter("--show-completion", "bash")
+    assert script.returncode == 0 and "_CHARTER_COMPLETE=complete_bash" in script.stdout
+    # what bash asks when the user presses tab after `charter eval ` (the script above does this)
+    env = subprocess_env(_CHARTER_COMPLETE="complete_bash", COMP_WORDS="charter eval ", COMP_CWORD="2")
+    words = subprocess.run([tool("charter")], env=env, capture_output=True, text=True, timeout=60)
+    assert words.stdout.split() == ["judge", "policy"]
+
+
 def test_serve_answers_grpcurl_and_drains_on_sigterm() -> None:
     # the judge loads its model before serving: the transformers engine with one thread starts in
     # seconds and leaves the second core to the test's own clients

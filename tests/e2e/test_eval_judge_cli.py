@@ -19,7 +19,7 @@ def evaluate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [tool("charter"), "eval", "judge", *args],
         cwd=ROOT,
-        env=subprocess_env(CHARTER_INFERENCE__THREADS="2"),
+        env=subprocess_env(CHARTER_INFERENCE__THREADS="2", CHARTER_PROGRESS_INTERVAL="0.5"),
         capture_output=True,
         text=True,
         timeout=900,
@@ -32,6 +32,7 @@ def test_eval_on_hh_rlhf_writes_consistent_figures_and_plots(tmp_path: Path) -> 
     result = evaluate("--data", str(HH), "--limit", "8", "--seed", "5", "--output", str(out), *ENGINE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "agreement" in result.stdout and "position consistency" in result.stdout
+    assert "pairs: 8/8 (100%)" in result.stderr  # no terminal: progress as lines, the last at 8/8
     report = json.loads((out / "eval.json").read_text())
     summary = report["summary"]
     rows = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]

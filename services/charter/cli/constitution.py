@@ -141,8 +141,6 @@ def diff(
         raise typer.Exit(1)
 
 
-
-
 @app.command("import")
 def import_(
     source: Annotated[Path, typer.Argument(help="An llm-swarm constitution JSON file.")],

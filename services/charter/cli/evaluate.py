@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
+from charter.cli.progress import CommandProgress
 from charter.core.logging import configure_logging
 from charter.core.settings import load_settings
 
@@ -144,14 +145,15 @@ def judge(
         compare=tuple(v for v in (compare or "").split(",") if v.strip()),
     )
     console = Console(stderr=True)
-    progress = Progress(
+    progress = CommandProgress(
         TextColumn("[bold]judging {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=console,
+        unit="pairs",
     )
-    task = progress.add_task("", total=None)
+    task = progress.add_task("pairs", total=None)
     if options.compare:
         with progress:
             result = asyncio.run(
@@ -215,7 +217,7 @@ def policy(
         else settings.logging
     )
     console = Console(stderr=True)
-    progress = Progress(
+    progress = CommandProgress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console,
     )  # fmt: skip

@@ -9,6 +9,7 @@ charter serve review --config review.yaml
 charter export --format trl-preference --out accepted.jsonl
 charter train --spec examples/train/dpo.yaml
 charter runs watch r-0123456789abcdef
+charter doctor
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import typer
 
 from charter import __version__
 from charter.cli import constitution, evaluate, models, review, train
+from charter.cli.doctor import doctor
 from charter.cli.export import export
 from charter.cli.run import run
 from charter.cli.serve import serve
@@ -31,7 +33,7 @@ app = typer.Typer(
     help="Charter: constitution-driven critique/revision, AI preference labels, review and training.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
 )
 app.add_typer(constitution.app, name="constitution")
 app.add_typer(models.app, name="models")
@@ -43,6 +45,7 @@ app.command()(models.generate)
 app.command()(run)
 app.command()(export)
 app.command()(train.train)
+app.command()(doctor)
 
 
 @app.command()

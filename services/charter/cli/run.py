@@ -9,17 +9,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from charter.cli.progress import CommandProgress
 from charter.core.errors import InvalidArgument
 from charter.core.logging import configure_logging
 from charter.core.settings import load_settings
@@ -173,7 +166,7 @@ async def _run_one(spec: Any, settings: Any, console: Console, engine_factory: A
     from charter.pipelines.spec import BestOfNSpec, RlCaiSpec, SlCaiSpec
 
     columns = [TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), RateColumn()]
-    progress = Progress(*columns, TimeRemainingColumn(), console=console)
+    progress = CommandProgress(*columns, TimeRemainingColumn(), console=console)
     task = progress.add_task(spec.name, total=None)
 
     def on_start(total: int, done: int) -> None:
@@ -192,7 +185,7 @@ async def _run_one(spec: Any, settings: Any, console: Console, engine_factory: A
     try:
         summary = await pipeline.run(spec, settings, **hooks)
     finally:
-        if progress.live.is_started:
+        if progress.running:
             progress.stop()
     report = summary.as_dict()
     (spec.output / "summary.json").write_text(json.dumps(report, indent=2) + "\n")

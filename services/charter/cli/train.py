@@ -181,6 +181,8 @@ async def _follow(trainer: TrainerClient | StoreReader, run_id: str) -> list[tp.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from charter.cli.progress import line as progress_line
+
     console = Console(stderr=True)
     run = await trainer.get_run(run_id)
     history: list[tp.RunEvent] = []
@@ -201,8 +203,8 @@ async def _follow(trainer: TrainerClient | StoreReader, run_id: str) -> list[tp.
                 progress.update(
                     task, completed=event.metrics.step, total=run.total_steps or None, metrics=line
                 )
-                if not live and line:
-                    console.print(f"step {event.metrics.step}: {line}", highlight=False)
+                if not live and line:  # step/total, rate and ETA as the bar shows them, then the metrics
+                    console.print(f"{progress_line(progress.tasks[0], 'steps')} — {line}", highlight=False)
             elif kind == "state":
                 name = convert.state_label(event.state.state)
                 console.print(
