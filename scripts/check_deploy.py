@@ -20,7 +20,9 @@ then, across deploy/:
 6. yamllint --strict over the sources, and checkov (framework kubernetes) over every render, with
    zero failed checks; every skipped check is listed with its reason in deploy/checks/checkov.yaml
    or in a `checkov.io/skip` annotation. Both tools live in their own virtual environment
-   (.venv-deploy-tools, created on first use from deploy/checks/requirements.txt).
+   (.venv-deploy-tools, created on first use from deploy/checks/requirements.txt);
+7. the monitoring component's Grafana dashboard and alert rules (monitoring_checks.py): structure,
+   PromQL parsed (promql-parser from the tools venv; a balance check with --no-lint), metric names.
 
 Usage:
     python scripts/check_deploy.py                       # everything; exit 1 on any finding
@@ -48,6 +50,8 @@ import kubernetes_validate
 import yaml
 from deploy_consistency import Obj, Provided, Render, check, ref
 from deploy_settings import check as check_settings
+from monitoring_checks import CRD_SCHEMAS as MONITORING_CRD_SCHEMAS
+from monitoring_checks import check as check_monitoring
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -128,6 +132,8 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
         },
     },
 }
+
+CRD_SCHEMAS.update(MONITORING_CRD_SCHEMAS)  # PrometheusRule
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -381,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         for line in sorted(set(skipped)):
             print(f"  {line}")
+
+    monitoring = check_monitoring(None if args.no_lint else ensure_tools(args.tools_venv))
+    print(f"check_deploy: monitoring dashboard and rules: {len(monitoring)} findings", flush=True)
+    problems += monitoring
 
     for problem in problems:
         print(f"FAIL {problem}")

@@ -39,6 +39,12 @@ REVIEW_ACCEPTED = Counter(
 REVIEW_QUEUE_DEPTH = Gauge(
     "charter_review_queue_depth", "Review slots waiting for a reviewer (as of the last claim or Stats)."
 )
+HEALTH_SERVING = Gauge(
+    "charter_health_serving",
+    "1 while a gRPC service's grpc.health.v1 status is SERVING, 0 while NOT_SERVING (its backend's "
+    "probe fails, or the server is draining).",
+    ["service"],
+)
 CONSTITUTION_SERVING = Gauge(
     "charter_constitution_serving",
     "1 for the version (digest) each constitution serves now; 0 for versions it served before.",

@@ -32,7 +32,7 @@ from charter import __version__
 from charter.core.auth import MIN_TOKEN_CHARS, AccessPolicy
 from charter.core.errors import FailedPrecondition
 from charter.core.interceptors import ServerInterceptor
-from charter.core.metrics import MetricsEndpoint
+from charter.core.metrics import HEALTH_SERVING, MetricsEndpoint
 from charter.core.settings import ServerSettings
 from charter.core.tls import ServerCertificates, is_loopback
 
@@ -136,10 +136,8 @@ class CharterServer:
         self._server = server
         if self.settings.health_port is not None:
             await self._start_health_port()
-        serving = health_pb2.HealthCheckResponse.SERVING
-        await self.health.set("", serving)
-        for name in names:
-            await self.health.set(name, serving)
+        for name in ("", *names):
+            await self.set_serving(name, True)
         if self.settings.metrics_port is not None:
             self.metrics = MetricsEndpoint(self.settings.host, self.settings.metrics_port)
         for registration in self.services:
@@ -232,6 +230,8 @@ class CharterServer:
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         await self.health.set(name, status)
+        if name:  # the overall status ("") is NOT_SERVING exactly while some service is (or draining)
+            HEALTH_SERVING.labels(name).set(1 if serving else 0)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, give in-flight calls `grace` seconds, then close."""
@@ -244,6 +244,8 @@ class CharterServer:
         grace = self.settings.drain_seconds if grace is None else grace
         log.info("server.draining", grace_seconds=grace)
         await self.health.enter_graceful_shutdown()
+        for r in self.services:  # the drain set every status NOT_SERVING
+            HEALTH_SERVING.labels(r.name).set(0)
         lifecycles = [r.lifecycle for r in self.services if r.lifecycle is not None]
         for lifecycle in lifecycles:
             await lifecycle.drain()
