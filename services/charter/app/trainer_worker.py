@@ -33,7 +33,9 @@ from charter.api.trainer import spec_from_proto
 from charter.app.reward_ensemble import NO_EVAL_SPLIT, EnsembleFolder
 from charter.app.reward_watch import Watch, WatchCallback, checkpoint_step
 from charter.app.trainer_data import DataManifest, load_data, read_label_stream, review_token, split
+from charter.core import tracing
 from charter.core.errors import CharterError, InvalidArgument
+from charter.core.settings import tracing_settings
 from charter.trainer import events
 from charter.trainer.executor import CHECKPOINTS_DIR, MODEL_DIR
 from charter.trainer.spec import CheckedSpec, check, trl_config
@@ -393,7 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         checked = check(spec_from_proto(spec), use_cpu=not torch.cuda.is_available())
         run_dir = Path(args.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        Runner(spec, checked, run_dir, args.resume, emit).run()
+        tracing.configure(tracing_settings())  # CHARTER_TRACING__*; off: nothing is set up
+        attributes = {"charter.run_id": run_dir.name, "charter.algorithm": checked.algorithm,
+                      "charter.resume": args.resume}  # fmt: skip
+        with tracing.span("trainer.run", attributes, root=True):  # one trace per run (this process)
+            Runner(spec, checked, run_dir, args.resume, emit).run()
         return 0
     except CharterError as err:
         emit("error", message=str(err))
@@ -402,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         emit("error", message=f"{type(err).__name__}: {err}")
         return 1
+    finally:
+        tracing.shutdown()  # export what is pending before the process ends
 
 
 if __name__ == "__main__":

@@ -28,14 +28,14 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import grpc
 from grpc import aio
 
-from charter.core import tls
+from charter.core import tls, tracing
 from charter.core.settings import ClientSettings
 
 AUTHORIZATION = "authorization"
@@ -137,6 +137,97 @@ class _StreamStream(_BearerToken, aio.StreamStreamClientInterceptor):
         return await continuation(self.details(details), requests)
 
 
+class _Traced:
+    """A client span per call while tracing is on, its `traceparent` sent in the call's metadata (the
+    server's interceptor continues the trace); the span ends with the call, with its status code."""
+
+    @staticmethod
+    def details(details: aio.ClientCallDetails) -> tuple[object, aio.ClientCallDetails]:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        span, headers = tracing.client_span(method)
+        metadata = aio.Metadata(*(details.metadata or ()))
+        for key, value in headers:
+            metadata.add(key, value)
+        new = aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+        return span, new
+
+    @staticmethod
+    async def unary_response(span: object, start: Awaitable[Any]) -> Any:
+        """Wait for the one response here, so the span covers the whole call."""
+        try:
+            call = await start
+            await call
+        except aio.AioRpcError as err:
+            tracing.end(span, err.code().name, err.details() or "")
+            raise
+        except BaseException as err:
+            tracing.end(span, grpc.StatusCode.CANCELLED.name, type(err).__name__)
+            raise
+        tracing.end(span, grpc.StatusCode.OK.name)
+        return call
+
+    @staticmethod
+    async def stream_response(span: object, call: Any) -> AsyncIterator[Any]:
+        code, message = grpc.StatusCode.OK.name, ""
+        try:
+            async for response in call:
+                yield response
+        except aio.AioRpcError as err:
+            code, message = err.code().name, err.details() or ""
+            raise
+        except BaseException as err:
+            code, message = grpc.StatusCode.CANCELLED.name, type(err).__name__
+            raise
+        finally:
+            tracing.end(span, code, message)
+
+
+class _TracedUnaryUnary(_Traced, aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        span, details = self.details(details)
+        return await self.unary_response(span, continuation(details, request))
+
+
+class _TracedUnaryStream(_Traced, aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        span, details = self.details(details)
+        try:
+            call = await continuation(details, request)
+        except BaseException as err:
+            tracing.end(span, grpc.StatusCode.UNKNOWN.name, type(err).__name__)
+            raise
+        return self.stream_response(span, call)
+
+
+class _TracedStreamUnary(_Traced, aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        span, details = self.details(details)
+        return await self.unary_response(span, continuation(details, requests))
+
+
+class _TracedStreamStream(_Traced, aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        span, details = self.details(details)
+        try:
+            call = await continuation(details, requests)
+        except BaseException as err:
+            tracing.end(span, grpc.StatusCode.UNKNOWN.name, type(err).__name__)
+            raise
+        return self.stream_response(span, call)
+
+
+def interceptors(token: str | None) -> list[aio.ClientInterceptor] | None:
+    """A channel's interceptors: the bearer token's (with a token), tracing's (while it is on)."""
+    kinds: tuple[type[Any], ...] = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    chosen: list[aio.ClientInterceptor] = [kind(token) for kind in kinds] if token else []
+    if tracing.enabled():
+        traced = (_TracedUnaryUnary, _TracedUnaryStream, _TracedStreamUnary, _TracedStreamStream)
+        chosen += [kind() for kind in traced]
+    return chosen or None
+
+
 def open_channel(
     target: str, *, token: str | None = None, options: ChannelOptions | None = None
 ) -> aio.Channel:
@@ -153,13 +244,12 @@ def open_channel(
         target, token=bool(token), secure=client.tls is not None,
         allow_plaintext_tokens=client.allow_plaintext_tokens,
     )  # fmt: skip
-    kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
-    interceptors = [kind(token) for kind in kinds] if token else None
+    chosen = interceptors(token)
     arguments = options.channel_arguments()
     if client.tls is None:
-        return aio.insecure_channel(target, options=arguments, interceptors=interceptors)
+        return aio.insecure_channel(target, options=arguments, interceptors=chosen)
     roots, key, chain = tls.client_pem(client.tls)
     credentials = grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=chain)
     if client.tls.server_name:  # the name to verify, when it is not the target's host
         arguments.append(("grpc.ssl_target_name_override", client.tls.server_name))
-    return aio.secure_channel(target, credentials, options=arguments, interceptors=interceptors)
+    return aio.secure_channel(target, credentials, options=arguments, interceptors=chosen)

@@ -22,7 +22,7 @@ import structlog
 from grpc import aio
 from pydantic import ValidationError
 
-from charter.core import metrics
+from charter.core import metrics, tracing
 from charter.core.auth import AccessPolicy
 from charter.core.errors import CharterError, InvalidArgument, bounded
 
@@ -94,7 +94,7 @@ class _Call:
 
     def __init__(self, service: str, method: str, context: aio.ServicerContext) -> None:
         self.service, self.method, self.context = service, method, context
-        metadata = dict(context.invocation_metadata() or ())
+        metadata = self.metadata = dict(context.invocation_metadata() or ())
         self.request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
         self.authorization = metadata.get("authorization")
         # read now: grpcio's aio context.peer() segfaults once a client has cancelled a stream mid-send
@@ -144,6 +144,7 @@ class _Call:
         metrics.RPC_TOTAL.labels(self.service, self.method, code.name).inc()
         metrics.RPC_SECONDS.labels(self.service, self.method).observe(elapsed)
         metrics.RPC_IN_FLIGHT.labels(self.service).dec()
+        tracing.status(self.span, code.name, self.error or "")
         level = log.info if code is grpc.StatusCode.OK else log.warning
         level(
             "rpc.completed",
@@ -157,8 +158,11 @@ class _Call:
 
     def __enter__(self) -> _Call:
         metrics.RPC_IN_FLIGHT.labels(self.service).inc()
+        # the caller's trace (its `traceparent`) goes on here when tracing is on; a null context when off
+        self._traced = tracing.server_span(f"/{self.service}/{self.method}", self.metadata)
+        self.span = self._traced.__enter__()
         self._bound = structlog.contextvars.bound_contextvars(
-            request_id=self.request_id, rpc=f"{self.service}/{self.method}"
+            request_id=self.request_id, rpc=f"{self.service}/{self.method}", **tracing.log_fields()
         )
         self._bound.__enter__()
         self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
@@ -171,6 +175,7 @@ class _Call:
             self.finish()
         finally:
             self._bound.__exit__(exc_type, exc, tb)
+            self._traced.__exit__(exc_type, exc, tb)
 
 
 def _wrap_unary(

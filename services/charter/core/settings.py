@@ -100,6 +100,43 @@ class ClientSettings(_Section):
     calls over one connection (gRPC's default; replicas then share nothing of one client's load)."""
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces (docs/architecture.md, "Tracing"): a trace per pipeline batch and per
+    training run across every service it calls. Off by default; off, nothing is imported or set up."""
+
+    enabled: bool = False
+    """Trace this process's work (needs the `tracing` extra: `pip install 'charter[tracing]'`)."""
+    otlp_endpoint: str = ""
+    """Where spans are exported over OTLP/gRPC (`http://otel-collector:4317`); empty: the
+    `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` environment variable when
+    set, otherwise spans are not exported (trace ids still travel and reach the records' provenance)."""
+    service_name: str = Field(default="charter", min_length=1)
+    """The `service.name` resource attribute of this process's spans (`charter-judge`, ...)."""
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of traces kept, decided where a trace starts (a pipeline batch, a training run) and
+    followed by every service it calls; 1.0: all."""
+
+    def export_endpoint(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The OTLP endpoint spans go to, or None: not exported."""
+        return (
+            self.otlp_endpoint
+            or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or None
+        )
+
+
+def tracing_settings(environ: Mapping[str, str] = os.environ) -> TracingSettings:
+    """The `tracing` section from `CHARTER_TRACING__*` variables alone, for a process that reads no
+    settings file (the trainer's worker)."""
+    prefix = "CHARTER_TRACING__"
+    values = {k[len(prefix) :].lower(): v for k, v in environ.items() if k.startswith(prefix)}
+    try:
+        return TracingSettings.model_validate(values)
+    except ValidationError as err:
+        raise InvalidArgument(_describe(err, "environment (tracing)")) from None
+
+
 class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     """auto = console on a terminal, JSON otherwise (in pods)."""
@@ -411,6 +448,7 @@ class CharterSettings(BaseSettings):
     judge: JudgeSettings = JudgeSettings()
     review: ReviewSettings = ReviewSettings()
     trainer: TrainerSettings = TrainerSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -495,6 +533,10 @@ def load_settings(
     from charter.core.tls import use_client_settings  # how this process's clients dial
 
     use_client_settings(settings.client)
+    if settings.tracing.enabled:  # off: OpenTelemetry is never imported
+        from charter.core.tracing import configure
+
+        configure(settings.tracing)
     return settings
 
 

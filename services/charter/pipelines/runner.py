@@ -22,6 +22,7 @@ from grpc import aio
 
 from charter.app.local import local_services
 from charter.client.channel import PER_ITEM
+from charter.core import tracing
 from charter.core.errors import FailedPrecondition, NotFound
 from charter.core.settings import CharterSettings
 from charter.datasets.records import OutputStore
@@ -149,6 +150,29 @@ class Batches:
                 await self.split_on_item_errors([item], process)
 
 
+def traced_batch(spec: Any, items: Sequence[Any]) -> contextlib.AbstractContextManager[Any]:
+    """The span that opens one trace per batch (the parent of every gRPC call made for its items; with
+    `batch_size: 1`, one trace per item); its id goes in each record's `provenance.trace_id`. A null
+    context while tracing is off."""
+    if not tracing.enabled():
+        return contextlib.nullcontext()
+    kind = getattr(spec, "kind", "pipeline")
+    attributes = {
+        "charter.pipeline": kind,
+        "charter.spec_name": getattr(spec, "name", ""),
+        "charter.items": len(items),
+        "charter.item_keys": [str(getattr(item, "key", "")) for item in items],
+    }
+    return tracing.span(f"{kind}.batch", attributes, root=True)
+
+
+def provenance_trace() -> dict[str, str]:
+    """`{"trace_id": ...}` for a record's provenance while a sampled trace is current (the batch's);
+    empty when tracing is off, so records are what they were without it."""
+    current = tracing.trace_id()
+    return {"trace_id": current} if current else {}
+
+
 async def run(
     pipeline: Pipeline,
     settings: CharterSettings,
@@ -180,7 +204,9 @@ async def run(
             batches = Batches(store, summary, on_progress)
             try:
                 for start in range(0, len(pending), spec.batch_size):
-                    await pipeline.run_batch(pending[start : start + spec.batch_size], batches)
+                    batch = pending[start : start + spec.batch_size]
+                    with traced_batch(spec, batch):
+                        await pipeline.run_batch(batch, batches)
             except aio.AioRpcError as err:  # a mistake no retry fixes, e.g. an unknown constitution
                 error = NotFound if err.code() is grpc.StatusCode.NOT_FOUND else FailedPrecondition
                 raise error(f"{err.code().name}: {err.details()}") from None

@@ -1,0 +1,205 @@
+"""Distributed tracing with OpenTelemetry (docs/architecture.md, "Tracing").
+
+Off by default (`tracing.enabled`). Off, nothing here imports OpenTelemetry and every helper is a
+check of one module variable: `span` and `server_span` give a null context, `trace_id` None, the
+channel factory adds no interceptor. On (`configure`, called by `load_settings`), this process gets
+its own `TracerProvider` (sampled by `tracing.sample_ratio`, parent-based), spans leave over OTLP/gRPC
+when an endpoint is configured (`tracing.otlp_endpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT`), and the
+W3C `traceparent` travels in gRPC metadata: `charter.client.channel` starts a client span per call and
+injects it, `core.interceptors` extracts it and runs the servicer under a server span.
+
+What opens a trace: a pipeline batch (`pipelines.runner`: the items whose gRPC calls it makes, one
+item with `batch_size: 1`), a training run (`app.trainer_worker`). The trace id (32 hex digits) of a
+pipeline's batch is recorded in each of its records' provenance (`provenance.trace_id`).
+
+Tests add an exporter of their own (`add_exporter`: an `InMemorySpanExporter` behind a
+`SimpleSpanProcessor`) and turn tracing off again with `shutdown`.
+
+Example:
+    configure(settings.tracing)
+    with span("sl-cai.batch", {"charter.items": 4}, root=True):
+        ...   # gRPC calls made here are children of this span, in this trace
+        trace_id()   # '4bf92f3577b34da6a3ce929d0e0e4736'
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from charter.core.settings import TracingSettings
+
+log = structlog.get_logger("charter.tracing")
+
+TRACER_NAME = "charter"
+SERVER, CLIENT, INTERNAL = "server", "client", "internal"
+
+_tracer: Any = None
+"""The OpenTelemetry tracer while tracing is on; None: off (the only state the helpers read)."""
+_provider: Any = None
+_configured: TracingSettings | None = None
+
+
+def enabled() -> bool:
+    """Whether tracing is on in this process."""
+    return _tracer is not None
+
+
+def available() -> bool:
+    """Whether the OpenTelemetry SDK is installed (`pip install 'charter[tracing]'`)."""
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def configure(settings: TracingSettings) -> bool:
+    """Turn tracing on as `settings` say (a no-op when off, or already on with the same settings);
+    returns whether it is on. Without the SDK installed it stays off, with one warning."""
+    global _tracer, _provider, _configured
+    if not settings.enabled:
+        return enabled()
+    if _tracer is not None and _configured == settings:
+        return True
+    if not available():
+        log.warning("tracing.unavailable", hint="tracing.enabled is set but OpenTelemetry is not "
+                    "installed: pip install 'charter[tracing]'")  # fmt: skip
+        return False
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    shutdown()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": settings.service_name}),
+        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+    )
+    endpoint = settings.export_endpoint()
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    _provider, _configured = provider, settings
+    _tracer = provider.get_tracer(TRACER_NAME)
+    log.info("tracing.enabled", endpoint=endpoint or None, service_name=settings.service_name,
+             sample_ratio=settings.sample_ratio)  # fmt: skip
+    return True
+
+
+def add_exporter(exporter: Any) -> None:
+    """Send every span to `exporter` as it ends too (a `SimpleSpanProcessor`: tests' in-memory one)."""
+    if _provider is None:
+        raise RuntimeError("tracing is off: configure() it first")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    _provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+
+def shutdown() -> None:
+    """Flush and export what is pending, then turn tracing off."""
+    global _tracer, _provider, _configured
+    provider, _tracer, _provider, _configured = _provider, None, None, None
+    if provider is not None:
+        provider.shutdown()
+
+
+@contextlib.contextmanager
+def span(name: str, attributes: Mapping[str, Any] | None = None, *, root: bool = False) -> Iterator[Any]:
+    """A span, current while the block runs (None when tracing is off). `root`: it opens a trace of
+    its own, linked to the span around it (if any) instead of being its child."""
+    if _tracer is None:
+        yield None
+        return
+    from opentelemetry import context, trace
+
+    links: Sequence[Any] = ()
+    parent = None
+    if root:
+        around = trace.get_current_span().get_span_context()
+        links = [trace.Link(around)] if around.is_valid else ()
+        parent = context.Context()
+    with _tracer.start_as_current_span(name, context=parent, links=links, attributes=attributes) as s:
+        yield s
+
+
+def trace_id() -> str | None:
+    """The current trace's id (32 hex digits), when tracing is on and the trace is sampled."""
+    if _tracer is None:
+        return None
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(ctx.trace_id) if ctx.is_valid and ctx.trace_flags.sampled else None
+
+
+def _rpc_attributes(full_method: str) -> dict[str, str]:
+    service, _, method = full_method.lstrip("/").partition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+
+
+def client_span(full_method: str) -> tuple[Any, list[tuple[str, str]]]:
+    """Start a client span for a call to `full_method` (`/pkg.Service/Method`), a child of the current
+    span; returns it and the metadata that carries it (`traceparent`, `tracestate`). End it with
+    `end`. Only while tracing is on."""
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    s = _tracer.start_span(
+        full_method.lstrip("/"), kind=trace.SpanKind.CLIENT, attributes=_rpc_attributes(full_method)
+    )
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(s))
+    return s, list(carrier.items())
+
+
+@contextlib.contextmanager
+def server_span(full_method: str, metadata: Mapping[str, Any]) -> Iterator[Any]:
+    """The server span of one call, the child of the caller's span when its metadata carries a
+    `traceparent`; current while the handler runs. None (and nothing done) when tracing is off."""
+    if _tracer is None:
+        yield None
+        return
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier = {k: v for k, v in metadata.items() if isinstance(v, str)}
+    parent = TraceContextTextMapPropagator().extract(carrier)
+    with _tracer.start_as_current_span(
+        full_method.lstrip("/"),
+        context=parent,
+        kind=trace.SpanKind.SERVER,
+        attributes=_rpc_attributes(full_method),
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as s:
+        yield s
+
+
+def end(s: Any, code: str, message: str = "") -> None:
+    """Record a call's gRPC status on its span (an error unless OK) and end it."""
+    if s is None:
+        return
+    status(s, code, message)
+    s.end()
+
+
+def status(s: Any, code: str, message: str = "") -> None:
+    """Record a call's gRPC status (`OK`, `INVALID_ARGUMENT`, ...) on its span."""
+    if s is None:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    s.set_attribute("rpc.grpc.status_code", code)
+    if code != "OK":
+        s.set_status(Status(StatusCode.ERROR, f"{code}: {message}" if message else code))
+
+
+def log_fields() -> dict[str, str]:
+    """`trace_id` for log lines, while a sampled trace is current (empty otherwise)."""
+    current = trace_id()
+    return {"trace_id": current} if current else {}
