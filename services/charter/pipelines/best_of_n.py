@@ -166,7 +166,9 @@ class BestOfN:
             await self.ledger.close()
 
     def finalise(self, store: OutputStore) -> None:
-        _, self.summary.sft_rows, self.summary.preferences = outputs.write_best_of_n(store)
+        _, self.summary.sft_rows, self.summary.preferences = outputs.write_best_of_n(
+            store, source=self.spec.source.path, constitutions=self.settings.constitutions.directory
+        )
 
     async def run_batch(self, rows: list[PromptRow], batches: Batches) -> None:
         await batches.split_on_item_errors(rows, lambda part: self._batch(part, batches))

@@ -214,7 +214,9 @@ class RlCai:
             self.reward_judge.close()
 
     def finalise(self, store: OutputStore) -> None:
-        _, self.summary.preferences = outputs.write_preferences(store)
+        _, self.summary.preferences = outputs.write_preferences(
+            store, source=self.spec.pairs.path, constitutions=self.settings.constitutions.directory
+        )
 
     async def run_batch(self, items: list[Any], batches: Batches) -> None:
         pairs = await self.generate_pairs(items, batches) if self.generated else items

@@ -9,6 +9,7 @@ addresses it is given. Resumable: finished prompts are skipped on the next run (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from charter_proto.common.v1 import sampling_pb2
@@ -50,8 +51,10 @@ class Summary(runner.Summary):
 class SlCai:
     """SL-CAI's steps for `pipelines.runner`: generate, critique and revise, write a record a prompt."""
 
-    def __init__(self, spec: SlCaiSpec) -> None:
+    def __init__(self, spec: SlCaiSpec, constitutions: Path | None = None) -> None:
         self.spec = spec
+        self.constitutions = constitutions
+        """The constitutions folder: the dataset card's principle texts (`outputs`)."""
         self.spec_digest = spec.digest()
         self.summary = Summary()
         self.generator: GeneratorClient | None = None
@@ -85,7 +88,7 @@ class SlCai:
                 await client.close()
 
     def finalise(self, store: OutputStore) -> None:
-        outputs.write_datasets(store)
+        outputs.write_datasets(store, source=self.spec.source.path, constitutions=self.constitutions)
 
     async def run_batch(self, rows: list[PromptRow], batches: Batches) -> None:
         await batches.split_on_item_errors(rows, lambda part: self._batch(part, batches))
@@ -201,6 +204,6 @@ def critique_status(status: int) -> str:
 async def run(spec: SlCaiSpec, settings: CharterSettings, **hooks: Any) -> Summary:
     """Run (or resume) the pipeline; returns what this run did. `hooks`: `runner.run`'s keywords
     (on_start, on_progress, engine)."""
-    pipeline = SlCai(spec)
+    pipeline = SlCai(spec, settings.constitutions.directory)
     await runner.run(pipeline, settings, **hooks)
     return pipeline.summary
