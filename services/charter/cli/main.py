@@ -7,7 +7,7 @@ charter run pipelines/rl-cai.yaml
 charter eval judge --data ../shared/data/hh-rlhf/harmless-base-test-dev.jsonl.gz --limit 100
 charter serve review --config review.yaml
 charter export --format trl-preference --out accepted.jsonl
-charter train --spec examples/train/dpo.yaml
+charter train --spec training/dpo.yaml
 charter runs watch r-0123456789abcdef
 charter doctor
 """
