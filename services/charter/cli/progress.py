@@ -54,8 +54,8 @@ def line(task: Task, unit: str = "items") -> str:
 
 class CommandProgress(Progress):
     """A rich `Progress` that, when its console is not a terminal, draws nothing live and instead
-    prints `line(task)` for every started task that moved, every `interval` seconds, and once more
-    for each at stop. On a terminal it is exactly rich's bar."""
+    prints `line(task)` for every started task every `interval` seconds, and once more at stop for
+    each that moved since. On a terminal it is exactly rich's bar."""
 
     def __init__(self, *columns: Any, console: Console, interval: float | None = None, unit: str = "items"):
         self.lines = not console.is_terminal
@@ -93,12 +93,13 @@ class CommandProgress(Progress):
             self.print_lines()
 
     def print_lines(self, final: bool = False) -> None:
-        """A line for each started task whose count changed since its last line (the first one says
-        0 done: the command is alive, e.g. still starting its engine)."""
+        """A line for each started task: at every interval (also when its count has not moved: a
+        long batch or an engine still starting shows as time elapsed), and at the end for each whose
+        count changed since its last line."""
         with self._lock:
             tasks = [t for t in self._tasks.values() if t.started and t.total != 0]
         for task in tasks:
-            if self._printed.get(task.id) == task.completed:
+            if final and self._printed.get(task.id) == task.completed:
                 continue
             self._printed[task.id] = task.completed
             self.console.print(line(task, self.unit), highlight=False, soft_wrap=True)
