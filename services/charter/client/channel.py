@@ -109,7 +109,7 @@ class _BearerToken:
 
     def details(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
         metadata = aio.Metadata(*(details.metadata or ()))
-        if AUTHORIZATION not in metadata:
+        if AUTHORIZATION not in metadata:  # type: ignore[comparison-overlap]  # aio.Metadata looks up keys
             metadata.add(*self._pair)
         return aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready

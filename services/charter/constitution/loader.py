@@ -21,7 +21,9 @@ SUFFIXES = (".yaml", ".yml", ".json")
 class ConstitutionError(InvalidArgument):
     """A constitution that cannot be used. `str()` is one line: `file: field: problem (value: …)`."""
 
-    def __init__(self, path: str | Path, field: str, problem: str, value: Any = None, *, has_value=False):
+    def __init__(
+        self, path: str | Path, field: str, problem: str, value: Any = None, *, has_value: bool = False
+    ):
         self.path = str(path)
         shown = f" (value: {one_line(value)})" if has_value or value is not None else ""
         super().__init__(f"{self.path}: {field}: {problem}{shown}", field=field, value=value)

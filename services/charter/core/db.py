@@ -137,7 +137,7 @@ def pg_insert_unnest(
 def _pg_unnest_sql(table: Table, columns: tuple[str, ...], conflict: str, returning: tuple[str, ...]) -> Any:
     from sqlalchemy.dialects import postgresql
 
-    dialect = postgresql.dialect()
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves its __init__ unannotated
     arrays = ", ".join(f"CAST(:{c} AS {table.c[c].type.compile(dialect=dialect)}[])" for c in columns)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
     if conflict:

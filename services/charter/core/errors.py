@@ -80,7 +80,7 @@ MAX_MESSAGE_BYTES = 2048
 travels in a trailer, which gRPC percent-encodes (up to 3 bytes a byte) and which a default client
 refuses past 16 KiB of metadata."""
 _LONG_WORD = re.compile(rf"\S{{{MAX_SHOWN_CHARS + 1},}}")
-_BRACKETS = {list: "[]", tuple: "()", dict: "{}", set: "{}", frozenset: "{}"}
+_BRACKETS: dict[type, str] = {list: "[]", tuple: "()", dict: "{}", set: "{}", frozenset: "{}"}
 
 
 def one_line(value: Any, limit: int = 80) -> str:

@@ -92,11 +92,12 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 class _Call:
     """Book-keeping for one RPC: request id, timing, the summary line, metrics."""
 
-    def __init__(self, service: str, method: str, context: aio.ServicerContext) -> None:
+    def __init__(self, service: str, method: str, context: aio.ServicerContext[Any, Any]) -> None:
         self.service, self.method, self.context = service, method, context
         metadata = self.metadata = dict(context.invocation_metadata() or ())
         self.request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
-        self.authorization = metadata.get("authorization")
+        authorization = metadata.get("authorization")  # bytes only for "-bin" keys
+        self.authorization = authorization if isinstance(authorization, str) else None
         # read now: grpcio's aio context.peer() segfaults once a client has cancelled a stream mid-send
         self.peer = context.peer()
         self.sent = 0
@@ -181,7 +182,7 @@ class _Call:
 def _wrap_unary(
     service: str, method: str, behavior: Callable[..., Awaitable[Any]], policy: AccessPolicy | None
 ) -> Callable[..., Any]:
-    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+    async def handler(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         with _Call(service, method, context) as call:
             try:
                 async with call.admitted(policy), call.deadline():
@@ -201,7 +202,7 @@ def _wrap_unary(
 def _wrap_stream(
     service: str, method: str, behavior: Callable[..., AsyncIterator[Any]], policy: AccessPolicy | None
 ) -> Callable[..., Any]:
-    async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+    async def handler(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with _Call(service, method, context) as call:
             counter = metrics.RPC_MESSAGES_SENT.labels(service, method)
             try:
@@ -235,9 +236,9 @@ class ServerInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         full = handler_call_details.method
         if handler is None or full.startswith("/grpc."):

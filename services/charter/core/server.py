@@ -293,5 +293,7 @@ def grpc_credentials(certificates: ServerCertificates) -> grpc.ServerCredentials
             return None
 
     return grpc.dynamic_ssl_server_credentials(
-        configuration(), fetch, require_client_authentication=certificates.mutual
+        configuration(),
+        fetch,  # type: ignore[arg-type]  # grpc takes None as "keep it"; types-grpcio does not say so
+        require_client_authentication=certificates.mutual,
     )

@@ -9,6 +9,7 @@ and the round is retried once with a different principle. The final revision is 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -81,18 +82,19 @@ async def _attempt(
     critique_request = prompts.render_turn("critique", principle)
     context = prompts.critique_messages(few_shot, conversation, response, critique_request)
     critique, error = await _step(client, context, sampling)
-    base = {
-        "index": index,
-        "attempt": attempt,
-        "principle_id": principle.id,
-        "critique_request": critique_request,
-    }
+    base = functools.partial(
+        Round, index=index, attempt=attempt, principle_id=principle.id, critique_request=critique_request
+    )
     if critique is None:
-        return Round(**base, critique="", critique_status=StepStatus.ERROR, error=error)
+        return base(critique="", critique_status=StepStatus.ERROR, error=error)
     status = classify(critique.text, critique_request, critique.finish_reason, echoes=(response,))
     if status is not StepStatus.OK:
-        tokens = {"critique_tokens": critique.completion_tokens, "prompt_tokens": critique.prompt_tokens}
-        return Round(**base, critique=critique.text, critique_status=status, **tokens)
+        return base(
+            critique=critique.text,
+            critique_status=status,
+            critique_tokens=critique.completion_tokens,
+            prompt_tokens=critique.prompt_tokens,
+        )
     revision_request = prompts.render_turn("revision", principle)
     revision, error = await _step(
         client, prompts.revision_messages(context, critique.text, revision_request), sampling
@@ -102,8 +104,7 @@ async def _attempt(
     else:
         revision_status = classify(revision.text, revision_request, revision.finish_reason)
         text, tokens = revision.text, revision.completion_tokens
-    return Round(
-        **base,
+    return base(
         critique=critique.text,
         critique_status=status,
         revision_request=revision_request,

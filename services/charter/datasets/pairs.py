@@ -8,10 +8,11 @@ file whose first column is always the better one does not hand the judge the ans
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,8 +88,9 @@ def _text(value: Any, name: str) -> str:
         return value
     if isinstance(value, list) and value and isinstance(value[-1], dict):
         last = value[-1]
-        if last.get("role") == "assistant" and isinstance(last.get("content"), str):
-            return last["content"]
+        content = last.get("content")
+        if last.get("role") == "assistant" and isinstance(content, str):
+            return content
     raise ValueError(f"column {name!r} must be text or a list of messages ending with the assistant's")
 
 
@@ -192,7 +194,7 @@ def read_pairs(
         yield item
 
 
-def _checked(index: int, build: Any) -> PairRow | RowError:
+def _checked(index: int, build: Callable[[], PairRow]) -> PairRow | RowError:
     try:
         return build()
     except (ValueError, TypeError, json.JSONDecodeError) as err:
@@ -203,7 +205,7 @@ def _parquet(path: Path, seed: int) -> Iterator[PairRow | RowError]:
     import pyarrow.parquet as pq
 
     for i, row in enumerate(pq.read_table(path).to_pylist()):
-        yield _checked(i, lambda i=i, row=row: _table_row(i, row, seed))
+        yield _checked(i, functools.partial(_table_row, i, row, seed))
 
 
 def _lines(path: Path, fmt: PairFormat, seed: int) -> Iterator[PairRow | RowError]:
@@ -212,4 +214,8 @@ def _lines(path: Path, fmt: PairFormat, seed: int) -> Iterator[PairRow | RowErro
         if isinstance(line, RowError):
             yield line
         else:
-            yield _checked(index, lambda index=index, line=line: build(index, json.loads(line), seed))
+            yield _checked(index, functools.partial(_decoded, build, index, line, seed))
+
+
+def _decoded(build: Callable[[int, Any, int], PairRow], index: int, line: str, seed: int) -> PairRow:
+    return build(index, json.loads(line), seed)

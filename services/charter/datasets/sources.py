@@ -189,4 +189,5 @@ def _hh_transcript(line: str) -> str:
     record = json.loads(line)
     if not isinstance(record, dict) or not isinstance(record.get("chosen"), str):
         raise ValueError("an hh-rlhf row needs a 'chosen' transcript")
-    return record["chosen"]
+    chosen: str = record["chosen"]
+    return chosen

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 from charter.core.errors import DeadlineExceeded
@@ -23,7 +23,7 @@ async def await_with_deadline(awaitable: Awaitable[T], timeout: float | None) ->
         raise _expired(timeout) from None
 
 
-async def as_completed_within(awaitables: list[Awaitable[T]], timeout: float | None) -> AsyncIterator[T]:
+async def as_completed_within(awaitables: Sequence[Awaitable[T]], timeout: float | None) -> AsyncIterator[T]:
     """Results in completion order; everything still pending is cancelled when the caller stops
     early, fails, or the deadline passes."""
     tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(a) for a in awaitables]

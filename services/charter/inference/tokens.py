@@ -20,9 +20,12 @@ def render_text(tokenizer: Any, messages: Sequence[Message]) -> str:
     """The prompt text: a new assistant turn is opened, or a final assistant message is continued
     (the text ends exactly after its content, no end-of-turn marker)."""
     dicts = [{"role": m.role, "content": m.content} for m in messages]
+    text: str
     if messages[-1].role == "assistant":
-        return tokenizer.apply_chat_template(dicts, tokenize=False, continue_final_message=True)
-    return tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(dicts, tokenize=False, continue_final_message=True)
+    else:
+        text = tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+    return text
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

@@ -113,7 +113,7 @@ class JudgeConfig:
 def label_id(pair: Pair, config: JudgeConfig, model: ModelInfo) -> str:
     """Content-derived: the same pair, constitution digest, judge model and judging options give the
     same id (resubmitting a label is recognisable downstream)."""
-    payload = {
+    payload: dict[str, object] = {
         "conversation": [[m.role, m.content] for m in pair.conversation],
         "a": pair.response_a,
         "b": pair.response_b,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from charter.constitution.schema import Principle
@@ -158,6 +158,7 @@ class Judge:
         if config.method == "contrastive":  # two requests a principle: under it, under its negation
             principles = draw_principles(pair, config)
             requests = 2 * len(principles)
+            work: Callable[[], Awaitable[Label]]
             work = lambda: self._contrastive(pair, principles, config, timeout)  # noqa: E731
         else:
             plans = _plans(pair, config)

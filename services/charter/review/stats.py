@@ -150,8 +150,8 @@ def read_overview(conn: Connection, bins: int = 10) -> dict[str, Any]:
         select(labels.c.route, labels.c.reason, func.count()).group_by(labels.c.route, labels.c.reason)
     ).all()
     bucket = func.floor(labels.c.confidence * bins)
-    histogram = dict(conn.execute(select(bucket, func.count()).group_by(bucket)).all())
-    outcomes = dict(
+    histogram: dict[Any, Any] = dict(conn.execute(select(bucket, func.count()).group_by(bucket)).all())
+    outcomes: dict[Any, Any] = dict(
         conn.execute(select(items_closed.c.outcome, func.count()).group_by(items_closed.c.outcome)).all()
     )
     counts = [0] * bins

@@ -75,7 +75,7 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
         item: critic_pb2.CritiqueItem,
         where: str,
         options: critic_pb2.CritiqueOptions,
-        setup: tuple,
+        setup: tuple[LoadedConstitution, int, Sampling, int],
         request_id: str,
     ) -> critic_pb2.CritiqueResult:
         loaded, rounds, sampling, seed = setup
@@ -101,14 +101,14 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
         )
 
     async def CritiqueRevise(
-        self, request: critic_pb2.CritiqueReviseRequest, context: aio.ServicerContext
+        self, request: critic_pb2.CritiqueReviseRequest, context: aio.ServicerContext[Any, Any]
     ) -> critic_pb2.CritiqueReviseResponse:
         setup = self._options(request.options)
         result = await self._run(request.item, "item", request.options, setup, request.request_id)
         return critic_pb2.CritiqueReviseResponse(result=result)
 
     async def CritiqueReviseStream(
-        self, request: critic_pb2.CritiqueReviseStreamRequest, context: aio.ServicerContext
+        self, request: critic_pb2.CritiqueReviseStreamRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[critic_pb2.CritiqueReviseStreamResponse]:
         if not request.items:
             raise InvalidArgument("items: at least one item is required")

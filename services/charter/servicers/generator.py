@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 from charter_proto.generator.v1 import generator_pb2, generator_pb2_grpc
@@ -45,7 +46,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         *,
         default_max_tokens: int = 256,
         resolve: Callable[[str], Awaitable[tuple[str, str]]] = _as_folder,
-        follow: Callable[[ServedPolicy], Awaitable[None]] | None = None,
+        follow: Callable[[ServedPolicy], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.policy = policy
         self.default_max_tokens = default_max_tokens
@@ -77,7 +78,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     # -- RPCs -----------------------------------------------------------------------------------
 
     async def Generate(
-        self, request: generator_pb2.GenerateRequest, context: aio.ServicerContext
+        self, request: generator_pb2.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[generator_pb2.GenerateResponse]:
         if not request.prompts:
             raise InvalidArgument("prompts: at least one prompt is required", field="prompts")
@@ -112,7 +113,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                     )
 
     async def SwapModel(
-        self, request: generator_pb2.SwapModelRequest, context: aio.ServicerContext
+        self, request: generator_pb2.SwapModelRequest, context: aio.ServicerContext[Any, Any]
     ) -> generator_pb2.SwapModelResponse:
         ref = request.model.strip()
         if not ref:

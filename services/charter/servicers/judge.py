@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
 from grpc import aio
@@ -75,7 +76,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         return await self.client.healthy()
 
     async def Compare(
-        self, request: judge_pb2.CompareRequest, context: aio.ServicerContext
+        self, request: judge_pb2.CompareRequest, context: aio.ServicerContext[Any, Any]
     ) -> judge_pb2.CompareResponse:
         timeout = context.time_remaining()
         config = self.config(request.options)
@@ -90,7 +91,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         )
 
     async def CompareStream(
-        self, request: judge_pb2.CompareStreamRequest, context: aio.ServicerContext
+        self, request: judge_pb2.CompareStreamRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[judge_pb2.CompareStreamResponse]:
         timeout = context.time_remaining()
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout

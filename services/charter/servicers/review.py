@@ -139,13 +139,13 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
 
     # -- RPCs -----------------------------------------------------------------------------------
 
-    async def Submit(self, request: review_pb2.SubmitRequest, context: aio.ServicerContext) -> Any:
+    async def Submit(self, request: review_pb2.SubmitRequest, context: aio.ServicerContext[Any, Any]) -> Any:
         return await self._run(self._submit, request)
 
     def _submit(self, request: review_pb2.SubmitRequest) -> review_pb2.SubmitResponse:
         return api.submit_response(self.ledger.submit(api.submissions(request.labels)))
 
-    async def Claim(self, request: review_pb2.ClaimRequest, context: aio.ServicerContext) -> Any:
+    async def Claim(self, request: review_pb2.ClaimRequest, context: aio.ServicerContext[Any, Any]) -> Any:
         who = current_principal()
         if request.lease_seconds > MAX_LEASE_SECONDS:
             raise InvalidArgument(
@@ -157,23 +157,25 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         item = None if claimed.item is None else api.review_item_proto(claimed.item)
         return review_pb2.ClaimResponse(item=item, queue_depth=claimed.queue_depth)
 
-    async def Decide(self, request: review_pb2.DecideRequest, context: aio.ServicerContext) -> Any:
+    async def Decide(self, request: review_pb2.DecideRequest, context: aio.ServicerContext[Any, Any]) -> Any:
         who = current_principal()
         decided = await self._run(
             self.ledger.decide, who.name, request.item_id, request.lease_id, request.choice, request.comment
         )
         return api.decide_response(decided)
 
-    async def Release(self, request: review_pb2.ReleaseRequest, context: aio.ServicerContext) -> Any:
+    async def Release(
+        self, request: review_pb2.ReleaseRequest, context: aio.ServicerContext[Any, Any]
+    ) -> Any:
         who = current_principal()
         await self._run(self.ledger.release, who.name, request.item_id, request.lease_id)
         return review_pb2.ReleaseResponse()
 
-    async def Stats(self, request: review_pb2.StatsRequest, context: aio.ServicerContext) -> Any:
+    async def Stats(self, request: review_pb2.StatsRequest, context: aio.ServicerContext[Any, Any]) -> Any:
         return api.stats_proto(await self._run(self.ledger.stats, request.constitution_id))
 
     async def StreamLabels(
-        self, request: review_pb2.StreamLabelsRequest, context: aio.ServicerContext
+        self, request: review_pb2.StreamLabelsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[review_pb2.StreamLabelsResponse]:
         cursor = request.from_cursor.sequence
         if cursor > MAX_SEQUENCE:  # uint64 in the proto, a signed 64-bit integer in the ledger

@@ -56,34 +56,44 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     # -- RPCs -----------------------------------------------------------------------------------
 
-    async def StartRun(self, request: trainer_pb2.StartRunRequest, context: aio.ServicerContext) -> Any:
+    async def StartRun(
+        self, request: trainer_pb2.StartRunRequest, context: aio.ServicerContext[Any, Any]
+    ) -> Any:
         check_spec_sizes(request.spec)
         run = await self.runs.start_run(convert.spec_from_proto(request.spec), request.idempotency_key)
         return trainer_pb2.StartRunResponse(run=convert.run_to_proto(run))
 
-    async def GetRun(self, request: trainer_pb2.GetRunRequest, context: aio.ServicerContext) -> Any:
+    async def GetRun(self, request: trainer_pb2.GetRunRequest, context: aio.ServicerContext[Any, Any]) -> Any:
         return trainer_pb2.GetRunResponse(run=convert.run_to_proto(await self.runs.get(request.run_id)))
 
-    async def ListRuns(self, request: trainer_pb2.ListRunsRequest, context: aio.ServicerContext) -> Any:
+    async def ListRuns(
+        self, request: trainer_pb2.ListRunsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> Any:
         runs, token = await self.runs.list(list(request.states), request.page_size, request.page_token)
         return trainer_pb2.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in runs], next_page_token=token
         )
 
-    async def CancelRun(self, request: trainer_pb2.CancelRunRequest, context: aio.ServicerContext) -> Any:
+    async def CancelRun(
+        self, request: trainer_pb2.CancelRunRequest, context: aio.ServicerContext[Any, Any]
+    ) -> Any:
         run = await self.runs.cancel(request.run_id, request.reason)
         return trainer_pb2.CancelRunResponse(run=convert.run_to_proto(run))
 
-    async def ResumeRun(self, request: trainer_pb2.ResumeRunRequest, context: aio.ServicerContext) -> Any:
+    async def ResumeRun(
+        self, request: trainer_pb2.ResumeRunRequest, context: aio.ServicerContext[Any, Any]
+    ) -> Any:
         run = await self.runs.resume(request.run_id)
         return trainer_pb2.ResumeRunResponse(run=convert.run_to_proto(run))
 
-    async def ListRounds(self, request: trainer_pb2.ListRoundsRequest, context: aio.ServicerContext) -> Any:
+    async def ListRounds(
+        self, request: trainer_pb2.ListRoundsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> Any:
         rounds = await self.runs.rounds(request.run_id)
         return trainer_pb2.ListRoundsResponse(rounds=[convert.round_to_proto(r) for r in rounds])
 
     async def WatchRun(
-        self, request: trainer_pb2.WatchRunRequest, context: aio.ServicerContext
+        self, request: trainer_pb2.WatchRunRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[trainer_pb2.WatchRunResponse]:
         async for event in self.runs.watch(request.run_id, request.after_sequence):
             yield trainer_pb2.WatchRunResponse(event=convert.event_to_proto(event))

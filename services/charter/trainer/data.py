@@ -73,12 +73,13 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        table_rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return table_rows
     if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
         import gzip
 
         opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
     raise InvalidArgument(
         f"{path}: expected a .jsonl, .jsonl.gz or .parquet file", field="spec.data.files.paths"

@@ -37,7 +37,7 @@ def soft_bt_loss(logits: torch.Tensor, p_chosen: torch.Tensor) -> torch.Tensor:
 def take_soft_label(inputs: dict[str, Any], column: str, trainer: str, dataset: str) -> torch.Tensor:
     """Remove and return the batch's soft labels (`inputs[column]`), or raise `Internal` when the batch
     has none: training on without them would optimise the hard loss while claiming the soft one."""
-    p_chosen = inputs.pop(column, None)
+    p_chosen: torch.Tensor | None = inputs.pop(column, None)
     if p_chosen is None:
         raise Internal(
             f"{trainer}: the batch has no {column!r} column (each row's p_chosen), so the soft-label loss "

@@ -12,6 +12,7 @@ row's `payload` is the `RunCodec` it is given: `charter.api.trainer.PROTO_CODEC`
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import json
 import time
@@ -262,7 +263,7 @@ class RunStore:
         attempt: int | None = None,
         events_seen: int | None = None,
         expect_handle: str | None = None,
-    ) -> tuple[Run, list[RunEvent]]:
+    ) -> tuple[Run, builtins.list[RunEvent]]:
         """Apply `mutate` to the run in one transaction; it returns the events (MetricsEvent,
         CheckpointEvent, StateEvent, LogEvent, DataEvent, Round of `charter.trainer.runs`) to append.
         A `Round` is recorded in `run_rounds` too, once: a round already recorded (a resumed worker
@@ -298,8 +299,10 @@ class RunStore:
 
     # -- rounds (continuous runs) ---------------------------------------------------------------
 
-    def _rounds(self, conn: Connection, run_id: str, kinds: list[EventKind], now: float) -> list[EventKind]:
-        out: list[EventKind] = []
+    def _rounds(
+        self, conn: Connection, run_id: str, kinds: builtins.list[EventKind], now: float
+    ) -> builtins.list[EventKind]:
+        out: builtins.list[EventKind] = []
         for kind in kinds:
             if not isinstance(kind, Round):
                 out.append(kind)
@@ -329,7 +332,7 @@ class RunStore:
             out.append(kind)
         return out
 
-    def rounds(self, run_id: str) -> list[Round]:
+    def rounds(self, run_id: str) -> builtins.list[Round]:
         """The rounds run `run_id` published, oldest first (NOT_FOUND for an unknown run)."""
         self.record(run_id)
         with self._db.reader.connect() as conn:
@@ -356,7 +359,7 @@ class RunStore:
 
     def _append(
         self, conn: Connection, run_id: str, kinds: Sequence[EventKind], now: float
-    ) -> list[RunEvent]:
+    ) -> builtins.list[RunEvent]:
         if not kinds:
             return []
         last = conn.execute(select(func.max(run_events.c.seq)).where(run_events.c.run_id == run_id)).scalar()
@@ -367,7 +370,7 @@ class RunStore:
         )
         return out
 
-    def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[RunEvent]:
+    def events(self, run_id: str, after: int = 0, limit: int = 1000) -> builtins.list[RunEvent]:
         with self._db.reader.connect() as conn:
             rows = conn.execute(
                 select(run_events.c.payload)

@@ -140,7 +140,7 @@ def create_app(
         wait = limiter.retry_after(client)
         if wait > 0:
             log.warning("web.login.limited", client=client)
-            response = login_page("Too many failed sign-ins from here. Try again later.", 429)
+            response: Response = login_page("Too many failed sign-ins from here. Try again later.", 429)
             response.headers["retry-after"] = str(int(wait) + 1)
             return response
         try:

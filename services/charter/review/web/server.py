@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from typing import TypedDict
 
 import structlog
 import uvicorn
@@ -16,6 +17,13 @@ from starlette.types import ASGIApp
 from charter.core.tls import ServerCertificates
 
 log = structlog.get_logger("charter.review.web")
+
+
+class _TLSFiles(TypedDict, total=False):
+    """uvicorn.Config's certificate arguments, passed only with TLS."""
+
+    ssl_certfile: str
+    ssl_keyfile: str
 
 
 class _Server(uvicorn.Server):
@@ -95,7 +103,7 @@ class WebServer:
         log.info("web.started", host=self.host, port=port, https=self.certificates is not None)
         return port
 
-    def _tls_files(self) -> dict[str, str]:
+    def _tls_files(self) -> _TLSFiles:
         if self.certificates is None:
             return {}
         tls = self.certificates.tls
