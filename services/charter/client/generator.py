@@ -21,7 +21,6 @@ class GeneratorClient(ServiceClient):
     service = "the generator"
     stub_type = generator_pb2_grpc.GeneratorServiceStub
 
-
     async def generate(self, request: generator_pb2.GenerateRequest) -> list[generator_pb2.GenerateResponse]:
         """Every (prompt, sample) reply of one `Generate` call, in arrival order."""
 
@@ -35,4 +34,5 @@ class GeneratorClient(ServiceClient):
         Calls in flight finish on the old model first; a model that fails to load leaves it serving.
         Not retried: a swap that reached the service runs to its end."""
         request = generator_pb2.SwapModelRequest(model=model, request_id=request_id)
-        return await self.stub.SwapModel(request, timeout=self.timeout)
+        response: generator_pb2.SwapModelResponse = await self.stub.SwapModel(request, timeout=self.timeout)
+        return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import grpc
 import structlog
@@ -61,8 +62,14 @@ class ReviewClient(ServiceClient):
     ) -> review_pb2.DecideResponse:
         """Decide a claimed item (`choice`: a `HumanChoice`); `accepted` is set when this decision
         accepted the label."""
-        request = review_pb2.DecideRequest(item_id=item_id, lease_id=lease_id, choice=choice, comment=comment)
-        return await self.stub.Decide(request, timeout=self.timeout)  # not retried: not idempotent
+        request = review_pb2.DecideRequest(
+            item_id=item_id,
+            lease_id=lease_id,
+            choice=cast("review_pb2.HumanChoice.ValueType", choice),
+            comment=comment,
+        )
+        response: review_pb2.DecideResponse = await self.stub.Decide(request, timeout=self.timeout)
+        return response  # not retried: not idempotent
 
     async def release(self, item_id: str, lease_id: str) -> None:
         """Hand a claimed item back to the queue."""

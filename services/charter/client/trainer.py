@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import structlog
@@ -33,17 +34,23 @@ class TrainerClient(ServiceClient):
     async def start_run(self, spec: tp.RunSpec, idempotency_key: str = "") -> tp.Run:
         """Check `spec` and start it; the same `idempotency_key` again returns the same run."""
         request = tp.StartRunRequest(spec=spec, idempotency_key=idempotency_key)
-        return (await self.stub.StartRun(request, timeout=self.timeout)).run
+        response: tp.StartRunResponse = await self.stub.StartRun(request, timeout=self.timeout)
+        return response.run
 
     async def get_run(self, run_id: str) -> tp.Run:
         request = tp.GetRunRequest(run_id=run_id)
-        return (await self.call(lambda: self.stub.GetRun(request, timeout=self.timeout))).run
+        response: tp.GetRunResponse = await self.call(lambda: self.stub.GetRun(request, timeout=self.timeout))
+        return response.run
 
     async def list_runs(
         self, states: list[int] | None = None, page_size: int = 0, page_token: str = ""
     ) -> tp.ListRunsResponse:
         """One page of runs, newest first (`next_page_token` for the next)."""
-        request = tp.ListRunsRequest(states=states or [], page_size=page_size, page_token=page_token)
+        request = tp.ListRunsRequest(
+            states=cast("list[tp.RunState.ValueType]", states or []),
+            page_size=page_size,
+            page_token=page_token,
+        )
         return await self.call(lambda: self.stub.ListRuns(request, timeout=self.timeout))
 
     async def watch_run(
@@ -72,11 +79,14 @@ class TrainerClient(ServiceClient):
 
     async def cancel_run(self, run_id: str, reason: str = "") -> tp.Run:
         request = tp.CancelRunRequest(run_id=run_id, reason=reason)
-        return (await self.stub.CancelRun(request, timeout=self.timeout)).run
+        response: tp.CancelRunResponse = await self.stub.CancelRun(request, timeout=self.timeout)
+        return response.run
 
     async def resume_run(self, run_id: str) -> tp.Run:
         """Start a new attempt of a failed or cancelled run from its last checkpoint."""
-        return (await self.stub.ResumeRun(tp.ResumeRunRequest(run_id=run_id), timeout=self.timeout)).run
+        request = tp.ResumeRunRequest(run_id=run_id)
+        response: tp.ResumeRunResponse = await self.stub.ResumeRun(request, timeout=self.timeout)
+        return response.run
 
     async def list_rounds(self, run_id: str) -> list[tp.Round]:
         """The rounds a continuous run has published, oldest first."""

@@ -207,7 +207,7 @@ class LocalExecutor:
         # a zombie (exited, not yet reaped) counts as gone; another start time is another process
         return fields[0] != "Z" and fields[19] == start
 
-    async def lines(self, handle: str) -> AsyncIterator[str]:  # type: ignore[override]
+    async def lines(self, handle: str) -> AsyncIterator[str]:
         process, log_path, exit_path = self._paths(handle)
         position, pending = 0, b""
         while True:

@@ -21,7 +21,9 @@ at most `trainer.max_active_runs` runs pending or running, and a worker still ru
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -239,7 +241,7 @@ class RunLifecycle:
         )  # fmt: skip
         return await self._launch(record.run.id, attempt, resume=True, note=note)
 
-    async def rounds(self, run_id: str) -> list[Round]:
+    async def rounds(self, run_id: str) -> builtins.list[Round]:
         """The rounds a continuous run has published, oldest first."""
         return await self._db(self.store.rounds, run_id)
 
@@ -379,7 +381,10 @@ class RunLifecycle:
                 if count <= seen:  # recorded by an earlier service process
                     continue
                 await self._persist(
-                    run_id, lambda run, e=event: apply_event(run, e), events_seen=count, expect_handle=handle
+                    run_id,
+                    functools.partial(apply_event, event=event),
+                    events_seen=count,
+                    expect_handle=handle,
                 )
             outcome = await self.executor.outcome(handle, nonce)
             while outcome is None:  # the log ended before the platform reports the end

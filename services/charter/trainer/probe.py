@@ -67,7 +67,7 @@ def greedy_replies(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = model.generation_config.eos_token_id
     eos_ids = sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
-    config = GenerationConfig(
+    config = GenerationConfig(  # type: ignore[no-untyped-call]  # transformers leaves __init__ unannotated
         do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos_ids or None
     )
     device = next(model.parameters()).device

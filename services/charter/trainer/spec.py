@@ -178,8 +178,12 @@ def _watch(spec: RunSpec, config: Any) -> RewardWatch | None:
                 field = f"spec.watch.gold_judge.{name}"
                 raise InvalidArgument(f"{field}: required for the judge as gold scorer", field=field)
     length = getattr(config, "max_new_tokens", None) or getattr(config, "max_completion_length", None) or 64
-    filled = {k: getattr(watch, k) or v for k, v in WATCH_DEFAULTS.items()}
-    return replace(watch, **filled, max_new_tokens=watch.max_new_tokens or length)
+    return replace(
+        watch,
+        probe_size=watch.probe_size or WATCH_DEFAULTS["probe_size"],
+        patience=watch.patience or WATCH_DEFAULTS["patience"],
+        max_new_tokens=watch.max_new_tokens or length,
+    )
 
 
 def _ensemble(spec: RunSpec) -> RewardModelEnsemble | None:

@@ -58,9 +58,9 @@ def _error(err: Exception, action: str) -> CharterError:
 def _default_api_client() -> k8s.ApiClient:
     configuration = k8s.Configuration()
     try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config(client_configuration=configuration)
+        k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     return k8s.ApiClient(configuration)
 
 
@@ -184,9 +184,10 @@ class KubernetesExecutor:
         )
 
     async def _read_job(self, namespace: str, name: str) -> k8s.V1Job | None:
-        return await self._call(
+        job: k8s.V1Job | None = await self._call(
             f"read Job {namespace}/{name}", self.batch.read_namespaced_job, name, namespace, allow=(404,)
         )
+        return job
 
     async def _pods(self, namespace: str, name: str) -> list[k8s.V1Pod]:
         pods = await self._call(
@@ -219,7 +220,7 @@ class KubernetesExecutor:
         """Waits until the worker container has started; None if the Job ends, goes, or its pod
         cannot start before that."""
         while True:
-            pod = await self._patiently(self._pod, namespace, name)
+            pod: k8s.V1Pod | None = await self._patiently(self._pod, namespace, name)
             if pod is not None and podstate.started(pod):
                 return pod
             if podstate.cannot_start(pod):
@@ -241,17 +242,17 @@ class KubernetesExecutor:
             _request_timeout=(self.request_timeout, self.log_idle_seconds),
         )
 
-    async def lines(self, handle: str) -> AsyncIterator[str]:  # type: ignore[override]
+    async def lines(self, handle: str) -> AsyncIterator[str]:
         """The worker's log, followed with timestamps: a stream that breaks or idles is reopened
         from where it stopped. Ends once the worker container has terminated and its log is read."""
         namespace, name = self._parse(handle)
         pod = await self._started_pod(namespace, name)
         if pod is None:
             return
-        pod_name, cursor = pod.metadata.name, podstate.LogCursor()
+        pod_name, cursor = podstate.name_of(pod), podstate.LogCursor()
         while True:
             current = await self._patiently(self._pod, namespace, name)
-            if current is None or current.metadata.name != pod_name:
+            if current is None or podstate.name_of(current) != pod_name:
                 return  # deleted (cancel, TTL): its log went with it
             exited = podstate.terminated(current)  # then the stream ends once it has sent the whole log
             since = cursor.reopen(margin=30.0)
@@ -324,7 +325,8 @@ class KubernetesExecutor:
         Job's condition. On several nodes the reason names the node."""
         broken = sorted((p for p in pods if podstate.failed(p)), key=podstate.ended_at)
         first = [p for p in pods if podstate.completion_index(p) in (None, 0)]
-        pod = (broken or sorted(first, key=podstate.created, reverse=True) or [None])[0]
+        ordered = broken or sorted(first, key=podstate.created, reverse=True)
+        pod = ordered[0] if ordered else None
         reason = await self._pod_failure(namespace, pod, condition, nonce)
         index = podstate.completion_index(pod) if pod is not None else None
         return f"node {index} of {nodes}: {reason}" if nodes > 1 and index is not None else reason
@@ -338,15 +340,15 @@ class KubernetesExecutor:
         if pod is not None:
             try:
                 log_tail = await self._call(
-                    f"read the log of pod {namespace}/{pod.metadata.name}",
+                    f"read the log of pod {namespace}/{podstate.name_of(pod)}",
                     self.core.read_namespaced_pod_log,
-                    pod.metadata.name,
+                    podstate.name_of(pod),
                     namespace,
                     container=CONTAINER,
                     tail_lines=500,
                 )
             except CharterError as err:  # the termination message still carries the log's tail
-                log.warning("trainer.worker.log_unreadable", pod=pod.metadata.name, error=str(err))
+                log.warning("trainer.worker.log_unreadable", pod=podstate.name_of(pod), error=str(err))
         for text in (log_tail, terminated.message if terminated else None):
             if text and (message := podstate.last_error(text, nonce)):
                 return message

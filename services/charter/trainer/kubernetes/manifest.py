@@ -38,7 +38,7 @@ _RESERVED_MOUNTS = ("", SPEC_DIR, HOME, "/tmp", "/dev/shm")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-class JobOptions(TrainerKubernetesSettings, frozen=True):
+class JobOptions(TrainerKubernetesSettings, frozen=True):  # type: ignore[misc]  # pydantic allows this
     """Where and how worker Jobs run: the `trainer.kubernetes` settings (same fields, same defaults),
     frozen, and checked on construction (a ValueError names the field): a DNS-1123 namespace, an image
     pinned to a version tag other than `latest` or to a digest, a runs PVC, a runs mount of its own,
@@ -170,7 +170,7 @@ def job_manifest(launch: Launch, options: JobOptions, resources: Resources) -> d
         uid=UID,
         shm={"medium": "Memory", **({"sizeLimit": options.shm_size} if options.shm_size else {})},
     )
-    job = yaml.safe_load(text)
+    job: dict[str, Any] = yaml.safe_load(text)
     _check_job(job, meta, path)
     if (nodes := resources.node_count) > 1:  # here, not in the template: an operator's own gets it too
         job["spec"].update(completionMode="Indexed", completions=nodes, parallelism=nodes)

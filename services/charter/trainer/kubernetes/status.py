@@ -57,7 +57,13 @@ def cannot_start(pod: k8s.V1Pod | None) -> str | None:
     waiting = status.state.waiting if status and status.state else None
     if pod is None or waiting is None or waiting.reason not in CANNOT_START:
         return None
-    return joined(f"worker pod {pod.metadata.name} cannot start", waiting.reason, waiting.message)
+    return joined(f"worker pod {name_of(pod)} cannot start", waiting.reason, waiting.message)
+
+
+def name_of(obj: k8s.V1Pod | k8s.V1Job) -> str:
+    """The object's name: the API server returns no object without one."""
+    assert obj.metadata is not None and obj.metadata.name is not None
+    return obj.metadata.name
 
 
 def joined(*parts: str | None) -> str:
@@ -65,13 +71,15 @@ def joined(*parts: str | None) -> str:
 
 
 def created(pod: k8s.V1Pod) -> tuple[float, str]:
-    stamp = pod.metadata.creation_timestamp
-    return (stamp.timestamp() if stamp else 0.0), pod.metadata.name
+    stamp = pod.metadata.creation_timestamp if pod.metadata else None
+    return (stamp.timestamp() if stamp else 0.0), name_of(pod)
 
 
 def completion_index(pod: k8s.V1Pod) -> int | None:
     """The pod's index in an indexed Job (its node rank); None for a pod of a plain Job."""
     meta = pod.metadata
+    if meta is None:
+        return None
     value = (meta.labels or {}).get(INDEX_KEY) or (meta.annotations or {}).get(INDEX_KEY)
     return int(value) if value is not None and value.isdigit() else None
 
