@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from charter_proto.common.v1 import (
     constitution_pb2,
@@ -22,8 +22,13 @@ from charter.core.errors import InvalidArgument
 from charter.inference.policy import PolicyVersion
 from charter.inference.types import Completion, Message, ModelInfo, Sampling
 
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
 
-def enum_names(enum: Any, prefix: str) -> dict[int, str]:
+V = TypeVar("V", bound=int)
+
+
+def enum_names(enum: _EnumTypeWrapper[V], prefix: str) -> dict[V, str]:
     """A protobuf enum's values -> lower-case names without the enum's prefix: the names records,
     summaries and pages use (`enum_names(label_pb2.LabelStatus, "LABEL_STATUS_")[1] == "ok"`)."""
     return {value: name.removeprefix(prefix).lower() for name, value in enum.items()}
@@ -33,7 +38,11 @@ ROLE_NAMES = enum_names(conversation_pb2.Role, "ROLE_")
 STEP_STATUS_NAMES = enum_names(critique_pb2.StepStatus, "STEP_STATUS_")
 FINISH_NAMES = enum_names(sampling_pb2.FinishReason, "FINISH_REASON_")
 """finish reason -> "stop" | "length" (as `inference.types.Completion` names them)."""
-_ROLES = {v: name for v, name in ROLE_NAMES.items() if v != conversation_pb2.ROLE_UNSPECIFIED}
+# the enum's other names, lower-cased, are exactly the roles `Message` takes
+_ROLES = cast(
+    "dict[conversation_pb2.Role.ValueType, Literal['system', 'user', 'assistant']]",
+    {v: name for v, name in ROLE_NAMES.items() if v != conversation_pb2.ROLE_UNSPECIFIED},
+)
 _ROLE_VALUES = {v: k for k, v in _ROLES.items()}
 _FINISH = {"stop": sampling_pb2.FINISH_REASON_STOP, "length": sampling_pb2.FINISH_REASON_LENGTH}
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
-from charter_proto.common.v1 import label_pb2
+from charter_proto.common.v1 import conversation_pb2, label_pb2
 from charter_proto.review.v1 import review_pb2
 from google.protobuf import json_format
 
@@ -50,7 +50,7 @@ SOURCES = {key(s): s for s in (LabelSource.AI, LabelSource.HUMAN)}
 """Label sources by name (`ai`, `human`), as `charter export --source` takes them."""
 
 
-def role_name(role: int) -> str:
+def role_name(role: conversation_pb2.Role.ValueType) -> str:
     """`ROLE_USER` -> `user`; `unspecified` for a value this build does not know."""
     return common.ROLE_NAMES.get(role, "unspecified")
 
@@ -97,7 +97,11 @@ def label_query(flt: review_pb2.LabelFilter | None) -> LabelQuery | None:
 
 def submit_result_proto(r: SubmitResult) -> review_pb2.SubmitResult:
     return review_pb2.SubmitResult(
-        label_id=r.label_id, sequence=r.sequence, duplicate=r.duplicate, route=r.route, reason=r.reason
+        label_id=r.label_id,
+        sequence=r.sequence,
+        duplicate=r.duplicate,
+        route=cast("review_pb2.Route.ValueType", r.route),
+        reason=cast("review_pb2.RouteReason.ValueType", r.reason),
     )
 
 
@@ -113,7 +117,7 @@ def review_item_proto(item: ReviewItem) -> review_pb2.ReviewItem:
     return review_pb2.ReviewItem(
         item_id=item.item_id,
         label=label_proto(item.payload),
-        reason=item.reason,
+        reason=cast("review_pb2.RouteReason.ValueType", item.reason),
         priority=item.priority,
         lease_id=item.lease_id,
         lease_expires_at=common.timestamp(item.lease_expires_at),
@@ -127,7 +131,7 @@ def decision_proto(d: HumanDecision) -> review_pb2.HumanDecision:
         item_id=d.item_id,
         label_id=d.item_id,
         reviewer=d.reviewer,
-        choice=d.choice,
+        choice=cast("review_pb2.HumanChoice.ValueType", d.choice),
         comment=d.comment,
         decided_at=common.timestamp(d.decided_at),
     )
@@ -136,9 +140,9 @@ def decision_proto(d: HumanDecision) -> review_pb2.HumanDecision:
 def accepted_proto(a: AcceptedLabel) -> review_pb2.AcceptedLabel:
     out = review_pb2.AcceptedLabel(
         sequence=a.sequence,
-        source=a.source,
+        source=cast("review_pb2.LabelSource.ValueType", a.source),
         p_a=a.p_a,
-        choice=a.choice,
+        choice=cast("label_pb2.Choice.ValueType", a.choice),
         human_decisions=[decision_proto(d) for d in a.human_decisions],
     )
     out.label.MergeFromString(a.payload)  # parsed in place, not copied in

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from charter_proto.review.v1 import review_pb2
 from charter_proto.trainer.v1 import trainer_pb2 as tp
@@ -65,16 +65,16 @@ ENSEMBLE_VARY_VALUES = {name: value for value, name in ENSEMBLE_VARY_NAMES.items
 # -- enums ----------------------------------------------------------------------------------------------
 
 
-def algorithm_name(value: int) -> str:
+def algorithm_name(value: tp.Algorithm.ValueType) -> str:
     """The domain's name of an Algorithm value; "" for UNSPECIFIED, the number as text for an unknown
     one (the spec's check rejects both)."""
     return ALGORITHM_NAMES.get(value, str(value) if value else "")
 
 
-def algorithm_value(name: str) -> int:
+def algorithm_value(name: str) -> tp.Algorithm.ValueType:
     if name in ALGORITHM_VALUES:
         return ALGORITHM_VALUES[name]
-    return int(name) if name.isdigit() else tp.ALGORITHM_UNSPECIFIED
+    return cast("tp.Algorithm.ValueType", int(name)) if name.isdigit() else tp.ALGORITHM_UNSPECIFIED
 
 
 def state(value: int) -> RunState:
@@ -90,14 +90,17 @@ def state_label(value: int) -> str:
     return state(value).label
 
 
-def _source_names(values: Iterable[int]) -> list[str]:
+def _source_names(values: Iterable[review_pb2.LabelSource.ValueType]) -> list[str]:
     known = review_pb2.LabelSource.values()
     return [review_pb2.LabelSource.Name(v) if v in known else str(v) for v in values]
 
 
-def _source_values(names: Iterable[str]) -> list[int]:
+def _source_values(names: Iterable[str]) -> list[review_pb2.LabelSource.ValueType]:
     known = review_pb2.LabelSource.keys()
-    return [review_pb2.LabelSource.Value(n) if n in known else int(n) for n in names]
+    return [
+        review_pb2.LabelSource.Value(n) if n in known else cast("review_pb2.LabelSource.ValueType", int(n))
+        for n in names
+    ]
 
 
 # -- spec -----------------------------------------------------------------------------------------------
@@ -200,7 +203,8 @@ def ensemble_from_proto(ensemble: tp.RewardModelEnsemble) -> RewardModelEnsemble
 
 def ensemble_to_proto(ensemble: RewardModelEnsemble) -> tp.RewardModelEnsemble:
     vary = ensemble.vary
-    value = ENSEMBLE_VARY_VALUES.get(vary, int(vary) if vary.isdigit() else tp.ENSEMBLE_VARY_UNSPECIFIED)
+    number = cast("tp.EnsembleVary.ValueType", int(vary)) if vary.isdigit() else tp.ENSEMBLE_VARY_UNSPECIFIED
+    value = ENSEMBLE_VARY_VALUES.get(vary, number)
     return tp.RewardModelEnsemble(size=ensemble.size, vary=value, subset_fraction=ensemble.subset_fraction)
 
 
@@ -337,7 +341,7 @@ def run_to_proto(run: Run) -> tp.Run:
     out = tp.Run(
         id=run.id,
         spec=spec_to_proto(run.spec),
-        state=int(run.state),
+        state=cast("tp.RunState.ValueType", int(run.state)),
         reason=run.reason,
         last_checkpoint=run.last_checkpoint,
         step=run.step,
@@ -370,7 +374,9 @@ def event_kind_to_proto(kind: EventKind) -> tuple[str, Any]:
     if isinstance(kind, CheckpointEvent):
         return "checkpoint", tp.CheckpointEvent(step=kind.step, path=kind.path)
     if isinstance(kind, StateEvent):
-        return "state", tp.StateEvent(state=int(kind.state), reason=kind.reason)
+        return "state", tp.StateEvent(
+            state=cast("tp.RunState.ValueType", int(kind.state)), reason=kind.reason
+        )
     if isinstance(kind, LogEvent):
         return "log", tp.LogEvent(level=kind.level, message=kind.message)
     if isinstance(kind, Round):

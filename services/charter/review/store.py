@@ -530,7 +530,7 @@ class Ledger:
                 label_id=r["label_id"],
                 source=LabelSource(r["source"]),
                 p_a=r["p_a"],
-                choice=as_enum(Choice, r["choice"]),  # type: ignore[arg-type]
+                choice=as_enum(Choice, r["choice"]),
                 accepted_at=r["accepted_at"],
                 payload=payloads[r["label_seq"]],
                 human_decisions=tuple(by_item.get(r["label_id"], ())),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TypeVar
 
 from charter.review.agreement import Agreement
 
@@ -57,7 +58,10 @@ class LabelSource(IntEnum):
     HUMAN = 2
 
 
-def as_enum(enum: type[IntEnum], value: int) -> IntEnum | int:
+E = TypeVar("E", bound=IntEnum)
+
+
+def as_enum(enum: type[E], value: int) -> E | int:
     """A stored or wire value as the domain enum; a value this build does not know stays a plain
     int (stored, compared and streamed as it came: a newer writer's choice is not an error)."""
     try:
@@ -118,10 +122,11 @@ class Submission:
     constitution_id: str
     principle_ids: tuple[str, ...]
     p_a: float
-    choice: Choice
+    choice: Choice | int
+    """An unknown number (a newer producer's) stays a plain int (`as_enum`); so for `status`."""
     confidence: float
     swap_consistent: bool
-    status: LabelStatus
+    status: LabelStatus | int
     payload: bytes
     """The label as submitted (a serialised `PreferenceLabel`), kept as it is."""
     ensemble_disagreement: float | None = None
@@ -188,7 +193,7 @@ class AcceptedLabel:
     label_id: str
     source: LabelSource
     p_a: float
-    choice: Choice
+    choice: Choice | int
     accepted_at: float
     """Unix seconds."""
     payload: bytes
@@ -202,7 +207,7 @@ class LabelQuery:
     """Which accepted labels to read; empty fields match everything."""
 
     constitution_id: str = ""
-    sources: tuple[LabelSource, ...] = ()
+    sources: tuple[LabelSource | int, ...] = ()
     min_confidence: float | None = None
 
 
@@ -262,7 +267,7 @@ class LabelView:
     constitution_id: str
     constitution_version: str
     p_a: float
-    choice: Choice
+    choice: Choice | int
     confidence: float
     swap_consistent: bool
     status: str
