@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from typing import TypedDict
 
 import structlog
 
@@ -35,8 +36,16 @@ def build_engine(settings: InferenceSettings, *, name: str | None = None) -> Inf
     return client
 
 
+class _EngineOptions(TypedDict):
+    """What every in-process engine takes (`LocalEngine`)."""
+
+    max_batch: int
+    max_pending: int
+    default_timeout: float | None
+
+
 def _build(settings: InferenceSettings, engine: str, name: str | None, dtype: str) -> InferenceClient:
-    common = {
+    common: _EngineOptions = {
         "max_batch": settings.max_batch,
         "max_pending": settings.max_pending,
         "default_timeout": settings.timeout_seconds,

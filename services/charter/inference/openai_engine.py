@@ -117,7 +117,8 @@ class OpenAIEngine:
                 if response.status_code >= 400:
                     raise _client_error(response, self._info.name)
                 try:
-                    return response.json()
+                    reply: dict[str, Any] = response.json()
+                    return reply
                 except ValueError:
                     raise Internal(f"{url} answered with a body that is not JSON") from None
         raise Unavailable(f"inference server {self.base_url} unavailable after {attempts} attempts: {last}")

@@ -85,7 +85,7 @@ def policy_version(info: ModelInfo, digest: str | None = None) -> PolicyVersion:
 
 def swap_mode(engine: InferenceClient) -> SwapMode:
     mode = getattr(engine, "swap_mode", "remote")
-    return mode if mode in ("beside", "in_place") else "remote"
+    return "beside" if mode == "beside" else "in_place" if mode == "in_place" else "remote"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import copy
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from charter.core.errors import InvalidArgument, NotFound
 from charter.inference.local import LocalEngine
@@ -45,7 +45,7 @@ class TransformersEngine(LocalEngine):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
 
         if dtype not in _DTYPES:
             raise InvalidArgument(f"dtype must be one of {sorted(_DTYPES)} (value: {dtype!r})")
@@ -57,7 +57,7 @@ class TransformersEngine(LocalEngine):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
-        self.hf_model.eval()
+        self.hf_model.eval()  # type: ignore[no-untyped-call]  # unannotated in transformers
         limit = getattr(self.hf_model.config, "max_position_embeddings", None) or 2048
         self.score_batch_tokens = score_batch_tokens
         self.shared_prefix_tokens = shared_prefix_tokens
@@ -76,7 +76,10 @@ class TransformersEngine(LocalEngine):
     # ---- chat ----------------------------------------------------------------------------------
     def _generate(self, prepared: list[PreparedChat]) -> list[ChatResult]:
         results: dict[int, ChatResult] = {}
-        key = lambda i: prepared[i].sampling  # noqa: E731 - requests with equal sampling share a call
+
+        def key(i: int) -> Sampling:  # requests with equal sampling share a call
+            return prepared[i].sampling
+
         order = sorted(range(len(prepared)), key=lambda i: repr(key(i)))
         for sampling, group in itertools.groupby(order, key=key):
             indices = list(group)
@@ -107,7 +110,10 @@ class TransformersEngine(LocalEngine):
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         with torch.inference_mode():
-            out = self.hf_model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+            # the Auto class's return type leaves out GenerationMixin, which every causal LM has
+            out = self.hf_model.generate(  # type: ignore[misc]
+                input_ids=input_ids, attention_mask=attention, **kwargs
+            )
         new = out[:, width:].tolist()
         eos = set(_as_list(self.hf_model.generation_config.eos_token_id))
         results = []
@@ -120,7 +126,7 @@ class TransformersEngine(LocalEngine):
                 text, stopped = truncate_at_stop(
                     self.tokenizer.decode(kept, skip_special_tokens=True), sampling.stop
                 )
-                finish = "stop" if ended is not None or stopped else "length"
+                finish: Literal["stop", "length"] = "stop" if ended is not None or stopped else "length"
                 count = ended + 1 if ended is not None else len(kept)
                 completions.append(Completion(text, len(prompt), count, finish))
             results.append(ChatResult(tuple(completions)))

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from charter.core.errors import Internal, NotFound
 from charter.inference.local import LocalEngine
 from charter.inference.tokens import PreparedChat, ScoreItem
 from charter.inference.types import ChatResult, Completion, ModelInfo, Sampling
+
+if TYPE_CHECKING:
+    from vllm.config.model import ModelDType
+    from vllm.inputs import TokensPrompt
 
 
 def on_cpu() -> bool:
@@ -67,7 +71,7 @@ class VllmEngine(LocalEngine):
             enforce_eager = cpu
         self.llm = LLM(
             model=str(path),
-            dtype=dtype,
+            dtype=cast("ModelDType", dtype),  # vLLM checks the name
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
@@ -95,8 +99,10 @@ class VllmEngine(LocalEngine):
         )
 
     def _generate(self, prepared: list[PreparedChat]) -> list[ChatResult]:
+        from vllm.inputs import TokensPrompt
+
         outputs = self.llm.generate(
-            [{"prompt_token_ids": p.ids} for p in prepared],
+            [TokensPrompt(prompt_token_ids=p.ids) for p in prepared],
             [self._params(p.sampling) for p in prepared],
             use_tqdm=False,
         )
@@ -116,38 +122,41 @@ class VllmEngine(LocalEngine):
 
     def _score(self, items: list[ScoreItem]) -> list[list[float]]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
-        prompts: list[dict[str, list[int]]] = []
+        prompts: list[TokensPrompt] = []
         params: list[Any] = []
         slots: list[tuple[int, int | None]] = []  # (item, option or None for "all options at once")
         for i, item in enumerate(items):
             if item.single_token:  # one pass over the prompt; vLLM returns exactly these tokens' logprobs
                 ids = [o[0] for o in item.options]
-                prompts.append({"prompt_token_ids": item.prompt})
+                prompts.append(TokensPrompt(prompt_token_ids=item.prompt))
                 params.append(
                     SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids, detokenize=False)
                 )
                 slots.append((i, None))
             else:  # prompt + option, reading each prompt token's own logprob
-                for k, option in enumerate(item.options):
-                    prompts.append({"prompt_token_ids": item.prompt + option})
+                for j, option in enumerate(item.options):
+                    prompts.append(TokensPrompt(prompt_token_ids=item.prompt + option))
                     params.append(
                         SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
                     )
-                    slots.append((i, k))
+                    slots.append((i, j))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         out: list[list[float]] = [[0.0] * len(item.options) for item in items]
         for (i, k), result in zip(slots, outputs, strict=True):
             item = items[i]
             if k is None:
-                entry = result.outputs[0].logprobs[0]
+                first = result.outputs[0].logprobs
+                assert first is not None  # asked for (logprob_token_ids)
+                entry = first[0]
                 out[i] = [_logprob(entry, o[0]) for o in item.options]
             else:
                 start = len(item.prompt)
                 tokens = item.prompt + item.options[k]
-                out[i][k] = sum(
-                    _logprob(result.prompt_logprobs[p], tokens[p]) for p in range(start, len(tokens))
-                )
+                logprobs = result.prompt_logprobs
+                assert logprobs is not None  # asked for (prompt_logprobs=0)
+                out[i][k] = sum(_logprob(logprobs[p], tokens[p]) for p in range(start, len(tokens)))
         return out
 
     def _shutdown(self) -> None:
