@@ -107,12 +107,13 @@ class SoftDPOTrainer(DPOTrainer):
         self.data_collator = _SoftLabelCollator(self.data_collator)
 
     def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
+        super()._set_signature_columns_if_needed()  # type: ignore[no-untyped-call]  # unannotated in transformers
         if self._signature_columns is not None and P_CHOSEN not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, P_CHOSEN]
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
         p_chosen = take_soft_label(inputs, P_CHOSEN, type(self).__name__, "dpo_dataset(rows)")
+        assert self.model is not None  # set by Trainer.__init__
         mode = "train" if self.model.training else "eval"
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         model_kwargs["use_cache"] = False
@@ -128,7 +129,8 @@ class SoftDPOTrainer(DPOTrainer):
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:  # no gradients; with PEFT and no reference model, the adapter is disabled
             reference = self.ref_model if self.ref_model is not None else self.model
-            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, inputs)
+            # unannotated in TRL
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, inputs)  # type: ignore[no-untyped-call]
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
         loss = soft_dpo_loss(chosen_logratios, rejected_logratios, p_chosen.to(logps.device), self.beta)

@@ -154,7 +154,7 @@ def online_trainer(
     for name, tok in named:
         if not tok.chat_template:  # conversational prompts are rendered by both templates
             raise InvalidArgument(f"{name}: the tokenizer has no chat template for chat prompts", field=name)
-    return getattr(trl, trainer_name)(
+    trainer: GRPOTrainer | RLOOTrainer = getattr(trl, trainer_name)(
         model=model,
         reward_funcs=[reward for reward, _ in loaded],
         args=config,
@@ -163,3 +163,4 @@ def online_trainer(
         reward_processing_classes=[tok for _, tok in loaded],
         callbacks=callbacks,
     )
+    return trainer

@@ -31,6 +31,7 @@ class SoftRewardTrainer(RewardTrainer):
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
+        assert self.model is not None  # set by Trainer.__init__
         mode = "train" if self.model.training else "eval"
         p_chosen = take_soft_label(inputs, SOFT_COLUMN, type(self).__name__, "reward_dataset(rows)")
         outputs = model(
@@ -38,10 +39,10 @@ class SoftRewardTrainer(RewardTrainer):
         )
         rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
         loss = soft_bt_loss(rewards_chosen - rewards_rejected, p_chosen)
-        if self.args.center_rewards_coefficient is not None:
-            loss = loss + self.args.center_rewards_coefficient * torch.mean(
-                (rewards_chosen + rewards_rejected) ** 2
-            )
+        # RewardTrainer's args are a RewardConfig; Trainer types them as TrainingArguments
+        coefficient = self.args.center_rewards_coefficient  # type: ignore[attr-defined]
+        if coefficient is not None:
+            loss = loss + coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
         with torch.no_grad():
             accuracy = (rewards_chosen > rewards_rejected).float().mean()
             margin = (rewards_chosen - rewards_rejected).mean()

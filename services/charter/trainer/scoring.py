@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from charter.core.errors import InvalidArgument
 
@@ -43,7 +43,8 @@ class RewardScorer:
                 field="reward_model",
                 value=self.folder,
             )
-        embeddings = model.get_input_embeddings().num_embeddings
+        # nn.Module.__getattr__ is typed Tensor | Module
+        embeddings: int = model.get_input_embeddings().num_embeddings  # type: ignore[assignment]
         if len(tokenizer) > embeddings:
             raise InvalidArgument(
                 f"reward_model: {folder}: its tokenizer does not match the model "
@@ -52,7 +53,8 @@ class RewardScorer:
                 value=self.folder,
             )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.tokenizer = model.to(self.device), tokenizer
+        # transformers' `to` wrapper is typed for a PreTrainedModel's own arguments only
+        self.model, self.tokenizer = model.to(self.device), tokenizer  # type: ignore[arg-type]
         self.batch_size, self.max_length = batch_size, max_length
 
     def texts(self, conversations: Sequence[Conversation], replies: Sequence[str]) -> list[str]:
@@ -60,8 +62,12 @@ class RewardScorer:
         if len(conversations) != len(replies):
             raise ValueError(f"{len(conversations)} conversations but {len(replies)} replies")
         return [
-            self.tokenizer.apply_chat_template(
-                [dict(m) for m in conversation] + [{"role": "assistant", "content": reply}], tokenize=False
+            cast(  # tokenize=False: the rendered text
+                str,
+                self.tokenizer.apply_chat_template(
+                    [dict(m) for m in conversation] + [{"role": "assistant", "content": reply}],
+                    tokenize=False,
+                ),
             )
             for conversation, reply in zip(conversations, replies, strict=True)
         ]
@@ -92,7 +98,7 @@ class RewardScorer:
 
     def close(self) -> None:
         """Free the model (callers that score with several reward models in turn)."""
-        self.model = None  # type: ignore[assignment]
+        self.model = None
 
     def __enter__(self) -> RewardScorer:
         return self

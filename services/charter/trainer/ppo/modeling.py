@@ -29,13 +29,15 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.summary.bias)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+        values: Tensor = self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+        return values
 
 
 class PolicyWithValueHead(nn.Module):
     """A causal LM (`pretrained`) with a `value_head`; `forward` returns (logits, values)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
+        """`model`: any Hugging Face causal LM (its config, `generate`, `save_pretrained` are used)."""
         super().__init__()
         self.pretrained = model
         self.value_head = ValueHead(model.config.get_text_config().hidden_size)

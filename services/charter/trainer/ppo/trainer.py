@@ -91,7 +91,7 @@ class PPOTrainer:
         eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         device = self.accelerator.device
         self._eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
-        self._generation = GenerationConfig(
+        self._generation = GenerationConfig(  # type: ignore[no-untyped-call]  # unannotated in transformers
             do_sample=True,
             max_new_tokens=config.max_new_tokens,
             min_new_tokens=config.min_new_tokens or None,
@@ -118,7 +118,8 @@ class PPOTrainer:
 
     @property
     def unwrapped(self) -> PolicyWithValueHead:
-        return self.accelerator.unwrap_model(self.policy)
+        policy: PolicyWithValueHead = self.accelerator.unwrap_model(self.policy)
+        return policy
 
     def _forward(
         self, model: nn.Module, query: Tensor, query_mask: Tensor, response: Tensor, response_mask: Tensor
@@ -157,7 +158,9 @@ class PPOTrainer:
         tensors = (query_ids, query_mask, response_ids, response_mask)
         logprobs, ref_logprobs, values = [], [], []
         with self.accelerator.autocast():
-            for idx in torch.arange(len(rows), device=device).split(cfg.mini_batch_size):
+            # Tensor.split is unannotated in torch
+            batches = torch.arange(len(rows), device=device).split(cfg.mini_batch_size)  # type: ignore[no-untyped-call]
+            for idx in batches:
                 logits, value = self._forward(policy, *(t[idx] for t in tensors))
                 ref_logits, _ = self._forward(self.ref_model, *(t[idx] for t in tensors))
                 logprobs.append(token_logprobs(logits, response_ids[idx]))
@@ -200,7 +203,7 @@ class PPOTrainer:
         stats: dict[str, list[Tensor]] = {k: [] for k in _LOSS_STATS}
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(n, generator=self._shuffle).to(mask.device)
-            for idx in order.split(cfg.mini_batch_size):
+            for idx in order.split(cfg.mini_batch_size):  # type: ignore[no-untyped-call]  # Tensor.split
                 logits, values = self._forward(self.policy, *r.sequences(idx))
                 m, logprobs = mask[idx], token_logprobs(logits, r.response_ids[idx])
                 pg_loss, pg_clip = policy_loss(logprobs, r.logprobs[idx], advantages[idx], m, cfg.clip_range)
