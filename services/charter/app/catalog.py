@@ -91,7 +91,7 @@ def _constitution_metrics(change: RegistryChange) -> None:
     metrics.CONSTITUTION_REJECTED.labels(change.path.name).set(0)
     if change.constitution_id is None:
         return
-    for sample in metrics.CONSTITUTION_SERVING.collect()[0].samples:  # the earlier versions: 0
+    for sample in list(metrics.CONSTITUTION_SERVING.collect())[0].samples:  # the earlier versions: 0
         if sample.labels["constitution_id"] == change.constitution_id:
             metrics.CONSTITUTION_SERVING.labels(change.constitution_id, sample.labels["digest"]).set(0)
     if change.kind != "removed" and change.digest:
@@ -253,7 +253,8 @@ class ServiceSpec:
 
 
 def _full_name(module: Any, service: str) -> str:
-    return module.DESCRIPTOR.services_by_name[service].full_name
+    name: str = module.DESCRIPTOR.services_by_name[service].full_name
+    return name
 
 
 SERVICES: dict[str, ServiceSpec] = {

@@ -26,7 +26,7 @@ import shutil
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from charter.core.files import write_atomic
 from charter.trainer.runs import RewardModelEnsemble
@@ -72,7 +72,7 @@ def spread(
     members, pairs = len(chosen), len(rows)
     if members < 1 or len(rejected) != members or any(len(s) != pairs for s in (*chosen, *rejected)):
         raise ValueError(f"scores must be members x pairs ({members} members, {pairs} pairs)")
-    lines = []
+    lines: list[dict[str, Any]] = []
     for j, row in enumerate(rows):
         margins = [chosen[i][j] - rejected[i][j] for i in range(members)]
         share = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / members
@@ -95,7 +95,8 @@ def spread(
     accuracy = [sum(line["margins"][i] > 0 for line in lines) / pairs for i in range(members)]
 
     def mean(key: str) -> float:
-        return sum(line[key] for line in lines) / pairs
+        total: float = sum(line[key] for line in lines)
+        return total / pairs
 
     summary = {
         "pairs": pairs,
@@ -131,8 +132,10 @@ def score_pairs(
     for folder in folders:
         with RewardScorer(folder, batch_size=batch_size) as scorer:
             render = scorer.tokenizer.apply_chat_template
-            texts = [
-                render(r["prompt"] + r[side], tokenize=False) for side in ("chosen", "rejected") for r in rows
+            texts = [  # tokenize=False: the rendered text
+                cast(str, render(r["prompt"] + r[side], tokenize=False))
+                for side in ("chosen", "rejected")
+                for r in rows
             ]
             scores = scorer.score_texts(texts)
         chosen.append(scores[: len(rows)])

@@ -63,7 +63,9 @@ class JudgeScorer:
         self.gold, self.seed, self.token = gold, seed, token
         self.called = False  # the first call sends every pair, so a misconfigured judge fails at once
 
-    def __call__(self, prompts: Sequence[Prompt], replies: Sequence[str], references: Sequence[str]) -> list:
+    def __call__(
+        self, prompts: Sequence[Prompt], replies: Sequence[str], references: Sequence[str]
+    ) -> list[float | None]:
         from charter.api.judge import STATUS_NAMES
         from charter.datasets.pairs import PairRow, pair_key
         from charter.inference.types import Message
@@ -98,7 +100,8 @@ class JudgeScorer:
         )
         try:
             async with JudgeClient(g.address, token=self.token or None, timeout=900, retries=3) as judge:
-                return await judge.compare(pairs, options, f"watch:{pairs[0].key}")
+                labels: dict[int, Any] = await judge.compare(pairs, options, f"watch:{pairs[0].key}")
+                return labels
         except grpc.aio.AioRpcError as err:
             error = {grpc.StatusCode.NOT_FOUND: NotFound, grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument}
             raise error.get(err.code(), FailedPrecondition)(
@@ -115,7 +118,9 @@ class RewardModelScorer:
 
         self.scorer = RewardScorer(folder)
 
-    def __call__(self, prompts: Sequence[Prompt], replies: Sequence[str], references: Sequence[str]) -> list:
+    def __call__(
+        self, prompts: Sequence[Prompt], replies: Sequence[str], references: Sequence[str]
+    ) -> list[float]:
         return list(self.scorer.score(prompts, replies))
 
 

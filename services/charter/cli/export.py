@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import typer
 from charter_proto.review.v1 import review_pb2
@@ -91,7 +91,7 @@ def export(
     flt = review_pb2.LabelFilter(
         constitution_id=constitution or "",
         principle_ids=principle or [],
-        sources=[SOURCES[s] for s in source or []],
+        sources=[cast("review_pb2.LabelSource.ValueType", SOURCES[s]) for s in source or []],
         min_confidence=min_confidence,
     )
     if review is None and (follow or token or token_file):

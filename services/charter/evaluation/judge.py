@@ -390,7 +390,7 @@ def write(
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     with (out / "labels.jsonl").open("w", encoding="utf-8") as f:
         for pair, label in zip(pairs, labels, strict=True):
-            row = {"key": pair.key, "source_index": pair.index, "human": pair.human,
+            row: dict[str, Any] = {"key": pair.key, "source_index": pair.index, "human": pair.human,
                    "label": MessageToDict(label, preserving_proto_field_name=True)}  # fmt: skip
             for name in ("conversation", "response_a", "response_b"):  # in the source file already
                 row["label"].pop(name, None)

@@ -223,13 +223,16 @@ async def resolve_reward_models(spec: EvalPolicySpec, settings: CharterSettings)
     by loading it."""
     from charter.trainer.scoring import RewardScorer, ensemble_members
 
+    def load(folder: str) -> None:  # a folder that is not a reward model fails here
+        RewardScorer(folder).close()
+
     folders = []
     for ref in spec.reward_models:
         folder = (
             await resolve_run(ref.removeprefix("run:"), spec, settings) if ref.startswith("run:") else ref
         )
         for member in ensemble_members(folder):
-            await asyncio.to_thread(lambda f=member: RewardScorer(f).close())
+            await asyncio.to_thread(load, member)
             folders.append(member)
     return folders
 
@@ -280,7 +283,7 @@ async def evaluate(
         "gold": gold_figures,
         "human": human,
     }  # fmt: skip
-    judge_model = next((j["judge"] for j in judgments if j.get("judge")), {})
+    judge_model: dict[str, Any] = next((j["judge"] for j in judgments if j.get("judge")), {})
     report = {
         "figures": figures,
         "config": {

@@ -57,10 +57,11 @@ async def _with_ledger(
     r = spec.review
     ids = {label.id for label in labels}
     if r.database is not None:
+        database = r.database
 
         def here() -> dict[str, float]:
             s = settings.review
-            ledger = Ledger(r.database, s.routing, max_label_bytes=s.max_label_bytes)
+            ledger = Ledger(database, s.routing, max_label_bytes=s.max_label_bytes)
             try:
                 if labels:
                     ledger.submit(review_api.submissions(labels))
