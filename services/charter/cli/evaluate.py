@@ -206,7 +206,8 @@ def policy(
     from charter.evaluation.policy import Hooks, evaluate
     from charter.evaluation.policy_spec import load_eval_spec
 
-    transformers_logging.disable_progress_bar()  # the command draws its own progress; errors stay one line
+    # the command draws its own progress; errors stay one line (unannotated in transformers)
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     loaded = load_eval_spec(spec)
     if output is not None:
         loaded = loaded.model_copy(update={"output": output})

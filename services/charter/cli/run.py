@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -69,9 +70,11 @@ def run(
     engine, started once: e.g. SL-CAI, then RL-CAI on its output folder."""
     from charter.pipelines.rlaif_spec import RlaifSpec
 
-    flags = {"generator": generator, "critic_reviser": critic_reviser, "judge": judge, "limit": limit,
-             "output": output, "allow_constitution_change": allow_constitution_change}  # fmt: skip
-    specs = [_with_flags(path, **flags) for path in spec_paths]
+    with_flags = functools.partial(
+        _with_flags, generator=generator, critic_reviser=critic_reviser, judge=judge, limit=limit,
+        output=output, allow_constitution_change=allow_constitution_change,
+    )  # fmt: skip
+    specs = [with_flags(path) for path in spec_paths]
     if len(specs) > 1:
         if output is not None:
             raise InvalidArgument(
@@ -123,6 +126,7 @@ def _with_flags(path: Path, *, generator: str | None, critic_reviser: str | None
         if isinstance(spec, RlCaiSpec):
             changes["pairs"] = spec.pairs.model_copy(update={"limit": limit})
         else:
+            assert not isinstance(spec, RlaifSpec)  # refused above
             changes["source"] = spec.source.model_copy(update={"limit": limit})
     if output is not None:
         changes["output"] = output
@@ -174,9 +178,13 @@ async def _run_one(spec: Any, settings: Any, console: Console, engine_factory: A
         progress.start_task(task)
         progress.start()  # not before: a spec refused up front leaves its one error line, no bar
 
-    pipeline: Any = {SlCaiSpec: sl_cai, RlCaiSpec: rl_cai, BestOfNSpec: best_of_n, RlaifSpec: rlaif}[
-        type(spec)
-    ]
+    runners: dict[type[Any], Any] = {
+        SlCaiSpec: sl_cai,
+        RlCaiSpec: rl_cai,
+        BestOfNSpec: best_of_n,
+        RlaifSpec: rlaif,
+    }
+    pipeline: Any = runners[type(spec)]
     hooks: dict[str, Any] = {"on_start": on_start, "on_progress": lambda n: progress.advance(task, n)}
     if isinstance(spec, RlaifSpec):  # steps, not items: say what each one did
         hooks["on_step"] = lambda line: console.print(line, highlight=False)

@@ -133,6 +133,7 @@ class BestOfN:
                 "reward_model_digest": reward_model_digest,
             }
         else:
+            assert spec.scorer.judge is not None  # exactly one scorer (ScorerSpec)
             self.options = judge_options(spec.scorer.judge.constitution, spec.scorer.judge, spec.seed)
         self.generator: GeneratorClient | None = None
         self.judge: JudgeClient | None = None
@@ -280,7 +281,7 @@ class BestOfN:
                 p_chosen = p_a if best < worst else 1.0 - p_a
                 if p_chosen <= 0.5:  # the tournament's winner did not beat its loser head to head
                     status = "inconsistent"
-        samples = []
+        samples: list[dict[str, Any]] = []
         for s in range(self.spec.n):
             completion = replies[s].completion
             original = stands.get(s)
@@ -391,12 +392,12 @@ def load_reward_model(folder: Path) -> tuple[RewardScorer, str]:
     from transformers.utils import logging as hf_logging
 
     shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
     try:
         scorer = RewardScorer(folder)
     finally:
         if shown:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     return scorer, folder_digest(folder.expanduser())
 
 

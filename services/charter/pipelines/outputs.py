@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def sft_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def preference_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def preference_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The TRL preference rows of the judged pairs (the shape `charter export` writes too)."""
     rows = []
     for record in records:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,10 +178,10 @@ class RlCai:
                 raise InvalidArgument(
                     "pairs.format: sl-cai is a pair source; use kind: file", field="pairs.format"
                 )
-            return read_rows(source.path, source.format, source.limit)  # type: ignore[arg-type]
+            return read_rows(source.path, source.format, source.limit)
         if source.format == "csv":
             raise InvalidArgument("pairs.format: csv holds prompts, not pairs", field="pairs.format")
-        return read_pairs(source.path, source.format, source.limit, seed=self.spec.seed)  # type: ignore[arg-type]
+        return read_pairs(source.path, source.format, source.limit, seed=self.spec.seed)
 
     def local_services(self) -> tuple[str, ...]:
         judge = () if self.reward_judge is not None else ("judge",)
@@ -255,6 +255,7 @@ class RlCai:
         started = convert.now().ToJsonString()
         t0 = time.perf_counter()
         request_id = f"{self.spec.name}:{pairs[0].key}"
+        labels: Sequence[label_pb2.PreferenceLabel] | Mapping[int, label_pb2.PreferenceLabel]
         if self.reward_judge is not None:
             labels = await asyncio.to_thread(self.reward_judge.label, pairs, request_id)
         else:
@@ -351,14 +352,14 @@ def load_ensemble(spec: EnsembleSpec) -> RewardEnsemble:
             value=folders,
         )
     shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
     try:
         ensemble.load()  # kept loaded for the run's batches
     except CharterError as err:
         raise type(err)(f"{field_name}: {err.message}", field=field_name, value=err.value) from None
     finally:
         if shown:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     return ensemble
 
 

@@ -109,7 +109,8 @@ class RemoteServices:
         address = self.spec.services.generator
         with service_errors("generator", address, "Generate"):
             async with GeneratorClient(address, **self.options) as generator:
-                return (await generator.generate(request))[0]
+                responses: list[generator_pb2.GenerateResponse] = await generator.generate(request)
+                return responses[0]
 
     async def serve(self, policy: Mapping[str, Any]) -> dict[str, Any]:
         """Make the generator serve `policy` (a swap only when it serves something else)."""
@@ -172,7 +173,7 @@ class RemoteServices:
                     results.update({r.label_id: r for r in replies})
 
             def people() -> int:
-                return sum(1 for r in results.values() if r.route != Route.AUTO_ACCEPTED)
+                return sum(1 for r in results.values() if r.route != review_pb2.ROUTE_AUTO_ACCEPTED)
 
             await send(expected_auto)
             while rest and people() < budget:

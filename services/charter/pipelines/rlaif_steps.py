@@ -202,7 +202,8 @@ def rows_from(
 
 
 def _human_row(record: Mapping[str, Any], accepted: Any) -> dict[str, Any] | None:
-    choice = {Choice.A: "A", Choice.B: "B"}.get(int(accepted.choice))  # an unknown value: no preference
+    names: dict[int, str] = {Choice.A: "A", Choice.B: "B"}
+    choice = names.get(int(accepted.choice))  # an unknown value: no preference
     if choice is None:
         return None
     label, constitution = record["label"], record["provenance"].get("constitution") or {}

@@ -65,7 +65,10 @@ class Pipeline(Protocol):
 
     spec: Any
     """The pipeline spec: `output`, `batch_size`, `services` (mode, addresses, retries) and `digest()`."""
-    summary: Summary
+
+    @property
+    def summary(self) -> Summary:
+        """The run's counts (a pipeline's own `Summary` subclass)."""
 
     def collect(self) -> Iterable[Any]:
         """The source's items (rows with `key` and `index`, or `RowError`s)."""

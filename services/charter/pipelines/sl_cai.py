@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charter_proto.common.v1 import sampling_pb2
+from charter_proto.common.v1 import critique_pb2, sampling_pb2
 from charter_proto.critic.v1 import critic_pb2
 from charter_proto.generator.v1 import generator_pb2
 from google.protobuf.json_format import MessageToDict
@@ -159,7 +159,9 @@ class SlCai:
         started: str,
         batches: Batches,
     ) -> None:
-        provenance = next((s["critique_provenance"] for s in samples if s["critique_provenance"]), {}) or {}
+        provenance: dict[str, Any] = (
+            next((s["critique_provenance"] for s in samples if s["critique_provenance"]), {}) or {}
+        )
         record = {
             "key": row.key,
             "source_index": row.index,
@@ -197,7 +199,7 @@ class SlCai:
         batches.written(1)
 
 
-def critique_status(status: int) -> str:
+def critique_status(status: critique_pb2.StepStatus.ValueType) -> str:
     return convert.STEP_STATUS_NAMES[status]
 
 
