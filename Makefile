@@ -63,6 +63,7 @@ audit: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check services scripts tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/hadolint Dockerfile
 
