@@ -9,6 +9,7 @@ and the round is retried once with a different principle. The final revision is 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,10 +61,13 @@ def check_rounds(rounds: int) -> None:
 
 
 async def _step(
-    client: InferenceClient, messages: list[Message], sampling: Sampling
+    client: InferenceClient, messages: list[Message], sampling: Sampling, deadline: float | None
 ) -> tuple[Completion | None, str]:
+    # the time left of the caller's deadline (event-loop time); none: the engine's default deadline
+    timeout = None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0.001)
     try:
-        [result] = await client.chat([ChatRequest(messages=tuple(messages), sampling=sampling)])
+        request = ChatRequest(messages=tuple(messages), sampling=sampling)
+        [result] = await client.chat([request], timeout=timeout)
         return result.completions[0], ""
     except CharterError as err:  # one item's failure is a status on that item, not a failed batch
         return None, str(err)
@@ -78,10 +82,11 @@ async def _attempt(
     conversation: list[Message],
     response: str,
     sampling: Sampling,
+    deadline: float | None,
 ) -> Round:
     critique_request = prompts.render_turn("critique", principle)
     context = prompts.critique_messages(few_shot, conversation, response, critique_request)
-    critique, error = await _step(client, context, sampling)
+    critique, error = await _step(client, context, sampling, deadline)
     base = functools.partial(
         Round, index=index, attempt=attempt, principle_id=principle.id, critique_request=critique_request
     )
@@ -97,7 +102,7 @@ async def _attempt(
         )
     revision_request = prompts.render_turn("revision", principle)
     revision, error = await _step(
-        client, prompts.revision_messages(context, critique.text, revision_request), sampling
+        client, prompts.revision_messages(context, critique.text, revision_request), sampling, deadline
     )
     if revision is None:
         revision_status, text, tokens = StepStatus.ERROR, "", 0
@@ -129,7 +134,10 @@ async def critique_revise(
     item_key: str,
     principle_ids: Sequence[str] = (),
     few_shot_limit: int | None = None,
+    deadline: float | None = None,
 ) -> Outcome:
+    """`deadline`: when the caller stops waiting, in event-loop time (`loop.time()`); each engine call
+    gets what is left of it. None: each call gets the engine's default deadline."""
     check_rounds(rounds)
     pool = eligible(constitution, principle_ids)
     few_shot = prompts.few_shot_messages(constitution, few_shot_limit)
@@ -141,7 +149,7 @@ async def critique_revise(
             [principle] = sample(pool, 1, rng_for(seed, item_key, index, attempt), exclude=tried)
             tried.append(principle.id)
             step = await _attempt(
-                client, index, attempt, principle, few_shot, conversation, current, sampling
+                client, index, attempt, principle, few_shot, conversation, current, sampling, deadline
             )
             done.append(step)
             if step.ok:

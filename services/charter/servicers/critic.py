@@ -5,6 +5,7 @@ Pairs of a streaming request run concurrently; their engine calls reach the engi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -77,6 +78,7 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
         options: critic_pb2.CritiqueOptions,
         setup: tuple[LoadedConstitution, int, Sampling, int],
         request_id: str,
+        deadline: float | None,
     ) -> critic_pb2.CritiqueResult:
         loaded, rounds, sampling, seed = setup
         conversation = convert.messages(item.conversation, f"{where}.conversation")
@@ -94,6 +96,7 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
             item_key=item_key(conversation, item.response, item.conversation.id),
             principle_ids=list(options.principle_ids),
             few_shot_limit=self.few_shot_limit,
+            deadline=deadline,
         )
         return result_proto(
             outcome,
@@ -104,7 +107,8 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
         self, request: critic_pb2.CritiqueReviseRequest, context: aio.ServicerContext[Any, Any]
     ) -> critic_pb2.CritiqueReviseResponse:
         setup = self._options(request.options)
-        result = await self._run(request.item, "item", request.options, setup, request.request_id)
+        deadline = _deadline(context)
+        result = await self._run(request.item, "item", request.options, setup, request.request_id, deadline)
         return critic_pb2.CritiqueReviseResponse(result=result)
 
     async def CritiqueReviseStream(
@@ -121,13 +125,25 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
             convert.messages(item.conversation, f"items[{i}].conversation")
             convert.check_text(item.response, f"items[{i}].response")
 
+        deadline = _deadline(context)
+
         async def one(i: int, item: critic_pb2.CritiqueItem) -> tuple[int, critic_pb2.CritiqueResult]:
-            return i, await self._run(item, f"items[{i}]", request.options, setup, request.request_id)
+            return i, await self._run(
+                item, f"items[{i}]", request.options, setup, request.request_id, deadline
+            )
 
         async for i, result in as_completed_within(
             [one(i, item) for i, item in enumerate(request.items)], None
         ):
             yield critic_pb2.CritiqueReviseStreamResponse(item_index=i, result=result)
+
+
+def _deadline(context: aio.ServicerContext[Any, Any]) -> float | None:
+    """The call's deadline in event-loop time: every engine call of a critique-revision round gets
+    what is left of it (the caller's batch deadline, not the engine's shorter default). None: the call
+    has no deadline, and each engine call gets the engine's default."""
+    left = context.time_remaining()
+    return None if left is None else asyncio.get_running_loop().time() + left
 
 
 def result_proto(outcome: Outcome, provenance: Any) -> critic_pb2.CritiqueResult:
