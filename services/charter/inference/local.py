@@ -79,6 +79,7 @@ class LocalEngine(ABC):
         self._pending = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._running: list[_Job] = []  # the jobs of the engine call in progress (worker thread)
         self._thread = threading.Thread(target=self._work, name=f"{self.engine_name}-engine", daemon=True)
         self._thread.start()
 
@@ -104,6 +105,13 @@ class LocalEngine(ABC):
 
     def _shutdown(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def abandoned(self) -> bool:
+        """Whether the engine call in progress has no one left to answer: every caller of its batch
+        stopped waiting (deadline passed, cancelled), or the engine is closing. An engine that can stop
+        mid-call (the transformers engine, between decoding steps) asks this and stops early."""
+        running = self._running
+        return self._closed or bool(running) and all(job.future.done() for job in running)
 
     # ---- the client side -------------------------------------------------------------------------
     def _submit(self, kind: str, items: Sequence[Any]) -> asyncio.Future[Any]:
@@ -242,6 +250,7 @@ class LocalEngine(ABC):
             return
         started = time.perf_counter()
         outcome: list[tuple[_Job, Any, BaseException | None]] = []
+        self._running = live
         try:
             if live[0].kind == "chat":
                 flat = [p for job in live for p in job.prepared]
@@ -263,6 +272,8 @@ class LocalEngine(ABC):
             log.exception("inference.batch.failed", engine=self.engine_name)
             failure = Unavailable(f"the {self.engine_name} engine failed on this batch: {err}")
             outcome = [(job, None, failure) for job in live]
+        finally:
+            self._running = []
         # logged before any caller wakes, so whoever awaited the batch sees its record
         log.debug(
             "inference.batch.done",

@@ -109,6 +109,7 @@ class TransformersEngine(LocalEngine):
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
+        kwargs["stopping_criteria"] = self._stop_when_abandoned()
         with torch.inference_mode():
             # the Auto class's return type leaves out GenerationMixin, which every causal LM has
             out = self.hf_model.generate(  # type: ignore[misc]
@@ -131,6 +132,20 @@ class TransformersEngine(LocalEngine):
                 completions.append(Completion(text, len(prompt), count, finish))
             results.append(ChatResult(tuple(completions)))
         return results
+
+    def _stop_when_abandoned(self) -> Any:
+        """Decoding stops at the next token once no caller waits for the batch (`abandoned`): past
+        a deadline the CPU goes to the next batch, and a closing engine's worker ends within a step
+        (before, `close` gave up after 60 s and the process could exit mid-call: torch aborted it)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        engine, torch = self, self._torch
+
+        class Abandoned(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), engine.abandoned(), dtype=torch.bool)
+
+        return StoppingCriteriaList([Abandoned()])
 
     # ---- option scoring ------------------------------------------------------------------------
     def _tail_logprobs(self, rows: list[list[int]], keep: list[int]) -> Iterator[tuple[int, Any]]:
