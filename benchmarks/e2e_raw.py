@@ -71,12 +71,15 @@ def p_first(logprob_a: float, logprob_b: float) -> float:
     return a / (a + b)
 
 
-def run_vllm(recipe: dict[str, Any], dtype: str) -> list[dict[str, Any]]:
+def run_vllm(recipe: dict[str, Any], dtype: str, memory_fraction: float | None) -> list[dict[str, Any]]:
     from vllm import LLM, SamplingParams
 
     rows, few = conversations(recipe)
     s = recipe["sampling"]
-    llm = LLM(model=recipe["model"], dtype=dtype, seed=s["seed"])
+    # vLLM's default on a CPU reserves 0.92 of the RAM for the KV cache and refuses to start unless
+    # that much is free (it did, with 17.9 of 23.5 GiB free): a user sets the fraction, as Charter does
+    memory = {} if memory_fraction is None else {"gpu_memory_utilization": memory_fraction}
+    llm = LLM(model=recipe["model"], dtype=dtype, seed=s["seed"], **memory)
     params = SamplingParams(max_tokens=s["max_new_tokens"], temperature=s["temperature"], top_p=s["top_p"])
     text = lambda outs: [o.outputs[0].text for o in outs]  # noqa: E731
     initial = text(llm.chat([r["conversation"] for r in rows], params, use_tqdm=False))
@@ -182,10 +185,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--memory-fraction", type=float, default=None, help="vLLM: gpu_memory_utilization")
     args = parser.parse_args()
     recipe = json.loads(args.recipe.read_text())
     if args.engine == "vllm":
-        out = run_vllm(recipe, args.dtype)
+        out = run_vllm(recipe, args.dtype, args.memory_fraction)
     else:
         out = run_transformers(recipe, args.dtype, args.threads)
     args.output.write_text("".join(json.dumps(row) + "\n" for row in out))
