@@ -13,8 +13,8 @@ from charter.app.catalog import SERVICES, Resources
 from charter.core import tracing
 from charter.core.server import CharterServer
 from charter.core.settings import ServerSettings, TracingSettings, load_settings
-from charter.pipelines import rl_cai, sl_cai
-from charter.pipelines.spec import RlCaiSpec, SlCaiSpec
+from charter.pipelines import best_of_n, rl_cai, sl_cai
+from charter.pipelines.spec import BestOfNSpec, RlCaiSpec, SlCaiSpec
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -151,6 +151,20 @@ async def test_one_connected_trace_per_rl_cai_label(tmp_path, address, review_ad
     assert batch.attributes["charter.item_keys"] == (row["key"],)
 
 
+async def test_best_of_n_records_name_their_trace(tmp_path, address, spans) -> None:
+    settings = load_settings(constitutions={"directory": str(CONSTITUTIONS)})
+    spec = BestOfNSpec.model_validate({
+        "kind": "best-of-n", "name": "traced-bon", "output": str(tmp_path / "bon"), "n": 2, "seed": 3,
+        "batch_size": 1, "services": {"mode": "remote", "generator": address, "judge": address},
+        "scorer": {"judge": {"constitution": "harmless", "principles_per_label": 1}},
+        "source": {"path": str(HH_DEV), "format": "hh-rlhf", "limit": 1},
+    })  # fmt: skip
+    summary = await best_of_n.run(spec, settings)
+    assert summary.written == 1
+    (row,) = records(tmp_path / "bon")
+    check_trace(spans, row["provenance"]["trace_id"], "best-of-n.batch", [GENERATE])
+
+
 async def test_a_rejected_item_leaves_its_status_on_both_sides(tmp_path, address, spans) -> None:
     source = tmp_path / "prompts.jsonl"
     source.write_text(
@@ -176,3 +190,34 @@ async def test_a_rejected_item_leaves_its_status_on_both_sides(tmp_path, address
     kinds = sorted(s.kind.name for s in failed)  # the batch, then the bad item alone: client and server each
     assert kinds == ["CLIENT", "CLIENT", "SERVER", "SERVER"]
     assert all(not s.status.is_ok for s in failed)
+
+
+def test_the_review_page_traces_each_request_under_the_callers_trace(spans, tmp_path: Path) -> None:
+    """The review page (Starlette) answers under a server span per request: the child of the caller's
+    span when a `traceparent` header comes with it, with the response's status."""
+    from charter.api.review import label_view
+    from charter.core.auth import Authenticator
+    from charter.core.settings import ReviewerToken, RoutingSettings
+    from charter.review.store import Ledger
+    from charter.review.web import create_app
+    from starlette.testclient import TestClient
+
+    ledger = Ledger(f"sqlite:///{tmp_path}/l.db", RoutingSettings(audit_rate=0.0))
+    auth = Authenticator([ReviewerToken(name="alice", role="reviewer", token="tok-alice-tracing")])
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        with TestClient(create_app(ledger, auth, label_view), follow_redirects=False) as client:
+            ok = client.get(
+                "/api/me", headers={"authorization": "Bearer tok-alice-tracing", "traceparent": caller}
+            )
+            refused = client.get("/api/me")
+    finally:
+        ledger.close()
+    assert ok.status_code == 200 and refused.status_code == 401
+    http = [s for s in spans.get_finished_spans() if s.name == "GET /api/me"]
+    assert len(http) == 2 and all(s.kind == trace.SpanKind.SERVER for s in http)
+    answered, denied = http
+    assert trace.format_trace_id(answered.context.trace_id) == "0af7651916cd43dd8448eb211c80319c"
+    assert answered.parent is not None and trace.format_span_id(answered.parent.span_id) == "b7ad6b7169203331"
+    assert answered.attributes["http.response.status_code"] == 200
+    assert denied.parent is None and denied.attributes["http.response.status_code"] == 401

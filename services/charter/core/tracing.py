@@ -8,6 +8,9 @@ when an endpoint is configured (`tracing.otlp_endpoint`, else `OTEL_EXPORTER_OTL
 W3C `traceparent` travels in gRPC metadata: `charter.client.channel` starts a client span per call and
 injects it, `core.interceptors` extracts it and runs the servicer under a server span.
 
+The review page's HTTP requests get a server span each (`AsgiTracing`, a child of a `traceparent`
+header when there is one).
+
 What opens a trace: a pipeline batch (`pipelines.runner`: the items whose gRPC calls it makes, one
 item with `batch_size: 1`), a training run (`app.trainer_worker`). The trace id (32 hex digits) of a
 pipeline's batch is recorded in each of its records' provenance (`provenance.trace_id`).
@@ -197,6 +200,41 @@ def status(s: Any, code: str, message: str = "") -> None:
     s.set_attribute("rpc.grpc.status_code", code)
     if code != "OK":
         s.set_status(Status(StatusCode.ERROR, f"{code}: {message}" if message else code))
+
+
+class AsgiTracing:
+    """ASGI middleware (the review page): a server span per HTTP request, named `METHOD /path`, the
+    child of the caller's span when its headers carry a `traceparent`, with the response's status
+    (5xx an error). Off, it only passes the request on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if _tracer is None or scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        from opentelemetry import trace
+        from opentelemetry.trace import Status, StatusCode
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        parent = TraceContextTextMapPropagator().extract(headers)
+        method, path = scope.get("method", ""), scope.get("path", "")
+        attributes = {"http.request.method": method, "url.path": path}
+        with _tracer.start_as_current_span(
+            f"{method} {path}", context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+        ) as s:
+
+            async def traced_send(message: Any) -> None:
+                if message.get("type") == "http.response.start":
+                    code = int(message.get("status", 0))
+                    s.set_attribute("http.response.status_code", code)
+                    if code >= 500:
+                        s.set_status(Status(StatusCode.ERROR, str(code)))
+                await send(message)
+
+            await self.app(scope, receive, traced_send)
 
 
 def log_fields() -> dict[str, str]:

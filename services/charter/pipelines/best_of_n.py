@@ -323,6 +323,7 @@ class BestOfN:
                 "started_at": started,
                 "completed_at": convert.now().ToJsonString(),
                 "charter_version": __version__,
+                **runner.provenance_trace(),  # the batch's trace id, while tracing is on
             },
         }
         batches.store.add_record(record)

@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from charter.core.auth import Authenticator, Principal, digest
 from charter.core.errors import CharterError, InvalidArgument, PermissionDenied, Unauthenticated
+from charter.core.tracing import AsgiTracing
 from charter.review.sessions import Sessions
 from charter.review.store import Ledger
 from charter.review.types import HUMAN_CHOICE_NAMES, Claimed, LabelView
@@ -255,7 +256,9 @@ def create_app(
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
-        routes=routes, middleware=[Middleware(Guard)], exception_handlers={HTTPException: http_error}
+        routes=routes,
+        middleware=[Middleware(AsgiTracing), Middleware(Guard)],  # tracing: outermost, sees every answer
+        exception_handlers={HTTPException: http_error},
     )
     app.state.auth = auth
     app.state.ledger = ledger
