@@ -52,6 +52,7 @@ from deploy_consistency import Obj, Provided, Render, check, ref
 from deploy_settings import check as check_settings
 from monitoring_checks import CRD_SCHEMAS as MONITORING_CRD_SCHEMAS
 from monitoring_checks import check as check_monitoring
+from monitoring_checks import crd_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -101,36 +102,21 @@ _SELECTOR = {
 # kubernetes-validate knows only the built-in kinds: the custom resources deploy/ uses get the subset
 # of their CRD's schema that deploy/ writes (anything else is an error, as with --strict)
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"const": "monitoring.coreos.com/v1"},
-            "kind": {"const": "ServiceMonitor"},
-            "metadata": {
-                "type": "object",
-                "required": ["name"],
-                "properties": {
-                    "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                    "namespace": {"type": "string"},
-                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-                },
-            },
-            "spec": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["selector", "endpoints"],
-                "properties": {
-                    "selector": _SELECTOR,
-                    "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
-                    "jobLabel": {"type": "string"},
-                    "namespaceSelector": {"type": "object"},
-                },
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): crd_schema(
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": _SELECTOR,
+                "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
+                "jobLabel": {"type": "string"},
+                "namespaceSelector": {"type": "object"},
             },
         },
-    },
+    ),
 }
 
 CRD_SCHEMAS.update(MONITORING_CRD_SCHEMAS)  # PrometheusRule

@@ -106,16 +106,18 @@ _RULE = {
         "annotations": _SELECTOR,
     },
 }
-# kubernetes-validate knows no custom resources: check_deploy.py validates these with the subset of
-# the Prometheus Operator's CRD schema that deploy/ writes (anything else is an error)
-CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+
+
+def crd_schema(api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A custom resource's JSON schema: apiVersion, kind, metadata (a DNS-1123 name, string labels and
+    annotations) and `spec`, nothing else."""
+    return {
         "type": "object",
         "additionalProperties": False,
         "required": ["apiVersion", "kind", "metadata", "spec"],
         "properties": {
-            "apiVersion": {"const": "monitoring.coreos.com/v1"},
-            "kind": {"const": "PrometheusRule"},
+            "apiVersion": {"const": api_version},
+            "kind": {"const": kind},
             "metadata": {
                 "type": "object",
                 "required": ["name"],
@@ -126,29 +128,39 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                     "annotations": _SELECTOR,
                 },
             },
-            "spec": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["groups"],
-                "properties": {
-                    "groups": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["name", "rules"],
-                            "properties": {
-                                "name": {"type": "string", "minLength": 1},
-                                "interval": {"type": "string", "pattern": _DURATION.pattern},
-                                "rules": {"type": "array", "minItems": 1, "items": _RULE},
-                            },
+            "spec": spec,
+        },
+    }
+
+
+# kubernetes-validate knows no custom resources: check_deploy.py validates these with the subset of
+# the Prometheus Operator's CRD schema that deploy/ writes (anything else is an error)
+CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): crd_schema(
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": {"type": "string", "pattern": _DURATION.pattern},
+                            "rules": {"type": "array", "minItems": 1, "items": _RULE},
                         },
-                    }
-                },
+                    },
+                }
             },
         },
-    },
+    ),
 }
 
 
