@@ -358,3 +358,48 @@ async def test_stream_messages_are_bounded_by_bytes_for_any_client(ledger_url):
         assert all(m.cursor.sequence == m.labels[-1].sequence for m in messages)
     finally:
         await server.stop(0)
+
+
+async def test_a_consumers_stream_lag_is_exported_while_it_reads(ledger_url):
+    """`charter_review_stream_lag{consumer}`: how far behind the ledger's last accepted label a
+    consumer's stream is after each page; 0 once caught up; gone when its stream ends."""
+    from prometheus_client import REGISTRY
+
+    settings = load_settings(
+        review={"database_url": ledger_url, "tokens": TOKENS, "web_port": None, "poll_seconds": 0.05,
+                "stream_batch": 4, "routing": {"audit_rate": 0.0}}
+    )  # fmt: skip
+    server = CharterServer(
+        ServerSettings(host="127.0.0.1", port=0, metrics_port=None),
+        [SERVICES["review"].registration_for_settings(settings)],
+    )
+    port = await server.start()
+
+    def lag() -> float | None:
+        return REGISTRY.get_sample_value("charter_review_stream_lag", {"consumer": "pipeline"})
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = review_pb2_grpc.ReviewServiceStub(channel)
+            await stub.Submit(rv.SubmitRequest(labels=hh_labels(20, confidence=0.9)), metadata=SERVICE)
+            call = stub.StreamLabels(
+                rv.StreamLabelsRequest(follow=True, max_labels_per_message=4), metadata=SERVICE
+            )
+            first = await call.read()
+            assert [x.sequence for x in first.labels] == [1, 2, 3, 4] and lag() == 16  # 20 accepted, 4 sent
+            seen = 4
+            while seen < 20:
+                seen += len((await call.read()).labels)
+            for _ in range(100):  # the last (short) page says caught up
+                if lag() == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert lag() == 0
+            call.cancel()
+            for _ in range(100):
+                if lag() is None:
+                    break
+                await asyncio.sleep(0.02)
+            assert lag() is None  # a consumer that has gone is not behind
+    finally:
+        await server.stop(0)

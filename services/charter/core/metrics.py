@@ -39,6 +39,25 @@ REVIEW_ACCEPTED = Counter(
 REVIEW_QUEUE_DEPTH = Gauge(
     "charter_review_queue_depth", "Review slots waiting for a reviewer (as of the last claim or Stats)."
 )
+REVIEW_STREAM_LAG = Gauge(
+    "charter_review_stream_lag",
+    "Accepted labels a StreamLabels consumer has not been sent yet: the ledger's last sequence minus "
+    "the consumer's cursor, as of its stream's last page (0 once caught up; gone when its stream ends).",
+    ["consumer"],
+)
+TRAINER_RUN_STEP = Gauge(
+    "charter_trainer_run_step", "The last step a running training run reported.", ["run_id", "algorithm"]
+)
+TRAINER_RUN_TOTAL_STEPS = Gauge(
+    "charter_trainer_run_total_steps",
+    "The steps a running training run will take (0 until its worker knows).",
+    ["run_id", "algorithm"],
+)
+TRAINER_RUNS_ENDED = Counter(
+    "charter_trainer_runs_ended_total",
+    "Training runs that ended, by state and algorithm.",
+    ["state", "algorithm"],
+)
 HEALTH_SERVING = Gauge(
     "charter_health_serving",
     "1 while a gRPC service's grpc.health.v1 status is SERVING, 0 while NOT_SERVING (its backend's "

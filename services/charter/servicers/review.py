@@ -10,6 +10,7 @@ serving streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from grpc import aio
 
 from charter.api import review as api
-from charter.core import db
+from charter.core import db, metrics
 from charter.core.auth import Authenticator, current_principal
 from charter.core.errors import InvalidArgument, Unavailable
 from charter.core.settings import CharterSettings, ReviewSettings, ServerTLSSettings
@@ -186,18 +187,28 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         per_message = request.max_labels_per_message or self.settings.stream_message_labels
         if per_message > 10_000:
             raise InvalidArgument("max_labels_per_message: at most 10000", field="max_labels_per_message")
-        while True:
-            if self.signal.closing:
-                raise Unavailable("the review service is shutting down; reconnect with your last cursor")
-            generation = self.signal.generation
-            page = await self._run(api.accepted_page, self.ledger, cursor, flt, self.settings.stream_batch)
-            for chunk in chunks(page.labels, per_message, self.settings.stream_message_bytes):
-                yield review_pb2.StreamLabelsResponse(
-                    labels=chunk, cursor=review_pb2.LabelCursor(sequence=chunk[-1].sequence)
-                )
-            cursor = page.last
-            if page.more:
-                continue
-            if not request.follow:
-                return
-            await self.signal.wait(generation, self.settings.poll_seconds)
+        who = current_principal()
+        lag = metrics.REVIEW_STREAM_LAG.labels(consumer=who.name if who else "anonymous")
+        try:
+            while True:
+                if self.signal.closing:
+                    raise Unavailable("the review service is shutting down; reconnect with your last cursor")
+                generation = self.signal.generation
+                batch = self.settings.stream_batch
+                page = await self._run(api.accepted_page, self.ledger, cursor, flt, batch)
+                # behind the head by what is left after this page (a page that was not full: caught up)
+                head = await self._run(self.ledger.last_sequence) if page.more else page.last
+                lag.set(max(head - page.last, 0))
+                for chunk in chunks(page.labels, per_message, self.settings.stream_message_bytes):
+                    yield review_pb2.StreamLabelsResponse(
+                        labels=chunk, cursor=review_pb2.LabelCursor(sequence=chunk[-1].sequence)
+                    )
+                cursor = page.last
+                if page.more:
+                    continue
+                if not request.follow:
+                    return
+                await self.signal.wait(generation, self.settings.poll_seconds)
+        finally:  # a consumer that has gone is not behind (another stream of it sets it again)
+            with contextlib.suppress(KeyError):
+                metrics.REVIEW_STREAM_LAG.remove(who.name if who else "anonymous")

@@ -33,7 +33,7 @@ import structlog
 from charter.core import db
 from charter.core.errors import FailedPrecondition, Unavailable
 from charter.core.settings import TrainerSettings
-from charter.trainer import events
+from charter.trainer import events, run_metrics
 from charter.trainer.admission import Limits
 from charter.trainer.executor import MODEL_DIR, Executor, Launch, build_executor
 from charter.trainer.resolve import grants, resolve
@@ -278,7 +278,8 @@ class RunLifecycle:
             changed.set()
 
     async def _change(self, run_id: str, mutate: Callable[[Run], Sequence[EventKind]], **columns: Any) -> Run:
-        run, _ = await self._db(self.store.change, run_id, mutate, **columns)
+        run, recorded = await self._db(self.store.change, run_id, mutate, **columns)
+        run_metrics.export(run, recorded)
         self._notify(run_id)
         return run
 
