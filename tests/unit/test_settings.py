@@ -106,6 +106,7 @@ def test_worker_variables_are_not_settings_and_unknown_ones_are_not_echoed(
     monkeypatch.setenv("CHARTER_REVIEW_TOKEN", SECRET)
     monkeypatch.setenv("CHARTER_JUDGE_TOKEN_FILE", "/var/run/secrets/judge-token")
     monkeypatch.setenv("CHARTER_TORCH_THREADS", "2")
+    monkeypatch.setenv("CHARTER_PROGRESS_INTERVAL", "5")  # the CLI's progress lines (cli.progress)
     assert load_settings().server.port == 50051
     monkeypatch.setenv("CHARTER_REVIEW_TOKN", SECRET)  # a typo is still an error, without the value
     with pytest.raises(InvalidArgument, match="CHARTER_REVIEW_TOKN: unknown setting") as err:

@@ -467,12 +467,12 @@ class CharterSettings(BaseSettings):
 _SECRET_KEY = re.compile(r"(?<!max_)token|secret|password|passwd|credential|api_?key|private", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]*):[^/@\s]*@")
 # CHARTER_* variables that are not settings: the trainer worker's tokens, threads, event nonce and
-# log paths
+# log paths, and the seconds between the CLI's progress lines (charter.cli.progress)
 _NOT_SETTINGS = frozenset(
     f"CHARTER_{name}"
     for name in (
         *("REVIEW_TOKEN", "REVIEW_TOKEN_FILE", "JUDGE_TOKEN", "JUDGE_TOKEN_FILE"),
-        *("TORCH_THREADS", "LOG", "EXIT", "EVENT_NONCE"),
+        *("TORCH_THREADS", "LOG", "EXIT", "EVENT_NONCE", "PROGRESS_INTERVAL"),
     )
 )
 
