@@ -83,7 +83,7 @@ def run_measured(command: list[str], env: dict[str, str], log: Path) -> dict[str
     """Start `command`, sample the RSS of its whole process tree every 0.1 s until it exits."""
     started = time.perf_counter()
     with log.open("wb") as err:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=err, stderr=err)  # vLLM logs to stdout
         root, peak = psutil.Process(proc.pid), 0
         while proc.poll() is None:
             try:
@@ -306,7 +306,7 @@ def main() -> None:
     report = write(done=True)
     print(json.dumps(report["ratios"], indent=2))
     if not args.scaling:
-        chart(results[str(sizes[0])], sizes[0], ROOT / "docs" / "images" / "e2e.png")
+        chart(results[str(sizes[0])], sizes[0], workload["repetitions"], ROOT / "docs" / "images" / "e2e.png")
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -330,7 +330,7 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def chart(by: dict[str, Any], prompts: int, path: Path) -> None:
+def chart(by: dict[str, Any], prompts: int, reps: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,7 +349,8 @@ def chart(by: dict[str, Any], prompts: int, path: Path) -> None:
         ax.invert_yaxis()
     axes[1].set_yticklabels([])
     fig.suptitle(
-        f"{prompts} red-team prompts: response, critique, revision, label (both orders); median of runs"
+        f"{prompts} red-team prompts: response, critique, revision, label (both orders); "
+        + ("median of {reps} runs" if reps > 1 else "one run").format(reps=reps)
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
