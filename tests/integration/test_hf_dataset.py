@@ -1,5 +1,5 @@
 """Hugging Face dataset folders: `charter export --format hf` and the pipelines' output folders read with
-`datasets.load_dataset(folder)` (and the export with `load_from_disk(folder)` too), with a dataset card
+`datasets.load_dataset(folder)` and `load_from_disk(folder)`, with a dataset card
 whose YAML says what made the data. Real hh-rlhf pairs, no model."""
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def rl_cai_record(pair: PairRow, agrees: bool) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def test_pipeline_output_folders_load_with_load_dataset(tmp_path: Path) -> None:
+def test_pipeline_output_folders_load_with_load_dataset_and_load_from_disk(tmp_path: Path) -> None:
     pairs = hh_pairs(12)
     rl = OutputStore(tmp_path / "rl", "sha256:spec")
     for i, pair in enumerate(pairs):
@@ -225,6 +225,8 @@ def test_pipeline_output_folders_load_with_load_dataset(tmp_path: Path) -> None:
         ).to_list()
     )
     assert default[0]["prompt"] == rl.records[0]["prompt"] and default[0]["label_source"] == "ai"
+    on_disk = load_from_disk(str(rl.folder))  # the default config's save_to_disk layout beside the files
+    assert list(on_disk) == ["train"] and on_disk["train"].to_list() == default.to_list()
     records = load_dataset(str(rl.folder), "records", split="train", cache_dir=str(tmp_path / "cache"))
     assert len(records) == len(pairs) + 1
     card = front_matter(rl.folder)
@@ -253,6 +255,7 @@ def test_pipeline_output_folders_load_with_load_dataset(tmp_path: Path) -> None:
     outputs.write_datasets(sl, source=HH, constitutions=None)
     sft = load_dataset(str(sl.folder), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(sft) == 5 and sft[0]["messages"][-1] == {"role": "assistant", "content": pairs[0].response_a}
+    assert load_from_disk(str(sl.folder))["train"].to_list() == sft.to_list()
     card = front_matter(sl.folder)
     assert card["configs"][0] == {
         "config_name": "sft", "data_files": [{"split": "train", "path": "sft.parquet"}], "default": True
@@ -285,6 +288,7 @@ def test_best_of_n_folder_defaults_to_preferences(tmp_path: Path) -> None:
     sft = load_dataset(str(store.folder), "sft", split="train", cache_dir=cache)
     assert (len(preferences), len(sft)) == (preference_rows, sft_rows) == (5, 6)
     assert preferences[0]["label_source"] == "reward_model" and preferences[0]["p_chosen"] == 0.88
+    assert load_from_disk(str(store.folder))["train"].to_list() == preferences.to_list()
     card = front_matter(store.folder)
     assert card["license"] == "unknown"  # nothing beside the source says
     assert [c["config_name"] for c in card["configs"]] == ["preferences", "sft", "records"]

@@ -20,6 +20,7 @@ Secrets never reach a card: `command_line` masks `--token` values and passwords 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -342,6 +343,34 @@ def write_saved_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         if bars:
             datasets.enable_progress_bars()
+
+
+def write_disk_layout(folder: Path, parquet: Path) -> bool:
+    """Beside a pipeline's files, the `save_to_disk` layout of its default config (`dataset_dict.json`
+    and `train/`), so `datasets.load_from_disk(folder)` reads the folder as `load_dataset(folder)`
+    does (the card's `configs` name the Parquet files, so the arrow copy does not confuse it). Only
+    where `datasets` is installed (the `train` extra); returns whether it was written."""
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        return False
+    import datasets
+    import pyarrow.parquet as pq
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".disk-layout.", suffix=".tmp"))
+    try:
+        layout = datasets.DatasetDict({"train": datasets.Dataset(pq.read_table(parquet))})
+        layout.save_to_disk(str(tmp / "data"))
+        shutil.rmtree(folder / "train", ignore_errors=True)
+        (tmp / "data" / "train").rename(folder / "train")
+        os.replace(tmp / "data" / "dataset_dict.json", folder / "dataset_dict.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            datasets.enable_progress_bars()
+    return True
 
 
 def hub_token() -> str:

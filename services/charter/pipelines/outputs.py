@@ -314,3 +314,5 @@ def _write_card(
         ),
     }  # fmt: skip
     write_atomic(store.folder / "README.md", hf_folder.render_card(meta))
+    if written:  # load_from_disk(folder) reads the default config too
+        hf_folder.write_disk_layout(store.folder, paths[f"{written[0]}_parquet"])
