@@ -8,14 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from charter.core.settings import RoutingSettings
-from charter.review.store import Ledger
 from charter_proto.common.v1 import label_pb2
-from charter_proto.review.v1 import review_pb2 as rv
 
 from tests.support import ROOT, subprocess_env, tool
 from tests.support.process import LoggedProcess
-from tests.support.review import hh_labels, postgres_database, submit
+from tests.support.review import ledger_with_overrides, postgres_database
 
 pytestmark = pytest.mark.e2e
 
@@ -30,15 +27,7 @@ def charter(*args: str) -> subprocess.CompletedProcess[str]:
 def ledger_file(tmp_path: Path) -> tuple[str, list[label_pb2.PreferenceLabel]]:
     """Six auto-accepted labels, one the AI preferred A and a person overrode to B, one a person tied."""
     url = f"sqlite:///{tmp_path / 'review.db'}"
-    ledger = Ledger(url, RoutingSettings(audit_rate=0.0))
-    labels = hh_labels(8, confidence=0.9)
-    labels[6].confidence = labels[7].confidence = 0.1
-    submit(ledger, labels)
-    for choice in (rv.HUMAN_CHOICE_B, rv.HUMAN_CHOICE_TIE):
-        item = ledger.claim("alice").item
-        ledger.decide("alice", item.item_id, item.lease_id, choice, "checked by hand")
-    ledger.close()
-    return url, labels
+    return url, ledger_with_overrides(url)
 
 
 def rows(path: Path) -> list[dict]:

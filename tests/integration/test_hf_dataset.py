@@ -11,18 +11,15 @@ from typing import Any
 import pytest
 import yaml
 from charter.constitution.loader import load_constitution
-from charter.core.settings import RoutingSettings
 from charter.datasets import hf_folder
 from charter.datasets.pairs import PairRow, read_pairs
 from charter.datasets.preference import preference_row
 from charter.datasets.records import OutputStore
 from charter.pipelines import outputs
-from charter.review.store import Ledger
-from charter_proto.review.v1 import review_pb2 as rv
 from datasets import load_dataset, load_from_disk
 
 from tests.support import CONSTITUTIONS, ROOT, SHARED_DATA, subprocess_env, tool
-from tests.support.review import hh_labels, submit
+from tests.support.review import ledger_with_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -122,14 +119,7 @@ def charter(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def ledger_url(tmp_path: Path) -> str:
     """Eight auto-accepted labels; a person overrides one to B and ties another."""
     url = f"sqlite:///{tmp_path / 'review.db'}"
-    ledger = Ledger(url, RoutingSettings(audit_rate=0.0))
-    labels = hh_labels(8, confidence=0.9)
-    labels[6].confidence = labels[7].confidence = 0.1
-    submit(ledger, labels)
-    for choice in (rv.HUMAN_CHOICE_B, rv.HUMAN_CHOICE_TIE):
-        item = ledger.claim("alice").item
-        ledger.decide("alice", item.item_id, item.lease_id, choice, "checked by hand")
-    ledger.close()
+    ledger_with_overrides(url)
     return url
 
 

@@ -98,3 +98,22 @@ def submit(ledger: Any, labels: list[label_pb2.PreferenceLabel]) -> list[Any]:
     from charter.api.review import submissions
 
     return ledger.submit(submissions(labels))
+
+
+def ledger_with_overrides(url: str) -> list[label_pb2.PreferenceLabel]:
+    """A ledger at `url` with eight hh-rlhf labels: six auto-accepted (the AI's confident choice) and
+    two routed to people, who decide one as B (overriding the AI's A) and tie the other. Returns the
+    labels as submitted."""
+    from charter.core.settings import RoutingSettings
+    from charter.review.store import Ledger
+    from charter_proto.review.v1 import review_pb2 as rv
+
+    ledger = Ledger(url, RoutingSettings(audit_rate=0.0))
+    labels = hh_labels(8, confidence=0.9)
+    labels[6].confidence = labels[7].confidence = 0.1
+    submit(ledger, labels)
+    for choice in (rv.HUMAN_CHOICE_B, rv.HUMAN_CHOICE_TIE):
+        item = ledger.claim("alice").item
+        ledger.decide("alice", item.item_id, item.lease_id, choice, "checked by hand")
+    ledger.close()
+    return labels
