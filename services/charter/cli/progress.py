@@ -33,6 +33,13 @@ def duration(seconds: float) -> str:
     )
 
 
+def items_per_second(task: Task) -> float | None:
+    """What this run finished per second since it started (a resumed job's earlier items,
+    `resumed_at`, do not count); None before it finished any."""
+    fresh = task.completed - task.fields.get("resumed_at", 0)
+    return fresh / task.elapsed if task.elapsed and fresh > 0 else None
+
+
 def line(task: Task, unit: str = "items") -> str:
     """`name: 12/32 (38%), 0.41 items/s, ETA 49s` — what the bar shows, as one line of text. The rate
     counts what this run did (a resumed job's earlier items, `resumed_at`, do not count)."""
@@ -42,10 +49,9 @@ def line(task: Task, unit: str = "items") -> str:
         f"/{int(total)} ({100 * done / total:.0f}%)" if total else ""
     )
     elapsed = task.elapsed or 0.0
-    fresh = done - task.fields.get("resumed_at", 0)
-    if elapsed <= 0 or fresh <= 0:
+    rate = items_per_second(task)
+    if rate is None:
         return f"{head}, {duration(elapsed)} elapsed"
-    rate = fresh / elapsed
     text = f"{head}, {rate:.3g} {unit}/s, {duration(elapsed)} elapsed"
     if total and done < total:
         text += f", ETA {duration((total - done) / rate)}"

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from charter.cli.progress import CommandProgress
+from charter.cli.progress import CommandProgress, items_per_second
 from charter.core.errors import InvalidArgument
 from charter.core.logging import configure_logging
 from charter.core.settings import load_settings
@@ -24,10 +24,8 @@ class RateColumn(ProgressColumn):
     earlier run of a resumed job do not count)."""
 
     def render(self, task: Task) -> Text:
-        done = task.completed - task.fields.get("resumed_at", 0)
-        if not task.elapsed or done <= 0:
-            return Text("-- items/s")
-        return Text(f"{done / task.elapsed:.3f} items/s")
+        rate = items_per_second(task)
+        return Text("-- items/s" if rate is None else f"{rate:.3f} items/s")
 
 
 def run(

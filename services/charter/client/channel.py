@@ -168,6 +168,16 @@ class _Traced:
         tracing.end(span, grpc.StatusCode.OK.name)
         return call
 
+    @classmethod
+    async def streamed(cls, span: object, start: Awaitable[Any]) -> AsyncIterator[Any]:
+        """The call's responses, the span ending with the stream (or with a failed start)."""
+        try:
+            call = await start
+        except BaseException as err:
+            tracing.end(span, grpc.StatusCode.UNKNOWN.name, type(err).__name__)
+            raise
+        return cls.stream_response(span, call)
+
     @staticmethod
     async def stream_response(span: object, call: Any) -> AsyncIterator[Any]:
         code, message = grpc.StatusCode.OK.name, ""
@@ -193,12 +203,7 @@ class _TracedUnaryUnary(_Traced, aio.UnaryUnaryClientInterceptor):
 class _TracedUnaryStream(_Traced, aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         span, details = self.details(details)
-        try:
-            call = await continuation(details, request)
-        except BaseException as err:
-            tracing.end(span, grpc.StatusCode.UNKNOWN.name, type(err).__name__)
-            raise
-        return self.stream_response(span, call)
+        return await self.streamed(span, continuation(details, request))
 
 
 class _TracedStreamUnary(_Traced, aio.StreamUnaryClientInterceptor):
@@ -210,12 +215,7 @@ class _TracedStreamUnary(_Traced, aio.StreamUnaryClientInterceptor):
 class _TracedStreamStream(_Traced, aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
         span, details = self.details(details)
-        try:
-            call = await continuation(details, requests)
-        except BaseException as err:
-            tracing.end(span, grpc.StatusCode.UNKNOWN.name, type(err).__name__)
-            raise
-        return self.stream_response(span, call)
+        return await self.streamed(span, continuation(details, requests))
 
 
 def interceptors(token: str | None) -> list[aio.ClientInterceptor] | None:

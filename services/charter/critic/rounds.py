@@ -9,7 +9,6 @@ and the round is retried once with a different principle. The final revision is 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from charter.constitution.schema import Constitution, Principle
 from charter.core.errors import CharterError, InvalidArgument
 from charter.critic import prompts
 from charter.critic.quality import StepStatus, classify
+from charter.inference.deadlines import time_left
 from charter.inference.types import ChatRequest, Completion, InferenceClient, Message, Sampling
 
 MAX_ROUNDS = 16
@@ -63,8 +63,8 @@ def check_rounds(rounds: int) -> None:
 async def _step(
     client: InferenceClient, messages: list[Message], sampling: Sampling, deadline: float | None
 ) -> tuple[Completion | None, str]:
-    # the time left of the caller's deadline (event-loop time); none: the engine's default deadline
-    timeout = None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0.001)
+    # the time left of the caller's deadline; none: the engine's default deadline
+    timeout = time_left(deadline, floor=0.001)
     try:
         request = ChatRequest(messages=tuple(messages), sampling=sampling)
         [result] = await client.chat([request], timeout=timeout)

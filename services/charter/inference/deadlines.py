@@ -11,6 +11,16 @@ from charter.core.errors import DeadlineExceeded
 T = TypeVar("T")
 
 
+def deadline_in(timeout: float | None) -> float | None:
+    """The moment `timeout` seconds from now, in event-loop time (`loop.time()`); None: no deadline."""
+    return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
+def time_left(deadline: float | None, floor: float = 0.0) -> float | None:
+    """Seconds from now to `deadline` (event-loop time), at least `floor`; None: no deadline."""
+    return None if deadline is None else max(floor, deadline - asyncio.get_running_loop().time())
+
+
 def _expired(timeout: float | None) -> DeadlineExceeded:
     return DeadlineExceeded(f"inference did not finish within the {timeout:g} s deadline")
 

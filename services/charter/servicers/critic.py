@@ -5,7 +5,6 @@ Pairs of a streaming request run concurrently; their engine calls reach the engi
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from charter.constitution.registry import ConstitutionRegistry, LoadedConstituti
 from charter.core.errors import InvalidArgument
 from charter.critic.quality import StepStatus
 from charter.critic.rounds import Outcome, check_rounds, critique_revise
-from charter.inference.deadlines import as_completed_within
+from charter.inference.deadlines import as_completed_within, deadline_in
 from charter.inference.types import InferenceClient, Message, Sampling
 
 MAX_ITEMS = 4096
@@ -107,7 +106,7 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
         self, request: critic_pb2.CritiqueReviseRequest, context: aio.ServicerContext[Any, Any]
     ) -> critic_pb2.CritiqueReviseResponse:
         setup = self._options(request.options)
-        deadline = _deadline(context)
+        deadline = deadline_in(context.time_remaining())
         result = await self._run(request.item, "item", request.options, setup, request.request_id, deadline)
         return critic_pb2.CritiqueReviseResponse(result=result)
 
@@ -125,7 +124,7 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
             convert.messages(item.conversation, f"items[{i}].conversation")
             convert.check_text(item.response, f"items[{i}].response")
 
-        deadline = _deadline(context)
+        deadline = deadline_in(context.time_remaining())
 
         async def one(i: int, item: critic_pb2.CritiqueItem) -> tuple[int, critic_pb2.CritiqueResult]:
             return i, await self._run(
@@ -136,14 +135,6 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
             [one(i, item) for i, item in enumerate(request.items)], None
         ):
             yield critic_pb2.CritiqueReviseStreamResponse(item_index=i, result=result)
-
-
-def _deadline(context: aio.ServicerContext[Any, Any]) -> float | None:
-    """The call's deadline in event-loop time: every engine call of a critique-revision round gets
-    what is left of it (the caller's batch deadline, not the engine's shorter default). None: the call
-    has no deadline, and each engine call gets the engine's default."""
-    left = context.time_remaining()
-    return None if left is None else asyncio.get_running_loop().time() + left
 
 
 def result_proto(outcome: Outcome, provenance: Any) -> critic_pb2.CritiqueResult:

@@ -11,7 +11,6 @@ engine instead of run, whether or not anything cancels the handler.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +26,7 @@ from charter.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from charter.inference.deadlines import as_completed_within, await_with_deadline
+from charter.inference.deadlines import as_completed_within, await_with_deadline, deadline_in, time_left
 from charter.inference.types import InferenceClient
 from charter.judge.config import JudgeConfig
 from charter.judge.core import Judge, Label
@@ -94,7 +93,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         self, request: judge_pb2.CompareStreamRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[judge_pb2.CompareStreamResponse]:
         timeout = context.time_remaining()
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        deadline = deadline_in(timeout)
         config = self.config(request.options)
         pairs = api.pairs(request.items)
         try:  # calibration priors once for the whole request, not item by item
@@ -104,7 +103,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         except CharterError:
             pass  # not the engine being down: each item reports it as its label's status
 
-        left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+        left = time_left(deadline)
 
         async def one(i: int) -> tuple[int, Label]:
             return i, (await self.judge.label([pairs[i]], config, timeout=left))[0]

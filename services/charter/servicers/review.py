@@ -188,7 +188,8 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
         if per_message > 10_000:
             raise InvalidArgument("max_labels_per_message: at most 10000", field="max_labels_per_message")
         who = current_principal()
-        lag = metrics.REVIEW_STREAM_LAG.labels(consumer=who.name if who else "anonymous")
+        consumer = who.name if who else "anonymous"
+        lag = metrics.REVIEW_STREAM_LAG.labels(consumer=consumer)
         try:
             while True:
                 if self.signal.closing:
@@ -211,4 +212,4 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
                 await self.signal.wait(generation, self.settings.poll_seconds)
         finally:  # a consumer that has gone is not behind (another stream of it sets it again)
             with contextlib.suppress(KeyError):
-                metrics.REVIEW_STREAM_LAG.remove(who.name if who else "anonymous")
+                metrics.REVIEW_STREAM_LAG.remove(consumer)
