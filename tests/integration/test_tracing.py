@@ -1,6 +1,8 @@
-"""Tracing across real gRPC calls: an SL-CAI item (generator → critic-reviser) and an RL-CAI label
-(judge → review ledger) each make one connected trace — pipeline span → client span → server span —
-and the record's provenance names it. The services run in-process on a scripted engine."""
+"""Tracing across real gRPC calls. A pipeline batch makes one connected trace of its calls — batch
+span → client span → server span — and each item one of its own — item span → each service's span
+for its work on the item (generator → critic-reviser for an SL-CAI prompt, judge → review ledger for
+an RL-CAI label), each linked to the server span of the call that carried it — and the record's
+provenance names the item's. The services run in-process on a scripted engine."""
 
 from __future__ import annotations
 
@@ -63,10 +65,40 @@ def hex_id(span_id: int | None) -> str | None:
     return None if span_id is None else trace.format_span_id(span_id)
 
 
+def spans_of(exporter: InMemorySpanExporter, trace_id: str) -> list:
+    return [s for s in exporter.get_finished_spans() if trace.format_trace_id(s.context.trace_id) == trace_id]
+
+
+def check_item_trace(
+    exporter: InMemorySpanExporter, trace_id: str, root: str, key: str, hops: dict[str, str]
+) -> str:
+    """The item's trace: its root span (`root`, named by the item's key) and under it each service's
+    span for the item (`hops`: span name -> the RPC whose server span it is linked to, in the batch's
+    trace). Returns the batch's trace id (the root's link)."""
+    mine = spans_of(exporter, trace_id)
+    (item,) = [s for s in mine if s.parent is None]
+    assert item.name == root and item.attributes["charter.item_key"] == key
+    (batch_link,) = item.links
+    batch_trace = trace.format_trace_id(batch_link.context.trace_id)
+    assert batch_trace != trace_id
+    by_span = {(s.context.trace_id, s.context.span_id): s for s in exporter.get_finished_spans()}
+    for name, rpc in hops.items():
+        found = [s for s in mine if s.name == name]
+        assert found, f"no {name} span in the item's trace"
+        for s in found:
+            assert s.parent.span_id == item.context.span_id
+            (link,) = s.links
+            server = by_span[(link.context.trace_id, link.context.span_id)]
+            assert server.name == rpc and server.kind is trace.SpanKind.SERVER
+            assert trace.format_trace_id(link.context.trace_id) == batch_trace
+    assert {s.name for s in mine} == {root, *hops}
+    return batch_trace
+
+
 def check_trace(exporter: InMemorySpanExporter, trace_id: str, root: str, rpcs: list[str]) -> None:
     """Every span of the trace connects to `root`; each of `rpcs` is a client span under the root with
     a server span under it (the hop across gRPC)."""
-    mine = [s for s in exporter.get_finished_spans() if trace.format_trace_id(s.context.trace_id) == trace_id]
+    mine = spans_of(exporter, trace_id)
     by_id = {hex_id(s.context.span_id): s for s in mine}
     roots = [s for s in mine if s.parent is None]
     assert [s.name for s in roots] == [root]
@@ -90,25 +122,32 @@ def check_trace(exporter: InMemorySpanExporter, trace_id: str, root: str, rpcs: 
 
 
 async def test_one_connected_trace_per_sl_cai_item(tmp_path, address, spans) -> None:
+    """Three prompts in two batches: a trace per batch with its calls, a trace per prompt."""
     settings = load_settings(constitutions={"directory": str(CONSTITUTIONS)})
     services = {"mode": "remote", "generator": address, "critic_reviser": address}
     spec = SlCaiSpec.model_validate({
         "kind": "sl-cai", "name": "traced-sl", "output": str(tmp_path / "sl"), "rounds": 1,
-        "constitution": "harmless", "batch_size": 1, "services": services, "seed": 3,
-        "source": {"path": str(HH_DEV), "format": "hh-rlhf", "limit": 2},
+        "constitution": "harmless", "batch_size": 2, "services": services, "seed": 3,
+        "source": {"path": str(HH_DEV), "format": "hh-rlhf", "limit": 3},
     })  # fmt: skip
     summary = await sl_cai.run(spec, settings)
-    assert summary.written == 2
+    assert summary.written == 3
     rows = records(tmp_path / "sl")
     ids = [r["provenance"]["trace_id"] for r in rows]
-    assert len(set(ids)) == 2 and all(len(i) == 32 and int(i, 16) for i in ids)  # one trace per item
-    for trace_id in ids:
-        check_trace(
-            spans,
-            trace_id,
-            "sl-cai.batch",
-            [GENERATE, "charter.critic.v1.CriticReviserService/CritiqueReviseStream"],
+    assert len(set(ids)) == 3 and all(len(i) == 32 and int(i, 16) for i in ids)  # one trace per item
+    critique = "charter.critic.v1.CriticReviserService/CritiqueReviseStream"
+    batches = [
+        check_item_trace(
+            spans, r["provenance"]["trace_id"], "sl-cai.item", r["key"],
+            {"generator.prompt": GENERATE, "critic.item": critique},
         )
+        for r in rows
+    ]  # fmt: skip
+    assert batches[0] == batches[1] != batches[2]  # two batches: the first two prompts, then the third
+    for batch_trace in set(batches):
+        check_trace(spans, batch_trace, "sl-cai.batch", [GENERATE, critique])
+    critic_items = [s for s in spans.get_finished_spans() if s.name == "critic.item"]
+    assert {s.attributes["charter.status"] for s in critic_items} <= {"ok", "truncated", "echo", "degenerate"}
 
 
 @pytest.fixture
@@ -145,10 +184,16 @@ async def test_one_connected_trace_per_rl_cai_label(tmp_path, address, review_ad
     summary = await rl_cai.run(spec, settings)
     assert summary.written == 1 and sum(summary.ledger.values()) == 1
     (row,) = records(tmp_path / "rl")
-    rpcs = ["charter.judge.v1.JudgeService/CompareStream", "charter.review.v1.ReviewService/Submit"]
-    check_trace(spans, row["provenance"]["trace_id"], "rl-cai.batch", rpcs)
+    compare, submit = "charter.judge.v1.JudgeService/CompareStream", "charter.review.v1.ReviewService/Submit"
+    hops = {"judge.item": compare, "review.label": submit}
+    batch_trace = check_item_trace(spans, row["provenance"]["trace_id"], "rl-cai.item", row["key"], hops)
+    check_trace(spans, batch_trace, "rl-cai.batch", [compare, submit])
     (batch,) = [s for s in spans.get_finished_spans() if s.name == "rl-cai.batch"]
     assert batch.attributes["charter.item_keys"] == (row["key"],)
+    (judged,) = [s for s in spans.get_finished_spans() if s.name == "judge.item"]
+    assert judged.attributes["charter.status"] == row["status"]
+    (routed,) = [s for s in spans.get_finished_spans() if s.name == "review.label"]
+    assert routed.attributes["charter.duplicate"] is False and routed.attributes["charter.route"]
 
 
 async def test_best_of_n_records_name_their_trace(tmp_path, address, spans) -> None:
@@ -162,7 +207,9 @@ async def test_best_of_n_records_name_their_trace(tmp_path, address, spans) -> N
     summary = await best_of_n.run(spec, settings)
     assert summary.written == 1
     (row,) = records(tmp_path / "bon")
-    check_trace(spans, row["provenance"]["trace_id"], "best-of-n.batch", [GENERATE])
+    hops = {"generator.prompt": GENERATE}  # the scripted engine's samples agree: nothing to compare
+    batch_trace = check_item_trace(spans, row["provenance"]["trace_id"], "best-of-n.item", row["key"], hops)
+    check_trace(spans, batch_trace, "best-of-n.batch", [GENERATE])
 
 
 async def test_a_rejected_item_leaves_its_status_on_both_sides(tmp_path, address, spans) -> None:
@@ -180,8 +227,8 @@ async def test_a_rejected_item_leaves_its_status_on_both_sides(tmp_path, address
     summary = await sl_cai.run(spec, settings)
     assert summary.written == 1 and summary.row_errors == 1
     (row,) = records(tmp_path / "sl")
-    trace_id = row["provenance"]["trace_id"]
-    mine = [s for s in spans.get_finished_spans() if trace.format_trace_id(s.context.trace_id) == trace_id]
+    (item,) = [s for s in spans_of(spans, row["provenance"]["trace_id"]) if s.parent is None]
+    mine = spans_of(spans, trace.format_trace_id(item.links[0].context.trace_id))
     (batch,) = [s for s in mine if s.parent is None]
     assert batch.name == "sl-cai.batch" and batch.attributes["charter.items"] == 2  # both items, one trace
     failed = [
@@ -190,6 +237,40 @@ async def test_a_rejected_item_leaves_its_status_on_both_sides(tmp_path, address
     kinds = sorted(s.kind.name for s in failed)  # the batch, then the bad item alone: client and server each
     assert kinds == ["CLIENT", "CLIENT", "SERVER", "SERVER"]
     assert all(not s.status.is_ok for s in failed)
+
+
+async def test_a_unary_compare_records_each_item_in_its_own_trace(address, spans) -> None:
+    """`Compare` judges its items together: a span per item in the item's trace, linked to the call's;
+    an item without a (valid) traceparent gets none; a field that does not match the items is refused."""
+    from charter.api.judge import compare_request
+    from charter.datasets.pairs import read_pairs
+    from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
+    from grpc import StatusCode, aio
+
+    pairs = list(read_pairs(HH_DEV, limit=3))
+    options = judge_pb2.JudgeOptions(constitution_id="harmless", principles_per_label=1)
+    with tracing.item_traces("test.item", ["a", "b", "c"]):
+        traces = tracing.item_traceparents(["a", "b", "c"])
+    traces[2] = "00-not-a-trace"
+    streamed = compare_request(pairs, options, "traced-compare", traces)
+    request = judge_pb2.CompareRequest(
+        items=streamed.items, options=options, request_id="traced-compare", item_traceparents=traces
+    )
+    async with aio.insecure_channel(address) as channel:
+        stub = judge_pb2_grpc.JudgeServiceStub(channel)
+        reply = await stub.Compare(request)
+        assert len(reply.labels) == 3
+        del request.item_traceparents[2]
+        with pytest.raises(aio.AioRpcError) as refused:
+            await stub.Compare(request)
+    assert refused.value.code() is StatusCode.INVALID_ARGUMENT and "item_traceparents" in refused.value.details()
+    judged = sorted(
+        (s for s in spans.get_finished_spans() if s.name == "judge.item"),
+        key=lambda s: s.attributes["charter.item_index"],
+    )
+    assert [trace.format_trace_id(s.context.trace_id) for s in judged] == [t.split("-")[1] for t in traces[:2]]
+    assert [s.attributes["charter.item_index"] for s in judged] == [0, 1]
+    assert all(s.links and s.links[0].context.trace_id != s.context.trace_id for s in judged)
 
 
 def test_the_review_page_traces_each_request_under_the_callers_trace(spans, tmp_path: Path) -> None:

@@ -34,9 +34,15 @@ def test_off_by_default_nothing_is_set_up() -> None:
     with tracing.span("x", root=True) as s, tracing.server_span("/a.B/C", {"traceparent": "00-x"}) as t:
         assert s is None and t is None
         assert tracing.trace_id() is None and tracing.log_fields() == {}
-        assert runner.provenance_trace() == {}  # records carry no trace_id field
+        assert runner.provenance_trace("k") == {}  # records carry no trace_id field
     with runner.traced_batch(object(), []) as batch:
         assert batch is None
+    with tracing.item_traces("x.item", ["k"]):  # requests carry no item_traceparents
+        assert tracing.item_traceparents(["k"]) == [] and tracing.item_trace_id("k") is None
+        with tracing.item_span("y", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") as s:
+            assert s is None
+        with tracing.item_spans("y", ["", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]) as both:
+            assert both == [None, None]
 
 
 def test_off_imports_no_opentelemetry() -> None:
@@ -54,7 +60,7 @@ def test_off_imports_no_opentelemetry() -> None:
             await channel.close()
         asyncio.run(main())
         with runner.traced_batch(object(), []):
-            runner.provenance_trace()
+            runner.provenance_trace("k")
         loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
         assert not loaded, loaded
         """

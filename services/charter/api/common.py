@@ -83,6 +83,17 @@ def messages(conversation: conversation_pb2.Conversation, where: str) -> list[Me
     return out
 
 
+def item_traceparents(values: Sequence[str], count: int) -> list[str]:
+    """A request's `item_traceparents`, one per item ("" for an item without): the field holds none
+    or exactly one per item."""
+    if values and len(values) != count:
+        raise InvalidArgument(
+            f"item_traceparents: {len(values)} for {count} items; send none or one per item",
+            field="item_traceparents",
+        )
+    return list(values) or [""] * count
+
+
 def conversation_proto(items: Sequence[Message], conversation_id: str = "") -> conversation_pb2.Conversation:
     return conversation_pb2.Conversation(
         id=conversation_id,

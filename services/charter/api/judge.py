@@ -134,7 +134,10 @@ def label_proto(
 
 
 def compare_request(
-    rows: Sequence[PairRow], options: judge_pb2.JudgeOptions, request_id: str
+    rows: Sequence[PairRow],
+    options: judge_pb2.JudgeOptions,
+    request_id: str,
+    item_traceparents: Sequence[str] = (),
 ) -> judge_pb2.CompareStreamRequest:
     """One `CompareStream` call for `rows`; each conversation carries the pair's key as its id."""
     return judge_pb2.CompareStreamRequest(
@@ -148,4 +151,5 @@ def compare_request(
         ],
         options=options,
         request_id=request_id,
+        item_traceparents=item_traceparents,
     )

@@ -28,20 +28,30 @@ class JudgeClient(ServiceClient):
 
 
     async def compare(
-        self, pairs: Sequence[PairRow], options: judge_pb2.JudgeOptions, request_id: str = ""
+        self,
+        pairs: Sequence[PairRow],
+        options: judge_pb2.JudgeOptions,
+        request_id: str = "",
+        item_traceparents: Sequence[str] = (),
     ) -> dict[int, label_pb2.PreferenceLabel]:
         """One label per pair, by the pair's position in `pairs` (a `CompareStream` call: the
-        labels arrive as each is scored)."""
+        labels arrive as each is scored). `item_traceparents`: each pair's own trace, if it has one
+        (`tracing.item_traceparents`)."""
 
         async def call() -> dict[int, label_pb2.PreferenceLabel]:
-            return {i: label async for i, label in self.compare_stream(pairs, options, request_id)}
+            stream = self.compare_stream(pairs, options, request_id, item_traceparents)
+            return {i: label async for i, label in stream}
 
         return await self.call(call)
 
     async def compare_stream(
-        self, pairs: Sequence[PairRow], options: judge_pb2.JudgeOptions, request_id: str = ""
+        self,
+        pairs: Sequence[PairRow],
+        options: judge_pb2.JudgeOptions,
+        request_id: str = "",
+        item_traceparents: Sequence[str] = (),
     ) -> AsyncIterator[tuple[int, label_pb2.PreferenceLabel]]:
         """(position in `pairs`, label) as each label is scored; no retrying."""
-        request = compare_request(pairs, options, request_id or f"client:{pairs[0].key}")
+        request = compare_request(pairs, options, request_id or f"client:{pairs[0].key}", item_traceparents)
         async for reply in self.stub.CompareStream(request, timeout=self.timeout):
             yield reply.item_index, reply.label

@@ -40,11 +40,17 @@ class ReviewClient(ServiceClient):
     stub_type = review_pb2_grpc.ReviewServiceStub
 
     async def submit(
-        self, labels: Sequence[label_pb2.PreferenceLabel], request_id: str = ""
+        self,
+        labels: Sequence[label_pb2.PreferenceLabel],
+        request_id: str = "",
+        item_traceparents: Sequence[str] = (),
     ) -> list[review_pb2.SubmitResult]:
         """Append judged labels to the ledger (a label already there is a no-op, `duplicate`); one
-        result per label, in order, with its sequence and route."""
-        request = review_pb2.SubmitRequest(labels=labels, request_id=request_id)
+        result per label, in order, with its sequence and route. `item_traceparents`: each label's
+        own trace, if it has one (`tracing.item_traceparents`)."""
+        request = review_pb2.SubmitRequest(
+            labels=labels, request_id=request_id, item_traceparents=item_traceparents
+        )
 
         async def call() -> list[review_pb2.SubmitResult]:
             reply = await self.stub.Submit(request, timeout=self.timeout)

@@ -11,9 +11,12 @@ injects it, `core.interceptors` extracts it and runs the servicer under a server
 The review page's HTTP requests get a server span each (`AsgiTracing`, a child of a `traceparent`
 header when there is one).
 
-What opens a trace: a pipeline batch (`pipelines.runner`: the items whose gRPC calls it makes, one
-item with `batch_size: 1`), a training run (`app.trainer_worker`). The trace id (32 hex digits) of a
-pipeline's batch is recorded in each of its records' provenance (`provenance.trace_id`).
+What opens a trace: a pipeline batch (`pipelines.runner`: the gRPC calls it makes), each item of
+it (`item_traces`: its own trace, linked to the batch's), a training run (`app.trainer_worker`). A
+call carries the `traceparent` of its batch in its metadata, and its items' in the request
+(`item_traceparents`); a service records its work on each item as a span in the item's trace
+(`item_span`), linked to the call's server span. The trace id (32 hex digits) of an item is recorded
+in its record's provenance (`provenance.trace_id`).
 
 Tests add an exporter of their own (`add_exporter`: an `InMemorySpanExporter` behind a
 `SimpleSpanProcessor`) and turn tracing off again with `shutdown`.
@@ -28,7 +31,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import contextvars
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -44,6 +48,8 @@ _tracer: Any = None
 """The OpenTelemetry tracer while tracing is on; None: off (the only state the helpers read)."""
 _provider: Any = None
 _configured: TracingSettings | None = None
+_items: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("items", default=None)
+"""Inside `item_traces`: each item's key -> the `traceparent` of its trace."""
 
 
 def enabled() -> bool:
@@ -138,6 +144,127 @@ def trace_id() -> str | None:
 
     ctx = trace.get_current_span().get_span_context()
     return trace.format_trace_id(ctx.trace_id) if ctx.is_valid and ctx.trace_flags.sampled else None
+
+
+def _traceparent(s: Any) -> str:
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(s))
+    return carrier.get("traceparent", "")
+
+
+@contextlib.contextmanager
+def item_traces(
+    name: str, keys: Iterable[str], attributes: Mapping[str, Any] | None = None
+) -> Iterator[None]:
+    """A trace of its own for each item (a root span `name` with `charter.item_key`, linked to the span
+    around it: the batch's), open while the block runs; inside it `item_traceparents` and
+    `item_trace_id` name them. The spans end with the block (an error when it raises). Nothing while
+    tracing is off."""
+    if _tracer is None:
+        yield
+        return
+    from opentelemetry import context, trace
+    from opentelemetry.trace import Status, StatusCode
+
+    around = trace.get_current_span().get_span_context()
+    links = [trace.Link(around)] if around.is_valid else []
+    common = dict(attributes or {})
+    spans = {
+        key: _tracer.start_span(
+            name, context=context.Context(), links=links, attributes={**common, "charter.item_key": key}
+        )
+        for key in dict.fromkeys(keys)
+    }
+    token = _items.set({key: _traceparent(s) for key, s in spans.items()})
+    try:
+        yield
+    except BaseException as err:
+        for s in spans.values():
+            s.set_status(Status(StatusCode.ERROR, type(err).__name__))
+        raise
+    finally:
+        _items.reset(token)
+        for s in spans.values():
+            s.end()
+
+
+def item_traceparents(keys: Iterable[str]) -> list[str]:
+    """The `traceparent` of each item's trace (`item_traces`), in order, for a request's
+    `item_traceparents`; empty outside `item_traces` (and while tracing is off)."""
+    known = _items.get()
+    return [known.get(key, "") for key in keys] if known else []
+
+
+def item_trace_id(key: str) -> str | None:
+    """The id of the item's trace (32 hex digits) inside `item_traces`, when it is sampled."""
+    parts = (_items.get() or {}).get(key, "").split("-")
+    if len(parts) != 4 or not int(parts[3], 16) & 1:
+        return None
+    return parts[1]
+
+
+def item_span(
+    name: str, traceparent: str, attributes: Mapping[str, Any] | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """A service's span for its work on one item of a batched call, in the item's own trace (the
+    `traceparent` its caller sent for it) and linked to the current span (the call's server span);
+    current while the block runs. None (and nothing done) when tracing is off or `traceparent` is
+    empty or malformed."""
+    return _item_span(name, traceparent, attributes, current=True)
+
+
+@contextlib.contextmanager
+def _item_span(
+    name: str, traceparent: str, attributes: Mapping[str, Any] | None, *, current: bool
+) -> Iterator[Any]:
+    if _tracer is None or not traceparent:
+        yield None
+        return
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        yield None
+        return
+    around = trace.get_current_span().get_span_context()
+    links = [trace.Link(around)] if around.is_valid else []
+    if current:
+        with _tracer.start_as_current_span(name, context=parent, links=links, attributes=attributes) as s:
+            yield s
+        return
+    s = _tracer.start_span(name, context=parent, links=links, attributes=attributes)
+    try:
+        yield s
+    finally:
+        s.end()
+
+
+@contextlib.contextmanager
+def item_spans(name: str, traceparents: Sequence[str]) -> Iterator[list[Any]]:
+    """`item_span` for work done on several items at once (one ledger transaction, one scoring call):
+    a span per item in its own trace, open while the block runs, not current; an error when the block
+    raises. Yields them (None for an item without a trace; all None while tracing is off)."""
+    if _tracer is None or not any(traceparents):
+        yield [None] * len(traceparents)
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    with contextlib.ExitStack() as stack:
+        spans = [
+            stack.enter_context(_item_span(name, parent, {"charter.item_index": i}, current=False))
+            for i, parent in enumerate(traceparents)
+        ]
+        try:
+            yield spans
+        except BaseException as err:
+            for s in spans:
+                if s is not None:
+                    s.set_status(Status(StatusCode.ERROR, type(err).__name__))
+            raise
 
 
 def _rpc_attributes(full_method: str) -> dict[str, str]:

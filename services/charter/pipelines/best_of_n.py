@@ -41,6 +41,7 @@ from charter.api import common as convert
 from charter.api.judge import STATUS_NAMES
 from charter.client.generator import GeneratorClient
 from charter.client.judge import JudgeClient
+from charter.core import tracing
 from charter.core.errors import FailedPrecondition, InvalidArgument
 from charter.core.files import folder_digest
 from charter.core.settings import CharterSettings
@@ -180,7 +181,9 @@ class BestOfN:
         assert self.generator is not None
         started = convert.now().ToJsonString()
         request = generator_pb2.GenerateRequest(
-            prompts=[convert.conversation_proto(r.messages, r.key) for r in rows], sampling=self.sampling
+            prompts=[convert.conversation_proto(r.messages, r.key) for r in rows],
+            sampling=self.sampling,
+            item_traceparents=tracing.item_traceparents(r.key for r in rows),
         )
         replies: dict[int, dict[int, generator_pb2.GenerateResponse]] = {}
         for reply in await self.generator.generate(request):
@@ -198,9 +201,10 @@ class BestOfN:
         chosen = [select(scores) for scores in batch.scores]
         pair_labels = [self._pair_label(batch, p, best, worst) for p, (_, best, worst) in enumerate(chosen)]
         if self.ledger is not None:  # before the records: a resumed run re-submits (a no-op), never skips
-            submitted = [label for label in pair_labels if label is not None]
+            submitted = [(rows[p].key, label) for p, label in enumerate(pair_labels) if label is not None]
             if submitted:
-                for result in await self.ledger.submit(submitted):
+                keys, labels = zip(*submitted, strict=True)
+                for result in await self.ledger.submit(list(labels), keys):
                     self.summary.ledger["duplicate" if result.duplicate else key(Route(result.route))] += 1
         for p in range(len(rows)):
             self._write(batch, p, chosen[p], pair_labels[p], started, batches)
@@ -232,7 +236,8 @@ class BestOfN:
             for p, a, b in games
         ]  # fmt: skip
         request_id = f"{self.spec.name}:{batch.rows[0].key}"
-        labels = await self.judge.compare(pairs, self.options, request_id) if pairs else {}
+        traceparents = tracing.item_traceparents(batch.rows[p].key for p, _, _ in games)
+        labels = await self.judge.compare(pairs, self.options, request_id, traceparents) if pairs else {}
         batch.comparisons = [[] for _ in batch.rows]
         batch.labels = [{} for _ in batch.rows]
         for g, (p, a, b) in enumerate(games):
@@ -323,7 +328,7 @@ class BestOfN:
                 "started_at": started,
                 "completed_at": convert.now().ToJsonString(),
                 "charter_version": __version__,
-                **runner.provenance_trace(),  # the batch's trace id, while tracing is on
+                **runner.provenance_trace(row.key),  # the item's trace id, while tracing is on
             },
         }
         batches.store.add_record(record)

@@ -41,6 +41,7 @@ from charter.app.reward_judge import RewardModelJudge
 from charter.client.generator import GeneratorClient
 from charter.client.judge import JudgeClient
 from charter.client.review import ReviewClient
+from charter.core import tracing
 from charter.core.auth import read_token
 from charter.core.errors import CharterError, InvalidArgument
 from charter.core.settings import CharterSettings
@@ -127,11 +128,15 @@ class LedgerSink:
             options["token"] = read_token(self.target.token_file, "ledger.token_file")
             self._client = ReviewClient(self.target.address, **options)
 
-    async def submit(self, labels: list[label_pb2.PreferenceLabel]) -> list[review_pb2.SubmitResult]:
+    async def submit(
+        self, labels: list[label_pb2.PreferenceLabel], keys: Sequence[str]
+    ) -> list[review_pb2.SubmitResult]:
+        """Append `labels` (of the items `keys`, whose traces the call joins) to the ledger."""
         if self._ledger is not None:
             return await asyncio.to_thread(self._submit_here, self._ledger, labels)
         assert self._client is not None
-        return await self._client.submit(labels, request_id=f"{self.spec.name}:{labels[0].id}")
+        request_id = f"{self.spec.name}:{labels[0].id}"
+        return await self._client.submit(labels, request_id, tracing.item_traceparents(keys))
 
     @staticmethod
     def _submit_here(
@@ -230,7 +235,9 @@ class RlCai:
         assert self.generator is not None
         sampling = convert.sampling_proto(self.spec.generation.sampling(n=2, seed=self.spec.seed))
         request = generator_pb2.GenerateRequest(
-            prompts=[convert.conversation_proto(r.messages, r.key) for r in rows], sampling=sampling
+            prompts=[convert.conversation_proto(r.messages, r.key) for r in rows],
+            sampling=sampling,
+            item_traceparents=tracing.item_traceparents(r.key for r in rows),
         )
         replies = await self.generator.generate(request)
         texts: dict[int, dict[int, str]] = {}
@@ -260,7 +267,8 @@ class RlCai:
             labels = await asyncio.to_thread(self.reward_judge.label, pairs, request_id)
         else:
             assert self.judge is not None
-            labels = await self.judge.compare(pairs, self.options, request_id)
+            traceparents = tracing.item_traceparents(p.key for p in pairs)
+            labels = await self.judge.compare(pairs, self.options, request_id, traceparents)
         summary.judge_seconds += time.perf_counter() - t0
         margins: list[list[float]] | None = None
         if self.ensemble is not None:  # on the labels before they are submitted or recorded
@@ -272,7 +280,8 @@ class RlCai:
                 summary.ensemble_scored += 1
                 summary.ensemble_split += int(labels[i].ensemble_disagreement > 0)
         if self.ledger is not None:  # before the records: a resumed run re-submits (a no-op), never skips
-            for result in await self.ledger.submit([labels[i] for i in range(len(pairs))]):
+            submitted = [labels[i] for i in range(len(pairs))]
+            for result in await self.ledger.submit(submitted, [p.key for p in pairs]):
                 summary.ledger["duplicate" if result.duplicate else key(Route(result.route))] += 1
         for i, pair in enumerate(pairs):
             self.write(pair, labels[i], started, batches, None if margins is None else margins[i])
@@ -312,7 +321,7 @@ class RlCai:
                 "started_at": started,
                 "completed_at": convert.now().ToJsonString(),
                 "charter_version": __version__,
-                **runner.provenance_trace(),  # the batch's trace id, while tracing is on
+                **runner.provenance_trace(pair.key),  # the item's trace id, while tracing is on
             },
         }
         batches.store.add_record(record)

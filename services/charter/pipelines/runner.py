@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -153,26 +153,31 @@ class Batches:
                 await self.split_on_item_errors([item], process)
 
 
-def traced_batch(spec: Any, items: Sequence[Any]) -> contextlib.AbstractContextManager[Any]:
-    """The span that opens one trace per batch (the parent of every gRPC call made for its items; with
-    `batch_size: 1`, one trace per item); its id goes in each record's `provenance.trace_id`. A null
-    context while tracing is off."""
+@contextlib.contextmanager
+def traced_batch(spec: Any, items: Sequence[Any]) -> Iterator[None]:
+    """While tracing is on: a span that opens a trace for the batch (the parent of every gRPC call made
+    for its items) and one trace per item (`<kind>.item`, linked to the batch's span), whose
+    `traceparent` the pipeline sends with the item (`tracing.item_traceparents`) and whose id goes in
+    the item's record (`provenance_trace`). Nothing while tracing is off."""
     if not tracing.enabled():
-        return contextlib.nullcontext()
+        yield
+        return
     kind = getattr(spec, "kind", "pipeline")
-    attributes = {
-        "charter.pipeline": kind,
-        "charter.spec_name": getattr(spec, "name", ""),
-        "charter.items": len(items),
-        "charter.item_keys": [str(getattr(item, "key", "")) for item in items],
-    }
-    return tracing.span(f"{kind}.batch", attributes, root=True)
+    keys = [str(getattr(item, "key", "")) for item in items]
+    common = {"charter.pipeline": kind, "charter.spec_name": getattr(spec, "name", "")}
+    attributes = {**common, "charter.items": len(items), "charter.item_keys": keys}
+    with (
+        tracing.span(f"{kind}.batch", attributes, root=True),
+        tracing.item_traces(f"{kind}.item", keys, common),
+    ):
+        yield
 
 
-def provenance_trace() -> dict[str, str]:
-    """`{"trace_id": ...}` for a record's provenance while a sampled trace is current (the batch's);
-    empty when tracing is off, so records are what they were without it."""
-    current = tracing.trace_id()
+def provenance_trace(key: str) -> dict[str, str]:
+    """`{"trace_id": ...}` for the record of item `key`: its own trace's id (`traced_batch`), while
+    tracing is on and the trace is sampled; empty otherwise, so records are what they were without
+    it."""
+    current = tracing.item_trace_id(key)
     return {"trace_id": current} if current else {}
 
 

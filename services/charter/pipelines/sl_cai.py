@@ -21,6 +21,7 @@ from charter import __version__
 from charter.api import common as convert
 from charter.client.critic import CriticClient
 from charter.client.generator import GeneratorClient
+from charter.core import tracing
 from charter.core.errors import InvalidArgument
 from charter.core.settings import CharterSettings
 from charter.datasets.records import OutputStore
@@ -99,7 +100,9 @@ class SlCai:
         assert self.generator is not None and self.critic is not None
         started = convert.now().ToJsonString()
         request = generator_pb2.GenerateRequest(
-            prompts=[convert.conversation_proto(r.messages, r.key) for r in rows], sampling=self.gen_sampling
+            prompts=[convert.conversation_proto(r.messages, r.key) for r in rows],
+            sampling=self.gen_sampling,
+            item_traceparents=tracing.item_traceparents(r.key for r in rows),
         )
         replies = await self.generator.generate(request)
         by_prompt: dict[int, dict[int, generator_pb2.GenerateResponse]] = {}
@@ -116,7 +119,11 @@ class SlCai:
             )
             for i in todo
         ]
-        critique = critic_pb2.CritiqueReviseStreamRequest(items=items, options=self.crit_options)
+        critique = critic_pb2.CritiqueReviseStreamRequest(
+            items=items,
+            options=self.crit_options,
+            item_traceparents=tracing.item_traceparents(rows[pairs[i][0]].key for i in todo),
+        )
         got = await self.critic.critique_revise(critique) if items else {}
         results = {todo[k]: v for k, v in got.items()}
         for p, row in enumerate(rows):
@@ -183,7 +190,7 @@ class SlCai:
                 "started_at": started,
                 "completed_at": convert.now().ToJsonString(),
                 "charter_version": __version__,
-                **runner.provenance_trace(),  # the batch's trace id, while tracing is on
+                **runner.provenance_trace(row.key),  # the item's trace id, while tracing is on
             },
         }
         batches.store.add_record(record)

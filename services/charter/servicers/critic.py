@@ -16,6 +16,7 @@ from grpc import aio
 
 from charter.api import common as convert
 from charter.constitution.registry import ConstitutionRegistry, LoadedConstitution
+from charter.core import tracing
 from charter.core.errors import InvalidArgument
 from charter.critic.quality import StepStatus
 from charter.critic.rounds import Outcome, check_rounds, critique_revise
@@ -124,12 +125,17 @@ class CriticReviserServicer(critic_pb2_grpc.CriticReviserServiceServicer):
             convert.messages(item.conversation, f"items[{i}].conversation")
             convert.check_text(item.response, f"items[{i}].response")
 
+        traces = convert.item_traceparents(request.item_traceparents, len(request.items))
         deadline = deadline_in(context.time_remaining())
 
         async def one(i: int, item: critic_pb2.CritiqueItem) -> tuple[int, critic_pb2.CritiqueResult]:
-            return i, await self._run(
-                item, f"items[{i}]", request.options, setup, request.request_id, deadline
-            )
+            attributes = {"charter.item_index": i, "charter.conversation_id": item.conversation.id}
+            with tracing.item_span("critic.item", traces[i], attributes) as span:
+                where = f"items[{i}]"
+                result = await self._run(item, where, request.options, setup, request.request_id, deadline)
+                if span is not None:
+                    span.set_attribute("charter.status", convert.STEP_STATUS_NAMES[result.status])
+            return i, result
 
         async for i, result in as_completed_within(
             [one(i, item) for i, item in enumerate(request.items)], None

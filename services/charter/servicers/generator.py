@@ -21,6 +21,7 @@ from charter_proto.generator.v1 import generator_pb2, generator_pb2_grpc
 from grpc import aio
 
 from charter.api import common as convert
+from charter.core import tracing
 from charter.core.errors import CharterError, InvalidArgument
 from charter.inference.deadlines import as_completed_within
 from charter.inference.policy import ServedPolicy
@@ -87,6 +88,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 f"prompts: {len(request.prompts)} prompts exceed the limit of {MAX_PROMPTS} per call"
             )
         sampling = convert.sampling(request.sampling, self.default_max_tokens)
+        traces = convert.item_traceparents(request.item_traceparents, len(request.prompts))
         chats = [
             ChatRequest(messages=tuple(convert.messages(p, f"prompts[{i}]")), sampling=sampling)
             for i, p in enumerate(request.prompts)
@@ -96,8 +98,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             timeout = context.time_remaining()
 
             async def one(i: int, chat: ChatRequest) -> tuple[int, ChatResult]:
+                attributes = {"charter.item_index": i, "charter.conversation_id": request.prompts[i].id}
                 try:
-                    [result] = await engine.chat([chat], timeout=timeout)
+                    with tracing.item_span("generator.prompt", traces[i], attributes):
+                        [result] = await engine.chat([chat], timeout=timeout)
                 except CharterError as err:
                     raise type(err)(f"prompts[{i}]: {err.message}", field=f"prompts[{i}]") from None
                 return i, result

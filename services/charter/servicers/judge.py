@@ -17,8 +17,10 @@ from typing import Any
 from charter_proto.judge.v1 import judge_pb2, judge_pb2_grpc
 from grpc import aio
 
+from charter.api import common as convert
 from charter.api import judge as api
 from charter.constitution.registry import ConstitutionRegistry
+from charter.core import tracing
 from charter.core.errors import (
     CharterError,
     DeadlineExceeded,
@@ -80,8 +82,10 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         timeout = context.time_remaining()
         config = self.config(request.options)
         pairs = api.pairs(request.items)
+        traces = convert.item_traceparents(request.item_traceparents, len(pairs))
         # per engine call, and for the whole (chain of thought: a rationale, then scores)
-        labels = await await_with_deadline(self.judge.label(pairs, config, timeout=timeout), timeout)
+        with tracing.item_spans("judge.item", traces):
+            labels = await await_with_deadline(self.judge.label(pairs, config, timeout=timeout), timeout)
         return judge_pb2.CompareResponse(
             labels=[
                 api.label_proto(label, config, self.client, request.request_id, item)
@@ -96,6 +100,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         deadline = deadline_in(timeout)
         config = self.config(request.options)
         pairs = api.pairs(request.items)
+        traces = convert.item_traceparents(request.item_traceparents, len(pairs))
         try:  # calibration priors once for the whole request, not item by item
             await await_with_deadline(self.judge.prepare(pairs, config, timeout), timeout)
         except (Unavailable, DeadlineExceeded, ResourceExhausted):
@@ -106,7 +111,12 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         left = time_left(deadline)
 
         async def one(i: int) -> tuple[int, Label]:
-            return i, (await self.judge.label([pairs[i]], config, timeout=left))[0]
+            attributes = {"charter.item_index": i, "charter.conversation_id": pairs[i].conversation_id}
+            with tracing.item_span("judge.item", traces[i], attributes) as span:
+                label = (await self.judge.label([pairs[i]], config, timeout=left))[0]
+                if span is not None:
+                    span.set_attribute("charter.status", label.status)
+            return i, label
 
         async for i, label in as_completed_within([one(i) for i in range(len(pairs))], left):
             yield judge_pb2.CompareStreamResponse(

@@ -20,8 +20,9 @@ import structlog
 from charter_proto.review.v1 import review_pb2, review_pb2_grpc
 from grpc import aio
 
+from charter.api import common as convert
 from charter.api import review as api
-from charter.core import db, metrics
+from charter.core import db, metrics, tracing
 from charter.core.auth import Authenticator, current_principal
 from charter.core.errors import InvalidArgument, Unavailable
 from charter.core.settings import CharterSettings, ReviewSettings, ServerTLSSettings
@@ -141,7 +142,14 @@ class ReviewServicer(review_pb2_grpc.ReviewServiceServicer):
     # -- RPCs -----------------------------------------------------------------------------------
 
     async def Submit(self, request: review_pb2.SubmitRequest, context: aio.ServicerContext[Any, Any]) -> Any:
-        return await self._run(self._submit, request)
+        traces = convert.item_traceparents(request.item_traceparents, len(request.labels))
+        with tracing.item_spans("review.label", traces) as spans:
+            response = await self._run(self._submit, request)
+            for span, result in zip(spans, response.results, strict=False):
+                if span is not None:
+                    span.set_attribute("charter.route", review_pb2.Route.Name(result.route))
+                    span.set_attribute("charter.duplicate", result.duplicate)
+        return response
 
     def _submit(self, request: review_pb2.SubmitRequest) -> review_pb2.SubmitResponse:
         return api.submit_response(self.ledger.submit(api.submissions(request.labels)))

@@ -174,21 +174,30 @@ class CritiqueReviseStreamRequest(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ITEM_TRACEPARENTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CritiqueItem]: ...
     @_builtins.property
     def options(self) -> Global___CritiqueOptions: ...
+    @_builtins.property
+    def item_traceparents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The W3C `traceparent` of each item's own trace (docs/architecture.md, "Tracing"), in the
+        order of `items`: empty, or one per item ("" for one without). The service records its
+        work on each item as a span in that trace, linked to the call's span.
+        """
+
     def __init__(
         self,
         *,
         items: _abc.Iterable[Global___CritiqueItem] | None = ...,
         options: Global___CritiqueOptions | None = ...,
         request_id: _builtins.str = ...,
+        item_traceparents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "options", b"options", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_traceparents", b"item_traceparents", "items", b"items", "options", b"options", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

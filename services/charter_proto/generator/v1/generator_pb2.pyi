@@ -27,22 +27,31 @@ class GenerateRequest(_message.Message):
     PROMPTS_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ITEM_TRACEPARENTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Echoed into logs and provenance; generated when empty."""
     @_builtins.property
     def prompts(self) -> _containers.RepeatedCompositeFieldContainer[_conversation_pb2.Conversation]: ...
     @_builtins.property
     def sampling(self) -> _sampling_pb2.SamplingParams: ...
+    @_builtins.property
+    def item_traceparents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The W3C `traceparent` of each prompt's own trace (docs/architecture.md, "Tracing"), in the
+        order of `prompts`: empty, or one per prompt ("" for one without). The service records its
+        work on each prompt as a span in that trace, linked to the call's span.
+        """
+
     def __init__(
         self,
         *,
         prompts: _abc.Iterable[_conversation_pb2.Conversation] | None = ...,
         sampling: _sampling_pb2.SamplingParams | None = ...,
         request_id: _builtins.str = ...,
+        item_traceparents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompts", b"prompts", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_traceparents", b"item_traceparents", "prompts", b"prompts", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

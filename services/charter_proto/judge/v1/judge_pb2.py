@@ -26,7 +26,7 @@ from charter_proto.common.v1 import conversation_pb2 as charter_dot_common_dot_v
 from charter_proto.common.v1 import label_pb2 as charter_dot_common_dot_v1_dot_label__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63harter/judge/v1/judge.proto\x12\x10\x63harter.judge.v1\x1a$charter/common/v1/conversation.proto\x1a\x1d\x63harter/common/v1/label.proto\"o\n\x0e\x43omparisonItem\x12\x35\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1f.charter.common.v1.Conversation\x12\x12\n\nresponse_a\x18\x02 \x01(\t\x12\x12\n\nresponse_b\x18\x03 \x01(\t\"\xbc\x03\n\x0cJudgeOptions\x12\x17\n\x0f\x63onstitution_id\x18\x01 \x01(\t\x12\x1c\n\x14principles_per_label\x18\x02 \x01(\r\x12\x15\n\rprinciple_ids\x18\x03 \x03(\t\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10\x63hain_of_thought\x18\x05 \x01(\x08\x12\x1a\n\rcot_clamp_low\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0e\x63ot_clamp_high\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x0csingle_order\x18\x08 \x01(\x08\x12\x17\n\ntie_margin\x18\t \x01(\x01H\x03\x88\x01\x01\x12.\n\x06method\x18\n \x01(\x0e\x32\x1e.charter.common.v1.JudgeMethod\x12\x1d\n\x10\x63ontrastive_beta\x18\x0b \x01(\x01H\x04\x88\x01\x01\x12\x18\n\x0blogit_scale\x18\x0c \x01(\x01H\x05\x88\x01\x01\x42\x07\n\x05_seedB\x10\n\x0e_cot_clamp_lowB\x11\n\x0f_cot_clamp_highB\r\n\x0b_tie_marginB\x13\n\x11_contrastive_betaB\x0e\n\x0c_logit_scale\"\x86\x01\n\x0e\x43ompareRequest\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .charter.judge.v1.ComparisonItem\x12/\n\x07options\x18\x02 \x01(\x0b\x32\x1e.charter.judge.v1.JudgeOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"E\n\x0f\x43ompareResponse\x12\x32\n\x06labels\x18\x01 \x03(\x0b\x32\".charter.common.v1.PreferenceLabel\"\x8c\x01\n\x14\x43ompareStreamRequest\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .charter.judge.v1.ComparisonItem\x12/\n\x07options\x18\x02 \x01(\x0b\x32\x1e.charter.judge.v1.JudgeOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"^\n\x15\x43ompareStreamResponse\x12\x12\n\nitem_index\x18\x01 \x01(\r\x12\x31\n\x05label\x18\x02 \x01(\x0b\x32\".charter.common.v1.PreferenceLabel2\xc2\x01\n\x0cJudgeService\x12N\n\x07\x43ompare\x12 .charter.judge.v1.CompareRequest\x1a!.charter.judge.v1.CompareResponse\x12\x62\n\rCompareStream\x12&.charter.judge.v1.CompareStreamRequest\x1a\'.charter.judge.v1.CompareStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63harter/judge/v1/judge.proto\x12\x10\x63harter.judge.v1\x1a$charter/common/v1/conversation.proto\x1a\x1d\x63harter/common/v1/label.proto\"o\n\x0e\x43omparisonItem\x12\x35\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1f.charter.common.v1.Conversation\x12\x12\n\nresponse_a\x18\x02 \x01(\t\x12\x12\n\nresponse_b\x18\x03 \x01(\t\"\xbc\x03\n\x0cJudgeOptions\x12\x17\n\x0f\x63onstitution_id\x18\x01 \x01(\t\x12\x1c\n\x14principles_per_label\x18\x02 \x01(\r\x12\x15\n\rprinciple_ids\x18\x03 \x03(\t\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10\x63hain_of_thought\x18\x05 \x01(\x08\x12\x1a\n\rcot_clamp_low\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0e\x63ot_clamp_high\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x0csingle_order\x18\x08 \x01(\x08\x12\x17\n\ntie_margin\x18\t \x01(\x01H\x03\x88\x01\x01\x12.\n\x06method\x18\n \x01(\x0e\x32\x1e.charter.common.v1.JudgeMethod\x12\x1d\n\x10\x63ontrastive_beta\x18\x0b \x01(\x01H\x04\x88\x01\x01\x12\x18\n\x0blogit_scale\x18\x0c \x01(\x01H\x05\x88\x01\x01\x42\x07\n\x05_seedB\x10\n\x0e_cot_clamp_lowB\x11\n\x0f_cot_clamp_highB\r\n\x0b_tie_marginB\x13\n\x11_contrastive_betaB\x0e\n\x0c_logit_scale\"\xa1\x01\n\x0e\x43ompareRequest\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .charter.judge.v1.ComparisonItem\x12/\n\x07options\x18\x02 \x01(\x0b\x32\x1e.charter.judge.v1.JudgeOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x11item_traceparents\x18\x04 \x03(\t\"E\n\x0f\x43ompareResponse\x12\x32\n\x06labels\x18\x01 \x03(\x0b\x32\".charter.common.v1.PreferenceLabel\"\xa7\x01\n\x14\x43ompareStreamRequest\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .charter.judge.v1.ComparisonItem\x12/\n\x07options\x18\x02 \x01(\x0b\x32\x1e.charter.judge.v1.JudgeOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x11item_traceparents\x18\x04 \x03(\t\"^\n\x15\x43ompareStreamResponse\x12\x12\n\nitem_index\x18\x01 \x01(\r\x12\x31\n\x05label\x18\x02 \x01(\x0b\x32\".charter.common.v1.PreferenceLabel2\xc2\x01\n\x0cJudgeService\x12N\n\x07\x43ompare\x12 .charter.judge.v1.CompareRequest\x1a!.charter.judge.v1.CompareResponse\x12\x62\n\rCompareStream\x12&.charter.judge.v1.CompareStreamRequest\x1a\'.charter.judge.v1.CompareStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JUDGEOPTIONS']._serialized_start=233
   _globals['_JUDGEOPTIONS']._serialized_end=677
   _globals['_COMPAREREQUEST']._serialized_start=680
-  _globals['_COMPAREREQUEST']._serialized_end=814
-  _globals['_COMPARERESPONSE']._serialized_start=816
-  _globals['_COMPARERESPONSE']._serialized_end=885
-  _globals['_COMPARESTREAMREQUEST']._serialized_start=888
-  _globals['_COMPARESTREAMREQUEST']._serialized_end=1028
-  _globals['_COMPARESTREAMRESPONSE']._serialized_start=1030
-  _globals['_COMPARESTREAMRESPONSE']._serialized_end=1124
-  _globals['_JUDGESERVICE']._serialized_start=1127
-  _globals['_JUDGESERVICE']._serialized_end=1321
+  _globals['_COMPAREREQUEST']._serialized_end=841
+  _globals['_COMPARERESPONSE']._serialized_start=843
+  _globals['_COMPARERESPONSE']._serialized_end=912
+  _globals['_COMPARESTREAMREQUEST']._serialized_start=915
+  _globals['_COMPARESTREAMREQUEST']._serialized_end=1082
+  _globals['_COMPARESTREAMRESPONSE']._serialized_start=1084
+  _globals['_COMPARESTREAMRESPONSE']._serialized_end=1178
+  _globals['_JUDGESERVICE']._serialized_start=1181
+  _globals['_JUDGESERVICE']._serialized_end=1375
 # @@protoc_insertion_point(module_scope)

@@ -339,18 +339,27 @@ class SubmitRequest(_message.Message):
 
     LABELS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ITEM_TRACEPARENTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     @_builtins.property
     def labels(self) -> _containers.RepeatedCompositeFieldContainer[_label_pb2.PreferenceLabel]: ...
+    @_builtins.property
+    def item_traceparents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The W3C `traceparent` of each label's own trace (docs/architecture.md, "Tracing"), in the
+        order of `labels`: empty, or one per label ("" for one without). The service records its
+        work on each label as a span in that trace, linked to the call's span.
+        """
+
     def __init__(
         self,
         *,
         labels: _abc.Iterable[_label_pb2.PreferenceLabel] | None = ...,
         request_id: _builtins.str = ...,
+        item_traceparents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_traceparents", b"item_traceparents", "labels", b"labels", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
