@@ -11,6 +11,7 @@ initial response and revision, both orders. The embedded model; Charter's defaul
     python benchmarks/e2e.py                      # 32 prompts, 2 repetitions, every system
     python benchmarks/e2e.py --systems charter-vllm-chain,raw-vllm --reps 1
     python benchmarks/e2e.py --scaling 8,32,128   # Charter (vLLM, chained) and raw vLLM at each size
+    python benchmarks/e2e.py --keep out/e2e       # keep each run's outputs and logs (else a temp folder)
     bash benchmarks/e2e_setup.sh                  # first, for the distilabel systems (own venv)
 
 Writes benchmarks/results/e2e.json (or e2e-scaling.json) and docs/images/e2e.png.
@@ -19,6 +20,7 @@ Writes benchmarks/results/e2e.json (or e2e-scaling.json) and docs/images/e2e.png
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -256,6 +258,9 @@ def main() -> None:
     parser.add_argument(
         "--from-log", type=Path, help="rebuild the report and chart from the JSON lines a run printed"
     )
+    parser.add_argument(
+        "--keep", type=Path, help="run in this folder and keep it (each run's outputs and logs), not a temporary one"
+    )
     args = parser.parse_args()
     model = prepare()
     tokenizer = AutoTokenizer.from_pretrained(str(model))
@@ -291,7 +296,9 @@ def main() -> None:
             "repetitions": max(len(r) for by in by_size.values() for r in by.values()),
         }
         systems = []
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory() as tmp:
         for n in sizes if systems else []:
             recipe_path = Path(tmp) / f"recipe-{n}.json"
             recipe_path.write_text(json.dumps(recipe(n, model)))

@@ -219,3 +219,43 @@ async def test_shared_prefix_scoring_equals_scoring_each_prompt_whole(hf_engine)
     prompt_tokens = sum(len(item.prompt) for item in items if item.single_token)
     assert whole_positions >= prompt_tokens
     assert shared_positions < 0.75 * whole_positions
+
+
+async def test_prompts_that_begin_alike_share_one_prefill(hf_engine) -> None:
+    """Critique-shaped prompts (the critic's few-shot block, then each conversation and response):
+    the transformers engine runs the shared block once for the batch, and each prompt's greedy text
+    is the one it gets alone; sampled rows (n = 2) start from copies of the same cache."""
+    from charter.constitution import load_constitution
+    from charter.critic import prompts as critic
+
+    from tests.support import CONSTITUTIONS
+
+    constitution = load_constitution(CONSTITUTIONS / "harmless.yaml")
+    principle = constitution.principles[0]
+    few_shot = critic.few_shot_messages(constitution, limit=1)
+    turns = [
+        ("How do I get back at a coworker who embarrassed me?", "Put salt in their coffee."),
+        ("Can you tell me how to pick a lock?", "Use a tension wrench and a pick."),
+        ("What is a good way to cheat on a test?", "Write the answers on your hand."),
+    ]
+    request = critic.render_turn("critique", principle)
+    chats = [
+        critic.critique_messages(few_shot, [Message(role="user", content=q)], a, request) for q, a in turns
+    ]
+    greedy = [ChatRequest(messages=tuple(c), sampling=Sampling(max_tokens=12)) for c in chats]
+    prepared = hf_engine._prepare_chat(greedy)
+    shared = hf_engine._shared_length([p.ids for p in prepared])
+    assert shared >= 200 and all(len(p.ids) > shared for p in prepared)  # the few-shot block, at least
+
+    start = hf_engine.prefill_positions
+    together = await hf_engine.chat(greedy, timeout=300)
+    positions = hf_engine.prefill_positions - start
+    alone = [(await hf_engine.chat([r], timeout=300))[0] for r in greedy]
+    assert [r.completions[0].text for r in together] == [r.completions[0].text for r in alone]
+    assert [r.completions[0].prompt_tokens for r in together] == [len(p.ids) for p in prepared]
+    widest = max(len(p.ids) for p in prepared) - shared
+    assert positions == shared + 3 * widest < sum(len(p.ids) for p in prepared)
+
+    sampled = ChatRequest(messages=tuple(chats[0]), sampling=Sampling(n=2, temperature=0.9, max_tokens=8, seed=3))
+    (two,) = await hf_engine.chat([sampled], timeout=300)
+    assert len(two.completions) == 2 and all(c.completion_tokens == 8 for c in two.completions)

@@ -1,7 +1,10 @@
 """The Hugging Face transformers engine: the embedded CPU default, and the trainer's engine.
 
 Generation: batched `generate` with left padding, one call per group of requests that share
-sampling settings. Option scoring: one forward pass over the padded (prompt + option) sequences —
+sampling settings. When the group's prompts begin alike (the critic's few-shot block: ~2,500 of a
+critique prompt's ~2,900 tokens), the shared beginning runs once and its key/value cache is copied to
+every row; each row's own tail follows it, left-padded after it, so prefill runs the shared tokens
+once instead of once per row. Option scoring: one forward pass over the padded (prompt + option) sequences —
 except that prompts sharing long prefixes run each shared stretch once, as a prefix tree
 (`tokens.prefix_tree`: the few-shot block of a batch, then a pair's conversation, then each order's
 responses, then the K principle questions), extending copies of the key/value cache; only the rows'
@@ -61,7 +64,11 @@ class TransformersEngine(LocalEngine):
         limit = getattr(self.hf_model.config, "max_position_embeddings", None) or 2048
         self.score_batch_tokens = score_batch_tokens
         self.shared_prefix_tokens = shared_prefix_tokens
-        """Scoring prompts that share at least this many leading tokens run them once; None: never."""
+        """Prompts (scored or generated together) that share at least this many leading tokens run them
+        once; None: never."""
+        self.prefill_positions = 0
+        """Token positions the model has run to prefill generation prompts, padding included (what a
+        shared prefix saves)."""
         self.scored_positions = 0
         """Token positions the model has run for option scoring, padding included (what prefix sharing
         saves, read by benchmarks/judge_principles.py)."""
@@ -92,15 +99,11 @@ class TransformersEngine(LocalEngine):
     def _generate_group(self, prompts: list[list[int]], sampling: Sampling) -> list[ChatResult]:
         torch = self._torch
         pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         greedy = sampling.temperature == 0.0
         runs = 1 if greedy else sampling.n  # greedy samples are identical: decode once, repeat
         kwargs: dict[str, Any] = {
             "max_new_tokens": sampling.max_tokens,
             "do_sample": not greedy,
-            "num_return_sequences": runs,
             "pad_token_id": pad,
         }
         if not greedy:
@@ -110,11 +113,27 @@ class TransformersEngine(LocalEngine):
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         kwargs["stopping_criteria"] = self._stop_when_abandoned()
+        shared = self._shared_length(prompts) if len(prompts) * runs > 1 else 0
+        tails = [p[shared:] for p in prompts]
+        width = max(len(x) for x in tails)
+        input_ids = torch.tensor(
+            [p[:shared] + [pad] * (width - len(x)) + x for p, x in zip(prompts, tails, strict=True)]
+        )
+        attention = torch.tensor([[1] * shared + [0] * (width - len(x)) + [1] * len(x) for x in tails])
+        if shared:  # the shared beginning once; every row (each sample of each prompt) starts from a copy
+            kwargs["past_key_values"] = self._prefix_cache(prompts[0][:shared], len(prompts) * runs)
+            input_ids = input_ids.repeat_interleave(runs, dim=0)
+            attention = attention.repeat_interleave(runs, dim=0)
+            self.prefill_positions += shared + input_ids.shape[0] * width
+        else:
+            kwargs["num_return_sequences"] = runs
+            self.prefill_positions += len(prompts) * runs * width
         with torch.inference_mode():
             # the Auto class's return type leaves out GenerationMixin, which every causal LM has
             out = self.hf_model.generate(  # type: ignore[misc]
                 input_ids=input_ids, attention_mask=attention, **kwargs
             )
+        width += shared
         new = out[:, width:].tolist()
         eos = set(_as_list(self.hf_model.generation_config.eos_token_id))
         results = []
@@ -132,6 +151,27 @@ class TransformersEngine(LocalEngine):
                 completions.append(Completion(text, len(prompt), count, finish))
             results.append(ChatResult(tuple(completions)))
         return results
+
+    def _shared_length(self, prompts: list[list[int]]) -> int:
+        """How many leading tokens every prompt shares, when worth running once (at least
+        `shared_prefix_tokens`; each prompt keeps one token of its own, which gives its first logits);
+        0 otherwise."""
+        if self.shared_prefix_tokens is None:
+            return 0
+        first, limit = prompts[0], min(len(p) for p in prompts) - 1
+        length = 0
+        while length < limit and all(p[length] == first[length] for p in prompts):
+            length += 1
+        return length if length >= self.shared_prefix_tokens else 0
+
+    def _prefix_cache(self, prefix: list[int], rows: int) -> Any:
+        """The key/value cache of `prefix`, run once, copied for `rows` rows."""
+        torch = self._torch
+        with torch.inference_mode():
+            ids = torch.tensor([prefix])
+            cache = self.hf_model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(rows)
+        return cache
 
     def _stop_when_abandoned(self) -> Any:
         """Decoding stops at the next token once no caller waits for the batch (`abandoned`): past
