@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charter.core.errors import InvalidArgument, NotFound
+from charter.inference.allocator import keep_freed_memory
 from charter.inference.local import LocalEngine
 from charter.inference.tokens import PrefixNode, PreparedChat, ScoreItem, prefix_tree, truncate_at_stop
 from charter.inference.types import ChatResult, Completion, ModelInfo, Sampling
@@ -54,6 +55,7 @@ class TransformersEngine(LocalEngine):
             raise InvalidArgument(f"dtype must be one of {sorted(_DTYPES)} (value: {dtype!r})")
         if threads:
             torch.set_num_threads(threads)
+        keep_freed_memory()  # each decoding step's tensors reuse the last step's memory (inference.allocator)
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.tokenizer.padding_side = "left"
