@@ -48,8 +48,8 @@ _tracer: Any = None
 """The OpenTelemetry tracer while tracing is on; None: off (the only state the helpers read)."""
 _provider: Any = None
 _configured: TracingSettings | None = None
-_items: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("items", default=None)
-"""Inside `item_traces`: each item's key -> the `traceparent` of its trace."""
+_items: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("items", default=None)
+"""Inside `item_traces`: each item's key -> the root span of its trace."""
 
 
 def enabled() -> bool:
@@ -124,14 +124,10 @@ def span(name: str, attributes: Mapping[str, Any] | None = None, *, root: bool =
     if _tracer is None:
         yield None
         return
-    from opentelemetry import context, trace
+    from opentelemetry import context
 
-    links: Sequence[Any] = ()
-    parent = None
-    if root:
-        around = trace.get_current_span().get_span_context()
-        links = [trace.Link(around)] if around.is_valid else ()
-        parent = context.Context()
+    links = _link_to_current() if root else []
+    parent = context.Context() if root else None
     with _tracer.start_as_current_span(name, context=parent, links=links, attributes=attributes) as s:
         yield s
 
@@ -142,17 +138,40 @@ def trace_id() -> str | None:
         return None
     from opentelemetry import trace
 
-    ctx = trace.get_current_span().get_span_context()
+    return _sampled_trace_id(trace.get_current_span())
+
+
+def _sampled_trace_id(s: Any) -> str | None:
+    from opentelemetry import trace
+
+    ctx = s.get_span_context()
     return trace.format_trace_id(ctx.trace_id) if ctx.is_valid and ctx.trace_flags.sampled else None
 
 
-def _traceparent(s: Any) -> str:
+def _carrier(s: Any) -> dict[str, str]:
+    """The W3C headers (`traceparent`, `tracestate`) that make `s` the parent on the other side."""
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     carrier: dict[str, str] = {}
     TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(s))
-    return carrier.get("traceparent", "")
+    return carrier
+
+
+def _link_to_current() -> list[Any]:
+    """A link to the current span, for a span that starts a trace (or joins another) of its own."""
+    from opentelemetry import trace
+
+    around = trace.get_current_span().get_span_context()
+    return [trace.Link(around)] if around.is_valid else []
+
+
+def _fail(spans: Iterable[Any], err: BaseException) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    for s in spans:
+        if s is not None:
+            s.set_status(Status(StatusCode.ERROR, type(err).__name__))
 
 
 @contextlib.contextmanager
@@ -166,24 +185,20 @@ def item_traces(
     if _tracer is None:
         yield
         return
-    from opentelemetry import context, trace
-    from opentelemetry.trace import Status, StatusCode
+    from opentelemetry import context
 
-    around = trace.get_current_span().get_span_context()
-    links = [trace.Link(around)] if around.is_valid else []
-    common = dict(attributes or {})
+    links, common = _link_to_current(), dict(attributes or {})
     spans = {
         key: _tracer.start_span(
             name, context=context.Context(), links=links, attributes={**common, "charter.item_key": key}
         )
         for key in dict.fromkeys(keys)
     }
-    token = _items.set({key: _traceparent(s) for key, s in spans.items()})
+    token = _items.set(spans)
     try:
         yield
     except BaseException as err:
-        for s in spans.values():
-            s.set_status(Status(StatusCode.ERROR, type(err).__name__))
+        _fail(spans.values(), err)
         raise
     finally:
         _items.reset(token)
@@ -195,15 +210,15 @@ def item_traceparents(keys: Iterable[str]) -> list[str]:
     """The `traceparent` of each item's trace (`item_traces`), in order, for a request's
     `item_traceparents`; empty outside `item_traces` (and while tracing is off)."""
     known = _items.get()
-    return [known.get(key, "") for key in keys] if known else []
+    if not known:
+        return []
+    return [_carrier(known[key]).get("traceparent", "") if key in known else "" for key in keys]
 
 
 def item_trace_id(key: str) -> str | None:
     """The id of the item's trace (32 hex digits) inside `item_traces`, when it is sampled."""
-    parts = (_items.get() or {}).get(key, "").split("-")
-    if len(parts) != 4 or not int(parts[3], 16) & 1:
-        return None
-    return parts[1]
+    s = (_items.get() or {}).get(key)
+    return None if s is None else _sampled_trace_id(s)
 
 
 def item_span(
@@ -230,8 +245,7 @@ def _item_span(
     if not trace.get_current_span(parent).get_span_context().is_valid:
         yield None
         return
-    around = trace.get_current_span().get_span_context()
-    links = [trace.Link(around)] if around.is_valid else []
+    links = _link_to_current()
     if current:
         with _tracer.start_as_current_span(name, context=parent, links=links, attributes=attributes) as s:
             yield s
@@ -251,8 +265,6 @@ def item_spans(name: str, traceparents: Sequence[str]) -> Iterator[list[Any]]:
     if _tracer is None or not any(traceparents):
         yield [None] * len(traceparents)
         return
-    from opentelemetry.trace import Status, StatusCode
-
     with contextlib.ExitStack() as stack:
         spans = [
             stack.enter_context(_item_span(name, parent, {"charter.item_index": i}, current=False))
@@ -261,9 +273,7 @@ def item_spans(name: str, traceparents: Sequence[str]) -> Iterator[list[Any]]:
         try:
             yield spans
         except BaseException as err:
-            for s in spans:
-                if s is not None:
-                    s.set_status(Status(StatusCode.ERROR, type(err).__name__))
+            _fail(spans, err)
             raise
 
 
@@ -277,14 +287,11 @@ def client_span(full_method: str) -> tuple[Any, list[tuple[str, str]]]:
     span; returns it and the metadata that carries it (`traceparent`, `tracestate`). End it with
     `end`. Only while tracing is on."""
     from opentelemetry import trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     s = _tracer.start_span(
         full_method.lstrip("/"), kind=trace.SpanKind.CLIENT, attributes=_rpc_attributes(full_method)
     )
-    carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(s))
-    return s, list(carrier.items())
+    return s, list(_carrier(s).items())
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ Secrets never reach a card: `command_line` masks `--token` values and passwords 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -27,7 +28,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,11 +318,8 @@ def write_saved_dataset(
         )
     if out.exists() and any(out.iterdir()) and not (out / "dataset_dict.json").exists():
         raise FailedPrecondition(f"{out}: not a dataset folder this command wrote; choose another --out")
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with _scratch(datasets, out.parent, f".{out.name}.") as tmp:
         data = datasets.DatasetDict(
             {name: datasets.Dataset.from_dict(_table(rows)) for name, rows in splits.items()}
         )
@@ -339,10 +337,6 @@ def write_saved_dataset(
             if old.exists():
                 old.rename(out)  # the earlier export stays
             raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if bars:
-            datasets.enable_progress_bars()
 
 
 def write_disk_layout(folder: Path, parquet: Path) -> bool:
@@ -357,20 +351,27 @@ def write_disk_layout(folder: Path, parquet: Path) -> bool:
     import datasets
     import pyarrow.parquet as pq
 
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".disk-layout.", suffix=".tmp"))
-    try:
+    with _scratch(datasets, folder, ".disk-layout.") as tmp:
         layout = datasets.DatasetDict({"train": datasets.Dataset(pq.read_table(parquet))})
         layout.save_to_disk(str(tmp / "data"))
         shutil.rmtree(folder / "train", ignore_errors=True)
         (tmp / "data" / "train").rename(folder / "train")
         os.replace(tmp / "data" / "dataset_dict.json", folder / "dataset_dict.json")
+    return True
+
+
+@contextlib.contextmanager
+def _scratch(datasets: Any, parent: Path, prefix: str) -> Iterator[Path]:
+    """A temporary folder in `parent` to `save_to_disk` into (removed after), progress bars off."""
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=".tmp"))
+    try:
+        yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if bars:
             datasets.enable_progress_bars()
-    return True
 
 
 def hub_token() -> str:

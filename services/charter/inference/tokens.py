@@ -181,6 +181,11 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def shared_length(rows: Sequence[list[int]]) -> int:
+    """How many leading tokens every row shares (that of the lexicographically first and last rows)."""
+    return _common(min(rows), max(rows)) if rows else 0
+
+
 @dataclass
 class PrefixNode:
     """Tokens [start, end) shared by every row under this node (`rows[0]` holds them), run once on top

@@ -22,7 +22,14 @@ from typing import Any, Literal
 from charter.core.errors import InvalidArgument, NotFound
 from charter.inference.allocator import keep_freed_memory
 from charter.inference.local import LocalEngine
-from charter.inference.tokens import PrefixNode, PreparedChat, ScoreItem, prefix_tree, truncate_at_stop
+from charter.inference.tokens import (
+    PrefixNode,
+    PreparedChat,
+    ScoreItem,
+    prefix_tree,
+    shared_length,
+    truncate_at_stop,
+)
 from charter.inference.types import ChatResult, Completion, ModelInfo, Sampling
 
 _DTYPES = {"bfloat16", "float16", "float32"}
@@ -160,10 +167,7 @@ class TransformersEngine(LocalEngine):
         0 otherwise."""
         if self.shared_prefix_tokens is None:
             return 0
-        first, limit = prompts[0], min(len(p) for p in prompts) - 1
-        length = 0
-        while length < limit and all(p[length] == first[length] for p in prompts):
-            length += 1
+        length = min(shared_length(prompts), min(len(p) for p in prompts) - 1)
         return length if length >= self.shared_prefix_tokens else 0
 
     def _prefix_cache(self, prefix: list[int], rows: int) -> Any:
