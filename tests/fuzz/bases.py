@@ -64,6 +64,7 @@ def bases() -> dict[str, Any]:
     return {
         "GeneratorService/Generate": generate,
         "GeneratorService/SwapModel": generator_pb2.SwapModelRequest(model="run:r-0000"),
+        "GeneratorService/PushWeights": generator_pb2.PushWeightsRequest(name="ppo/step-1", data=b"\0" * 16),
         "CriticReviserService/CritiqueRevise": critique,
         "CriticReviserService/CritiqueReviseStream": critique_stream,
         "JudgeService/Compare": compare,

@@ -27,7 +27,7 @@ def test_buf_lint_passes() -> None:
 @pytest.mark.parametrize(
     ("service", "rpcs", "streaming"),
     [
-        ("generator", {"Generate", "SwapModel"}, {"Generate"}),
+        ("generator", {"Generate", "SwapModel", "PushWeights"}, {"Generate"}),
         ("critic-reviser", {"CritiqueRevise", "CritiqueReviseStream"}, {"CritiqueReviseStream"}),
         ("judge", {"Compare", "CompareStream"}, {"CompareStream"}),
         ("review", {"Submit", "Claim", "Decide", "Release", "StreamLabels", "Stats"}, {"StreamLabels"}),

@@ -176,6 +176,18 @@ def test_a_gold_judge_must_be_on_the_list_when_there_is_one(roots: Limits):
     check(spec_from_proto(s), limits=listed)
 
 
+def test_a_rollout_generator_must_be_on_the_list_when_there_is_one(roots: Limits):
+    from charter.trainer.resolve import grants
+
+    s = spec({"rollout_generator": "elsewhere:1"}, algorithm=tp.ALGORITHM_PPO, reward_model="embedded")
+    listed = Limits(roots=roots.roots, generator_addresses=("generator:50051",))
+    assert refusal(listed, s).field == "spec.hyperparameters.rollout_generator"
+    assert grants(spec_from_proto(s), roots) == ()  # no list: allowed, but no token goes with it
+    s = spec({"rollout_generator": "dns:///generator:50051"}, algorithm=tp.ALGORITHM_PPO, reward_model="embedded")
+    check(spec_from_proto(s), limits=listed)
+    assert grants(spec_from_proto(s), listed) == ("generator",)
+
+
 @pytest.mark.parametrize(
     ("resources", "field"),
     [

@@ -67,6 +67,11 @@ class Resources:
         await engine.close()
         return True
 
+    def shares(self, engine: InferenceClient) -> bool:
+        """Whether `engine` serves more than one service: several here, or it was handed in (its
+        owner may use it elsewhere). Pushed weights would change it for all of them."""
+        return engine is self._engine and (self._users > 1 or not self._owns_engine)
+
     def registry(self) -> ConstitutionRegistry:
         if self._registry is None:
             c = self.settings.constitutions
@@ -108,6 +113,7 @@ def _generator(resources: Resources, access: AccessPolicy) -> Any:
         build=resources.engine_on,
         retire=resources.release_engine,
         drain_seconds=s.swap_drain_seconds,
+        shared=resources.shares,
     )
     follow = None
     if s.follow_run_name:
@@ -189,7 +195,7 @@ REVIEWER = ("reviewer",)
 ADMIN = ("admin",)
 
 ROLES: dict[str, dict[str, tuple[str, ...]]] = {
-    "generator": {"Generate": SERVICE, "SwapModel": ADMIN},
+    "generator": {"Generate": SERVICE, "SwapModel": ADMIN, "PushWeights": ADMIN},
     "critic-reviser": {"CritiqueRevise": SERVICE, "CritiqueReviseStream": SERVICE},
     "judge": {"Compare": SERVICE, "CompareStream": SERVICE},
     "review": {

@@ -282,11 +282,18 @@ class Runner:
         scorer = RewardModelScorer(self.spec.reward_model)
         watch = self._watch(tokenizer)
         prompts = prompts_from_rows(rows)
-        texts = [
-            tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            for prompt in (watch.split(prompts) if watch is not None else prompts)
-        ]
-        trainer = PPOTrainer(policy, None, tokenizer, scorer, config)
+        prompts = watch.split(prompts) if watch is not None else prompts
+        template = tokenizer.apply_chat_template
+        texts = [template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        sampler = None
+        if config.rollout_generator:  # rollouts on the generator's engine, the weights pushed to it
+            from charter.app.ppo_rollouts import GeneratorSampler, generator_token
+
+            sampler = GeneratorSampler(
+                config.rollout_generator, dict(zip(texts, prompts, strict=True)), config,
+                run=self.run_dir.name, token=generator_token(),
+            )  # fmt: skip
+        trainer = PPOTrainer(policy, None, tokenizer, scorer, config, sampler=sampler)
         self.emit = events.Emitter(
             self.emit.stream, enabled=self.emit.enabled and trainer.accelerator.is_main_process,
             nonce=self.emit.nonce,
@@ -328,6 +335,8 @@ class Runner:
         elif trainer.accelerator.is_main_process:
             trainer.unwrapped.save_pretrained(self.output)
             tokenizer.save_pretrained(str(self.output))
+        if sampler is not None:
+            sampler.close()
 
 
 def _causal_lm(folder: str) -> Any:

@@ -179,6 +179,23 @@ class _Call:
             self._traced.__exit__(exc_type, exc, tb)
 
 
+def _parsed(request: Any) -> Any:
+    """The request, refused when it does not parse; a request stream whose messages are refused so
+    as the servicer reads them (INVALID_ARGUMENT, like a single request's)."""
+    if isinstance(request, Undecodable):
+        raise request.refuse()
+    if not hasattr(request, "__aiter__"):
+        return request
+
+    async def messages() -> AsyncIterator[Any]:
+        async for message in request:
+            if isinstance(message, Undecodable):
+                raise message.refuse()
+            yield message
+
+    return messages()
+
+
 def _wrap_unary(
     service: str, method: str, behavior: Callable[..., Awaitable[Any]], policy: AccessPolicy | None
 ) -> Callable[..., Any]:
@@ -186,9 +203,7 @@ def _wrap_unary(
         with _Call(service, method, context) as call:
             try:
                 async with call.admitted(policy), call.deadline():
-                    if isinstance(request, Undecodable):
-                        raise request.refuse()
-                    response = behavior(request, context)
+                    response = behavior(_parsed(request), context)
                     if inspect.isawaitable(response):
                         response = await response
                 call.sent = 1
@@ -207,9 +222,7 @@ def _wrap_stream(
             counter = metrics.RPC_MESSAGES_SENT.labels(service, method)
             try:
                 async with call.admitted(policy), call.deadline():
-                    if isinstance(request, Undecodable):
-                        raise request.refuse()
-                    responses = behavior(request, context)
+                    responses = behavior(_parsed(request), context)
                     if not hasattr(responses, "__aiter__"):  # a plain generator (or a sync base method)
                         responses = _aiter(responses)
                     async for response in responses:
@@ -244,13 +257,13 @@ class ServerInterceptor(aio.ServerInterceptor):
         if handler is None or full.startswith("/grpc."):
             return handler
         service, _, method = full.lstrip("/").partition("/")
-        kinds = (  # (attribute, constructor, wrapper, whether the request is one message)
-            ("unary_unary", grpc.unary_unary_rpc_method_handler, _wrap_unary, True),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler, _wrap_unary, False),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler, _wrap_stream, True),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler, _wrap_stream, False),
+        kinds = (  # (attribute, constructor, wrapper)
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, _wrap_unary),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, _wrap_unary),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, _wrap_stream),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, _wrap_stream),
         )
-        for attr, make, wrap, unary_request in kinds:
+        for attr, make, wrap in kinds:
             behavior = getattr(handler, attr)
             if behavior is None:
                 continue
@@ -261,10 +274,7 @@ class ServerInterceptor(aio.ServerInterceptor):
                 return handler  # a servicer that writes with context.write(): leave it alone
             return make(
                 wrap(service, method, behavior, policy),
-                # a request stream's messages are the servicer's to read: only a single request is checked
-                request_deserializer=_tolerant(handler.request_deserializer)
-                if unary_request
-                else handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

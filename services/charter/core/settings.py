@@ -394,6 +394,11 @@ class TrainerSettings(_Section):
     `watch.gold_judge.address` may name. Set: any other is refused;
     empty: any judge, but the worker then gets no judge token. The judge token (`CHARTER_JUDGE_TOKEN`
     / `_FILE` in the service's environment) reaches a local worker only for a judge on this list."""
+    generator_addresses: list[str] = []
+    """Generators (compared as `review_addresses` are) a PPO spec's `hyperparameters.rollout_generator`
+    may name: the worker pushes its weights there and samples its rollouts there. Set: any other is
+    refused; empty: any, but without a token. The generator's admin token (`CHARTER_GENERATOR_TOKEN` /
+    `_FILE` in the service's environment) reaches a local worker only for a generator on this list."""
     allowed_roots: list[Path] | None = None
     """Folders a spec's paths (base_model, reward_model, data files, probe files, deepspeed /
     fsdp_config / accelerator_config / chat_template_path) must resolve under, symlinks followed.
@@ -472,6 +477,7 @@ _NOT_SETTINGS = frozenset(
     f"CHARTER_{name}"
     for name in (
         *("REVIEW_TOKEN", "REVIEW_TOKEN_FILE", "JUDGE_TOKEN", "JUDGE_TOKEN_FILE"),
+        *("GENERATOR_TOKEN", "GENERATOR_TOKEN_FILE"),
         *("TORCH_THREADS", "LOG", "EXIT", "EVENT_NONCE", "PROGRESS_INTERVAL"),
     )
 )

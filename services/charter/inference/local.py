@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from charter.core.errors import CharterError, Internal, ResourceExhausted, Unavailable
+from charter.core.errors import CharterError, FailedPrecondition, Internal, ResourceExhausted, Unavailable
 from charter.inference.deadlines import as_completed_within, await_with_deadline
 from charter.inference.tokens import PreparedChat, ScoreItem, collect_scores, plan_scores, prepare_chat
 from charter.inference.types import ChatRequest, ChatResult, ModelInfo, OptionScores, ScoreRequest
@@ -33,7 +33,7 @@ _STOP = object()
 
 @dataclass
 class _Job:
-    kind: str  # "chat" | "score"
+    kind: str  # "chat" | "score" | "weights"
     items: Sequence[Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
@@ -103,6 +103,11 @@ class LocalEngine(ABC):
     def _score(self, items: list[ScoreItem]) -> list[list[float]]:
         """Each option's total log-probability after its prompt, for every item, in one engine call."""
 
+    def _load_weights(self, folder: str) -> int:
+        """Copy the safetensors tensors in `folder` into the model in place (checked beforehand by
+        `inference.weights.check_push`); runs on the worker thread, between engine calls."""
+        raise FailedPrecondition(f"the {self.engine_name} engine cannot load pushed weights")
+
     def _shutdown(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -164,6 +169,13 @@ class LocalEngine(ABC):
         return await await_with_deadline(
             self._submit("score", list(requests)), timeout or self.default_timeout
         )
+
+    async def load_weights(self, folder: str, *, timeout: float | None = None) -> int:
+        """Load the weights in `folder` into the served model in place, between two engine calls
+        (never during one); the number of tensors loaded. The caller checks the folder first
+        (`inference.weights.check_push`) and keeps calls away meanwhile (`policy.ServedPolicy.push`)."""
+        loaded: int = await await_with_deadline(self._submit("weights", [folder]), timeout)
+        return loaded
 
     async def healthy(self) -> bool:
         """Whether calls can be served: open, and its worker thread running."""
@@ -231,6 +243,9 @@ class LocalEngine(ABC):
             self._pending -= sum(len(j.items) for j in done)
 
     def _run(self, batch: list[_Job]) -> None:
+        if batch[0].kind == "weights":
+            self._run_weights(batch)
+            return
         live: list[_Job] = []
         for job in batch:
             if job.future.done():
@@ -285,4 +300,21 @@ class LocalEngine(ABC):
         )
         self._book(live)
         for job, result, error in outcome:
+            _resolve(job, result, error)
+
+    def _run_weights(self, jobs: list[_Job]) -> None:
+        """Each weights job on its own, in order: the model is whole between two of them."""
+        for job in jobs:
+            if job.future.done():  # its caller gave up before it began: the model stays as it is
+                self._book([job])
+                continue
+            try:
+                result, error = self._load_weights(job.items[0]), None
+            except CharterError as err:
+                result, error = None, err
+            except Exception as err:
+                log.exception("inference.weights.failed", engine=self.engine_name)
+                failure = Internal(f"the {self.engine_name} engine could not load the weights: {err}")
+                result, error = None, failure
+            self._book([job])
             _resolve(job, result, error)

@@ -20,6 +20,11 @@ the engine (`swap_mode`):
 - `remote` (the OpenAI-compatible engine, or anything else): the server at the other end owns the
   model; a swap is refused (FAILED_PRECONDITION).
 
+`push` loads new weights for the same model into the served engine in place (a trainer's policy after
+each update, `inference.weights`): checked against the served checkpoint's names and shapes first,
+then the same drain, then the engine copies them in between two of its calls; the version becomes
+`<name>@sha256:<digest of the pushed files>` (its `path` stays the model folder it was loaded from).
+
 Example:
     policy = ServedPolicy(engine, build=lambda folder, name: build_engine(...))
     async with policy.lease(timeout=30) as (engine, version):
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -50,6 +56,7 @@ from charter.core.errors import (
 from charter.core.files import folder_digest
 from charter.inference.models import is_model_folder
 from charter.inference.types import InferenceClient, ModelInfo
+from charter.inference.weights import check_push
 
 log = structlog.get_logger("charter.inference.policy")
 
@@ -96,6 +103,8 @@ class SwapOutcome:
     previous_engine: InferenceClient
     paused_seconds: float
     """How long new calls were held: the drain, and for `in_place` the load too."""
+    tensors: int = 0
+    """Tensors loaded (a push)."""
 
 
 class ServedPolicy:
@@ -103,8 +112,10 @@ class ServedPolicy:
 
     `build`: starts an engine on a model folder (used by `swap`); `retire`: offers the engine given
     here back to its owner once it is swapped out (None: it stays loaded); the engines `swap` built are
-    the policy's to close. `drain_seconds`: how long a swap waits for calls in flight before it gives
-    up. A swap, once begun, runs to its end even when its caller goes away."""
+    the policy's to close. `shared`: whether an engine also serves other services in this process
+    (pushed weights would change them too, so `push` is refused). `drain_seconds`: how long a swap
+    waits for calls in flight before it gives up. A swap, once begun, runs to its end even when its
+    caller goes away."""
 
     def __init__(
         self,
@@ -114,12 +125,14 @@ class ServedPolicy:
         retire: Retire | None = None,
         drain_seconds: float = 600.0,
         version: PolicyVersion | None = None,
+        shared: Callable[[InferenceClient], bool] | None = None,
     ) -> None:
         self._engine = engine
         self._version = version or policy_version(engine.model)
         self._build = build
         self._retire = retire
         self._given = engine
+        self._shared = shared
         self.drain_seconds = drain_seconds
         self._open = asyncio.Event()
         self._open.set()
@@ -204,6 +217,50 @@ class ServedPolicy:
             if mode == "beside":
                 return await self._swap_beside(folder, name, digest)
             return await self._swap_in_place(folder, name, digest)
+
+    async def push(self, folder: str, name: str, *, remove: bool = False) -> SwapOutcome:
+        """Load the weights in `folder` (`inference.weights`) into the served engine in place and serve
+        them as `name` from now on; `remove`: delete the folder once done, whatever happens. Calls in
+        flight finish on the old weights first. Like a swap, it runs to its end when its caller goes."""
+        task = asyncio.ensure_future(self._push(folder, name))
+        task.add_done_callback(_log_orphan)
+        if remove:
+            task.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
+        return await asyncio.shield(task)
+
+    async def _push(self, folder: str, name: str) -> SwapOutcome:
+        async with self._swapping:
+            engine, previous = self._engine, self._version
+            load = getattr(engine, "load_weights", None)
+            if swap_mode(engine) == "remote" or load is None:
+                raise FailedPrecondition(
+                    f"the {engine.model.engine} engine cannot load pushed weights; serve an in-process engine"
+                )
+            if self._shared is not None and self._shared(engine):
+                raise FailedPrecondition(
+                    "the generator shares its engine with other services in this process, which pushed "
+                    "weights would change too; run the generator in its own process"
+                )
+            if self._broken is not None:
+                raise Unavailable(self._broken)
+            tensors = await asyncio.to_thread(check_push, folder, previous.path)
+            digest = await asyncio.to_thread(folder_digest, Path(folder))
+            started = await self._drain()
+            try:
+                loaded = await load(folder)
+            except CharterError as err:  # part of the weights may be in: serve nothing rather than a mix
+                self._broken = (
+                    f"the generator's weights are incomplete: a push failed ({err.message}); swap a model in"
+                )
+                log.error("generator.policy.push_failed", name=name, error=err.message)
+                raise
+            else:
+                ident = f"{name}@{digest[:_DIGEST_CHARS]}"
+                self._version = PolicyVersion(id=ident, name=name, path=previous.path, digest=digest)
+            finally:
+                self._open.set()
+            log.info("generator.policy.pushed", version=self._version.id, tensors=loaded, checked=tensors)
+            return SwapOutcome(self._version, previous, engine, engine, time.monotonic() - started, loaded)
 
     async def _swap_beside(self, folder: str, name: str, digest: str) -> SwapOutcome:
         new = await self._start(folder, name)

@@ -179,6 +179,18 @@ class TransformersEngine(LocalEngine):
         cache.batch_repeat_interleave(rows)
         return cache
 
+    def _load_weights(self, folder: str) -> int:
+        """The pushed tensors copied into the model's parameters (cast to its dtype), file by file."""
+        from safetensors.torch import load_file
+
+        count = 0
+        with self._torch.no_grad():
+            for file in sorted(Path(folder).glob("*.safetensors")):
+                for name, tensor in load_file(str(file)).items():
+                    self.hf_model.get_parameter(name).copy_(tensor)  # a tied name finds the shared one
+                    count += 1
+        return count
+
     def _stop_when_abandoned(self) -> Any:
         """Decoding stops at the next token once no caller waits for the batch (`abandoned`): past
         a deadline the CPU goes to the next batch, and a closing engine's worker ends within a step

@@ -159,6 +159,15 @@ class VllmEngine(LocalEngine):
                 out[i][k] = sum(_logprob(logprobs[p], tokens[p]) for p in range(start, len(tokens)))
         return out
 
+    def _load_weights(self, folder: str) -> int:
+        """vLLM's in-place reload from the pushed folder on every worker, then a fresh prefix cache
+        (its blocks were computed with the old weights)."""
+        from charter.inference.weights import checkpoint_shapes
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+        self.llm.reset_prefix_cache()
+        return len(checkpoint_shapes(folder))
+
     def _shutdown(self) -> None:
         engine = getattr(self.llm, "llm_engine", None)
         shutdown = getattr(engine, "shutdown", None) or getattr(

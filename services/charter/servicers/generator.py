@@ -6,14 +6,19 @@ prompts; each (prompt, sample) streams back as soon as its prompt is done.
 
 A call holds a lease on the served policy (`inference.policy.ServedPolicy`) from its first prompt to
 its last reply, so all its replies come from one model and carry that model's policy version;
-`SwapModel` waits for those leases (the drain) before it replaces the model.
+`SwapModel` waits for those leases (the drain) before it replaces the model; `PushWeights` writes the
+streamed safetensors file to a folder of its own and has the policy load it in place the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -133,5 +138,44 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         return generator_pb2.SwapModelResponse(
             model=convert.model_proto(outcome.engine.model, outcome.version),
             previous=convert.model_proto(outcome.previous_engine.model, outcome.previous),
+            paused_seconds=outcome.paused_seconds,
+        )
+
+    async def PushWeights(
+        self,
+        request_iterator: AsyncIterator[generator_pb2.PushWeightsRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> generator_pb2.PushWeightsResponse:
+        folder = Path(tempfile.mkdtemp(prefix="charter-push-"))
+        handed = False  # once the policy has the folder, it removes it when the push ends
+        try:
+            name, request_id, received = "", "", 0
+            with (folder / "model.safetensors").open("wb") as out:
+                async for chunk in request_iterator:
+                    name, request_id = name or chunk.name.strip(), request_id or chunk.request_id
+                    received += len(chunk.data)
+                    await asyncio.to_thread(out.write, chunk.data)
+            if not name:
+                raise InvalidArgument("name: the first message names the pushed weights", field="name")
+            if not received:
+                raise InvalidArgument("data: no bytes were pushed", field="data")
+            handed = True
+            outcome = await self.policy.push(str(folder), name, remove=True)
+        finally:
+            if not handed:
+                shutil.rmtree(folder, ignore_errors=True)
+        log.info(
+            "generator.weights.pushed",
+            request_id=request_id or uuid.uuid4().hex,
+            version=outcome.version.id,
+            previous=outcome.previous.id,
+            bytes=received,
+            paused_seconds=round(outcome.paused_seconds, 3),
+        )
+        return generator_pb2.PushWeightsResponse(
+            model=convert.model_proto(outcome.engine.model, outcome.version),
+            previous=convert.model_proto(outcome.engine.model, outcome.previous),
+            tensors=outcome.tensors,
+            bytes=received,
             paused_seconds=outcome.paused_seconds,
         )

@@ -9,7 +9,8 @@ is recorded or started, each refusal an INVALID_ARGUMENT naming the field:
   `trainer.allowed_roots`; a path outside the roots and a missing one inside them get the same
   message, so the service's filesystem cannot be probed through error texts;
 - `data.label_stream.address` is `trainer.review_address` or one of `trainer.review_addresses`;
-  `watch.gold_judge.address` one of `trainer.judge_addresses` when that list is set — compared as the
+  `watch.gold_judge.address` one of `trainer.judge_addresses` and a PPO run's
+  `hyperparameters.rollout_generator` one of `trainer.generator_addresses` when set — compared as the
   places dialled (`charter.core.targets.within`: `dns:///judge:50051` is `judge:50051`; an address
   list passes only when each of its addresses is allowed);
 - hyper-parameters that publish or report elsewhere (`push_to_hub`, `hub_*`, `report_to` other than
@@ -59,6 +60,7 @@ class Limits:
     review_address: str = ""
     review_addresses: tuple[str, ...] = ()
     judge_addresses: tuple[str, ...] = ()
+    generator_addresses: tuple[str, ...] = ()
     max_gpus: int = 8
     max_processes: int = 8
     max_nodes: int = 1
@@ -79,7 +81,8 @@ class Limits:
         resolved = tuple(dict.fromkeys(Path(r).expanduser().resolve() for r in roots))
         return cls(
             roots=resolved, review_address=s.review_address, review_addresses=tuple(s.review_addresses),
-            judge_addresses=tuple(s.judge_addresses), max_gpus=s.max_gpus, max_processes=s.max_processes,
+            judge_addresses=tuple(s.judge_addresses), generator_addresses=tuple(s.generator_addresses),
+            max_gpus=s.max_gpus, max_processes=s.max_processes,
             max_nodes=s.max_nodes, executor=s.executor,
             max_cpu=s.max_cpu, max_memory_gib=s.max_memory_gib, checkpoint_budget_gib=s.checkpoint_budget_gib,
         )  # fmt: skip
@@ -266,7 +269,21 @@ def admit(spec: RunSpec, limits: Limits) -> None:
             f"{field}: {judge.address} is not a judge this trainer may call (trainer.judge_addresses)",
             field=field,
         )
+    generator = rollout_generator(spec)
+    if generator and limits.generator_addresses and not targets.within(generator, limits.generator_addresses):
+        field = "spec.hyperparameters.rollout_generator"
+        raise InvalidArgument(
+            f"{field}: {generator} is not a generator this trainer may push weights to "
+            "(trainer.generator_addresses)",
+            field=field,
+        )
     _resources(spec, limits)
+
+
+def rollout_generator(spec: RunSpec) -> str:
+    """The generator a PPO run samples its rollouts from (`hyperparameters.rollout_generator`), or ""."""
+    value = (spec.hyperparameters or {}).get("rollout_generator") if spec.algorithm == "ppo" else None
+    return value.strip() if isinstance(value, str) else ""
 
 
 def deny_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,8 @@ class Launch:
     resume: bool
     """Resume from the run's last checkpoint (and its cached data) instead of starting afresh."""
     grants: tuple[str, ...] = ()
-    """The tokens this run's worker needs ("review", "judge"; `charter.trainer.resolve.grants`)."""
+    """The tokens this run's worker needs ("review", "judge", "generator";
+    `charter.trainer.resolve.grants`)."""
     threads: int | None = None
     """torch threads for a local worker (from `spec.resources.cpu`); None: `trainer.worker_threads`."""
     nonce: str = ""
@@ -138,7 +139,8 @@ class LocalExecutor:
         self.poll_seconds = poll_seconds
         self.env = env or {}
         self.secrets = secrets or {}
-        """Per grant ("review", "judge"): the variables a worker gets only when its run needs them."""
+        """Per grant ("review", "judge", "generator"): the variables a worker gets only when its run
+        needs them."""
         self.inherit = inherit
         """The service's environment variables workers inherit (`worker_environment`)."""
 
@@ -280,8 +282,11 @@ def build_executor(settings: TrainerSettings) -> Executor:
     if settings.review_token_file is not None:
         review["CHARTER_REVIEW_TOKEN_FILE"] = str(settings.review_token_file)
     judge = {k: os.environ[k] for k in ("CHARTER_JUDGE_TOKEN", "CHARTER_JUDGE_TOKEN_FILE") if k in os.environ}
+    names = ("CHARTER_GENERATOR_TOKEN", "CHARTER_GENERATOR_TOKEN_FILE")
+    generator = {k: os.environ[k] for k in names if k in os.environ}
     return LocalExecutor(
-        settings.runs_dir, threads=settings.worker_threads, secrets={"review": review, "judge": judge},
+        settings.runs_dir, threads=settings.worker_threads,
+        secrets={"review": review, "judge": judge, "generator": generator},
         inherit=tuple(settings.worker_env),
     )  # fmt: skip
 

@@ -2,7 +2,8 @@
 folder, local paths made absolute, and the review address set from the service's settings — the
 caller's own only when `charter.trainer.admission.review_address` allows it. Also what a run may be
 given beyond its spec (`grants`): the review token only for a label-stream run, the judge token only
-for a watch whose gold judge is on `trainer.judge_addresses`.
+for a watch whose gold judge is on `trainer.judge_addresses`, the generator's admin token only for a
+PPO run whose rollout generator is on `trainer.generator_addresses`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from charter.core import targets
 from charter.core.errors import InvalidArgument, NotFound
-from charter.trainer.admission import PATH_HYPERPARAMETERS, Limits, review_address
+from charter.trainer.admission import PATH_HYPERPARAMETERS, Limits, review_address, rollout_generator
 from charter.trainer.rounds import pick_round, round_ref
 from charter.trainer.runs import FileSource, RunSpec, RunState
 from charter.trainer.store import RunStore
@@ -53,13 +54,17 @@ def resolve(spec: RunSpec, store: RunStore, executor: str, limits: Limits) -> Ru
 
 
 def grants(spec: RunSpec, limits: Limits) -> tuple[str, ...]:
-    """The tokens a run's worker needs: "review" for a label stream, "judge" for an allowed gold judge."""
+    """The tokens a run's worker needs: "review" for a label stream, "judge" for an allowed gold judge,
+    "generator" for an allowed rollout generator."""
     out = []
     if spec.data.label_stream is not None:
         out.append("review")
     judge = spec.watch.gold_judge if spec.watch is not None else None
     if judge is not None and limits.judge_addresses and targets.within(judge.address, limits.judge_addresses):
         out.append("judge")
+    generator, allowed = rollout_generator(spec), limits.generator_addresses
+    if generator and allowed and targets.within(generator, allowed):
+        out.append("generator")
     return tuple(out)
 
 

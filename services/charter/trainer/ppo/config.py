@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from charter.core.errors import InvalidArgument, one_line
 
@@ -41,6 +49,11 @@ class PPOConfig(BaseModel):
     adam_eps: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(0, ge=0)
+    rollout_generator: str = Field(
+        "",
+        description="host:port of a generator service that samples the rollouts (its engine: vLLM where "
+        "installed); the policy's weights are pushed to it after each update. Empty: the policy's generate.",
+    )
     total_steps: int = Field(100, ge=1, description="Rollout + update rounds of a service run.")
     save_steps: int = Field(50, ge=1, description="A service run checkpoints every this many steps.")
 
@@ -51,6 +64,15 @@ class PPOConfig(BaseModel):
         if rollout is not None and rollout % value:
             raise ValueError(f"must divide rollout_batch_size ({value=}, {rollout=})")
         return value
+
+    @model_validator(mode="after")
+    def _generator_samples_alike(self) -> PPOConfig:
+        if self.rollout_generator and (self.top_k or self.min_new_tokens):
+            raise ValueError(
+                "rollout_generator: the generator samples with temperature and top-p only; "
+                "set top_k and min_new_tokens to 0"
+            )
+        return self
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, prefix: str = "hyperparameters") -> PPOConfig:

@@ -30,6 +30,7 @@ from charter.trainer.ppo.losses import (
     value_loss,
 )
 from charter.trainer.ppo.modeling import PolicyWithValueHead, RewardFn, pad_rows
+from charter.trainer.ppo.rollouts import Sampler, sampled_ids
 
 log = structlog.get_logger("charter.trainer.ppo")
 
@@ -62,6 +63,8 @@ class PPOTrainer:
 
     `prompts` are text as the model should see it (chat template applied); they are tokenized without
     special tokens. The policy stays in eval mode: dropout would make the first epoch's ratio ≠ 1.
+    `sampler`: samples the rollouts instead of the policy's `generate`, from the weights pushed to it
+    after each update (`ppo.rollouts`).
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class PPOTrainer:
         reward_fn: RewardFn,
         config: PPOConfig,
         accelerator: Any = None,
+        sampler: Sampler | None = None,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -81,7 +85,8 @@ class PPOTrainer:
             ref_model = copy.deepcopy(policy.pretrained)
         if {id(p) for p in ref_model.parameters()} & {id(p) for p in policy.parameters()}:
             raise InvalidArgument("the reference model shares weights with the policy; pass a copy or None")
-        self.config, self.tokenizer, self.reward_fn = config, tokenizer, reward_fn
+        self.config, self.tokenizer, self.reward_fn, self.sampler = config, tokenizer, reward_fn, sampler
+        self._synced: int | None = None  # the step whose weights the sampler holds
         self.accelerator = accelerator or Accelerator()
         set_seed(config.seed, device_specific=True)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -147,14 +152,17 @@ class PPOTrainer:
         rows = [row[-cfg.max_prompt_length :] for row in encoded]
         query_ids, query_mask = (t.to(device) for t in pad_rows(rows, self.pad_id, left=True))
         policy = self.unwrapped
-        with self.accelerator.autocast():
-            sequences = policy.pretrained.generate(
-                input_ids=query_ids, attention_mask=query_mask, generation_config=self._generation
-            )
-        response_ids = sequences[:, query_ids.shape[1] :]
-        is_eos = torch.isin(response_ids, self._eos)
-        response_mask = (is_eos.cumsum(1) - is_eos.long()) == 0
-        response_ids = response_ids.masked_fill(~response_mask, self.pad_id)
+        if self.sampler is not None:
+            response_ids, response_mask = (t.to(device) for t in self._sample(list(prompts)))
+        else:
+            with self.accelerator.autocast():
+                sequences = policy.pretrained.generate(
+                    input_ids=query_ids, attention_mask=query_mask, generation_config=self._generation
+                )
+            response_ids = sequences[:, query_ids.shape[1] :]
+            is_eos = torch.isin(response_ids, self._eos)
+            response_mask = (is_eos.cumsum(1) - is_eos.long()) == 0
+            response_ids = response_ids.masked_fill(~response_mask, self.pad_id)
         tensors = (query_ids, query_mask, response_ids, response_mask)
         logprobs, ref_logprobs, values = [], [], []
         with self.accelerator.autocast():
@@ -184,6 +192,19 @@ class PPOTrainer:
             values=torch.cat(values),  # type: ignore[arg-type]
             scores=scores.to(device=device, dtype=torch.float32),
         )
+
+    def _sample(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """The sampler's completions as response tensors; first it gets the current weights (pushed
+        by the main process once per step)."""
+        assert self.sampler is not None
+        if self._synced != self.step_count:
+            if self.accelerator.is_main_process:
+                self.sampler.sync(self.unwrapped.pretrained, self.step_count)
+            self.accelerator.wait_for_everyone()
+            self._synced = self.step_count
+        samples = self.sampler.sample(prompts, self.step_count)
+        eos = int(self._eos[0]) if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id
+        return sampled_ids(samples, self.tokenizer, self.config.max_new_tokens, eos, self.pad_id)
 
     def step(self, r: Rollout) -> dict[str, float]:
         """`ppo_epochs` passes of clipped PPO over shuffled mini-batches of `r`; updates β; metrics."""

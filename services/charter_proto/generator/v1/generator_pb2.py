@@ -26,7 +26,7 @@ from charter_proto.common.v1 import conversation_pb2 as charter_dot_common_dot_v
 from charter_proto.common.v1 import sampling_pb2 as charter_dot_common_dot_v1_dot_sampling__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$charter/generator/v1/generator.proto\x12\x14\x63harter.generator.v1\x1a$charter/common/v1/conversation.proto\x1a charter/common/v1/sampling.proto\"\xa7\x01\n\x0fGenerateRequest\x12\x30\n\x07prompts\x18\x01 \x03(\x0b\x32\x1f.charter.common.v1.Conversation\x12\x33\n\x08sampling\x18\x02 \x01(\x0b\x32!.charter.common.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x11item_traceparents\x18\x04 \x03(\t\"\xb6\x01\n\x10GenerateResponse\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x14\n\x0csample_index\x18\x03 \x01(\r\x12\x31\n\ncompletion\x18\x04 \x01(\x0b\x32\x1d.charter.common.v1.Completion\x12*\n\x05model\x18\x05 \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\"5\n\x10SwapModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x86\x01\n\x11SwapModelResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\x12-\n\x08previous\x18\x02 \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\x12\x16\n\x0epaused_seconds\x18\x03 \x01(\x01\x32\xcd\x01\n\x10GeneratorService\x12[\n\x08Generate\x12%.charter.generator.v1.GenerateRequest\x1a&.charter.generator.v1.GenerateResponse0\x01\x12\\\n\tSwapModel\x12&.charter.generator.v1.SwapModelRequest\x1a\'.charter.generator.v1.SwapModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$charter/generator/v1/generator.proto\x12\x14\x63harter.generator.v1\x1a$charter/common/v1/conversation.proto\x1a charter/common/v1/sampling.proto\"\xa7\x01\n\x0fGenerateRequest\x12\x30\n\x07prompts\x18\x01 \x03(\x0b\x32\x1f.charter.common.v1.Conversation\x12\x33\n\x08sampling\x18\x02 \x01(\x0b\x32!.charter.common.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x11item_traceparents\x18\x04 \x03(\t\"\xb6\x01\n\x10GenerateResponse\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x14\n\x0csample_index\x18\x03 \x01(\r\x12\x31\n\ncompletion\x18\x04 \x01(\x0b\x32\x1d.charter.common.v1.Completion\x12*\n\x05model\x18\x05 \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\"5\n\x10SwapModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x86\x01\n\x11SwapModelResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\x12-\n\x08previous\x18\x02 \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\x12\x16\n\x0epaused_seconds\x18\x03 \x01(\x01\"D\n\x12PushWeightsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa8\x01\n\x13PushWeightsResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\x12-\n\x08previous\x18\x02 \x01(\x0b\x32\x1b.charter.common.v1.ModelRef\x12\x0f\n\x07tensors\x18\x03 \x01(\r\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\x16\n\x0epaused_seconds\x18\x05 \x01(\x01\x32\xb3\x02\n\x10GeneratorService\x12[\n\x08Generate\x12%.charter.generator.v1.GenerateRequest\x1a&.charter.generator.v1.GenerateResponse0\x01\x12\\\n\tSwapModel\x12&.charter.generator.v1.SwapModelRequest\x1a\'.charter.generator.v1.SwapModelResponse\x12\x64\n\x0bPushWeights\x12(.charter.generator.v1.PushWeightsRequest\x1a).charter.generator.v1.PushWeightsResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SWAPMODELREQUEST']._serialized_end=542
   _globals['_SWAPMODELRESPONSE']._serialized_start=545
   _globals['_SWAPMODELRESPONSE']._serialized_end=679
-  _globals['_GENERATORSERVICE']._serialized_start=682
-  _globals['_GENERATORSERVICE']._serialized_end=887
+  _globals['_PUSHWEIGHTSREQUEST']._serialized_start=681
+  _globals['_PUSHWEIGHTSREQUEST']._serialized_end=749
+  _globals['_PUSHWEIGHTSRESPONSE']._serialized_start=752
+  _globals['_PUSHWEIGHTSRESPONSE']._serialized_end=920
+  _globals['_GENERATORSERVICE']._serialized_start=923
+  _globals['_GENERATORSERVICE']._serialized_end=1230
 # @@protoc_insertion_point(module_scope)

@@ -149,3 +149,70 @@ class SwapModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SwapModelResponse: _TypeAlias = SwapModelResponse  # noqa: Y015
+
+@_typing.final
+class PushWeightsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """First message: what to call the weights; the served version becomes `<name>@sha256:<digest>`."""
+    request_id: _builtins.str
+    """First message: echoed into logs; generated when empty."""
+    data: _builtins.bytes
+    """The next bytes of the safetensors file (chunks of at most a few MiB: gRPC's message limit)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushWeightsRequest: _TypeAlias = PushWeightsRequest  # noqa: Y015
+
+@_typing.final
+class PushWeightsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    TENSORS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    PAUSED_SECONDS_FIELD_NUMBER: _builtins.int
+    tensors: _builtins.int
+    """Tensors loaded, and the bytes received."""
+    bytes: _builtins.int
+    paused_seconds: _builtins.float
+    """How long new calls waited: the drain of the calls in flight, plus the load."""
+    @_builtins.property
+    def model(self) -> _sampling_pb2.ModelRef:
+        """What the generator serves now: model.policy_version tags every response from here on."""
+
+    @_builtins.property
+    def previous(self) -> _sampling_pb2.ModelRef:
+        """What it served before."""
+
+    def __init__(
+        self,
+        *,
+        model: _sampling_pb2.ModelRef | None = ...,
+        previous: _sampling_pb2.ModelRef | None = ...,
+        tensors: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        paused_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "previous", b"previous"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "model", b"model", "paused_seconds", b"paused_seconds", "previous", b"previous", "tensors", b"tensors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushWeightsResponse: _TypeAlias = PushWeightsResponse  # noqa: Y015

@@ -45,6 +45,11 @@ class GeneratorServiceStub:
                 request_serializer=charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelRequest.SerializeToString,
                 response_deserializer=charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelResponse.FromString,
                 _registered_method=True)
+        self.PushWeights = channel.stream_unary(
+                '/charter.generator.v1.GeneratorService/PushWeights',
+                request_serializer=charter_dot_generator_dot_v1_dot_generator__pb2.PushWeightsRequest.SerializeToString,
+                response_deserializer=charter_dot_generator_dot_v1_dot_generator__pb2.PushWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServiceServicer:
@@ -66,6 +71,16 @@ class GeneratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushWeights(self, request_iterator, context):
+        """Loads new weights into the served model in place (admin): a trainer pushes its policy after each
+        update and samples its next rollouts here. The stream is one safetensors file in chunks, with
+        every tensor of the served model's checkpoint under the same name and shape (any float dtype).
+        New calls wait while calls in flight finish, then run on the new weights.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +93,11 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
                     servicer.SwapModel,
                     request_deserializer=charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelRequest.FromString,
                     response_serializer=charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelResponse.SerializeToString,
+            ),
+            'PushWeights': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushWeights,
+                    request_deserializer=charter_dot_generator_dot_v1_dot_generator__pb2.PushWeightsRequest.FromString,
+                    response_serializer=charter_dot_generator_dot_v1_dot_generator__pb2.PushWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +155,33 @@ class GeneratorService:
             '/charter.generator.v1.GeneratorService/SwapModel',
             charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelRequest.SerializeToString,
             charter_dot_generator_dot_v1_dot_generator__pb2.SwapModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushWeights(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/charter.generator.v1.GeneratorService/PushWeights',
+            charter_dot_generator_dot_v1_dot_generator__pb2.PushWeightsRequest.SerializeToString,
+            charter_dot_generator_dot_v1_dot_generator__pb2.PushWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

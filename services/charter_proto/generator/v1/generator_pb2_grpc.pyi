@@ -39,6 +39,12 @@ class GeneratorServiceStub:
     """Serves another model from now on (admin): new calls wait while calls in flight finish on the old
     model, then they run on the new one. A model that fails to load leaves the old one serving.
     """
+    PushWeights: _grpc.StreamUnaryMultiCallable[_generator_pb2.PushWeightsRequest, _generator_pb2.PushWeightsResponse]
+    """Loads new weights into the served model in place (admin): a trainer pushes its policy after each
+    update and samples its next rollouts here. The stream is one safetensors file in chunks, with
+    every tensor of the served model's checkpoint under the same name and shape (any float dtype).
+    New calls wait while calls in flight finish, then run on the new weights.
+    """
 
 @_typing.type_check_only
 class GeneratorServiceAsyncStub(GeneratorServiceStub):
@@ -50,6 +56,12 @@ class GeneratorServiceAsyncStub(GeneratorServiceStub):
     SwapModel: _aio.UnaryUnaryMultiCallable[_generator_pb2.SwapModelRequest, _generator_pb2.SwapModelResponse]  # type: ignore[assignment]
     """Serves another model from now on (admin): new calls wait while calls in flight finish on the old
     model, then they run on the new one. A model that fails to load leaves the old one serving.
+    """
+    PushWeights: _aio.StreamUnaryMultiCallable[_generator_pb2.PushWeightsRequest, _generator_pb2.PushWeightsResponse]  # type: ignore[assignment]
+    """Loads new weights into the served model in place (admin): a trainer pushes its policy after each
+    update and samples its next rollouts here. The stream is one safetensors file in chunks, with
+    every tensor of the served model's checkpoint under the same name and shape (any float dtype).
+    New calls wait while calls in flight finish, then run on the new weights.
     """
 
 class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -71,6 +83,18 @@ class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_generator_pb2.SwapModelResponse, _abc.Awaitable[_generator_pb2.SwapModelResponse]]:
         """Serves another model from now on (admin): new calls wait while calls in flight finish on the old
         model, then they run on the new one. A model that fails to load leaves the old one serving.
+        """
+
+    @_abc_1.abstractmethod
+    def PushWeights(
+        self,
+        request_iterator: _MaybeAsyncIterator[_generator_pb2.PushWeightsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_generator_pb2.PushWeightsResponse, _abc.Awaitable[_generator_pb2.PushWeightsResponse]]:
+        """Loads new weights into the served model in place (admin): a trainer pushes its policy after each
+        update and samples its next rollouts here. The stream is one safetensors file in chunks, with
+        every tensor of the served model's checkpoint under the same name and shape (any float dtype).
+        New calls wait while calls in flight finish, then run on the new weights.
         """
 
 def add_GeneratorServiceServicer_to_server(servicer: GeneratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,111 @@
+"""PPO's rollouts sampled by a generator service (`hyperparameters.rollout_generator`): after each
+update the worker pushes the policy's weights to it (`PushWeights`, role admin) and asks it for the
+next rollout's completions (`Generate`), so sampling runs on the serving engine (vLLM where it is
+installed) instead of the policy's `generate`. The `Sampler` of `charter.trainer.ppo.rollouts`.
+
+Every reply must come from the weights just pushed: the generator tags each with its policy version,
+and a reply from any other (someone swapped or pushed in between) fails the run rather than train on
+another policy's samples. The admin token comes from `CHARTER_GENERATOR_TOKEN` or the file named by
+`CHARTER_GENERATOR_TOKEN_FILE` (the service grants it for generators on `trainer.generator_addresses`).
+
+Example:
+    sampler = GeneratorSampler("generator:50051", conversations, config, run="r-1a2b")
+    trainer = PPOTrainer(policy, None, tokenizer, scorer, config, sampler=sampler)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from charter_proto.common.v1 import sampling_pb2
+from charter_proto.generator.v1 import generator_pb2
+from torch import nn
+
+from charter.api.common import conversation_proto
+from charter.client.generator import GeneratorClient
+from charter.core.auth import read_token
+from charter.core.errors import FailedPrecondition, InvalidArgument
+from charter.inference.types import Message
+from charter.trainer.ppo import PPOConfig
+from charter.trainer.ppo.rollouts import Sample
+
+__all__ = ["GeneratorSampler", "generator_token"]
+
+
+def generator_token() -> str | None:
+    token = os.environ.get("CHARTER_GENERATOR_TOKEN", "")
+    token_file = os.environ.get("CHARTER_GENERATOR_TOKEN_FILE")
+    if not token and token_file:
+        token = read_token(Path(token_file), "CHARTER_GENERATOR_TOKEN_FILE")
+    return token or None
+
+
+class GeneratorSampler:
+    """`conversations`: each prompt text (chat-templated, as the trainer has it) -> its messages, which
+    the generator renders with its own template; `run`: names the pushed weights (`<run>/step-<n>`)."""
+
+    def __init__(
+        self,
+        address: str,
+        conversations: Mapping[str, Sequence[Mapping[str, Any]]],
+        config: PPOConfig,
+        *,
+        run: str = "ppo",
+        token: str | None = None,
+        timeout: float = 3600.0,
+    ) -> None:
+        self.address, self.config, self.run = address, config, run
+        self.conversations = {
+            text: conversation_proto([Message(role=m["role"], content=m["content"]) for m in messages])
+            for text, messages in conversations.items()
+        }
+        self.pushed: list[generator_pb2.PushWeightsResponse] = []
+        """What each push answered (the versions served, bytes, how long calls were held)."""
+        self._loop = asyncio.new_event_loop()
+        self._client = self._loop.run_until_complete(self._connect(token, timeout))
+
+    async def _connect(self, token: str | None, timeout: float) -> GeneratorClient:
+        return GeneratorClient(self.address, token=token, timeout=timeout)
+
+    def name(self, step: int) -> str:
+        return f"{self.run}/step-{step}"
+
+    def sync(self, model: nn.Module, step: int) -> None:
+        push = self._client.push_weights(dict(model.named_parameters()), self.name(step))
+        self.pushed.append(self._loop.run_until_complete(push))
+
+    def sample(self, prompts: Sequence[str], step: int) -> list[Sample]:
+        missing = [p for p in prompts if p not in self.conversations]
+        if missing:
+            first = missing[0][:80]
+            raise InvalidArgument(f"no conversation for {len(missing)} prompts (the first: {first!r})")
+        c = self.config
+        sampling = sampling_pb2.SamplingParams(
+            n=1, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens,
+            seed=(c.seed * 1_000_003 + step) % 2**63,
+        )  # fmt: skip
+        conversations = [self.conversations[p] for p in prompts]
+        request = generator_pb2.GenerateRequest(prompts=conversations, sampling=sampling)
+        replies = self._loop.run_until_complete(self._client.generate(request))
+        want = self.name(step)
+        out: list[Sample | None] = [None] * len(prompts)
+        for reply in replies:
+            served = reply.model.policy_version.split("@sha256:", 1)[0]
+            if served != want:
+                raise FailedPrecondition(
+                    f"the generator at {self.address} answered with {reply.model.policy_version}, not the "
+                    f"weights pushed for step {step} ({want}): another client swapped or pushed its model"
+                )
+            finish = reply.completion.finish_reason
+            out[reply.prompt_index] = Sample(reply.completion.text, finish == sampling_pb2.FINISH_REASON_STOP)
+        if any(s is None for s in out):
+            raise FailedPrecondition(f"the generator at {self.address} left prompts without a reply")
+        return [s for s in out if s is not None]
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
