@@ -1,6 +1,7 @@
 """Every algorithm as a trainer-service run, with real worker processes and tiny models: a reward
 model first, then SFT on SL-CAI-style rows, DPO, and PPO / GRPO / RLOO with that reward-model run
-(named by its id) as the reward."""
+(named by its id) as the reward. PPO samples its rollouts on a generator service (the transformers
+engine, in this process) with its weights pushed there after each update (`rollout_generator`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
+from charter.api.common import conversation_proto
+from charter.app.local import local_services
+from charter.client.generator import GeneratorClient
+from charter.core.settings import load_settings
+from charter.inference.types import Message
 from charter.trainer.data import from_files
+from charter_proto.generator.v1 import generator_pb2
 from charter_proto.trainer.v1 import trainer_pb2 as tp
 
 from tests.support.hh import HH_DEV
@@ -33,7 +40,13 @@ def sft_file(tmp_path: Path) -> str:
 async def test_every_algorithm_as_a_service_run(tmp_path, embedded_model):
     lm = save_tiny_lm(tmp_path / "lm", embedded_model)
     hh = [str(HH_DEV)]
-    async with trainer_service(trainer_settings(tmp_path)) as stub:
+    generator_settings = load_settings(
+        inference={"engine": "transformers", "model": str(lm), "dtype": "float32", "threads": 1, "max_model_len": 512}
+    )
+    async with (
+        trainer_service(trainer_settings(tmp_path)) as stub,
+        local_services(generator_settings, ["generator"]) as generator,
+    ):
 
         async def run(spec: tp.RunSpec) -> tuple[tp.Run, list[tp.RunEvent]]:
             started = (await stub.StartRun(tp.StartRunRequest(spec=spec))).run
@@ -53,7 +66,7 @@ async def test_every_algorithm_as_a_service_run(tmp_path, embedded_model):
                      max_length=96, beta=0.1, **COMMON),
             run_spec(tp.ALGORITHM_PPO, lm, files=hh, reward_model=rm.id, name="ppo", total_steps=2, save_steps=1,
                      rollout_batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6, max_prompt_length=64,
-                     learning_rate=1e-4),
+                     learning_rate=1e-4, rollout_generator=generator),
             run_spec(tp.ALGORITHM_GRPO, lm, files=hh, reward_model=rm.id, name="grpo", max_steps=2,
                      per_device_train_batch_size=2, num_generations=2, max_completion_length=6,
                      gradient_checkpointing=False, **COMMON),
@@ -62,6 +75,12 @@ async def test_every_algorithm_as_a_service_run(tmp_path, embedded_model):
                      gradient_checkpointing=False, **COMMON),
         ]  # fmt: skip
         results = await asyncio.gather(*(run(s) for s in specs))
+        async with GeneratorClient(generator, timeout=60) as client:
+            [reply] = await client.generate(
+                generator_pb2.GenerateRequest(prompts=[conversation_proto([Message(role="user", content="Hi.")])])
+            )
+    # the last rollout (step 1) sampled from the weights the worker pushed after its first update
+    assert reply.model.policy_version.startswith(f"{results[2][0].id}/step-1@sha256:")
     for (done, events), spec in zip(results, specs, strict=True):
         metrics = [e.metrics for e in events if e.WhichOneof("kind") == "metrics"]
         assert done.total_steps == 2 and done.step == 2, spec.name
