@@ -16,9 +16,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from charter_proto.common.v1 import sampling_pb2
@@ -27,7 +25,7 @@ from torch import nn
 
 from charter.api.common import conversation_proto
 from charter.client.generator import GeneratorClient
-from charter.core.auth import read_token
+from charter.core.auth import environment_token
 from charter.core.errors import FailedPrecondition, InvalidArgument
 from charter.inference.types import Message
 from charter.trainer.ppo import PPOConfig
@@ -37,11 +35,7 @@ __all__ = ["GeneratorSampler", "generator_token"]
 
 
 def generator_token() -> str | None:
-    token = os.environ.get("CHARTER_GENERATOR_TOKEN", "")
-    token_file = os.environ.get("CHARTER_GENERATOR_TOKEN_FILE")
-    if not token and token_file:
-        token = read_token(Path(token_file), "CHARTER_GENERATOR_TOKEN_FILE")
-    return token or None
+    return environment_token("CHARTER_GENERATOR_TOKEN") or None
 
 
 class GeneratorSampler:

@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 from transformers import TrainerCallback
 
-from charter.core.auth import read_token
+from charter.core.auth import environment_token
 from charter.core.errors import CharterError, FailedPrecondition, InvalidArgument, NotFound
 from charter.core.files import write_atomic
 from charter.trainer import events
@@ -46,11 +46,7 @@ PROBE_FILE, CHECKS_FILE, BEST_PREFIX = "probe.jsonl", "checks.jsonl", "best-"
 
 
 def judge_token() -> str:
-    token = os.environ.get("CHARTER_JUDGE_TOKEN", "")
-    token_file = os.environ.get("CHARTER_JUDGE_TOKEN_FILE")
-    if not token and token_file:
-        token = read_token(Path(token_file), "CHARTER_JUDGE_TOKEN_FILE")
-    return token
+    return environment_token("CHARTER_JUDGE_TOKEN")
 
 
 class JudgeScorer:

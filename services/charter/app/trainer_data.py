@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from charter_proto.trainer.v1 import trainer_pb2
 
-from charter.core.auth import read_token
+from charter.core.auth import environment_token
 from charter.core.errors import InvalidArgument
 from charter.core.files import write_atomic
 from charter.trainer.executor import DATA_DIR
@@ -40,11 +39,7 @@ class DataManifest:
 
 
 def review_token() -> str:
-    token = os.environ.get("CHARTER_REVIEW_TOKEN", "")
-    token_file = os.environ.get("CHARTER_REVIEW_TOKEN_FILE")
-    if not token and token_file:
-        token = read_token(Path(token_file), "CHARTER_REVIEW_TOKEN_FILE")
-    return token
+    return environment_token("CHARTER_REVIEW_TOKEN")
 
 
 async def read_label_stream(

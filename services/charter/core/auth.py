@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -143,6 +144,14 @@ def read_token(path: Path, field: str) -> str:
     if not token:
         raise InvalidArgument(f"{field}: {path} is empty", field=field)
     return token
+
+
+def environment_token(name: str) -> str:
+    """A worker's token: the variable `name`, else the file its `<name>_FILE` variable names
+    (`read_token`); "" when neither is set."""
+    token = os.environ.get(name, "")
+    token_file = os.environ.get(f"{name}_FILE")
+    return read_token(Path(token_file), f"{name}_FILE") if not token and token_file else token
 
 
 def bearer(value: str | None) -> str | None:

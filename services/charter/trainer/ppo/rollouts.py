@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import torch
 from torch import Tensor, nn
+
+from charter.trainer.ppo.modeling import pad_rows
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,5 @@ def sampled_ids(
         if (sample.stopped and len(ids) < max_new_tokens) or not ids:  # an empty reply: it stopped at once
             ids.append(eos_id)
         rows.append(ids)
-    width = max(len(r) for r in rows)
-    response = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, ids in enumerate(rows):
-        response[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[i, : len(ids)] = True
-    return response, mask
+    response, mask = pad_rows(rows, pad_id, left=False)
+    return response, mask.bool()
