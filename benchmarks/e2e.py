@@ -11,6 +11,8 @@ initial response and revision, both orders. The embedded model; Charter's defaul
     python benchmarks/e2e.py                      # 32 prompts, 2 repetitions, every system
     python benchmarks/e2e.py --systems charter-vllm-chain,raw-vllm --reps 1
     python benchmarks/e2e.py --scaling 8,32,128   # Charter (vLLM, chained) and raw vLLM at each size
+    python benchmarks/e2e.py --reps 1 --first-rep 1 > rep1.jsonl   # a second repetition alone, then:
+    python benchmarks/e2e.py --from-log runs.jsonl  # the report and chart from both repetitions' lines
     python benchmarks/e2e.py --keep out/e2e       # keep each run's outputs and logs (else a temp folder)
     bash benchmarks/e2e_setup.sh                  # first, for the distilabel systems (own venv)
 
@@ -253,6 +255,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument(
+        "--first-rep", type=int, default=0,
+        help="number the repetitions from here (1: a second repetition run alone, in reverse order; merge with --from-log)",
+    )  # fmt: skip
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"of {', '.join(SYSTEMS + OPTIONAL)}")
     parser.add_argument("--scaling", default="", help="prompt counts, e.g. 8,32,128: Charter vs raw vLLM")
     parser.add_argument(
@@ -303,7 +309,7 @@ def main() -> None:
             recipe_path = Path(tmp) / f"recipe-{n}.json"
             recipe_path.write_text(json.dumps(recipe(n, model)))
             runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
-            for rep in range(args.reps):
+            for rep in range(args.first_rep, args.first_rep + args.reps):
                 for system in systems if rep % 2 == 0 else systems[::-1]:
                     run = measure(system, Path(tmp) / f"{n}-{system}-{rep}", recipe_path, dtype, tokens)
                     print(json.dumps({"prompts": n, "system": system, "rep": rep} | run), flush=True)
