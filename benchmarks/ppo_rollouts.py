@@ -124,9 +124,11 @@ def run_arm(
     policy = PolicyWithValueHead.from_pretrained(model, dtype=torch.float32)
     sampler = None
     if address:
-        from charter.app.ppo_rollouts import GeneratorSampler
+        from charter.app.generator_sampler import GeneratorSampler
 
-        sampler = GeneratorSampler(address, dict(zip(texts, conversations, strict=True)), config, run=f"bench-{arm}")
+        sampler = GeneratorSampler(
+            address, dict(zip(texts, conversations, strict=True)), config.rollout_sampling(), run=f"bench-{arm}"
+        )
         sampler.sync = timed("push", sampler.sync)  # type: ignore[method-assign]
         sampler.sample = timed("generate", sampler.sample)  # type: ignore[method-assign]
     else:

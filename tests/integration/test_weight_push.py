@@ -157,7 +157,7 @@ def test_ppo_config_refuses_sampling_the_generator_cannot_do() -> None:
 async def test_ppo_samples_its_rollouts_on_the_generator_with_the_weights_it_pushed(
     model: Path, embedded_model: Path
 ) -> None:
-    from charter.app.ppo_rollouts import GeneratorSampler
+    from charter.app.generator_sampler import GeneratorSampler
 
     tok = tiny.tokenizer(embedded_model)
     texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in PROMPTS]
@@ -165,8 +165,8 @@ async def test_ppo_samples_its_rollouts_on_the_generator_with_the_weights_it_pus
     sampled: list[list[str]] = []
 
     class Recording(GeneratorSampler):
-        def sample(self, prompts, step):  # type: ignore[no-untyped-def]
-            out = super().sample(prompts, step)
+        def sample(self, prompts, step, process=0):  # type: ignore[no-untyped-def]
+            out = super().sample(prompts, step, process)
             sampled.append([s.text for s in out])
             return out
 
@@ -182,7 +182,7 @@ async def test_ppo_samples_its_rollouts_on_the_generator_with_the_weights_it_pus
                 rollout_generator=address, learning_rate=1e-3, rollout_batch_size=4, mini_batch_size=2,
                 ppo_epochs=1, max_new_tokens=8, seed=0,
             )  # fmt: skip
-            sampler = Recording(address, dict(zip(texts, PROMPTS, strict=True)), config, run="r-test")
+            sampler = Recording(address, dict(zip(texts, PROMPTS, strict=True)), config.rollout_sampling(), run="r-test")
             policy = PolicyWithValueHead.from_pretrained(model, dtype=torch.float32)
             trainer = PPOTrainer(policy, None, tok, reward, config, sampler=sampler)
             completions = []

@@ -105,7 +105,7 @@ def test_worker_variables_are_not_settings_and_unknown_ones_are_not_echoed(
     # the trainer worker's environment: accepted, not rejected (and echoed) as unknown settings
     monkeypatch.setenv("CHARTER_REVIEW_TOKEN", SECRET)
     monkeypatch.setenv("CHARTER_JUDGE_TOKEN_FILE", "/var/run/secrets/judge-token")
-    monkeypatch.setenv("CHARTER_GENERATOR_TOKEN", SECRET)  # PPO's rollout generator (app.ppo_rollouts)
+    monkeypatch.setenv("CHARTER_GENERATOR_TOKEN", SECRET)  # PPO's rollout generator (app.generator_sampler)
     monkeypatch.setenv("CHARTER_TORCH_THREADS", "2")
     monkeypatch.setenv("CHARTER_PROGRESS_INTERVAL", "5")  # the CLI's progress lines (cli.progress)
     assert load_settings().server.port == 50051

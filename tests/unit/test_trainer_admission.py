@@ -186,6 +186,12 @@ def test_a_rollout_generator_must_be_on_the_list_when_there_is_one(roots: Limits
     s = spec({"rollout_generator": "dns:///generator:50051"}, algorithm=tp.ALGORITHM_PPO, reward_model="embedded")
     check(spec_from_proto(s), limits=listed)
     assert grants(spec_from_proto(s), listed) == ("generator",)
+    for online in (tp.ALGORITHM_GRPO, tp.ALGORITHM_RLOO):  # GRPO and RLOO sample there too
+        s = spec({"rollout_generator": "elsewhere:1"}, algorithm=online, reward_model="embedded")
+        assert refusal(listed, s).field == "spec.hyperparameters.rollout_generator"
+        s = spec({"rollout_generator": "generator:50051"}, algorithm=online, reward_model="embedded")
+        check(spec_from_proto(s), limits=listed)
+        assert grants(spec_from_proto(s), listed) == ("generator",)
 
 
 @pytest.mark.parametrize(
@@ -220,6 +226,8 @@ def test_resources_over_the_caps_are_refused(roots: Limits, resources, field):
          "spec.resources.strategy: fsdp shards the weights of TRL's trainers"),
         ("kubernetes", 4, {"strategy": tp.STRATEGY_ZERO3}, {"fsdp": "full_shard"},
          "spec.hyperparameters.fsdp: set by spec.resources.strategy=zero3"),
+        ("kubernetes", 4, {"strategy": tp.STRATEGY_FSDP, "algorithm": tp.ALGORITHM_GRPO},
+         {"rollout_generator": "generator:50051"}, "spec.resources.strategy: fsdp shards the weights of TRL's"),
     ],
 )  # fmt: skip
 def test_nodes_and_strategies_only_where_the_executor_gives_them(

@@ -98,6 +98,7 @@ class Runner:
         self.spec, self.checked, self.run_dir, self.resume, self.emit = spec, checked, run_dir, resume, emit
         self.checkpoints = run_dir / CHECKPOINTS_DIR
         self.output = run_dir / MODEL_DIR
+        self.closing = contextlib.ExitStack()  # what the run opened that outlives a trainer's construction
         import torch
 
         self.use_cpu = not torch.cuda.is_available()
@@ -110,6 +111,10 @@ class Runner:
         )
 
     def run(self) -> None:
+        with self.closing:
+            self._run()
+
+    def _run(self) -> None:
         if self.checked.continuous is not None:  # rounds on the open label stream
             from charter.app.trainer_continuous import ContinuousRunner
 
@@ -268,7 +273,16 @@ class Runner:
 
         prompts = prompts_from_rows(train_rows)
         prompts = watch.split(prompts) if watch is not None else prompts  # a held-out probe leaves training
-        return online_trainer(algorithm, _causal_lm(base), tokenizer, self.spec.reward_model, prompts, config)
+        sampler, generator = None, str(self.checked.hyperparameters.get("rollout_generator") or "").strip()
+        if generator:  # rollouts on the generator's engine, the weights pushed to it
+            from charter.app.generator_sampler import generator_token, online_sampler
+
+            run, token = self.run_dir.name, generator_token()
+            sampler = online_sampler(generator, prompts, config, run=run, token=token)
+            self.closing.callback(sampler.close)
+        return online_trainer(
+            algorithm, _causal_lm(base), tokenizer, self.spec.reward_model, prompts, config, sampler=sampler
+        )
 
     # -- PPO (Charter's own) --------------------------------------------------------------------
 
@@ -287,10 +301,10 @@ class Runner:
         texts = [template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         sampler = None
         if config.rollout_generator:  # rollouts on the generator's engine, the weights pushed to it
-            from charter.app.ppo_rollouts import GeneratorSampler, generator_token
+            from charter.app.generator_sampler import GeneratorSampler, generator_token
 
             sampler = GeneratorSampler(
-                config.rollout_generator, dict(zip(texts, prompts, strict=True)), config,
+                config.rollout_generator, dict(zip(texts, prompts, strict=True)), config.rollout_sampling(),
                 run=self.run_dir.name, token=generator_token(),
             )  # fmt: skip
         trainer = PPOTrainer(policy, None, tokenizer, scorer, config, sampler=sampler)

@@ -395,10 +395,11 @@ class TrainerSettings(_Section):
     empty: any judge, but the worker then gets no judge token. The judge token (`CHARTER_JUDGE_TOKEN`
     / `_FILE` in the service's environment) reaches a local worker only for a judge on this list."""
     generator_addresses: list[str] = []
-    """Generators (compared as `review_addresses` are) a PPO spec's `hyperparameters.rollout_generator`
-    may name: the worker pushes its weights there and samples its rollouts there. Set: any other is
-    refused; empty: any, but without a token. The generator's admin token (`CHARTER_GENERATOR_TOKEN` /
-    `_FILE` in the service's environment) reaches a local worker only for a generator on this list."""
+    """Generators (compared as `review_addresses` are) a PPO, GRPO or RLOO spec's
+    `hyperparameters.rollout_generator` may name: the worker pushes its weights there and samples its
+    rollouts there. Set: any other is refused; empty: any, but without a token. The generator's admin
+    token (`CHARTER_GENERATOR_TOKEN` / `_FILE` in the service's environment) reaches a local worker
+    only for a generator on this list."""
     allowed_roots: list[Path] | None = None
     """Folders a spec's paths (base_model, reward_model, data files, probe files, deepspeed /
     fsdp_config / accelerator_config / chat_template_path) must resolve under, symlinks followed.

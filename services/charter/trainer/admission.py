@@ -9,7 +9,7 @@ is recorded or started, each refusal an INVALID_ARGUMENT naming the field:
   `trainer.allowed_roots`; a path outside the roots and a missing one inside them get the same
   message, so the service's filesystem cannot be probed through error texts;
 - `data.label_stream.address` is `trainer.review_address` or one of `trainer.review_addresses`;
-  `watch.gold_judge.address` one of `trainer.judge_addresses` and a PPO run's
+  `watch.gold_judge.address` one of `trainer.judge_addresses` and a PPO, GRPO or RLOO run's
   `hyperparameters.rollout_generator` one of `trainer.generator_addresses` when set — compared as the
   places dialled (`charter.core.targets.within`: `dns:///judge:50051` is `judge:50051`; an address
   list passes only when each of its addresses is allowed);
@@ -235,12 +235,12 @@ def _distribution(spec: RunSpec, limits: Limits) -> None:
             field=field,
         )
     if r.strategy in ("fsdp", "zero3") and (
-        spec.algorithm == "ppo" or spec.watch or spec.ensemble or spec.continuous
+        spec.algorithm == "ppo" or spec.watch or spec.ensemble or spec.continuous or rollout_generator(spec)
     ):  # they read, copy or save the weights outside TRL's trainer, as whole tensors
         raise InvalidArgument(
             f"{field}: {r.strategy} shards the weights of TRL's trainers (sft, reward-model, dpo, grpo, "
-            "rloo); Charter's PPO, the reward-hacking watch, reward-model ensembles and continuous runs "
-            "train with ddp",
+            "rloo); Charter's PPO, the reward-hacking watch, reward-model ensembles, continuous runs and "
+            "rollouts on a generator (rollout_generator) train with ddp",
             field=field,
         )
     # the strategy's accelerate config decides how the model is sharded: TRL's own switches would
@@ -281,8 +281,10 @@ def admit(spec: RunSpec, limits: Limits) -> None:
 
 
 def rollout_generator(spec: RunSpec) -> str:
-    """The generator a PPO run samples its rollouts from (`hyperparameters.rollout_generator`), or ""."""
-    value = (spec.hyperparameters or {}).get("rollout_generator") if spec.algorithm == "ppo" else None
+    """The generator a PPO, GRPO or RLOO run samples its rollouts from (`hyperparameters.rollout_generator`),
+    or ""."""
+    online = spec.algorithm in ("ppo", "grpo", "rloo")
+    value = (spec.hyperparameters or {}).get("rollout_generator") if online else None
     return value.strip() if isinstance(value, str) else ""
 
 

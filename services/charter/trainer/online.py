@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+    from charter.trainer.rollouts import Sampler
+
 ALGORITHMS = {"grpo": ("GRPOTrainer", "GRPOConfig"), "rloo": ("RLOOTrainer", "RLOOConfig")}
 """Algorithm name (as in `spec.ALGORITHMS`) -> TRL's trainer and config class names."""
 
@@ -98,6 +100,7 @@ def online_trainer(
     prompts: Sequence[list[dict[str, Any]]],
     config: GRPOConfig | RLOOConfig,
     callbacks: list[TrainerCallback] | None = None,
+    sampler: Sampler | None = None,
 ) -> GRPOTrainer | RLOOTrainer:
     """TRL's `GRPOTrainer` or `RLOOTrainer` for the policy `model` on conversational `prompts`, rewarded
     by the reward model folder `reward_model` (an ensemble folder: its members' mean; `config` is then
@@ -107,8 +110,9 @@ def online_trainer(
     checks (unknown arguments, batch sizes that do not divide by `num_generations`) ran before any
     model was loaded. With a KL penalty (`beta` > 0: RLOO's default, GRPO's is 0) TRL builds the frozen
     reference by loading the policy's folder again, so the policy must come from a folder and must not
-    have been changed in memory since. Raises InvalidArgument (NotFound: no reward model folder) where
-    TRL would fail later or with a confusing Hub lookup.
+    have been changed in memory since. With `sampler`, the completions come from it (the generator
+    service: `online_sampling`), not from the policy's `generate`. Raises InvalidArgument (NotFound:
+    no reward model folder) where TRL would fail later or with a confusing Hub lookup.
     """
     import trl
     from datasets import Dataset
@@ -154,7 +158,13 @@ def online_trainer(
     for name, tok in named:
         if not tok.chat_template:  # conversational prompts are rendered by both templates
             raise InvalidArgument(f"{name}: the tokenizer has no chat template for chat prompts", field=name)
-    trainer: GRPOTrainer | RLOOTrainer = getattr(trl, trainer_name)(
+    trainer_class = getattr(trl, trainer_name)
+    if sampler is not None:
+        from charter.trainer.online_sampling import check_config, with_sampler
+
+        check_config(config, field="config")
+        trainer_class = with_sampler(trainer_class, sampler)
+    trainer: GRPOTrainer | RLOOTrainer = trainer_class(
         model=model,
         reward_funcs=[reward for reward, _ in loaded],
         args=config,

@@ -312,12 +312,17 @@ def trl_config(
         from charter.trainer.ppo import PPOConfig
 
         return PPOConfig.from_mapping({"seed": seed, **hyperparameters}, prefix="spec.hyperparameters")
+    # Charter's own setting (the worker reads it from the spec), not TRL's: GRPO/RLOO sample on a generator
+    generator = hyperparameters.pop("rollout_generator", "") if algorithm in ("grpo", "rloo") else ""
+    if not isinstance(generator, str):
+        field = "spec.hyperparameters.rollout_generator"
+        raise InvalidArgument(f"{field}: a generator's host:port", field=field, value=generator)
     cls = _trl_class(_TRL_CONFIGS[algorithm])
     fixed: dict[str, Any] = {"output_dir": output_dir, "seed": seed, "report_to": [], "use_cpu": use_cpu}
     if use_cpu:  # TRL defaults to bf16 mixed precision, which needs a GPU
         fixed["bf16"] = hyperparameters.get("bf16", False)
     try:
-        return cls(**{**hyperparameters, **fixed})
+        config = cls(**{**hyperparameters, **fixed})
     except TypeError as err:
         match = _UNKNOWN_ARG.search(str(err))
         name = match.group(1) if match else "?"
@@ -329,6 +334,11 @@ def trl_config(
         raise InvalidArgument(
             f"spec.hyperparameters: {str(err).splitlines()[0]}", field="spec.hyperparameters"
         ) from None
+    if generator.strip():
+        from charter.trainer.online_sampling import check_config
+
+        check_config(config)  # what the generator cannot do is refused now, not at the first rollout
+    return config
 
 
 def check(spec: RunSpec, *, use_cpu: bool = True, limits: Limits | None = None) -> CheckedSpec:

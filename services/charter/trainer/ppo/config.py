@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from charter.core.errors import InvalidArgument, one_line
+from charter.trainer.rollouts import RolloutSampling
 
 
 class PPOConfig(BaseModel):
@@ -73,6 +74,10 @@ class PPOConfig(BaseModel):
                 "set top_k and min_new_tokens to 0"
             )
         return self
+
+    def rollout_sampling(self) -> RolloutSampling:
+        """How a rollout sampler (`rollout_generator`) draws: as `generate` does here."""
+        return RolloutSampling(self.temperature, self.top_p, self.max_new_tokens, self.seed)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, prefix: str = "hyperparameters") -> PPOConfig:

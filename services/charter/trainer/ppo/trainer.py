@@ -30,7 +30,7 @@ from charter.trainer.ppo.losses import (
     value_loss,
 )
 from charter.trainer.ppo.modeling import PolicyWithValueHead, RewardFn, pad_rows
-from charter.trainer.ppo.rollouts import Sampler, sampled_ids
+from charter.trainer.rollouts import Sampler, completion_rows
 
 log = structlog.get_logger("charter.trainer.ppo")
 
@@ -64,7 +64,7 @@ class PPOTrainer:
     `prompts` are text as the model should see it (chat template applied); they are tokenized without
     special tokens. The policy stays in eval mode: dropout would make the first epoch's ratio ≠ 1.
     `sampler`: samples the rollouts instead of the policy's `generate`, from the weights pushed to it
-    after each update (`ppo.rollouts`).
+    after each update (`charter.trainer.rollouts`).
     """
 
     def __init__(
@@ -202,9 +202,11 @@ class PPOTrainer:
                 self.sampler.sync(self.unwrapped.pretrained, self.step_count)
             self.accelerator.wait_for_everyone()
             self._synced = self.step_count
-        samples = self.sampler.sample(prompts, self.step_count)
+        samples = self.sampler.sample(prompts, self.step_count, self.accelerator.process_index)
         eos = int(self._eos[0]) if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id
-        return sampled_ids(samples, self.tokenizer, self.config.max_new_tokens, eos, self.pad_id)
+        rows = completion_rows(samples, self.tokenizer, self.config.max_new_tokens, eos)
+        response, mask = pad_rows(rows, self.pad_id, left=False)  # padded after the end, as generate's
+        return response, mask.bool()
 
     def step(self, r: Rollout) -> dict[str, float]:
         """`ppo_epochs` passes of clipped PPO over shuffled mini-batches of `r`; updates β; metrics."""
