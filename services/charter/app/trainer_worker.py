@@ -37,6 +37,7 @@ from charter.core import tracing
 from charter.core.errors import CharterError, InvalidArgument
 from charter.core.settings import tracing_settings
 from charter.trainer import events
+from charter.trainer.admission import generator_of
 from charter.trainer.executor import CHECKPOINTS_DIR, MODEL_DIR
 from charter.trainer.spec import CheckedSpec, check, trl_config
 
@@ -273,7 +274,7 @@ class Runner:
 
         prompts = prompts_from_rows(train_rows)
         prompts = watch.split(prompts) if watch is not None else prompts  # a held-out probe leaves training
-        sampler, generator = None, str(self.checked.hyperparameters.get("rollout_generator") or "").strip()
+        sampler, generator = None, generator_of(algorithm, self.checked.hyperparameters)
         if generator:  # rollouts on the generator's engine, the weights pushed to it
             from charter.app.generator_sampler import generator_token, online_sampler
 
@@ -307,6 +308,7 @@ class Runner:
                 config.rollout_generator, dict(zip(texts, prompts, strict=True)), config.rollout_sampling(),
                 run=self.run_dir.name, token=generator_token(),
             )  # fmt: skip
+            self.closing.callback(sampler.close)
         trainer = PPOTrainer(policy, None, tokenizer, scorer, config, sampler=sampler)
         self.emit = events.Emitter(
             self.emit.stream, enabled=self.emit.enabled and trainer.accelerator.is_main_process,
@@ -349,8 +351,6 @@ class Runner:
         elif trainer.accelerator.is_main_process:
             trainer.unwrapped.save_pretrained(self.output)
             tokenizer.save_pretrained(str(self.output))
-        if sampler is not None:
-            sampler.close()
 
 
 def _causal_lm(folder: str) -> Any:

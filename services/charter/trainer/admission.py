@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,8 +283,12 @@ def admit(spec: RunSpec, limits: Limits) -> None:
 def rollout_generator(spec: RunSpec) -> str:
     """The generator a PPO, GRPO or RLOO run samples its rollouts from (`hyperparameters.rollout_generator`),
     or ""."""
-    online = spec.algorithm in ("ppo", "grpo", "rloo")
-    value = (spec.hyperparameters or {}).get("rollout_generator") if online else None
+    return generator_of(spec.algorithm, spec.hyperparameters or {})
+
+
+def generator_of(algorithm: str, hyperparameters: Mapping[str, Any]) -> str:
+    """`rollout_generator` from an algorithm and its hyper-parameters (the worker holds no RunSpec)."""
+    value = hyperparameters.get("rollout_generator") if algorithm in ("ppo", "grpo", "rloo") else None
     return value.strip() if isinstance(value, str) else ""
 
 
