@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, early
 
 SCRIPTS = ROOT / "scripts"
+
+
+@pytest.fixture(scope="package", autouse=True)
+def early_checks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Starts the selected tests' long single-threaded checks (tests/support/early.py) beside this
+    tier, and waits for them before the tier ends."""
+    selected = {item.nodeid for item in request.session.items}
+    started = [name for name, check in early.CHECKS.items() if check.test in selected]
+    for name in started:
+        early.background().start(name)
+    yield
+    if started:
+        early.background().wait()
 
 
 @pytest.fixture(scope="session")

