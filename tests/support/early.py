@@ -60,8 +60,7 @@ class Background:
 
     def __init__(self) -> None:
         self._futures: dict[str, Future[Done]] = {}
-        self._queue: queue.Queue[tuple[Check, Future[Done]]] = queue.Queue()
-        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, Future[Done]]] = queue.Queue()
         self._current: subprocess.Popen[str] | None = None
         self._scratch = Path(tempfile.mkdtemp(prefix="charter-early-"))
         self._thread = threading.Thread(target=self._work, name="early-checks", daemon=True)
@@ -70,11 +69,11 @@ class Background:
         atexit.register(shutil.rmtree, self._scratch, True)
 
     def start(self, name: str) -> Future[Done]:
-        with self._lock:
-            if name not in self._futures:
-                self._futures[name] = Future()
-                self._queue.put((CHECKS[name], self._futures[name]))
-            return self._futures[name]
+        # asked for from the test session's thread only; the worker thread only runs what is queued
+        if name not in self._futures:
+            self._futures[name] = Future()
+            self._queue.put((name, self._futures[name]))
+        return self._futures[name]
 
     def result(self, name: str) -> Done:
         return self.start(name).result()
@@ -92,8 +91,8 @@ class Background:
 
     def _work(self) -> None:
         while True:
-            check, future = self._queue.get()
-            out = Path(tempfile.mkdtemp(dir=self._scratch)) / "result.json"
+            name, future = self._queue.get()
+            check, out = CHECKS[name], self._scratch / f"{name}.json"
             argv = [arg.replace("{out}", str(out)) for arg in check.argv]
             try:
                 proc = subprocess.Popen(  # its own process group: stop() ends its children too
