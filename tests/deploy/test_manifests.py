@@ -44,7 +44,7 @@ def edit_settings(objects: list[Obj], change: Callable[[Obj], None]) -> None:
 
 def findings(checker: ModuleType, objects: list[Obj], overlay: str, provided: Any = None) -> list[str]:
     """Settings and consistency findings (the schema step is tested on its own: it is the slow one)."""
-    from deploy_consistency import Render
+    from deploy_objects import Render
 
     if provided is None:
         provided = checker.Provided.load(checker.DEPLOY / overlay / "operator-provided.yaml")
