@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charter.core.errors import InvalidArgument, NotFound
+from charter.inference import attention
 from charter.inference.allocator import keep_freed_memory
 from charter.inference.local import LocalEngine
 from charter.inference.tokens import (
@@ -70,6 +71,9 @@ class TransformersEngine(LocalEngine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
         self.hf_model.eval()  # type: ignore[no-untyped-call]  # unannotated in transformers
+        self.attention = attention.use(self.hf_model)
+        """The model's attention: `charter_sdpa` (grouped-query heads without copying the key/value
+        cache, inference.attention) where it ran transformers' `sdpa`."""
         limit = getattr(self.hf_model.config, "max_position_embeddings", None) or 2048
         self.score_batch_tokens = score_batch_tokens
         self.shared_prefix_tokens = shared_prefix_tokens

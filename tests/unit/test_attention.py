@@ -1,0 +1,83 @@
+"""inference.attention: grouped-query heads attend without `repeat_kv`'s copy of the key/value cache,
+with the same logits and the same greedy text as transformers' `sdpa`, padding mask included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from charter.inference import attention  # noqa: E402
+
+
+def tiny_llama(kv_heads: int) -> Any:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=kv_heads, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        attn_implementation="sdpa",
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def left_padded() -> tuple[Any, Any]:
+    rows = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [15, 16, 17, 18, 19]]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def run(model: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, int]:
+    """Logits of a left-padded batch, 6 greedy tokens, and how often `repeat_kv` copied the cache."""
+    from transformers.integrations import sdpa_attention
+
+    copies = 0
+    original = sdpa_attention.repeat_kv
+
+    def counted(hidden: Any, n_rep: int) -> Any:
+        nonlocal copies
+        copies += n_rep > 1
+        return original(hidden, n_rep)
+
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", counted)
+    ids, mask = left_padded()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
+        )
+    return logits, out, copies
+
+
+def test_grouped_heads_attend_without_copying_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_llama(kv_heads=2)
+    logits, text, copies = run(model, monkeypatch)
+    assert copies > 0  # transformers' sdpa copies the cache whenever there is a mask
+
+    assert attention.use(model) == attention.NAME
+    ours, our_text, our_copies = run(model, monkeypatch)
+    assert our_copies == 0
+    mask = left_padded()[1].bool()
+    assert torch.allclose(ours[mask], logits[mask], atol=1e-5)
+    assert torch.equal(our_text, text)
+
+
+def test_models_without_groups_take_transformers_own_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_llama(kv_heads=4)
+    logits, text, _ = run(model, monkeypatch)
+    assert attention.use(model) == attention.NAME
+    ours, our_text, copies = run(model, monkeypatch)
+    assert copies == 0
+    mask = left_padded()[1].bool()
+    assert torch.allclose(ours[mask], logits[mask], atol=1e-5)
+    assert torch.equal(our_text, text)
+
+
+def test_a_model_on_another_attention_keeps_it() -> None:
+    model = tiny_llama(kv_heads=2)
+    model.set_attn_implementation("eager")
+    assert attention.use(model) == "eager"
