@@ -53,25 +53,19 @@ def run(model: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, int]:
     return logits, out, copies
 
 
-def test_grouped_heads_attend_without_copying_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = tiny_llama(kv_heads=2)
+@pytest.mark.parametrize(("kv_heads", "sdpa_copies"), [(2, True), (4, False)], ids=["grouped", "no-groups"])
+def test_charter_sdpa_gives_sdpa_s_logits_and_text_without_copying_the_cache(
+    monkeypatch: pytest.MonkeyPatch, kv_heads: int, sdpa_copies: bool
+) -> None:
+    """Grouped heads (4 query, 2 key/value): transformers' sdpa copies the cache whenever there is a
+    mask, charter_sdpa never; without groups both take transformers' own path, which copies nothing."""
+    model = tiny_llama(kv_heads)
     logits, text, copies = run(model, monkeypatch)
-    assert copies > 0  # transformers' sdpa copies the cache whenever there is a mask
+    assert (copies > 0) is sdpa_copies
 
     assert attention.use(model) == attention.NAME
     ours, our_text, our_copies = run(model, monkeypatch)
     assert our_copies == 0
-    mask = left_padded()[1].bool()
-    assert torch.allclose(ours[mask], logits[mask], atol=1e-5)
-    assert torch.equal(our_text, text)
-
-
-def test_models_without_groups_take_transformers_own_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = tiny_llama(kv_heads=4)
-    logits, text, _ = run(model, monkeypatch)
-    assert attention.use(model) == attention.NAME
-    ours, our_text, copies = run(model, monkeypatch)
-    assert copies == 0
     mask = left_padded()[1].bool()
     assert torch.allclose(ours[mask], logits[mask], atol=1e-5)
     assert torch.equal(our_text, text)
