@@ -110,7 +110,6 @@ async def run_dtype(model: Path, dtype: str, loads: dict[str, list[Any]], repeat
             summary["same_text"] = f"{same}/{len(requests)}"
             out[name] = summary
     finally:
-        engine.hf_model.set_attn_implementation(attention.NAME)
         await engine.close()
     return out
 

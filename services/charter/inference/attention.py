@@ -15,56 +15,66 @@ transformers' own function unchanged. Measured in docs/inference.md ("Grouped-qu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 NAME = "charter_sdpa"
 
 
-def gqa_sdpa(
-    module: Any,
-    query: Any,
-    key: Any,
-    value: Any,
-    attention_mask: Any,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    is_causal: bool | None = None,
-    **kwargs: Any,
-) -> tuple[Any, None]:
-    """transformers' `sdpa_attention_forward`, with `enable_gqa=True` instead of `repeat_kv` when a
-    mask is given. Query [batch, heads, q, dim]; key and value [batch, kv_heads, kv, dim]."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+def _gqa_sdpa(
+    sdpa: Callable[..., Any], transformers_sdpa: Callable[..., Any]
+) -> Callable[..., tuple[Any, None]]:
+    """transformers' `sdpa_attention_forward` (`transformers_sdpa`), with torch's `sdpa` given
+    `enable_gqa=True` instead of `repeat_kv` when a mask is given. Both are resolved once, at
+    registration, not at every layer and step."""
 
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
-    if (
-        getattr(module, "num_key_value_groups", 1) == 1
-        or kwargs.get("position_bias") is not None
-        or kwargs.get("cache") is not None
-        or kwargs.get("output_attentions", False)
-        or key.shape[-1] != value.shape[-1]
-        or (causal and key.shape[2] > query.shape[2])  # a static cache's prefill: transformers slices it
-    ):
-        out: tuple[Any, None] = sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
-            **kwargs,
+    def gqa_sdpa(
+        module: Any,
+        query: Any,
+        key: Any,
+        value: Any,
+        attention_mask: Any,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        is_causal: bool | None = None,
+        **kwargs: Any,
+    ) -> tuple[Any, None]:
+        """Query [batch, heads, q, dim]; key and value [batch, kv_heads, kv, dim]."""
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
+        if (
+            getattr(module, "num_key_value_groups", 1) == 1
+            or kwargs.get("position_bias") is not None
+            or kwargs.get("cache") is not None
+            or kwargs.get("output_attentions", False)
+            or key.shape[-1] != value.shape[-1]
+            or (causal and key.shape[2] > query.shape[2])  # a static cache's prefill: transformers slices it
+        ):
+            out: tuple[Any, None] = transformers_sdpa(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                is_causal=is_causal, **kwargs,
+            )  # fmt: skip
+            return out
+        attn = sdpa(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
+            enable_gqa=True,
         )  # fmt: skip
-        return out
-    attn = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
-        enable_gqa=True,
-    )  # fmt: skip
-    return attn.transpose(1, 2).contiguous(), None
+        return attn.transpose(1, 2).contiguous(), None
+
+    return gqa_sdpa
 
 
 def use(model: Any) -> str:
     """Registers `charter_sdpa` and switches `model` to it if it runs transformers' `sdpa`; returns the
     attention the model runs afterwards."""
+    import torch
     from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(NAME, gqa_sdpa)
+    AttentionInterface.register(
+        NAME, _gqa_sdpa(torch.nn.functional.scaled_dot_product_attention, sdpa_attention_forward)
+    )
     AttentionMaskInterface.register(NAME, sdpa_mask)
     if model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(NAME)
