@@ -1,8 +1,10 @@
-"""inference.attention: grouped-query heads attend without `repeat_kv`'s copy of the key/value cache,
-with the same logits and the same greedy text as transformers' `sdpa`, padding mask included."""
+"""inference.attention: on the CPU, grouped-query heads attend without `repeat_kv`'s copy of the
+key/value cache, with the same logits and greedy text as transformers' `sdpa`, padding mask included;
+off the CPU, transformers' own path runs."""
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import pytest
@@ -75,3 +77,21 @@ def test_a_model_on_another_attention_keeps_it() -> None:
     model = tiny_llama(kv_heads=2)
     model.set_attn_implementation("eager")
     assert attention.use(model) == "eager"
+
+
+def test_on_another_device_transformers_own_path_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off the CPU (here the meta device, shapes only) charter_sdpa hands the call to transformers'
+    sdpa, which copies the grouped heads (on CUDA a mask would put enable_gqa on SDPA's math kernel)."""
+    from transformers.integrations import sdpa_attention
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    attention.use(tiny_llama(kv_heads=2))
+    copies = []
+    original = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda h, n: copies.append(n) or original(h, n))
+    module = types.SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    query = torch.empty(3, 4, 1, 16, device="meta")
+    key = value = torch.empty(3, 2, 7, 16, device="meta")
+    mask = torch.ones(3, 1, 1, 7, dtype=torch.bool, device="meta")
+    out, _ = ALL_ATTENTION_FUNCTIONS[attention.NAME](module, query, key, value, mask)
+    assert copies == [2, 2] and out.shape == (3, 1, 4, 16)

@@ -5,12 +5,14 @@ key/value head. transformers' `sdpa` attention repeats each key/value head for i
 (`repeat_kv`: a copy of the layer's whole cache, at every decoding step) whenever there is an
 attention mask, and batched generation with left padding always has one; only without a mask does it
 let torch take the groups as they are. torch's `scaled_dot_product_attention(..., enable_gqa=True)`
-takes a mask too, on the CPU as on a GPU, and gives the same output.
+takes a mask too and gives the same output.
 
 `use(model)` registers `charter_sdpa` — transformers' SDPA attention with that one change, and
-transformers' own SDPA mask for it — and switches a model that runs `sdpa` to it. Every case this
-does not cover (no groups, a position bias, a paged cache, a static cache's causal prefill) goes to
-transformers' own function unchanged. Measured in docs/inference.md ("Grouped-query attention").
+transformers' own SDPA mask for it — and switches a model that runs `sdpa` to it. It changes the CPU
+only, where it was measured: on CUDA, torch's SDPA with grouped heads and a mask falls back to its
+math kernel, which is why transformers copies there. Every case this does not cover (another device,
+no groups, a position bias, a paged cache, a static cache's causal prefill) goes to transformers' own
+function unchanged. Measured in docs/inference.md ("Grouped-query attention").
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def _gqa_sdpa(
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
         causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
         if (
-            getattr(module, "num_key_value_groups", 1) == 1
+            query.device.type != "cpu"  # CUDA: a mask with grouped heads falls back to SDPA's math kernel
+            or getattr(module, "num_key_value_groups", 1) == 1
             or kwargs.get("position_bias") is not None
             or kwargs.get("cache") is not None
             or kwargs.get("output_attentions", False)
